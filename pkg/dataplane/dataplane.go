@@ -1,0 +1,43 @@
+// Package dataplane programs the compiled ruleset into the kernel. The interface is small
+// on purpose: the agent hands over the whole desired ruleset and the implementation
+// decides whether to replace the table or to send only the differences.
+package dataplane
+
+import (
+	"context"
+
+	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
+)
+
+// ApplyOptions tune one Apply call.
+type ApplyOptions struct {
+	// Full replaces the whole table in one transaction instead of sending a diff.
+	Full bool
+	// ReadBack diffs against the table as the kernel holds it now instead of against the
+	// last ruleset this dataplane applied: this is how drift (a flushed or deleted table,
+	// a removed element, a rule added by hand) is found and repaired.
+	ReadBack bool
+}
+
+// Result describes what an Apply did.
+type Result struct {
+	// Full is true when the table was replaced as a whole.
+	Full bool
+	// Ops counts the objects in the transaction (sets, chains, rules, elements).
+	Ops int
+	// Drift is true when ReadBack found the kernel different from the last applied ruleset.
+	Drift bool
+}
+
+// Dataplane owns one nftables table.
+type Dataplane interface {
+	// Apply makes the kernel table equal to desired in one atomic transaction. The first
+	// call replaces the table (no window without rules: delete and re-create happen in the
+	// same batch); later calls send only the differences. When a call fails the kernel
+	// keeps the last good ruleset, and the next call replaces the table whole.
+	Apply(ctx context.Context, desired *ruleset.Ruleset, opts ApplyOptions) (Result, error)
+	// Read returns the table as the kernel holds it, or nil when it does not exist.
+	Read(ctx context.Context) (*ruleset.Ruleset, error)
+	// Delete removes the table; it is not an error when the table does not exist.
+	Delete(ctx context.Context) error
+}

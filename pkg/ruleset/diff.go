@@ -1,0 +1,267 @@
+package ruleset
+
+import (
+	"reflect"
+	"sort"
+)
+
+// Changes is what turns one ruleset into another without replacing the table: the
+// dataplane sends them in one batch, in the order documented on each field, so that no
+// intermediate state references a missing object and no rule is missing while its
+// replacement is on the way (the batch is one kernel transaction anyway).
+type Changes struct {
+	// AddSets are new sets and maps, created with their elements. (1)
+	AddSets []*Set
+	// AddChains are new chains, created empty; their rules are in RewriteChains. (2)
+	AddChains []*Chain
+	// AddElements / DelElements change existing sets, keyed by set name. An element of a
+	// verdict map whose verdict changed is deleted and added again. (3)
+	AddElements map[string][]Element
+	DelElements map[string][]Element
+	// RewriteChains are new chains and chains whose rules changed: flushed and refilled. (4)
+	RewriteChains []*Chain
+	// DelChains are flushed and then deleted, after every reference to them is gone. (5)
+	DelChains []*Chain
+	// DelSets are deleted last, after the rules that referenced them. (6)
+	DelSets []*Set
+	// NeedsReplace is set when an incremental change is impossible (a set changed its
+	// type or a base chain changed its hook): the caller replaces the whole table.
+	NeedsReplace bool
+}
+
+// Empty reports whether nothing changes.
+func (c *Changes) Empty() bool {
+	return !c.NeedsReplace && len(c.AddSets) == 0 && len(c.AddChains) == 0 && len(c.AddElements) == 0 &&
+		len(c.DelElements) == 0 && len(c.RewriteChains) == 0 && len(c.DelChains) == 0 && len(c.DelSets) == 0
+}
+
+// Ops counts the objects the change touches (sets, chains, elements, rules), the size
+// of the netlink transaction.
+func (c *Changes) Ops() int {
+	n := len(c.AddSets) + len(c.AddChains) + len(c.DelChains) + len(c.DelSets)
+	for _, s := range c.AddSets {
+		n += len(s.Elements)
+	}
+	for _, e := range c.AddElements {
+		n += len(e)
+	}
+	for _, e := range c.DelElements {
+		n += len(e)
+	}
+	for _, ch := range c.RewriteChains {
+		n += 1 + len(ch.Rules)
+	}
+	return n
+}
+
+// Diff computes the changes from old (what the kernel holds) to desired. Both must be
+// normalized. A nil old means the table does not exist: NeedsReplace is set.
+func Diff(old, desired *Ruleset) *Changes {
+	ch := &Changes{AddElements: map[string][]Element{}, DelElements: map[string][]Element{}}
+	if old == nil || old.Table != desired.Table {
+		ch.NeedsReplace = true
+		return ch
+	}
+	oldSets := map[string]*Set{}
+	for _, s := range old.Sets {
+		oldSets[s.Name] = s
+	}
+	newSets := map[string]bool{}
+	for _, s := range desired.Sets {
+		newSets[s.Name] = true
+		o, ok := oldSets[s.Name]
+		if !ok {
+			ch.AddSets = append(ch.AddSets, s)
+			continue
+		}
+		if !o.SameDefinition(s) {
+			ch.NeedsReplace = true
+			return ch
+		}
+		add, del := diffElements(o.Elements, s.Elements)
+		if len(add) > 0 {
+			ch.AddElements[s.Name] = add
+		}
+		if len(del) > 0 {
+			ch.DelElements[s.Name] = del
+		}
+	}
+	for _, s := range old.Sets {
+		if !newSets[s.Name] {
+			ch.DelSets = append(ch.DelSets, s)
+		}
+	}
+
+	oldChains := map[string]*Chain{}
+	for _, c := range old.Chains {
+		oldChains[c.Name] = c
+	}
+	newChains := map[string]bool{}
+	for _, c := range desired.Chains {
+		newChains[c.Name] = true
+		o, ok := oldChains[c.Name]
+		if !ok {
+			ch.AddChains = append(ch.AddChains, c)
+			ch.RewriteChains = append(ch.RewriteChains, c)
+			continue
+		}
+		if !reflect.DeepEqual(o.Base, c.Base) || o.Comment != c.Comment {
+			// Base chain registration and chain comments cannot be changed in place.
+			ch.NeedsReplace = true
+			return ch
+		}
+		if !RulesEqual(o.Rules, c.Rules) {
+			ch.RewriteChains = append(ch.RewriteChains, c)
+		}
+	}
+	for _, c := range old.Chains {
+		if !newChains[c.Name] {
+			ch.DelChains = append(ch.DelChains, c)
+		}
+	}
+	return ch
+}
+
+// RulesEqual compares two rule lists, treating nil and empty slices alike.
+func RulesEqual(a, b []Rule) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if RuleKey(a[i]) != RuleKey(b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// RuleKey is the identity of a rule: its nft text, which covers every field.
+func RuleKey(r Rule) string { return FormatRule(r) }
+
+func diffElements(old, desired []Element) (add, del []Element) {
+	oldByID := make(map[string]Element, len(old))
+	for _, e := range old {
+		oldByID[e.ID()] = e
+	}
+	newByID := make(map[string]Element, len(desired))
+	for _, e := range desired {
+		id := e.ID()
+		newByID[id] = e
+		o, ok := oldByID[id]
+		if !ok {
+			add = append(add, e)
+		} else if !o.Equal(e) {
+			del = append(del, o)
+			add = append(add, e)
+		}
+	}
+	for _, e := range old {
+		if _, ok := newByID[e.ID()]; !ok {
+			del = append(del, e)
+		}
+	}
+	sort.Slice(add, func(i, j int) bool { return add[i].ID() < add[j].ID() })
+	sort.Slice(del, func(i, j int) bool { return del[i].ID() < del[j].ID() })
+	return add, del
+}
+
+// Apply returns the ruleset that results from applying ch to old (a copy; old is not
+// modified). The fake dataplane uses it; it mirrors what the kernel does with the batch.
+func (ch *Changes) Apply(old *Ruleset, desired *Ruleset) *Ruleset {
+	if ch.NeedsReplace || old == nil {
+		return desired.Clone()
+	}
+	out := old.Clone()
+	for _, s := range ch.AddSets {
+		out.Sets = append(out.Sets, s.Clone())
+	}
+	for _, c := range ch.AddChains {
+		cc := c.Clone()
+		cc.Rules = nil
+		out.Chains = append(out.Chains, cc)
+	}
+	for name, del := range ch.DelElements {
+		s := out.Set(name)
+		drop := map[string]bool{}
+		for _, e := range del {
+			drop[e.ID()] = true
+		}
+		kept := s.Elements[:0]
+		for _, e := range s.Elements {
+			if !drop[e.ID()] {
+				kept = append(kept, e)
+			}
+		}
+		s.Elements = kept
+	}
+	for name, add := range ch.AddElements {
+		s := out.Set(name)
+		s.Elements = append(s.Elements, add...)
+	}
+	for _, c := range ch.RewriteChains {
+		out.Chain(c.Name).Rules = append([]Rule(nil), c.Rules...)
+	}
+	out.Chains = removeChains(out.Chains, ch.DelChains)
+	out.Sets = removeSets(out.Sets, ch.DelSets)
+	out.Normalize()
+	return out
+}
+
+func removeChains(in []*Chain, del []*Chain) []*Chain {
+	drop := map[string]bool{}
+	for _, c := range del {
+		drop[c.Name] = true
+	}
+	var out []*Chain
+	for _, c := range in {
+		if !drop[c.Name] {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func removeSets(in []*Set, del []*Set) []*Set {
+	drop := map[string]bool{}
+	for _, s := range del {
+		drop[s.Name] = true
+	}
+	var out []*Set
+	for _, s := range in {
+		if !drop[s.Name] {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// Clone deep-copies the ruleset.
+func (rs *Ruleset) Clone() *Ruleset {
+	out := &Ruleset{Table: rs.Table}
+	for _, c := range rs.Chains {
+		out.Chains = append(out.Chains, c.Clone())
+	}
+	for _, s := range rs.Sets {
+		out.Sets = append(out.Sets, s.Clone())
+	}
+	return out
+}
+
+// Clone copies the chain (rules are values; their slices are shared read-only).
+func (c *Chain) Clone() *Chain {
+	cc := *c
+	if c.Base != nil {
+		b := *c.Base
+		cc.Base = &b
+	}
+	cc.Rules = append([]Rule(nil), c.Rules...)
+	return &cc
+}
+
+// Clone copies the set and its element list.
+func (s *Set) Clone() *Set {
+	cs := *s
+	cs.Key = append([]KeyType(nil), s.Key...)
+	cs.Elements = append([]Element(nil), s.Elements...)
+	return &cs
+}

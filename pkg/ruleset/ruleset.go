@@ -1,0 +1,607 @@
+// Package ruleset is the plain-Go model of the nftables table the agent owns: sets, verdict
+// maps, base and regular chains and their rules. The compiler produces it, the tracer
+// evaluates packets through it, the dataplane turns it into netlink messages, and Render
+// prints it in nft syntax. It has no kernel dependency.
+package ruleset
+
+import (
+	"bytes"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+)
+
+// Limits we hold names and comments to. The kernel allows 256 bytes for names
+// (NFT_NAME_MAXLEN) and for user data (comments); we stay well below so that an nft
+// listing stays readable and so that the userdata has room for our rule identity tag.
+const (
+	MaxNameLen    = 64
+	MaxCommentLen = 128
+)
+
+// KeyType is the datatype of one field of a set key.
+type KeyType string
+
+const (
+	KeyIPv4Addr KeyType = "ipv4_addr"
+	KeyIPv6Addr KeyType = "ipv6_addr"
+	KeyL4Proto  KeyType = "inet_proto"
+	KeyPort     KeyType = "inet_service"
+)
+
+// Len is the size of the field in bytes (unpadded).
+func (k KeyType) Len() int {
+	switch k {
+	case KeyIPv4Addr:
+		return 4
+	case KeyIPv6Addr:
+		return 16
+	case KeyL4Proto:
+		return 1
+	case KeyPort:
+		return 2
+	}
+	return 0
+}
+
+// Field is a value the rules read from a packet.
+type Field string
+
+const (
+	FieldIPv4Saddr Field = "ip saddr"
+	FieldIPv4Daddr Field = "ip daddr"
+	FieldIPv6Saddr Field = "ip6 saddr"
+	FieldIPv6Daddr Field = "ip6 daddr"
+	FieldL4Proto   Field = "meta l4proto"
+	// FieldDPort is the transport destination port (`th dport`): bytes 2-3 of the
+	// transport header, the same offset for TCP, UDP and SCTP. It is only meaningful
+	// when the protocol is also matched, which is why the compiler always concatenates
+	// it with FieldL4Proto.
+	FieldDPort Field = "th dport"
+)
+
+// KeyType is the set key type matching the field.
+func (f Field) KeyType() KeyType {
+	switch f {
+	case FieldIPv4Saddr, FieldIPv4Daddr:
+		return KeyIPv4Addr
+	case FieldIPv6Saddr, FieldIPv6Daddr:
+		return KeyIPv6Addr
+	case FieldL4Proto:
+		return KeyL4Proto
+	case FieldDPort:
+		return KeyPort
+	}
+	return ""
+}
+
+// Family is the network family a field belongs to (nfproto), or 0 for family-neutral fields.
+func (f Field) Family() Family {
+	switch f {
+	case FieldIPv4Saddr, FieldIPv4Daddr:
+		return IPv4
+	case FieldIPv6Saddr, FieldIPv6Daddr:
+		return IPv6
+	}
+	return 0
+}
+
+// Family is an IP family.
+type Family uint8
+
+const (
+	IPv4 Family = 4
+	IPv6 Family = 6
+)
+
+func (f Family) String() string {
+	if f == IPv6 {
+		return "ipv6"
+	}
+	return "ipv4"
+}
+
+// Range is one field of a set element key: the closed interval [From, To] of big-endian
+// values. For non-interval sets From equals To.
+type Range struct {
+	From, To []byte
+}
+
+// Single is a Range holding exactly one value.
+func Single(b []byte) Range { return Range{From: b, To: b} }
+
+// AddrRange is the range of addresses [from, to].
+func AddrRange(from, to netip.Addr) Range {
+	return Range{From: from.AsSlice(), To: to.AsSlice()}
+}
+
+// Addr is the single address a.
+func Addr(a netip.Addr) Range { return Single(a.AsSlice()) }
+
+// Proto is a single IP protocol number.
+func Proto(p uint8) Range { return Single([]byte{p}) }
+
+// PortRange is the range of ports [from, to].
+func PortRange(from, to uint16) Range {
+	return Range{From: []byte{byte(from >> 8), byte(from)}, To: []byte{byte(to >> 8), byte(to)}}
+}
+
+// IsSingle reports whether the range holds one value.
+func (r Range) IsSingle() bool { return bytes.Equal(r.From, r.To) }
+
+// Contains reports whether v lies in the range.
+func (r Range) Contains(v []byte) bool {
+	return bytes.Compare(r.From, v) <= 0 && bytes.Compare(v, r.To) <= 0
+}
+
+// VerdictKind is what a rule or map element does with a packet.
+type VerdictKind string
+
+const (
+	VerdictNone   VerdictKind = ""
+	VerdictAccept VerdictKind = "accept"
+	VerdictDrop   VerdictKind = "drop"
+	VerdictJump   VerdictKind = "jump"
+	VerdictGoto   VerdictKind = "goto"
+	VerdictReturn VerdictKind = "return"
+)
+
+// Verdict is a terminal statement; Chain names the target of jump and goto.
+type Verdict struct {
+	Kind  VerdictKind
+	Chain string
+}
+
+func (v Verdict) String() string {
+	if v.Kind == VerdictJump || v.Kind == VerdictGoto {
+		return string(v.Kind) + " " + v.Chain
+	}
+	return string(v.Kind)
+}
+
+// Accept, Drop and Jump are shorthands for common verdicts.
+var (
+	Accept = Verdict{Kind: VerdictAccept}
+	Drop   = Verdict{Kind: VerdictDrop}
+)
+
+// Jump is `jump chain`.
+func Jump(chain string) Verdict { return Verdict{Kind: VerdictJump, Chain: chain} }
+
+// Element is one set or verdict-map element.
+type Element struct {
+	Key []Range
+	// Verdict is the data of a verdict-map element.
+	Verdict *Verdict
+}
+
+// ID is a stable identity of the element's key (the data is not part of it: a map holds
+// one element per key).
+func (e Element) ID() string {
+	var sb strings.Builder
+	for i, r := range e.Key {
+		if i > 0 {
+			sb.WriteByte('.')
+		}
+		sb.WriteString(hex.EncodeToString(r.From))
+		if !r.IsSingle() {
+			sb.WriteByte('-')
+			sb.WriteString(hex.EncodeToString(r.To))
+		}
+	}
+	return sb.String()
+}
+
+// Equal compares key and data.
+func (e Element) Equal(o Element) bool {
+	if e.ID() != o.ID() {
+		return false
+	}
+	if (e.Verdict == nil) != (o.Verdict == nil) {
+		return false
+	}
+	return e.Verdict == nil || *e.Verdict == *o.Verdict
+}
+
+// Set is a named set, or a verdict map when IsMap is set.
+type Set struct {
+	Name    string
+	Comment string
+	// Key holds one type per field; more than one makes a concatenation.
+	Key []KeyType
+	// Interval sets hold ranges (flags interval).
+	Interval bool
+	// IsMap makes this a verdict map (`type <key> : verdict`).
+	IsMap    bool
+	Elements []Element
+}
+
+// SameDefinition reports whether two sets have the same type and flags (elements aside).
+func (s *Set) SameDefinition(o *Set) bool {
+	if s.Name != o.Name || s.Interval != o.Interval || s.IsMap != o.IsMap || len(s.Key) != len(o.Key) {
+		return false
+	}
+	for i := range s.Key {
+		if s.Key[i] != o.Key[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// Lookup finds the element whose key contains the values, one per key field.
+func (s *Set) Lookup(values [][]byte) (Element, bool) {
+	if len(values) != len(s.Key) {
+		return Element{}, false
+	}
+outer:
+	for _, e := range s.Elements {
+		for i, r := range e.Key {
+			if !r.Contains(values[i]) {
+				continue outer
+			}
+		}
+		return e, true
+	}
+	return Element{}, false
+}
+
+// SortElements orders elements by key so equal sets compare equal.
+func (s *Set) SortElements() {
+	sort.Slice(s.Elements, func(i, j int) bool { return lessKey(s.Elements[i].Key, s.Elements[j].Key) })
+}
+
+func lessKey(a, b []Range) bool {
+	for i := range a {
+		if i >= len(b) {
+			return false
+		}
+		if c := bytes.Compare(a[i].From, b[i].From); c != 0 {
+			return c < 0
+		}
+		if c := bytes.Compare(a[i].To, b[i].To); c != 0 {
+			return c < 0
+		}
+	}
+	return len(a) < len(b)
+}
+
+// MatchKind is the kind of a rule condition.
+type MatchKind string
+
+const (
+	// MatchCtState: `ct state { CtStates }`.
+	MatchCtState MatchKind = "ct state"
+	// MatchLookup: `Fields[0] . Fields[1] ... @Set` (negated with `!=`).
+	MatchLookup MatchKind = "lookup"
+	// MatchNFProto: `meta nfproto Family`.
+	MatchNFProto MatchKind = "nfproto"
+	// MatchL4Proto: `meta l4proto Proto`.
+	MatchL4Proto MatchKind = "l4proto"
+)
+
+// Match is one condition of a rule; all conditions of a rule must hold.
+type Match struct {
+	Kind MatchKind
+	// CtStates for MatchCtState: "established", "related", "new", "invalid".
+	CtStates []string
+	// Fields and Set for MatchLookup.
+	Fields []Field
+	Set    string
+	Negate bool
+	// Family for MatchNFProto.
+	Family Family
+	// Proto for MatchL4Proto.
+	Proto uint8
+}
+
+// Rule is a list of matches followed by an optional counter and a verdict, or by a
+// verdict-map dispatch (VMap) which is terminal when an element matches and falls
+// through otherwise.
+type Rule struct {
+	Matches []Match
+	Counter bool
+	Verdict Verdict
+	VMap    *VMap
+	Comment string
+}
+
+// VMap is `Fields vmap @Map`.
+type VMap struct {
+	Fields []Field
+	Map    string
+}
+
+// Hook is a netfilter hook of a base chain.
+type Hook string
+
+const (
+	HookPrerouting  Hook = "prerouting"
+	HookInput       Hook = "input"
+	HookForward     Hook = "forward"
+	HookOutput      Hook = "output"
+	HookPostrouting Hook = "postrouting"
+)
+
+// BaseChain holds the hook registration of a base chain. Policy is always accept: the
+// agent drops only what a rule drops.
+type BaseChain struct {
+	Hook     Hook
+	Priority int
+}
+
+// Chain is a base chain (Base set) or a regular chain.
+type Chain struct {
+	Name    string
+	Comment string
+	Base    *BaseChain
+	Rules   []Rule
+}
+
+// Ruleset is the whole table `inet <Table>`.
+type Ruleset struct {
+	Table  string
+	Chains []*Chain
+	Sets   []*Set
+}
+
+// Normalize sorts chains, sets and elements so that equal rulesets are deeply equal and
+// render identically.
+func (rs *Ruleset) Normalize() {
+	sort.Slice(rs.Chains, func(i, j int) bool { return rs.Chains[i].Name < rs.Chains[j].Name })
+	sort.Slice(rs.Sets, func(i, j int) bool { return rs.Sets[i].Name < rs.Sets[j].Name })
+	for _, s := range rs.Sets {
+		s.SortElements()
+	}
+}
+
+// Chain returns the chain with the given name, or nil.
+func (rs *Ruleset) Chain(name string) *Chain {
+	for _, c := range rs.Chains {
+		if c.Name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+// Set returns the set or map with the given name, or nil.
+func (rs *Ruleset) Set(name string) *Set {
+	for _, s := range rs.Sets {
+		if s.Name == name {
+			return s
+		}
+	}
+	return nil
+}
+
+// Stats summarises the size of a ruleset.
+type Stats struct {
+	Chains, Rules, Sets, Elements int
+}
+
+// Stats counts chains, rules, sets and elements.
+func (rs *Ruleset) Stats() Stats {
+	var st Stats
+	st.Chains = len(rs.Chains)
+	for _, c := range rs.Chains {
+		st.Rules += len(c.Rules)
+	}
+	st.Sets = len(rs.Sets)
+	for _, s := range rs.Sets {
+		st.Elements += len(s.Elements)
+	}
+	return st
+}
+
+// Validate checks what the kernel would reject, so that a bad ruleset is refused with a
+// clear error before a batch is sent (netlink errors carry no context): name lengths,
+// duplicate names, references to missing chains and sets, key sizes, overlapping
+// intervals, and lookups whose fields do not match the set's key.
+func (rs *Ruleset) Validate() error {
+	if rs.Table == "" || len(rs.Table) > MaxNameLen {
+		return fmt.Errorf("table name %q: must be 1-%d characters", rs.Table, MaxNameLen)
+	}
+	chains := map[string]*Chain{}
+	for _, c := range rs.Chains {
+		if err := checkName("chain", c.Name); err != nil {
+			return err
+		}
+		if _, dup := chains[c.Name]; dup {
+			return fmt.Errorf("chain %q defined twice", c.Name)
+		}
+		if len(c.Comment) > MaxCommentLen {
+			return fmt.Errorf("chain %q: comment longer than %d", c.Name, MaxCommentLen)
+		}
+		chains[c.Name] = c
+	}
+	sets := map[string]*Set{}
+	for _, s := range rs.Sets {
+		if err := checkName("set", s.Name); err != nil {
+			return err
+		}
+		if _, dup := sets[s.Name]; dup {
+			return fmt.Errorf("set %q defined twice", s.Name)
+		}
+		if len(s.Comment) > MaxCommentLen {
+			return fmt.Errorf("set %q: comment longer than %d", s.Name, MaxCommentLen)
+		}
+		sets[s.Name] = s
+		if err := validateSet(s, chains); err != nil {
+			return err
+		}
+	}
+	for _, c := range rs.Chains {
+		for i, r := range c.Rules {
+			if err := validateRule(r, chains, sets); err != nil {
+				return fmt.Errorf("chain %q rule %d: %w", c.Name, i, err)
+			}
+		}
+	}
+	return nil
+}
+
+func checkName(kind, name string) error {
+	if name == "" || len(name) > MaxNameLen {
+		return fmt.Errorf("%s name %q: must be 1-%d characters", kind, name, MaxNameLen)
+	}
+	for _, r := range name {
+		if r < 0x21 || r > 0x7e || r == '"' {
+			return fmt.Errorf("%s name %q: character %q not allowed", kind, name, r)
+		}
+	}
+	return nil
+}
+
+func validateSet(s *Set, chains map[string]*Chain) error {
+	if len(s.Key) == 0 {
+		return fmt.Errorf("set %q: no key type", s.Name)
+	}
+	for _, k := range s.Key {
+		if k.Len() == 0 {
+			return fmt.Errorf("set %q: unknown key type %q", s.Name, k)
+		}
+	}
+	seen := map[string]bool{}
+	for _, e := range s.Elements {
+		if len(e.Key) != len(s.Key) {
+			return fmt.Errorf("set %q: element has %d key fields, want %d", s.Name, len(e.Key), len(s.Key))
+		}
+		for i, r := range e.Key {
+			if len(r.From) != s.Key[i].Len() || len(r.To) != s.Key[i].Len() {
+				return fmt.Errorf("set %q: element field %d has %d bytes, want %d for %s", s.Name, i, len(r.From), s.Key[i].Len(), s.Key[i])
+			}
+			if bytes.Compare(r.From, r.To) > 0 {
+				return fmt.Errorf("set %q: element field %d is an empty range", s.Name, i)
+			}
+			if !s.Interval && !r.IsSingle() {
+				return fmt.Errorf("set %q: range element in a set without the interval flag", s.Name)
+			}
+		}
+		id := e.ID()
+		if seen[id] {
+			return fmt.Errorf("set %q: duplicate element %s", s.Name, id)
+		}
+		seen[id] = true
+		if s.IsMap {
+			if e.Verdict == nil {
+				return fmt.Errorf("set %q: map element without verdict", s.Name)
+			}
+			if err := validateVerdict(*e.Verdict, chains); err != nil {
+				return fmt.Errorf("map %q: %w", s.Name, err)
+			}
+		} else if e.Verdict != nil {
+			return fmt.Errorf("set %q: element has data but the set is not a map", s.Name)
+		}
+	}
+	// Single-field interval sets must not overlap: the kernel refuses overlaps (EEXIST).
+	if s.Interval && len(s.Key) == 1 && len(s.Elements) > 1 {
+		sorted := append([]Element(nil), s.Elements...)
+		sort.Slice(sorted, func(i, j int) bool { return bytes.Compare(sorted[i].Key[0].From, sorted[j].Key[0].From) < 0 })
+		for i := 1; i < len(sorted); i++ {
+			if bytes.Compare(sorted[i].Key[0].From, sorted[i-1].Key[0].To) <= 0 {
+				return fmt.Errorf("set %q: overlapping intervals %s and %s", s.Name, sorted[i-1].ID(), sorted[i].ID())
+			}
+		}
+	}
+	return nil
+}
+
+func validateVerdict(v Verdict, chains map[string]*Chain) error {
+	switch v.Kind {
+	case VerdictAccept, VerdictDrop, VerdictReturn:
+		return nil
+	case VerdictJump, VerdictGoto:
+		c, ok := chains[v.Chain]
+		if !ok {
+			return fmt.Errorf("%s to missing chain %q", v.Kind, v.Chain)
+		}
+		if c.Base != nil {
+			return fmt.Errorf("%s to base chain %q", v.Kind, v.Chain)
+		}
+		return nil
+	}
+	return fmt.Errorf("unknown verdict %q", v.Kind)
+}
+
+func validateLookup(fields []Field, set string, sets map[string]*Set, wantMap bool) error {
+	s, ok := sets[set]
+	if !ok {
+		return fmt.Errorf("reference to missing set %q", set)
+	}
+	if s.IsMap != wantMap {
+		return fmt.Errorf("set %q: map/set mismatch", set)
+	}
+	if len(fields) != len(s.Key) {
+		return fmt.Errorf("lookup of %d fields in set %q with %d key fields", len(fields), set, len(s.Key))
+	}
+	var fam Family
+	for i, f := range fields {
+		if f.KeyType() != s.Key[i] {
+			return fmt.Errorf("field %q does not match key type %q of set %q", f, s.Key[i], set)
+		}
+		if ff := f.Family(); ff != 0 {
+			if fam != 0 && fam != ff {
+				return fmt.Errorf("lookup mixes IPv4 and IPv6 fields")
+			}
+			fam = ff
+		}
+	}
+	return nil
+}
+
+func validateRule(r Rule, chains map[string]*Chain, sets map[string]*Set) error {
+	if len(r.Comment) > MaxCommentLen {
+		return fmt.Errorf("comment longer than %d", MaxCommentLen)
+	}
+	for _, m := range r.Matches {
+		switch m.Kind {
+		case MatchLookup:
+			if err := validateLookup(m.Fields, m.Set, sets, false); err != nil {
+				return err
+			}
+		case MatchCtState:
+			if len(m.CtStates) == 0 {
+				return fmt.Errorf("ct state match without states")
+			}
+			for _, s := range m.CtStates {
+				if _, ok := CtStateBits[s]; !ok {
+					return fmt.Errorf("unknown ct state %q", s)
+				}
+			}
+		case MatchNFProto:
+			if m.Family != IPv4 && m.Family != IPv6 {
+				return fmt.Errorf("unknown family %d", m.Family)
+			}
+		case MatchL4Proto:
+		default:
+			return fmt.Errorf("unknown match kind %q", m.Kind)
+		}
+	}
+	if r.VMap != nil {
+		if r.Verdict.Kind != VerdictNone {
+			return fmt.Errorf("rule has both a vmap and a verdict")
+		}
+		return validateLookup(r.VMap.Fields, r.VMap.Map, sets, true)
+	}
+	if r.Verdict.Kind == VerdictNone {
+		// A rule without a verdict only counts; allowed but must count something.
+		if !r.Counter {
+			return fmt.Errorf("rule has neither a verdict nor a counter")
+		}
+		return nil
+	}
+	return validateVerdict(r.Verdict, chains)
+}
+
+// CtStateBits are the kernel's conntrack state bits (NF_CT_STATE_*), shared by the
+// netlink encoder and the tracer.
+var CtStateBits = map[string]uint32{
+	"invalid":     1,
+	"established": 1 << 1,
+	"related":     1 << 2,
+	"new":         1 << 3,
+	"untracked":   1 << 6,
+}
