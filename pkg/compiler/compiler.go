@@ -1,0 +1,556 @@
+// Package compiler turns a cluster snapshot into the nftables ruleset one node enforces.
+// It is pure: no kernel, no API clients, the same output for the same input.
+//
+// The ruleset it produces (see README "How it works"):
+//
+//	table inet nftpolicy
+//	  chain egress-forward  (hook forward, priority filter-10)  and egress-input (hook input)
+//	    ct state established,related accept
+//	    ip saddr vmap @egress-pods-v4      ip6 saddr vmap @egress-pods-v6
+//	  chain ingress-forward (hook forward, priority filter-5)
+//	    ct state established,related accept
+//	    ip daddr vmap @ingress-pods-v4     ip6 daddr vmap @ingress-pods-v6
+//	  map ingress-pods-v4 { <local isolated pod IP> : jump isolate-in-<policy set> }
+//	  chain isolate-in-<hash>   one per distinct set of policies isolating a pod
+//	    jump pol-in-<policy>    ... for each policy
+//	    counter drop
+//	  chain pol-in-<hash>-<ns>.<name>   one rule per (rule, family, port kind)
+//	    ip saddr @peer-<hash>-v4 meta l4proto . th dport @port-<hash> counter accept
+//
+// Per packet that is one verdict-map lookup, then a few set lookups per policy that
+// selects the pod, whatever the number of pods and policies in the cluster. Pod churn
+// changes only set and map elements; chains change only when policies do.
+//
+// Egress and ingress are separate base chains: an accept ends only its own base chain,
+// so a connection must pass the source's egress chain and then the destination's
+// ingress chain. Traffic the node itself sends (kubelet probes) leaves through the
+// output hook, where no ingress chain is registered, so it always reaches local pods.
+package compiler
+
+import (
+	"crypto/sha256"
+	"encoding/base32"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/nftpolicy/nftpolicy/pkg/model"
+	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
+)
+
+// Names of the fixed objects of the table.
+const (
+	DefaultTable        = "nftpolicy"
+	ChainEgressForward  = "egress-forward"
+	ChainEgressInput    = "egress-input"
+	ChainIngressForward = "ingress-forward"
+	MapEgressV4         = "egress-pods-v4"
+	MapEgressV6         = "egress-pods-v6"
+	MapIngressV4        = "ingress-pods-v4"
+	MapIngressV6        = "ingress-pods-v6"
+
+	// Egress is judged before ingress on the forward hook. Both run before the
+	// conventional filter priority so that an accept in another table cannot come first
+	// (and a drop anywhere is final anyway).
+	PriorityEgress  = -10
+	PriorityIngress = -5
+)
+
+// Direction is ingress or egress.
+type Direction string
+
+const (
+	Ingress Direction = "ingress"
+	Egress  Direction = "egress"
+)
+
+func (d Direction) short() string {
+	if d == Ingress {
+		return "in"
+	}
+	return "eg"
+}
+
+// Options tune compilation.
+type Options struct {
+	// Table is the table name (default "nftpolicy").
+	Table string
+}
+
+// Problem is an input the compiler could not use: the object and field it came from and
+// why. The rest of the snapshot is compiled regardless.
+type Problem struct {
+	Kind, Namespace, Name string
+	Field                 string
+	Err                   error
+}
+
+func (p Problem) Error() string {
+	return fmt.Sprintf("%s %s/%s: %s: %v", p.Kind, p.Namespace, p.Name, p.Field, p.Err)
+}
+
+// Result is the compiled ruleset and what could not be compiled.
+type Result struct {
+	Ruleset  *ruleset.Ruleset
+	Problems []Problem
+}
+
+// Compile builds the ruleset for snap.NodeName.
+func Compile(snap *model.Snapshot, opts Options) *Result {
+	c := newCompilation(snap, opts)
+	c.run()
+	c.rs.Normalize()
+	return &Result{Ruleset: c.rs, Problems: c.problems}
+}
+
+type compilation struct {
+	snap     *model.Snapshot
+	rs       *ruleset.Ruleset
+	problems []Problem
+
+	owners map[netip.Addr]*model.Pod
+	// pods are the eligible pods that own at least one IP, sorted by key.
+	pods []*model.Pod
+	// podIPs are the IPs each of those pods owns.
+	podIPs map[*model.Pod][]netip.Addr
+
+	sets   map[string]*ruleset.Set
+	chains map[string]*ruleset.Chain
+}
+
+func newCompilation(snap *model.Snapshot, opts Options) *compilation {
+	table := opts.Table
+	if table == "" {
+		table = DefaultTable
+	}
+	c := &compilation{
+		snap:   snap,
+		rs:     &ruleset.Ruleset{Table: table},
+		owners: model.IPOwners(snap.Pods),
+		podIPs: map[*model.Pod][]netip.Addr{},
+		sets:   map[string]*ruleset.Set{},
+		chains: map[string]*ruleset.Chain{},
+	}
+	ips := make([]netip.Addr, 0, len(c.owners))
+	for ip := range c.owners {
+		ips = append(ips, ip)
+	}
+	sort.Slice(ips, func(i, j int) bool { return ips[i].Less(ips[j]) })
+	for _, ip := range ips {
+		p := c.owners[ip]
+		if _, ok := c.podIPs[p]; !ok {
+			c.pods = append(c.pods, p)
+		}
+		c.podIPs[p] = append(c.podIPs[p], ip)
+	}
+	sort.Slice(c.pods, func(i, j int) bool { return c.pods[i].Key() < c.pods[j].Key() })
+	return c
+}
+
+// policy is a policy with its parsed selector and effective policy types.
+type policy struct {
+	np              *networkingv1.NetworkPolicy
+	key             string
+	selector        labels.Selector
+	ingress, egress bool
+}
+
+func (c *compilation) run() {
+	c.addBaseChains()
+
+	var policies []*policy
+	for _, np := range c.snap.Policies {
+		if p := c.parsePolicy(np); p != nil {
+			policies = append(policies, p)
+		}
+	}
+	sort.Slice(policies, func(i, j int) bool { return policies[i].key < policies[j].key })
+
+	// Which policies isolate each local pod, per direction.
+	for _, dir := range []Direction{Ingress, Egress} {
+		compiled := map[*policy]string{} // policy → its chain, compiled on first use
+		for _, pod := range c.pods {
+			if pod.NodeName != c.snap.NodeName {
+				continue
+			}
+			var chains, keys []string
+			for _, p := range policies {
+				if !p.applies(dir) || p.np.Namespace != pod.Namespace || !p.selector.Matches(labels.Set(pod.Labels)) {
+					continue
+				}
+				name, ok := compiled[p]
+				if !ok {
+					name = c.compilePolicy(p, dir)
+					compiled[p] = name
+				}
+				chains = append(chains, name)
+				keys = append(keys, p.key)
+			}
+			if len(chains) == 0 {
+				continue
+			}
+			isolate := c.isolationChain(dir, chains, keys)
+			for _, ip := range c.podIPs[pod] {
+				c.addDispatch(dir, ip, isolate, pod)
+			}
+		}
+	}
+	for _, s := range c.sets {
+		c.rs.Sets = append(c.rs.Sets, s)
+	}
+	for _, ch := range c.chains {
+		c.rs.Chains = append(c.rs.Chains, ch)
+	}
+}
+
+func (p *policy) applies(dir Direction) bool {
+	if dir == Ingress {
+		return p.ingress
+	}
+	return p.egress
+}
+
+func (c *compilation) problem(np *networkingv1.NetworkPolicy, field string, err error) {
+	c.problems = append(c.problems, Problem{Kind: "NetworkPolicy", Namespace: np.Namespace, Name: np.Name, Field: field, Err: err})
+}
+
+// parsePolicy resolves the policy's selector and policyTypes. When policyTypes is empty
+// the API defaults apply: Ingress always, Egress when egress rules are present.
+func (c *compilation) parsePolicy(np *networkingv1.NetworkPolicy) *policy {
+	sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
+	if err != nil {
+		c.problem(np, "spec.podSelector", err)
+		return nil
+	}
+	p := &policy{np: np, key: np.Namespace + "/" + np.Name, selector: sel}
+	if len(np.Spec.PolicyTypes) == 0 {
+		p.ingress = true
+		p.egress = len(np.Spec.Egress) > 0
+	}
+	for i, t := range np.Spec.PolicyTypes {
+		switch t {
+		case networkingv1.PolicyTypeIngress:
+			p.ingress = true
+		case networkingv1.PolicyTypeEgress:
+			p.egress = true
+		default:
+			c.problem(np, fmt.Sprintf("spec.policyTypes[%d]", i), fmt.Errorf("unknown policy type %q", t))
+		}
+	}
+	return p
+}
+
+func (c *compilation) addBaseChains() {
+	ct := ruleset.Rule{
+		Matches: []ruleset.Match{{Kind: ruleset.MatchCtState, CtStates: []string{"established", "related"}}},
+		Verdict: ruleset.Accept,
+		Comment: "replies and related packets of allowed connections",
+	}
+	dispatch := func(dir Direction) []ruleset.Rule {
+		f4, f6, m4, m6 := ruleset.FieldIPv4Saddr, ruleset.FieldIPv6Saddr, MapEgressV4, MapEgressV6
+		if dir == Ingress {
+			f4, f6, m4, m6 = ruleset.FieldIPv4Daddr, ruleset.FieldIPv6Daddr, MapIngressV4, MapIngressV6
+		}
+		return []ruleset.Rule{
+			ct,
+			{VMap: &ruleset.VMap{Fields: []ruleset.Field{f4}, Map: m4}, Comment: "local pods isolated for " + string(dir)},
+			{VMap: &ruleset.VMap{Fields: []ruleset.Field{f6}, Map: m6}, Comment: "local pods isolated for " + string(dir)},
+		}
+	}
+	c.chains[ChainEgressForward] = &ruleset.Chain{
+		Name: ChainEgressForward, Comment: "egress of local pods to other hosts and pods",
+		Base:  &ruleset.BaseChain{Hook: ruleset.HookForward, Priority: PriorityEgress},
+		Rules: dispatch(Egress),
+	}
+	c.chains[ChainEgressInput] = &ruleset.Chain{
+		Name: ChainEgressInput, Comment: "egress of local pods to this node",
+		Base:  &ruleset.BaseChain{Hook: ruleset.HookInput, Priority: PriorityEgress},
+		Rules: dispatch(Egress),
+	}
+	c.chains[ChainIngressForward] = &ruleset.Chain{
+		Name: ChainIngressForward, Comment: "ingress of local pods",
+		Base:  &ruleset.BaseChain{Hook: ruleset.HookForward, Priority: PriorityIngress},
+		Rules: dispatch(Ingress),
+	}
+	for _, m := range []struct {
+		name string
+		key  ruleset.KeyType
+		dir  Direction
+	}{{MapEgressV4, ruleset.KeyIPv4Addr, Egress}, {MapEgressV6, ruleset.KeyIPv6Addr, Egress},
+		{MapIngressV4, ruleset.KeyIPv4Addr, Ingress}, {MapIngressV6, ruleset.KeyIPv6Addr, Ingress}} {
+		c.sets[m.name] = &ruleset.Set{Name: m.name, Key: []ruleset.KeyType{m.key}, IsMap: true,
+			Comment: "local pod IP to the chain of the policies isolating it for " + string(m.dir)}
+	}
+}
+
+func (c *compilation) addDispatch(dir Direction, ip netip.Addr, chain string, pod *model.Pod) {
+	name := map[Direction][2]string{Egress: {MapEgressV4, MapEgressV6}, Ingress: {MapIngressV4, MapIngressV6}}[dir]
+	m := c.sets[name[0]]
+	if ip.Is6() {
+		m = c.sets[name[1]]
+	}
+	v := ruleset.Jump(chain)
+	m.Elements = append(m.Elements, ruleset.Element{Key: []ruleset.Range{ruleset.Addr(ip)}, Verdict: &v})
+}
+
+// isolationChain returns the chain shared by every pod isolated by exactly these
+// policies: it tries each policy's chain (an accept there is final) and then drops.
+func (c *compilation) isolationChain(dir Direction, policyChains, policyKeys []string) string {
+	name := "isolate-" + dir.short() + "-" + shortHash(strings.Join(policyKeys, ","))
+	if _, ok := c.chains[name]; ok {
+		return name
+	}
+	ch := &ruleset.Chain{Name: name, Comment: truncate("isolated for "+string(dir)+" by "+strings.Join(policyKeys, ", "), ruleset.MaxCommentLen)}
+	for i, pc := range policyChains {
+		ch.Rules = append(ch.Rules, ruleset.Rule{Verdict: ruleset.Jump(pc), Comment: truncate(policyKeys[i], ruleset.MaxCommentLen)})
+	}
+	ch.Rules = append(ch.Rules, ruleset.Rule{Counter: true, Verdict: ruleset.Drop,
+		Comment: truncate("drop: no rule of "+strings.Join(policyKeys, ", ")+" allows it", ruleset.MaxCommentLen)})
+	c.chains[name] = ch
+	return name
+}
+
+// compilePolicy adds the chain holding the rules of one policy in one direction.
+func (c *compilation) compilePolicy(p *policy, dir Direction) string {
+	name := truncate("pol-"+dir.short()+"-"+shortHash(p.key)+"-"+p.np.Namespace+"."+p.np.Name, ruleset.MaxNameLen)
+	ch := &ruleset.Chain{Name: name, Comment: truncate(string(dir)+" rules of "+p.key, ruleset.MaxCommentLen)}
+	c.chains[name] = ch
+	if dir == Ingress {
+		for i, r := range p.np.Spec.Ingress {
+			field := fmt.Sprintf("spec.ingress[%d]", i)
+			ch.Rules = append(ch.Rules, c.compileRule(p, dir, i, field, r.From, r.Ports)...)
+		}
+	} else {
+		for i, r := range p.np.Spec.Egress {
+			field := fmt.Sprintf("spec.egress[%d]", i)
+			ch.Rules = append(ch.Rules, c.compileRule(p, dir, i, field, r.To, r.Ports)...)
+		}
+	}
+	return name
+}
+
+// families the compiler emits rules for, with the fields they use.
+var families = []struct {
+	fam          ruleset.Family
+	saddr, daddr ruleset.Field
+	key          ruleset.KeyType
+	suffix       string
+}{
+	{ruleset.IPv4, ruleset.FieldIPv4Saddr, ruleset.FieldIPv4Daddr, ruleset.KeyIPv4Addr, "v4"},
+	{ruleset.IPv6, ruleset.FieldIPv6Saddr, ruleset.FieldIPv6Daddr, ruleset.KeyIPv6Addr, "v6"},
+}
+
+// compileRule compiles one ingress or egress rule. A rule allows a packet when its peer
+// matches one of the peers (or there are no peers) and its port matches one of the
+// ports (or there are no ports). Numeric ports are the same for every pod, so they live
+// in one `proto . port` set; named ports resolve per pod, so they live in a set of
+// `pod address . proto . port` — for ingress the local selected pods (the destination),
+// for egress the peer pods (also the destination).
+func (c *compilation) compileRule(p *policy, dir Direction, idx int, field string, peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort) []ruleset.Rule {
+	comment := truncate(fmt.Sprintf("%s %s rule %d", p.key, dir, idx), ruleset.MaxCommentLen)
+
+	numeric, named := c.parsePorts(p.np, field, ports)
+	var peer *peerSpec
+	if len(peers) > 0 {
+		peer = c.parsePeers(p.np, field, peers)
+	}
+
+	var rules []ruleset.Rule
+	for _, f := range families {
+		peerField := f.saddr
+		if dir == Egress {
+			peerField = f.daddr
+		}
+		var peerMatch []ruleset.Match
+		if peer != nil {
+			if !peer.mayHave(f.fam) {
+				continue // e.g. only IPv4 ipBlocks: nothing of this family can match
+			}
+			peerMatch = []ruleset.Match{{Kind: ruleset.MatchLookup, Fields: []ruleset.Field{peerField}, Set: c.peerSet(peer, f.fam, f.key, f.suffix)}}
+		}
+		accept := func(m ...ruleset.Match) ruleset.Rule {
+			return ruleset.Rule{Matches: m, Counter: true, Verdict: ruleset.Accept, Comment: comment}
+		}
+		if len(ports) == 0 {
+			if peer == nil {
+				// Everyone, every port: one family-neutral rule, emitted once.
+				if f.fam == ruleset.IPv4 {
+					rules = append(rules, accept())
+				}
+				continue
+			}
+			rules = append(rules, accept(peerMatch...))
+			continue
+		}
+		if len(numeric) > 0 {
+			if peer == nil && f.fam == ruleset.IPv6 {
+				// Family-neutral: emitted once, under IPv4's turn.
+			} else {
+				set := c.portSet(numeric)
+				m := append(append([]ruleset.Match(nil), peerMatch...), ruleset.Match{Kind: ruleset.MatchLookup,
+					Fields: []ruleset.Field{ruleset.FieldL4Proto, ruleset.FieldDPort}, Set: set})
+				rules = append(rules, accept(m...))
+			}
+		}
+		if len(named) > 0 {
+			set := c.namedPortSet(p, dir, idx, peer, named, f.fam, f.key, f.suffix)
+			lookup := ruleset.Match{Kind: ruleset.MatchLookup,
+				Fields: []ruleset.Field{f.daddr, ruleset.FieldL4Proto, ruleset.FieldDPort}, Set: set}
+			var m []ruleset.Match
+			if dir == Ingress {
+				// The named set holds the selected local pods; the peer is the source.
+				m = append(append(m, peerMatch...), lookup)
+			} else {
+				// The named set holds only pods that match the peers already.
+				m = append(m, lookup)
+			}
+			rules = append(rules, accept(m...))
+		}
+	}
+	return rules
+}
+
+// parsePorts splits a rule's ports into numeric ranges and named ports.
+func (c *compilation) parsePorts(np *networkingv1.NetworkPolicy, field string, ports []networkingv1.NetworkPolicyPort) ([]portRange, []namedPort) {
+	var numeric []portRange
+	var named []namedPort
+	for i, pp := range ports {
+		pfield := fmt.Sprintf("%s.ports[%d]", field, i)
+		proto := corev1.ProtocolTCP
+		if pp.Protocol != nil {
+			proto = *pp.Protocol
+		}
+		pn, ok := protoNumber(proto)
+		if !ok {
+			c.problem(np, pfield+".protocol", fmt.Errorf("unsupported protocol %q", proto))
+			continue
+		}
+		switch {
+		case pp.Port == nil:
+			numeric = append(numeric, portRange{proto: pn, from: 0, to: 65535})
+		case pp.Port.Type == 1: // intstr.String: a named port
+			if pp.EndPort != nil {
+				c.problem(np, pfield+".endPort", fmt.Errorf("endPort cannot be used with named port %q", pp.Port.StrVal))
+				continue
+			}
+			named = append(named, namedPort{name: pp.Port.StrVal, proto: proto, num: pn})
+		default:
+			from := pp.Port.IntVal
+			to := from
+			if pp.EndPort != nil {
+				to = *pp.EndPort
+			}
+			if from < 1 || from > 65535 || to < from || to > 65535 {
+				c.problem(np, pfield, fmt.Errorf("invalid port range %d-%d", from, to))
+				continue
+			}
+			numeric = append(numeric, portRange{proto: pn, from: uint16(from), to: uint16(to)})
+		}
+	}
+	return normalizePorts(numeric), named
+}
+
+type namedPort struct {
+	name  string
+	proto corev1.Protocol
+	num   uint8
+}
+
+func protoNumber(p corev1.Protocol) (uint8, bool) {
+	switch p {
+	case corev1.ProtocolTCP:
+		return ruleset.ProtoTCP, true
+	case corev1.ProtocolUDP:
+		return ruleset.ProtoUDP, true
+	case corev1.ProtocolSCTP:
+		return ruleset.ProtoSCTP, true
+	}
+	return 0, false
+}
+
+func (c *compilation) portSet(ports []portRange) string {
+	var key strings.Builder
+	for _, p := range ports {
+		fmt.Fprintf(&key, "%d:%d-%d,", p.proto, p.from, p.to)
+	}
+	name := "port-" + shortHash(key.String())
+	if _, ok := c.sets[name]; ok {
+		return name
+	}
+	s := &ruleset.Set{Name: name, Key: []ruleset.KeyType{ruleset.KeyL4Proto, ruleset.KeyPort}, Interval: true,
+		Comment: truncate("ports "+describePorts(ports), ruleset.MaxCommentLen)}
+	for _, p := range ports {
+		s.Elements = append(s.Elements, ruleset.Element{Key: []ruleset.Range{ruleset.Proto(p.proto), ruleset.PortRange(p.from, p.to)}})
+	}
+	c.sets[name] = s
+	return name
+}
+
+func describePorts(ports []portRange) string {
+	parts := make([]string, len(ports))
+	for i, p := range ports {
+		if p.from == p.to {
+			parts[i] = fmt.Sprintf("%d/%s", p.from, ruleset.ProtoName(p.proto))
+		} else {
+			parts[i] = fmt.Sprintf("%d-%d/%s", p.from, p.to, ruleset.ProtoName(p.proto))
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+// namedPortSet holds `address . proto . port` of the destination pods a rule's named
+// ports resolve on. A pod that has no port of that name contributes nothing, so the
+// rule matches nothing on it.
+func (c *compilation) namedPortSet(p *policy, dir Direction, idx int, peer *peerSpec, named []namedPort, fam ruleset.Family, key ruleset.KeyType, suffix string) string {
+	name := fmt.Sprintf("named-%s-%s", shortHash(fmt.Sprintf("%s/%s/%d", p.key, dir, idx)), suffix)
+	s := &ruleset.Set{Name: name, Key: []ruleset.KeyType{key, ruleset.KeyL4Proto, ruleset.KeyPort},
+		Comment: truncate(fmt.Sprintf("%s %s rule %d named ports", p.key, dir, idx), ruleset.MaxCommentLen)}
+	c.sets[name] = s
+	seen := map[string]bool{}
+	for _, pod := range c.pods {
+		if dir == Ingress {
+			// Destinations are the local pods this policy selects.
+			if pod.NodeName != c.snap.NodeName || pod.Namespace != p.np.Namespace || !p.selector.Matches(labels.Set(pod.Labels)) {
+				continue
+			}
+		}
+		for _, ip := range c.podIPs[pod] {
+			if (fam == ruleset.IPv4) != ip.Is4() {
+				continue
+			}
+			if dir == Egress && peer != nil && !c.peerHas(peer, pod, ip) {
+				continue
+			}
+			for _, np := range named {
+				port, ok := pod.ResolvePort(np.name, np.proto)
+				if !ok {
+					continue
+				}
+				e := ruleset.Element{Key: []ruleset.Range{ruleset.Addr(ip), ruleset.Proto(np.num), ruleset.PortRange(uint16(port), uint16(port))}}
+				if id := e.ID(); !seen[id] {
+					seen[id] = true
+					s.Elements = append(s.Elements, e)
+				}
+			}
+		}
+	}
+	return name
+}
+
+func shortHash(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(sum[:]))[:10]
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-3] + "..."
+}

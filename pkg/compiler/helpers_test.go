@@ -1,0 +1,340 @@
+package compiler
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/nftpolicy/nftpolicy/pkg/model"
+	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
+	"github.com/nftpolicy/nftpolicy/pkg/tracer"
+)
+
+// cluster is a test fixture: pods spread over nodes, namespaces and policies. Traffic is
+// judged the way the kernel would: the packet goes through the ruleset of the source's
+// node and, when the destination lives elsewhere, through the destination node's too.
+type cluster struct {
+	t          *testing.T
+	pods       []*model.Pod
+	namespaces map[string]*model.Namespace
+	policies   []*networkingv1.NetworkPolicy
+	nodeIPs    map[string][]netip.Addr
+}
+
+func newCluster(t *testing.T) *cluster {
+	return &cluster{t: t, namespaces: map[string]*model.Namespace{}, nodeIPs: map[string][]netip.Addr{
+		"n1": {netip.MustParseAddr("192.168.0.1"), netip.MustParseAddr("fd00::1")},
+		"n2": {netip.MustParseAddr("192.168.0.2"), netip.MustParseAddr("fd00::2")},
+	}}
+}
+
+// upstream builds the upstream e2e model: namespaces x, y, z, pods a, b, c in each with
+// label pod=<name>, dual-stack, ports serve-80-tcp/serve-81-tcp/serve-80-udp/serve-81-udp,
+// a and c on n1, b on n2.
+func upstream(t *testing.T) *cluster {
+	c := newCluster(t)
+	for i, ns := range []string{"x", "y", "z"} {
+		c.ns(ns, nil)
+		for j, name := range []string{"a", "b", "c"} {
+			node := "n1"
+			if name == "b" {
+				node = "n2"
+			}
+			c.pod(ns, name, node, fmt.Sprintf("10.%d.0.%d", i+1, j+1), map[string]string{"pod": name},
+				port("serve-80-tcp", corev1.ProtocolTCP, 80), port("serve-81-tcp", corev1.ProtocolTCP, 81),
+				port("serve-80-udp", corev1.ProtocolUDP, 80), port("serve-81-udp", corev1.ProtocolUDP, 81))
+			c.last().IPs = append(c.last().IPs, netip.MustParseAddr(fmt.Sprintf("fd00:%d::%d", i+1, j+1)))
+		}
+	}
+	return c
+}
+
+func port(name string, proto corev1.Protocol, n int32) model.NamedPort {
+	return model.NamedPort{Name: name, Protocol: proto, Port: n}
+}
+
+func (c *cluster) ns(name string, l map[string]string) *cluster {
+	labels := map[string]string{NamespaceNameLabel: name}
+	for k, v := range l {
+		labels[k] = v
+	}
+	c.namespaces[name] = &model.Namespace{Name: name, Labels: labels}
+	return c
+}
+
+func (c *cluster) pod(ns, name, node, ip string, l map[string]string, ports ...model.NamedPort) *model.Pod {
+	p := &model.Pod{Namespace: ns, Name: name, NodeName: node, Labels: l, Phase: corev1.PodRunning, Ports: ports}
+	if ip != "" {
+		p.IPs = []netip.Addr{netip.MustParseAddr(ip)}
+	}
+	c.pods = append(c.pods, p)
+	return p
+}
+
+func (c *cluster) last() *model.Pod { return c.pods[len(c.pods)-1] }
+
+func (c *cluster) find(key string) *model.Pod {
+	for _, p := range c.pods {
+		if p.Key() == key {
+			return p
+		}
+	}
+	c.t.Fatalf("no pod %s", key)
+	return nil
+}
+
+func (c *cluster) policy(np *networkingv1.NetworkPolicy) *cluster {
+	c.policies = append(c.policies, np)
+	return c
+}
+
+func (c *cluster) snapshot(node string) *model.Snapshot {
+	return &model.Snapshot{NodeName: node, Pods: c.pods, Namespaces: c.namespaces, Policies: c.policies}
+}
+
+func (c *cluster) compile(node string) *Result {
+	res := Compile(c.snapshot(node), Options{})
+	if err := res.Ruleset.Validate(); err != nil {
+		c.t.Fatalf("compiled ruleset for %s is invalid: %v\n%s", node, err, ruleset.Render(res.Ruleset))
+	}
+	return res
+}
+
+// endpoint is a pod (ns/name), a node's host ("node:n1") or a bare address.
+type endpoint struct {
+	ip   netip.Addr
+	node string // node the endpoint lives on; "" for outside the cluster
+	host bool   // the node itself
+}
+
+func (c *cluster) endpoint(ref string, family ruleset.Family) endpoint {
+	if len(ref) > 5 && ref[:5] == "node:" {
+		n := ref[5:]
+		ip := c.nodeIPs[n][0]
+		if family == ruleset.IPv6 {
+			ip = c.nodeIPs[n][1]
+		}
+		return endpoint{ip: ip, node: n, host: true}
+	}
+	if a, err := netip.ParseAddr(ref); err == nil {
+		for _, p := range c.pods {
+			for _, ip := range p.IPs {
+				if ip == a && p.Eligible() {
+					if p.HostNetwork {
+						return endpoint{ip: a, node: p.NodeName, host: true}
+					}
+					return endpoint{ip: a, node: p.NodeName}
+				}
+			}
+		}
+		return endpoint{ip: a}
+	}
+	p := c.find(ref)
+	if p.HostNetwork {
+		return c.endpoint("node:"+p.NodeName, family)
+	}
+	for _, ip := range p.IPs {
+		if ip.Is4() == (family == ruleset.IPv4) {
+			return endpoint{ip: ip, node: p.NodeName}
+		}
+	}
+	c.t.Fatalf("pod %s has no %s address", ref, family)
+	return endpoint{}
+}
+
+// verdict judges a new connection from → to. Each node on the path evaluates it: the
+// source's node (forward hook, or output when the source is the node itself, or input
+// when the destination is that node) and the destination's node.
+func (c *cluster) verdict(from, to string, proto corev1.Protocol, dport uint16, family ruleset.Family) (bool, []tracer.Result) {
+	src, dst := c.endpoint(from, family), c.endpoint(to, family)
+	pn, _ := protoNumber(proto)
+	pkt := tracer.Packet{Src: src.ip, Dst: dst.ip, Proto: pn, DPort: dport}
+	var results []tracer.Result
+	judge := func(node string, hook ruleset.Hook) bool {
+		p := pkt
+		p.Hook = hook
+		r := tracer.Trace(c.compile(node).Ruleset, p)
+		results = append(results, r)
+		return r.Allowed()
+	}
+	ok := true
+	if src.node != "" {
+		hook := ruleset.HookForward
+		switch {
+		case src.host:
+			hook = ruleset.HookOutput
+		case dst.host && dst.node == src.node:
+			hook = ruleset.HookInput
+		}
+		ok = judge(src.node, hook) && ok
+	}
+	if dst.node != "" && dst.node != src.node {
+		hook := ruleset.HookForward
+		if dst.host {
+			hook = ruleset.HookInput
+		}
+		ok = judge(dst.node, hook) && ok
+	}
+	return ok, results
+}
+
+// probe is one expected verdict.
+type probe struct {
+	from, to string
+	proto    corev1.Protocol
+	port     uint16
+	allowed  bool
+}
+
+func tcp(from, to string, port uint16, allowed bool) probe {
+	return probe{from, to, corev1.ProtocolTCP, port, allowed}
+}
+
+func udp(from, to string, port uint16, allowed bool) probe {
+	return probe{from, to, corev1.ProtocolUDP, port, allowed}
+}
+
+func (c *cluster) expect(probes ...probe) {
+	c.t.Helper()
+	c.expectFamily(ruleset.IPv4, probes...)
+}
+
+func (c *cluster) expectFamily(fam ruleset.Family, probes ...probe) {
+	c.t.Helper()
+	for _, p := range probes {
+		got, results := c.verdict(p.from, p.to, p.proto, p.port, fam)
+		if got != p.allowed {
+			msg := fmt.Sprintf("%s %s -> %s %s/%d: allowed=%v, want %v", fam, p.from, p.to, p.proto, p.port, got, p.allowed)
+			for _, r := range results {
+				msg += "\n  trace:"
+				for _, s := range r.Steps {
+					msg += "\n    " + s.String()
+				}
+			}
+			c.t.Error(msg)
+		}
+	}
+}
+
+// matrix checks every pair of the upstream pods on one port/protocol: allowed lists the
+// pairs "from>to" that must connect; every other pair must not.
+func (c *cluster) matrix(proto corev1.Protocol, port uint16, fam ruleset.Family, allowed func(from, to string) bool) {
+	c.t.Helper()
+	var names []string
+	for _, p := range c.pods {
+		if p.Eligible() && !p.HostNetwork {
+			names = append(names, p.Key())
+		}
+	}
+	for _, f := range names {
+		for _, t := range names {
+			want := allowed(f, t)
+			c.expectFamily(fam, probe{f, t, proto, port, want})
+		}
+	}
+}
+
+// --- policy builders ---
+
+func netpol(ns, name string, sel map[string]string) *networkingv1.NetworkPolicy {
+	return &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec:       networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: sel}},
+	}
+}
+
+func types(np *networkingv1.NetworkPolicy, t ...networkingv1.PolicyType) *networkingv1.NetworkPolicy {
+	np.Spec.PolicyTypes = t
+	return np
+}
+
+func ingress(np *networkingv1.NetworkPolicy, rules ...networkingv1.NetworkPolicyIngressRule) *networkingv1.NetworkPolicy {
+	np.Spec.Ingress = append(np.Spec.Ingress, rules...)
+	return np
+}
+
+func egress(np *networkingv1.NetworkPolicy, rules ...networkingv1.NetworkPolicyEgressRule) *networkingv1.NetworkPolicy {
+	np.Spec.Egress = append(np.Spec.Egress, rules...)
+	return np
+}
+
+func from(peers ...networkingv1.NetworkPolicyPeer) networkingv1.NetworkPolicyIngressRule {
+	return networkingv1.NetworkPolicyIngressRule{From: peers}
+}
+
+func to(peers ...networkingv1.NetworkPolicyPeer) networkingv1.NetworkPolicyEgressRule {
+	return networkingv1.NetworkPolicyEgressRule{To: peers}
+}
+
+func withPorts(r networkingv1.NetworkPolicyIngressRule, ports ...networkingv1.NetworkPolicyPort) networkingv1.NetworkPolicyIngressRule {
+	r.Ports = ports
+	return r
+}
+
+func withEgressPorts(r networkingv1.NetworkPolicyEgressRule, ports ...networkingv1.NetworkPolicyPort) networkingv1.NetworkPolicyEgressRule {
+	r.Ports = ports
+	return r
+}
+
+func podSel(l map[string]string) networkingv1.NetworkPolicyPeer {
+	return networkingv1.NetworkPolicyPeer{PodSelector: &metav1.LabelSelector{MatchLabels: l}}
+}
+
+func nsSel(l map[string]string) networkingv1.NetworkPolicyPeer {
+	return networkingv1.NetworkPolicyPeer{NamespaceSelector: &metav1.LabelSelector{MatchLabels: l}}
+}
+
+func nsPodSel(ns, pod map[string]string) networkingv1.NetworkPolicyPeer {
+	return networkingv1.NetworkPolicyPeer{NamespaceSelector: &metav1.LabelSelector{MatchLabels: ns}, PodSelector: &metav1.LabelSelector{MatchLabels: pod}}
+}
+
+func ipBlock(cidr string, except ...string) networkingv1.NetworkPolicyPeer {
+	return networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: cidr, Except: except}}
+}
+
+func numPort(proto corev1.Protocol, n int32) networkingv1.NetworkPolicyPort {
+	p := intstr.FromInt32(n)
+	return networkingv1.NetworkPolicyPort{Protocol: &proto, Port: &p}
+}
+
+func rangePort(proto corev1.Protocol, n, end int32) networkingv1.NetworkPolicyPort {
+	p := numPort(proto, n)
+	p.EndPort = &end
+	return p
+}
+
+func namePort(proto corev1.Protocol, name string) networkingv1.NetworkPolicyPort {
+	p := intstr.FromString(name)
+	return networkingv1.NetworkPolicyPort{Protocol: &proto, Port: &p}
+}
+
+func protoOnly(proto corev1.Protocol) networkingv1.NetworkPolicyPort {
+	return networkingv1.NetworkPolicyPort{Protocol: &proto}
+}
+
+func noProto(n int32) networkingv1.NetworkPolicyPort {
+	p := intstr.FromInt32(n)
+	return networkingv1.NetworkPolicyPort{Port: &p}
+}
+
+func m(kv ...string) map[string]string {
+	out := map[string]string{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		out[kv[i]] = kv[i+1]
+	}
+	return out
+}
+
+func nsOf(key string) string {
+	for i := range key {
+		if key[i] == '/' {
+			return key[:i]
+		}
+	}
+	return key
+}

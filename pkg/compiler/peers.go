@@ -1,0 +1,216 @@
+package compiler
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/nftpolicy/nftpolicy/pkg/model"
+	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
+)
+
+// NamespaceNameLabel is set by the API server on every namespace; a namespace the
+// snapshot lacks (not yet cached, or deleted) still carries it for selector matching.
+const NamespaceNameLabel = "kubernetes.io/metadata.name"
+
+// podPeer selects pods: in the policy's namespace when nsSelector is nil, otherwise in
+// every namespace nsSelector matches; podSelector nil means every pod there.
+type podPeer struct {
+	namespace   string
+	nsSelector  labels.Selector
+	podSelector labels.Selector
+}
+
+// peerSpec is the union of a rule's peers. Its canonical key names the set, so rules
+// with identical peers (in any policy) share one set.
+type peerSpec struct {
+	key    string
+	pods   []podPeer
+	blocks map[ruleset.Family]addrSet
+}
+
+// parsePeers resolves a rule's from/to list. A peer that cannot be parsed is reported
+// and matches nothing; the other peers still apply.
+func (c *compilation) parsePeers(np *networkingv1.NetworkPolicy, field string, peers []networkingv1.NetworkPolicyPeer) *peerSpec {
+	spec := &peerSpec{blocks: map[ruleset.Family]addrSet{}}
+	var keys []string
+	var cidrs = map[ruleset.Family]addrSet{}
+	for i, peer := range peers {
+		pfield := fmt.Sprintf("%s.to[%d]", field, i)
+		if strings.HasPrefix(field, "spec.ingress") {
+			pfield = fmt.Sprintf("%s.from[%d]", field, i)
+		}
+		if peer.IPBlock != nil {
+			if peer.PodSelector != nil || peer.NamespaceSelector != nil {
+				c.problem(np, pfield, fmt.Errorf("ipBlock cannot be combined with podSelector or namespaceSelector"))
+				continue
+			}
+			block, fam, key, err := parseIPBlock(peer.IPBlock)
+			if err != nil {
+				c.problem(np, pfield+".ipBlock", err)
+				continue
+			}
+			cidrs[fam] = append(cidrs[fam], block...)
+			keys = append(keys, key)
+			continue
+		}
+		if peer.PodSelector == nil && peer.NamespaceSelector == nil {
+			c.problem(np, pfield, fmt.Errorf("peer has no podSelector, namespaceSelector or ipBlock"))
+			continue
+		}
+		pp := podPeer{namespace: np.Namespace}
+		var key strings.Builder
+		if peer.NamespaceSelector != nil {
+			sel, err := metav1.LabelSelectorAsSelector(peer.NamespaceSelector)
+			if err != nil {
+				c.problem(np, pfield+".namespaceSelector", err)
+				continue
+			}
+			pp.nsSelector = sel
+			fmt.Fprintf(&key, "ns(%s)", sel.String())
+		} else {
+			fmt.Fprintf(&key, "in(%s)", np.Namespace)
+		}
+		if peer.PodSelector != nil {
+			sel, err := metav1.LabelSelectorAsSelector(peer.PodSelector)
+			if err != nil {
+				c.problem(np, pfield+".podSelector", err)
+				continue
+			}
+			pp.podSelector = sel
+			fmt.Fprintf(&key, "pod(%s)", sel.String())
+		}
+		spec.pods = append(spec.pods, pp)
+		keys = append(keys, key.String())
+	}
+	for fam, s := range cidrs {
+		spec.blocks[fam] = s.normalize()
+	}
+	sort.Strings(keys)
+	spec.key = strings.Join(keys, "|")
+	return spec
+}
+
+// parseIPBlock turns cidr minus excepts into address ranges. Excepts of the other
+// family or outside the CIDR are harmless and simply cut nothing.
+func parseIPBlock(b *networkingv1.IPBlock) (addrSet, ruleset.Family, string, error) {
+	p, err := netip.ParsePrefix(b.CIDR)
+	if err != nil {
+		return nil, 0, "", fmt.Errorf("cidr %q: %w", b.CIDR, err)
+	}
+	p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-unmapBits(p.Addr())).Masked()
+	fam := ruleset.IPv4
+	if p.Addr().Is6() {
+		fam = ruleset.IPv6
+	}
+	var cut addrSet
+	excepts := make([]string, 0, len(b.Except))
+	for i, e := range b.Except {
+		ep, err := netip.ParsePrefix(e)
+		if err != nil {
+			return nil, 0, "", fmt.Errorf("except[%d] %q: %w", i, e, err)
+		}
+		ep = netip.PrefixFrom(ep.Addr().Unmap(), ep.Bits()-unmapBits(ep.Addr())).Masked()
+		if ep.Addr().Is4() != p.Addr().Is4() {
+			continue
+		}
+		cut = append(cut, prefixRange(ep))
+		excepts = append(excepts, ep.String())
+	}
+	sort.Strings(excepts)
+	set := addrSet{prefixRange(p)}.subtract(cut.normalize())
+	return set, fam, "cidr(" + p.String() + "-" + strings.Join(excepts, ",") + ")", nil
+}
+
+// unmapBits is 96 for an IPv4-mapped IPv6 prefix (::ffff:10.0.0.0/104 is 10.0.0.0/8).
+func unmapBits(a netip.Addr) int {
+	if a.Is4In6() {
+		return 96
+	}
+	return 0
+}
+
+// mayHave reports whether the peers can ever match an address of the family: pod
+// selectors can (pods may be dual-stack), ipBlocks only their own family.
+func (s *peerSpec) mayHave(fam ruleset.Family) bool {
+	return len(s.pods) > 0 || len(s.blocks[fam]) > 0
+}
+
+// namespaceLabels returns the labels of a namespace, synthesising the name label the
+// API server would have set when the namespace is not in the snapshot.
+func (c *compilation) namespaceLabels(name string) labels.Set {
+	if ns, ok := c.snap.Namespaces[name]; ok && ns != nil {
+		if _, has := ns.Labels[NamespaceNameLabel]; has {
+			return ns.Labels
+		}
+		l := labels.Set{NamespaceNameLabel: name}
+		for k, v := range ns.Labels {
+			l[k] = v
+		}
+		return l
+	}
+	return labels.Set{NamespaceNameLabel: name}
+}
+
+// matchesPod reports whether a pod-selecting peer selects the pod.
+func (c *compilation) matchesPod(pp podPeer, pod *model.Pod) bool {
+	if pp.nsSelector == nil {
+		if pod.Namespace != pp.namespace {
+			return false
+		}
+	} else if !pp.nsSelector.Matches(c.namespaceLabels(pod.Namespace)) {
+		return false
+	}
+	return pp.podSelector == nil || pp.podSelector.Matches(labels.Set(pod.Labels))
+}
+
+// peerHas reports whether the peers match this pod's address ip.
+func (c *compilation) peerHas(s *peerSpec, pod *model.Pod, ip netip.Addr) bool {
+	fam := ruleset.IPv4
+	if ip.Is6() {
+		fam = ruleset.IPv6
+	}
+	if s.blocks[fam].contains(ip) {
+		return true
+	}
+	for _, pp := range s.pods {
+		if c.matchesPod(pp, pod) {
+			return true
+		}
+	}
+	return false
+}
+
+// peerSet returns the interval set of every address of the family the peers match:
+// the ipBlock ranges and the IPs of matching pods. It is shared by rules with the same
+// peers.
+func (c *compilation) peerSet(s *peerSpec, fam ruleset.Family, key ruleset.KeyType, suffix string) string {
+	name := "peer-" + shortHash(s.key) + "-" + suffix
+	if _, ok := c.sets[name]; ok {
+		return name
+	}
+	addrs := append(addrSet(nil), s.blocks[fam]...)
+	if len(s.pods) > 0 {
+		for _, pod := range c.pods {
+			for _, ip := range c.podIPs[pod] {
+				if ip.Is4() != (fam == ruleset.IPv4) || s.blocks[fam].contains(ip) {
+					continue
+				}
+				for _, pp := range s.pods {
+					if c.matchesPod(pp, pod) {
+						addrs = append(addrs, addrRange{from: ip, to: ip})
+						break
+					}
+				}
+			}
+		}
+	}
+	c.sets[name] = &ruleset.Set{Name: name, Key: []ruleset.KeyType{key}, Interval: true,
+		Comment: truncate("peers "+s.key, ruleset.MaxCommentLen), Elements: addrs.normalize().elements()}
+	return name
+}

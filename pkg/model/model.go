@@ -1,0 +1,146 @@
+// Package model is the compiler's view of the cluster: plain Go values holding only what
+// NetworkPolicy enforcement needs. The agent converts API objects into it (PodFromAPI);
+// tests build it by hand. It has no kernel or client-go dependency.
+package model
+
+import (
+	"net/netip"
+	"sort"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+)
+
+// Pod is a pod as far as policy is concerned.
+type Pod struct {
+	Namespace, Name string
+	Labels          map[string]string
+	NodeName        string
+	// IPs are the pod's addresses (status.podIPs), at most one per family.
+	IPs         []netip.Addr
+	Phase       corev1.PodPhase
+	HostNetwork bool
+	// Ports are the named container ports, used to resolve named ports in policies.
+	Ports []NamedPort
+}
+
+// NamedPort is a container port that has a name.
+type NamedPort struct {
+	Name     string
+	Protocol corev1.Protocol
+	Port     int32
+}
+
+// Key is namespace/name.
+func (p *Pod) Key() string { return p.Namespace + "/" + p.Name }
+
+// Terminated pods keep their IP in the API after the IP may have been handed to a new
+// pod; they take no part in enforcement.
+func (p *Pod) Terminated() bool {
+	return p.Phase == corev1.PodSucceeded || p.Phase == corev1.PodFailed
+}
+
+// Eligible reports whether the pod takes part in policy at all: hostNetwork pods use the
+// node's address (policy cannot tell them from the node), and pods that have ended or
+// have no IP have no traffic to judge.
+func (p *Pod) Eligible() bool {
+	return !p.HostNetwork && !p.Terminated() && len(p.IPs) > 0
+}
+
+// ResolvePort returns the port number a named port has on this pod for the protocol.
+func (p *Pod) ResolvePort(name string, proto corev1.Protocol) (int32, bool) {
+	for _, np := range p.Ports {
+		if np.Name == name && np.Protocol == proto {
+			return np.Port, true
+		}
+	}
+	return 0, false
+}
+
+// Namespace carries the labels namespace selectors match.
+type Namespace struct {
+	Name   string
+	Labels map[string]string
+}
+
+// Snapshot is everything the compiler needs for one node.
+type Snapshot struct {
+	// NodeName selects the local pods: those whose spec.nodeName equals it.
+	NodeName   string
+	Pods       []*Pod
+	Namespaces map[string]*Namespace
+	Policies   []*networkingv1.NetworkPolicy
+}
+
+// PodFromAPI converts an API Pod into the model, keeping only what enforcement needs.
+// Named ports come from containers and from restartable init containers (sidecars,
+// restartPolicy Always), which serve traffic for the pod's whole life.
+func PodFromAPI(p *corev1.Pod) *Pod {
+	out := &Pod{
+		Namespace:   p.Namespace,
+		Name:        p.Name,
+		Labels:      p.Labels,
+		NodeName:    p.Spec.NodeName,
+		Phase:       p.Status.Phase,
+		HostNetwork: p.Spec.HostNetwork,
+	}
+	seen := map[netip.Addr]bool{}
+	addIP := func(s string) {
+		if a, err := netip.ParseAddr(s); err == nil {
+			a = a.Unmap()
+			if !seen[a] {
+				seen[a] = true
+				out.IPs = append(out.IPs, a)
+			}
+		}
+	}
+	for _, ip := range p.Status.PodIPs {
+		addIP(ip.IP)
+	}
+	if p.Status.PodIP != "" {
+		addIP(p.Status.PodIP)
+	}
+	addPorts := func(c corev1.Container) {
+		for _, cp := range c.Ports {
+			if cp.Name == "" {
+				continue
+			}
+			proto := cp.Protocol
+			if proto == "" {
+				proto = corev1.ProtocolTCP
+			}
+			out.Ports = append(out.Ports, NamedPort{Name: cp.Name, Protocol: proto, Port: cp.ContainerPort})
+		}
+	}
+	for _, c := range p.Spec.InitContainers {
+		if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
+			addPorts(c)
+		}
+	}
+	for _, c := range p.Spec.Containers {
+		addPorts(c)
+	}
+	return out
+}
+
+// IPOwners maps every pod IP to the one pod that owns it. Ineligible pods own nothing.
+// When two eligible pods claim one IP (a stale status during IP reuse), a Running pod
+// wins over one that is not; among equals the first by namespace/name wins so the
+// result is deterministic.
+func IPOwners(pods []*Pod) map[netip.Addr]*Pod {
+	owners := map[netip.Addr]*Pod{}
+	sorted := append([]*Pod(nil), pods...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Key() < sorted[j].Key() })
+	for _, p := range sorted {
+		if !p.Eligible() {
+			continue
+		}
+		for _, ip := range p.IPs {
+			cur, ok := owners[ip]
+			if !ok || (cur.Phase != corev1.PodRunning && p.Phase == corev1.PodRunning) {
+				owners[ip] = p
+			}
+		}
+	}
+	return owners
+}

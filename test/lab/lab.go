@@ -1,0 +1,307 @@
+package lab
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sync"
+	"syscall"
+	"testing"
+)
+
+// Options configures New.
+type Options struct {
+	// Prefix starts every namespace name (and names the lab's state). Empty
+	// means NewPrefix(). Leftovers of an earlier, dead lab with the same
+	// prefix are removed by New.
+	Prefix string
+	// StateDir holds the lab's lock file and PID directory. Empty means
+	// DefaultStateDir.
+	StateDir string
+}
+
+// Lab owns a set of namespaces, servers, forwarders and processes that share
+// one name prefix. Close removes all of it. A Lab is safe for concurrent use.
+type Lab struct {
+	prefix   string
+	stateDir string
+	dir      string   // stateDir/prefix
+	lock     *os.File // flocked stateDir/prefix.lock, held while the lab lives
+
+	mu         sync.Mutex
+	closed     bool
+	netns      []*Netns
+	nodes      []*Node
+	pods       []*Pod
+	servers    []*Server
+	forwarders []*Forwarder
+	procs      []*Process
+}
+
+// New creates a lab: it registers the prefix in the state directory (holding
+// a lock so that CleanupStale in other processes leaves it alone) and removes
+// leftovers of a dead lab with the same prefix.
+func New(opts Options) (*Lab, error) {
+	stateDir := opts.StateDir
+	if stateDir == "" {
+		stateDir = DefaultStateDir
+	}
+	if err := os.MkdirAll(stateDir, 0o755); err != nil {
+		return nil, fmt.Errorf("new lab: %w", err)
+	}
+	for attempt := 0; ; attempt++ {
+		prefix := opts.Prefix
+		if prefix == "" {
+			prefix = NewPrefix()
+		}
+		if !validPrefix.MatchString(prefix) {
+			return nil, fmt.Errorf("new lab: invalid prefix %q", prefix)
+		}
+		lockPath := filepath.Join(stateDir, prefix+".lock")
+		lock, err := tryLock(lockPath, true)
+		if err != nil {
+			return nil, fmt.Errorf("new lab: %w", err)
+		}
+		if lock == nil {
+			if opts.Prefix != "" || attempt > 10 {
+				return nil, fmt.Errorf("new lab: prefix %q is in use by a live lab (%s is locked)", prefix, lockPath)
+			}
+			continue // random prefix collided with a live lab
+		}
+		l := &Lab{prefix: prefix, stateDir: stateDir, dir: filepath.Join(stateDir, prefix), lock: lock}
+		// Whatever exists under this prefix now belongs to a dead lab.
+		err = Cleanup(prefix, l.PidDir())
+		if err == nil {
+			err = os.RemoveAll(l.dir)
+		}
+		if err == nil {
+			err = os.MkdirAll(l.PidDir(), 0o755)
+		}
+		if err != nil {
+			l.release()
+			return nil, fmt.Errorf("new lab %s: %w", prefix, err)
+		}
+		return l, nil
+	}
+}
+
+// SkipIfNotRoot skips the test unless it runs as root with the tools the lab
+// needs.
+func SkipIfNotRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("lab: needs root (network namespaces, veth, nftables); run e.g. `sudo -E go test ./test/lab/...`")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Fatalf("lab: iproute2 'ip' not found: %v", err)
+	}
+}
+
+// NewForTest skips the test when not root, removes stale labs of crashed
+// runs, creates a lab with a random prefix and closes it in t.Cleanup.
+func NewForTest(t testing.TB) *Lab {
+	t.Helper()
+	SkipIfNotRoot(t)
+	if err := CleanupStale(""); err != nil {
+		t.Logf("lab: cleaning up stale labs: %v", err)
+	}
+	l, err := New(Options{})
+	if err != nil {
+		t.Fatalf("lab: %v", err)
+	}
+	t.Logf("lab: prefix %s", l.Prefix())
+	t.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			t.Errorf("lab: close: %v", err)
+		}
+	})
+	return l
+}
+
+// Prefix returns the prefix shared by all namespaces of the lab.
+func (l *Lab) Prefix() string { return l.prefix }
+
+// Dir returns the lab's state directory (below Options.StateDir). It is
+// removed by Close; keep logs elsewhere (e.g. t.TempDir or an artifacts dir).
+func (l *Lab) Dir() string { return l.dir }
+
+// PidDir returns the directory in which the lab's processes record their PIDs.
+func (l *Lab) PidDir() string { return filepath.Join(l.dir, "pids") }
+
+// NetnsName returns the full namespace name for a lab-local name.
+func (l *Lab) NetnsName(name string) string { return l.prefix + name }
+
+// NewNetns creates a namespace named Prefix()+name that is removed by Close.
+func (l *Lab) NewNetns(name string) (*Netns, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.newNetnsLocked(name)
+}
+
+func (l *Lab) newNetnsLocked(name string) (*Netns, error) {
+	if l.closed {
+		return nil, errors.New("lab is closed")
+	}
+	if !validName.MatchString(name) {
+		return nil, fmt.Errorf("invalid name %q", name)
+	}
+	ns, err := CreateNetns(l.NetnsName(name))
+	if err != nil {
+		return nil, err
+	}
+	l.netns = append(l.netns, ns)
+	return ns, nil
+}
+
+func (l *Lab) track(add func()) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return errors.New("lab is closed")
+	}
+	add()
+	return nil
+}
+
+// ServeTCP is like the package-level ServeTCP; the server is closed by Close.
+func (l *Lab) ServeTCP(ns *Netns, addr, reply string) (*Server, error) {
+	s, err := ServeTCP(ns, addr, reply)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.track(func() { l.servers = append(l.servers, s) }); err != nil {
+		return nil, errors.Join(err, s.Close())
+	}
+	return s, nil
+}
+
+// ServeUDP is like the package-level ServeUDP; the server is closed by Close.
+func (l *Lab) ServeUDP(ns *Netns, addr, reply string) (*Server, error) {
+	s, err := ServeUDP(ns, addr, reply)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.track(func() { l.servers = append(l.servers, s) }); err != nil {
+		return nil, errors.Join(err, s.Close())
+	}
+	return s, nil
+}
+
+// ForwardTCP is like the package-level ForwardTCP; the forwarder is closed
+// by Close.
+func (l *Lab) ForwardTCP(ns *Netns, listenAddr, target string) (*Forwarder, error) {
+	f, err := ForwardTCP(ns, listenAddr, target)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.track(func() { l.forwarders = append(l.forwarders, f) }); err != nil {
+		return nil, errors.Join(err, f.Close())
+	}
+	return f, nil
+}
+
+// StartProcess is like the package-level StartProcess with the lab's PID
+// directory; the process is stopped (SIGTERM, then SIGKILL) by Close.
+func (l *Lab) StartProcess(ns *Netns, name, logFile string, args ...string) (*Process, error) {
+	p, err := StartProcess(ns, l.PidDir(), name, logFile, args...)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.track(func() { l.procs = append(l.procs, p) }); err != nil {
+		return nil, errors.Join(err, p.Stop(syscall.SIGKILL))
+	}
+	return p, nil
+}
+
+// Nodes returns the nodes in creation order.
+func (l *Lab) Nodes() []*Node {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.nodes)
+}
+
+// Pods returns all pods in creation order.
+func (l *Lab) Pods() []*Pod {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.pods)
+}
+
+// Pod returns the pod with the given name, or nil.
+func (l *Lab) Pod(name string) *Pod {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, p := range l.pods {
+		if p.Name == name {
+			return p
+		}
+	}
+	return nil
+}
+
+// Node returns the node with the given name, or nil.
+func (l *Lab) Node(name string) *Node {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, n := range l.nodes {
+		if n.Name == name {
+			return n
+		}
+	}
+	return nil
+}
+
+// Close stops processes (SIGTERM, then SIGKILL), closes forwarders and
+// servers, deletes every namespace with the lab's prefix and removes the
+// lab's state. It is idempotent.
+func (l *Lab) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil
+	}
+	l.closed = true
+	procs, fwds, servers, netns := l.procs, l.forwarders, l.servers, l.netns
+	l.mu.Unlock()
+
+	var errs []error
+	var wg sync.WaitGroup
+	perrs := make([]error, len(procs))
+	for i, p := range procs {
+		wg.Go(func() { perrs[i] = p.Stop(syscall.SIGTERM) })
+	}
+	wg.Wait()
+	errs = append(errs, perrs...)
+	for _, f := range fwds {
+		errs = append(errs, f.Close())
+	}
+	for _, s := range servers {
+		errs = append(errs, s.Close())
+	}
+	for _, ns := range netns {
+		errs = append(errs, ns.Close())
+	}
+	errs = append(errs, Cleanup(l.prefix, l.PidDir()))
+	if err := errors.Join(errs...); err != nil {
+		// Keep lock file and state so that CleanupStale can retry.
+		l.lock.Close()
+		return fmt.Errorf("close lab %s: %w", l.prefix, err)
+	}
+	if err := os.RemoveAll(l.dir); err != nil {
+		l.lock.Close()
+		return fmt.Errorf("close lab %s: %w", l.prefix, err)
+	}
+	return l.release()
+}
+
+// release removes and unlocks the lock file.
+func (l *Lab) release() error {
+	err := os.Remove(l.lock.Name())
+	if errors.Is(err, os.ErrNotExist) {
+		err = nil
+	}
+	return errors.Join(err, l.lock.Close())
+}
