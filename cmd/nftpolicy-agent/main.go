@@ -1,0 +1,156 @@
+// Command nftpolicy-agent enforces Kubernetes NetworkPolicy on one node with nftables.
+//
+//	nftpolicy-agent [flags]      run the agent
+//	nftpolicy-agent cleanup      remove the agent's nftables table and exit
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"go.uber.org/zap/zapcore"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/nftpolicy/nftpolicy/controllers"
+	"github.com/nftpolicy/nftpolicy/pkg/compiler"
+	"github.com/nftpolicy/nftpolicy/pkg/dataplane/netlink"
+)
+
+type options struct {
+	kubeconfig   string
+	nodeName     string
+	metricsAddr  string
+	probeAddr    string
+	resyncPeriod time.Duration
+	table        string
+	verbosity    int
+}
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "nftpolicy-agent:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("nftpolicy-agent", flag.ContinueOnError)
+	var o options
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "Path to a kubeconfig; empty uses the in-cluster configuration.")
+	fs.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"), "Name of this node; pods with spec.nodeName equal to it are enforced here (default $NODE_NAME).")
+	fs.StringVar(&o.metricsAddr, "metrics-bind-address", ":9090", "Address of the Prometheus metrics endpoint; \"0\" disables it.")
+	fs.StringVar(&o.probeAddr, "health-probe-bind-address", ":9091", "Address of the /healthz and /readyz endpoints; \"0\" disables them.")
+	fs.DurationVar(&o.resyncPeriod, "resync-period", time.Minute, "How often the kernel table is read back and drift repaired; 0 disables it.")
+	fs.StringVar(&o.table, "table", compiler.DefaultTable, "Name of the nftables table (family inet) the agent owns.")
+	fs.IntVar(&o.verbosity, "v", 0, "Log verbosity: 0 info, 1 every sync, 2 and more debug.")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage:\n  nftpolicy-agent [flags]\n  nftpolicy-agent cleanup [--table NAME]   remove the agent's table\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	cleanup := len(args) > 0 && args[0] == "cleanup"
+	if cleanup {
+		args = args[1:]
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	log := zap.New(zap.UseFlagOptions(&zap.Options{Level: zapcore.Level(-o.verbosity)}))
+	ctrl.SetLogger(log)
+
+	dp, err := netlink.New(netlink.WithTable(o.table), netlink.WithLogger(log.WithName("dataplane")))
+	if err != nil {
+		return fmt.Errorf("opening nftables: %w", err)
+	}
+	if cleanup {
+		if err := dp.Delete(context.Background()); err != nil {
+			return fmt.Errorf("removing table inet %s: %w", o.table, err)
+		}
+		log.Info("removed nftables table", "table", "inet "+o.table)
+		return nil
+	}
+	if o.nodeName == "" {
+		return errors.New("--node-name (or $NODE_NAME) is required")
+	}
+
+	cfg, err := restConfig(o.kubeconfig)
+	if err != nil {
+		return err
+	}
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return err
+	}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                 scheme,
+		Metrics:                metricsserver.Options{BindAddress: o.metricsAddr},
+		HealthProbeBindAddress: o.probeAddr,
+		Cache: cache.Options{
+			DefaultTransform: cache.TransformStripManagedFields(),
+			ByObject: map[client.Object]cache.ByObject{
+				&corev1.Pod{}:       {Transform: controllers.TrimPod},
+				&corev1.Namespace{}: {Transform: controllers.TrimNamespace},
+			},
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("creating the manager: %w", err)
+	}
+	syncer := &controllers.Syncer{
+		Client:       mgr.GetCache(),
+		Dataplane:    dp,
+		NodeName:     o.nodeName,
+		Table:        o.table,
+		ResyncPeriod: o.resyncPeriod,
+		Recorder:     mgr.GetEventRecorder("nftpolicy-agent"),
+		Log:          log.WithName("sync"),
+	}
+	if err := syncer.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up the controller: %w", err)
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("ruleset", syncer.ReadyCheck); err != nil {
+		return err
+	}
+	log.Info("starting", "node", o.nodeName, "table", "inet "+o.table, "resyncPeriod", o.resyncPeriod)
+	// On SIGTERM the manager stops and the table stays in the kernel: the node keeps
+	// enforcing the last ruleset until the next agent replaces it (fail closed).
+	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {
+		return fmt.Errorf("running the manager: %w", err)
+	}
+	log.Info("stopped; the nftables table stays in force")
+	return nil
+}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig == "" {
+		cfg, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("in-cluster configuration (use --kubeconfig outside a pod): %w", err)
+		}
+		return cfg, nil
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("loading kubeconfig %s: %w", kubeconfig, err)
+	}
+	return cfg, nil
+}

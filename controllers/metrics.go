@@ -1,0 +1,32 @@
+package controllers
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+)
+
+const phaseCompute = "compute"
+
+var (
+	syncDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "nftpolicy_sync_duration_seconds",
+		Help:    "Time of one sync by phase: compute (snapshot and compile), full or incremental (kernel commit).",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
+	}, []string{"phase"})
+	syncFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "nftpolicy_sync_failures_total",
+		Help: "Syncs whose kernel transaction failed (the previous ruleset stayed in force).",
+	})
+	driftRepairs = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "nftpolicy_drift_repairs_total",
+		Help: "Periodic read-backs that found the kernel table different from the applied ruleset and repaired it.",
+	})
+	rulesetSize = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "nftpolicy_ruleset_size",
+		Help: "Size of the applied ruleset by object kind (chains, rules, elements).",
+	}, []string{"kind"})
+)
+
+func init() {
+	metrics.Registry.MustRegister(syncDuration, syncFailures, driftRepairs, rulesetSize)
+}

@@ -1,0 +1,188 @@
+// Package controllers holds the agent's reconciler: every Pod, Namespace and
+// NetworkPolicy event folds into one coalesced sync that snapshots the informer caches,
+// compiles the node's ruleset and hands it to the dataplane.
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/nftpolicy/nftpolicy/pkg/compiler"
+	"github.com/nftpolicy/nftpolicy/pkg/dataplane"
+	"github.com/nftpolicy/nftpolicy/pkg/model"
+)
+
+// syncRequest is the one key every event maps to: the workqueue deduplicates it, so a
+// burst of events becomes one sync.
+var syncRequest = reconcile.Request{NamespacedName: types.NamespacedName{Name: "sync"}}
+
+// Syncer keeps the node's nftables table in step with the cluster.
+type Syncer struct {
+	Client    client.Reader
+	Dataplane dataplane.Dataplane
+	NodeName  string
+	// Table is the nftables table name (compiler default when empty).
+	Table string
+	// ResyncPeriod is how often the kernel is read back and drift repaired (0: never).
+	ResyncPeriod time.Duration
+	// Recorder reports problems as Kubernetes Events (optional).
+	Recorder events.EventRecorder
+	Log      logr.Logger
+
+	ready      atomic.Bool
+	mu         sync.Mutex
+	lastVerify time.Time
+	reported   map[string]bool // problems already reported as Events
+}
+
+// SetupWithManager registers the watches. Only the cache is read; nothing is written
+// to the API server except Events.
+func (s *Syncer) SetupWithManager(mgr ctrl.Manager) error {
+	toSync := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
+		return []reconcile.Request{syncRequest}
+	})
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("nftpolicy").
+		Watches(&networkingv1.NetworkPolicy{}, toSync).
+		Watches(&corev1.Pod{}, toSync).
+		Watches(&corev1.Namespace{}, toSync).
+		// One worker: syncs are whole-ruleset and must not overlap.
+		WithOptions(controller.Options{MaxConcurrentReconciles: 1}).
+		Complete(s)
+}
+
+// Ready reports whether the first ruleset is in the kernel; the readiness probe uses it.
+func (s *Syncer) Ready() bool { return s.ready.Load() }
+
+// ReadyCheck is a healthz.Checker for readyz.
+func (s *Syncer) ReadyCheck(_ *http.Request) error {
+	if !s.ready.Load() {
+		return fmt.Errorf("no ruleset applied yet")
+	}
+	return nil
+}
+
+// Reconcile runs one sync. The manager starts reconciling only after the caches have
+// synced, so the first write never sees a partial cluster.
+func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.Result, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	start := time.Now()
+	snap, err := s.snapshot(ctx)
+	if err != nil {
+		return reconcile.Result{}, fmt.Errorf("reading the cache: %w", err)
+	}
+	res := compiler.Compile(snap, compiler.Options{Table: s.Table})
+	s.report(snap, res.Problems)
+	compiled := time.Now()
+
+	opts := dataplane.ApplyOptions{}
+	verify := s.ResyncPeriod > 0 && time.Since(s.lastVerify) >= s.ResyncPeriod
+	if verify {
+		opts.ReadBack = true
+	}
+	out, err := s.Dataplane.Apply(ctx, res.Ruleset, opts)
+	syncDuration.WithLabelValues(phaseCompute).Observe(compiled.Sub(start).Seconds())
+	if err != nil {
+		syncFailures.Inc()
+		s.Log.Error(err, "applying the ruleset failed; the previous ruleset stays in force and the next sync replaces the table")
+		return reconcile.Result{}, fmt.Errorf("applying the ruleset: %w", err)
+	}
+	kind := "incremental"
+	if out.Full {
+		kind = "full"
+	}
+	syncDuration.WithLabelValues(kind).Observe(time.Since(compiled).Seconds())
+	if verify {
+		s.lastVerify = time.Now()
+	}
+	if out.Drift {
+		driftRepairs.Inc()
+		s.Log.Info("kernel table differed from the applied ruleset; repaired", "ops", out.Ops)
+	}
+	st := res.Ruleset.Stats()
+	rulesetSize.WithLabelValues("chains").Set(float64(st.Chains))
+	rulesetSize.WithLabelValues("rules").Set(float64(st.Rules))
+	rulesetSize.WithLabelValues("elements").Set(float64(st.Elements))
+	if !s.ready.Swap(true) {
+		s.Log.Info("first ruleset applied", "chains", st.Chains, "rules", st.Rules, "elements", st.Elements, "duration", time.Since(start))
+	}
+	s.Log.V(1).Info("synced", "kind", kind, "ops", out.Ops, "compute", compiled.Sub(start), "apply", time.Since(compiled))
+
+	if s.ResyncPeriod > 0 {
+		return reconcile.Result{RequeueAfter: s.ResyncPeriod - time.Since(s.lastVerify)}, nil
+	}
+	return reconcile.Result{}, nil
+}
+
+// snapshot copies the caches into the compiler's model.
+func (s *Syncer) snapshot(ctx context.Context) (*model.Snapshot, error) {
+	var pods corev1.PodList
+	if err := s.Client.List(ctx, &pods); err != nil {
+		return nil, fmt.Errorf("listing pods: %w", err)
+	}
+	var nss corev1.NamespaceList
+	if err := s.Client.List(ctx, &nss); err != nil {
+		return nil, fmt.Errorf("listing namespaces: %w", err)
+	}
+	var pols networkingv1.NetworkPolicyList
+	if err := s.Client.List(ctx, &pols); err != nil {
+		return nil, fmt.Errorf("listing networkpolicies: %w", err)
+	}
+	snap := &model.Snapshot{NodeName: s.NodeName, Namespaces: make(map[string]*model.Namespace, len(nss.Items))}
+	snap.Pods = make([]*model.Pod, 0, len(pods.Items))
+	for i := range pods.Items {
+		snap.Pods = append(snap.Pods, model.PodFromAPI(&pods.Items[i]))
+	}
+	for _, ns := range nss.Items {
+		snap.Namespaces[ns.Name] = &model.Namespace{Name: ns.Name, Labels: ns.Labels}
+	}
+	snap.Policies = make([]*networkingv1.NetworkPolicy, 0, len(pols.Items))
+	for i := range pols.Items {
+		snap.Policies = append(snap.Policies, &pols.Items[i])
+	}
+	return snap, nil
+}
+
+// report logs each problem and records it as a Warning Event on the policy, once per
+// distinct problem: a sync runs on every pod event, and the same complaint repeated on
+// every one of them would flood the API server.
+func (s *Syncer) report(snap *model.Snapshot, problems []compiler.Problem) {
+	current := map[string]bool{}
+	sort.Slice(problems, func(i, j int) bool { return problems[i].Error() < problems[j].Error() })
+	for _, p := range problems {
+		msg := p.Error()
+		current[msg] = true
+		if s.reported[msg] {
+			continue
+		}
+		s.Log.Error(p.Err, "policy cannot be fully compiled; the rest is enforced", "kind", p.Kind, "namespace", p.Namespace, "name", p.Name, "field", p.Field)
+		if s.Recorder == nil || p.Kind != "NetworkPolicy" {
+			continue
+		}
+		for _, np := range snap.Policies {
+			if np.Namespace == p.Namespace && np.Name == p.Name {
+				ref := &corev1.ObjectReference{Kind: "NetworkPolicy", APIVersion: "networking.k8s.io/v1",
+					Namespace: np.Namespace, Name: np.Name, UID: np.UID, ResourceVersion: np.ResourceVersion}
+				s.Recorder.Eventf(ref, nil, corev1.EventTypeWarning, "CompileError", "Compile", "%s: %v (node %s)", p.Field, p.Err, s.NodeName)
+			}
+		}
+	}
+	s.reported = current
+}
