@@ -105,7 +105,7 @@ func createPod(ns, name, node, ip string, labels map[string]string, ports ...cor
 	ctx := context.Background()
 	p := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: labels},
-		Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c", Image: "agnhost", Ports: ports}}},
+		Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c", Image: "agnhost", Ports: ports}}},
 	}
 	Expect(k8s.Create(ctx, p)).To(Succeed())
 	p.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}}}
@@ -208,7 +208,7 @@ var _ = Describe("Syncer", Ordered, func() {
 
 	It("repairs drift at the resync period", func() {
 		dp.Mutate(func(*ruleset.Ruleset) *ruleset.Ruleset { return nil }) // table deleted behind our back
-		Expect(allowed(otherIP, backendIP, 80)).To(BeFalse())              // tracer on no table: no rules → false
+		Expect(allowed(otherIP, backendIP, 80)).To(BeFalse())             // tracer on no table: no rules → false
 		Eventually(func() bool { return dp.Table() != nil }).Should(BeTrue())
 		Expect(allowed("10.244.2.20", backendIP, 80)).To(BeTrue())
 		Expect(allowed(otherIP, backendIP, 80)).To(BeFalse())

@@ -335,8 +335,8 @@ func TestHostNetworkPods(t *testing.T) {
 		}
 	}
 	c.expect(
-		tcp("x/a", "y/b", 80, false),      // x/a's egress is denied by deny-all
-		tcp("y/a", "y/b", 80, true),       // y/a matches pod=a
+		tcp("x/a", "y/b", 80, false),       // x/a's egress is denied by deny-all
+		tcp("y/a", "y/b", 80, true),        // y/a matches pod=a
 		tcp("x/hostnet", "y/b", 80, false), // host-network never matches a pod selector
 		tcp("x/hostnet", "y/a", 80, true),  // and is never isolated
 	)

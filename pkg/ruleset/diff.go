@@ -6,14 +6,15 @@ import (
 )
 
 // Changes is what turns one ruleset into another without replacing the table: the
-// dataplane sends them in one batch, in the order documented on each field, so that no
-// intermediate state references a missing object and no rule is missing while its
-// replacement is on the way (the batch is one kernel transaction anyway).
+// dataplane sends them in one batch, in the order numbered on the fields, so that no
+// object is referenced before it exists or deleted while still referenced (the batch is
+// one kernel transaction, so no packet sees the intermediate states anyway).
 type Changes struct {
-	// AddSets are new sets and maps, created with their elements. (1)
-	AddSets []*Set
-	// AddChains are new chains, created empty; their rules are in RewriteChains. (2)
+	// AddChains are new chains, created empty; their rules are in RewriteChains. They
+	// come first because elements of new verdict maps may jump to them. (1)
 	AddChains []*Chain
+	// AddSets are new sets and maps, created with their elements. (2)
+	AddSets []*Set
 	// AddElements / DelElements change existing sets, keyed by set name. An element of a
 	// verdict map whose verdict changed is deleted and added again. (3)
 	AddElements map[string][]Element

@@ -218,12 +218,7 @@ func formatFields(fs []Field) string {
 	return strings.Join(s, " . ")
 }
 
-// quoteName quotes names nft's parser would not take bare (ours contain '/').
-func quoteName(n string) string {
-	for _, r := range n {
-		if !(r == '_' || r == '-' || r == '.' || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z') || (r >= '0' && r <= '9')) {
-			return strconv.Quote(n)
-		}
-	}
-	return n
-}
+// quoteName returns the name as nft's parser takes it. nft identifiers may contain
+// letters, digits and "/\_.-" unquoted, and nft 1.0.x refuses a quoted name containing
+// "/", so names are printed bare; Validate keeps them free of spaces and quotes.
+func quoteName(n string) string { return n }

@@ -556,6 +556,37 @@ func validateRule(r Rule, chains map[string]*Chain, sets map[string]*Set) error 
 	if len(r.Comment) > MaxCommentLen {
 		return fmt.Errorf("comment longer than %d", MaxCommentLen)
 	}
+	// A rule that reads IPv4 and IPv6 fields can never match; nft refuses it outright.
+	var fam Family
+	checkFam := func(f Family) error {
+		if f == 0 {
+			return nil
+		}
+		if fam != 0 && fam != f {
+			return fmt.Errorf("rule mixes IPv4 and IPv6 matches")
+		}
+		fam = f
+		return nil
+	}
+	for _, m := range r.Matches {
+		if m.Kind == MatchNFProto {
+			if err := checkFam(m.Family); err != nil {
+				return err
+			}
+		}
+		for _, f := range m.Fields {
+			if err := checkFam(f.Family()); err != nil {
+				return err
+			}
+		}
+	}
+	if r.VMap != nil {
+		for _, f := range r.VMap.Fields {
+			if err := checkFam(f.Family()); err != nil {
+				return err
+			}
+		}
+	}
 	for _, m := range r.Matches {
 		switch m.Kind {
 		case MatchLookup:

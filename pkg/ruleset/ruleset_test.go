@@ -63,6 +63,9 @@ func TestValidateRejects(t *testing.T) {
 			rs.Set("dispatch").Elements[0].Key[0] = AddrRange(netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2"))
 		},
 		"duplicate chain": func(rs *Ruleset) { rs.Chains = append(rs.Chains, &Chain{Name: "base"}) },
+		"mixed families": func(rs *Ruleset) {
+			rs.Chain("pod-chain").Rules[0].Matches = append(rs.Chain("pod-chain").Rules[0].Matches, Match{Kind: MatchNFProto, Family: IPv6})
+		},
 	}
 	for name, mutate := range cases {
 		t.Run(name, func(t *testing.T) {

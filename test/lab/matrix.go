@@ -277,7 +277,12 @@ func Diff(expected, actual *Matrix) string {
 	fmt.Fprintf(&sb, "reachability %s: %d of %d cells differ:\n", title, len(lines), len(froms)*len(tos))
 	sb.WriteString(strings.Join(lines, "\n"))
 	sb.WriteString("\nexpected:\n")
-	sb.WriteString(expected.String())
+	exp := expected
+	if exp.Title == "" {
+		exp = exp.Clone()
+		exp.Title = title
+	}
+	sb.WriteString(exp.String())
 	sb.WriteString("actual:\n")
 	sb.WriteString(actual.String())
 	return sb.String()

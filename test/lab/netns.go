@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -141,6 +142,31 @@ func (n *Netns) Do(fn func() error) error {
 		panic(res.panicVal)
 	}
 	return res.err
+}
+
+// DialContext dials address from inside the namespace (the socket is created
+// there); the connection may then be used from any goroutine. It fits
+// http.Transport.DialContext.
+func (n *Netns) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	var c net.Conn
+	err := n.Do(func() error {
+		var err error
+		c, err = (&net.Dialer{}).DialContext(ctx, network, address)
+		return err
+	})
+	return c, err
+}
+
+// Listen listens on address inside the namespace (net.Listen syntax); the
+// listener may then be used from any goroutine.
+func (n *Netns) Listen(network, address string) (net.Listener, error) {
+	var ln net.Listener
+	err := n.Do(func() error {
+		var err error
+		ln, err = net.Listen(network, address)
+		return err
+	})
+	return ln, err
 }
 
 // Command returns an *exec.Cmd running args inside the namespace via

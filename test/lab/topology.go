@@ -287,8 +287,9 @@ func (p *Pod) wire() error {
 			return err
 		}
 		if i == 0 {
-			// Calico sets proxy_arp on the host veth; harmless here and
-			// what makes the gateway resolvable once nodes have uplinks.
+			// Calico sets proxy_arp on the host veth. Here the gateway
+			// is answered through the node's own 169.254.1.1 (see
+			// AddNode); proxy_arp is kept for parity with Calico.
 			if err := node.Sysctl("net/ipv4/conf/"+veth+"/proxy_arp", "1"); err != nil {
 				return err
 			}
