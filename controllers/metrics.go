@@ -21,6 +21,10 @@ var (
 		Name: "nftpolicy_drift_repairs_total",
 		Help: "Periodic read-backs that found the kernel table different from the applied ruleset and repaired it.",
 	})
+	revokedFlows = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "nftpolicy_revoked_flows_total",
+		Help: "Established conntrack entries deleted because a new ruleset denies them.",
+	})
 	rulesetSize = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "nftpolicy_ruleset_size",
 		Help: "Size of the applied ruleset by object kind (chains, rules, elements).",
@@ -28,5 +32,5 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(syncDuration, syncFailures, driftRepairs, rulesetSize)
+	metrics.Registry.MustRegister(syncDuration, syncFailures, driftRepairs, revokedFlows, rulesetSize)
 }

@@ -5,8 +5,10 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -26,7 +28,15 @@ import (
 	"github.com/nftpolicy/nftpolicy/pkg/compiler"
 	"github.com/nftpolicy/nftpolicy/pkg/dataplane"
 	"github.com/nftpolicy/nftpolicy/pkg/model"
+	"github.com/nftpolicy/nftpolicy/pkg/revoke"
+	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
 )
+
+// FlowTable lists conntrack entries and sets their marks (pkg/dataplane/conntrack).
+type FlowTable interface {
+	Flows() ([]revoke.Flow, error)
+	SetMark(flows []revoke.Flow, mask, value uint32) (int, error)
+}
 
 // syncRequest is the one key every event maps to: the workqueue deduplicates it, so a
 // burst of events becomes one sync.
@@ -41,6 +51,13 @@ type Syncer struct {
 	Table string
 	// ResyncPeriod is how often the kernel is read back and drift repaired (0: never).
 	ResyncPeriod time.Duration
+	// Flows, when set, is the node's conntrack table: after every ruleset change the
+	// established flows the new ruleset denies are marked revoked and dropped, so
+	// revoking a policy also stops connections opened before (nil: revocation off).
+	Flows FlowTable
+	// LocalAddrs returns this node's own addresses (nil: none); they decide which hook
+	// (input, output or forward) a flow went through.
+	LocalAddrs func() map[netip.Addr]bool
 	// Recorder reports problems as Kubernetes Events (optional).
 	Recorder events.EventRecorder
 	Log      logr.Logger
@@ -88,7 +105,7 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 	if err != nil {
 		return reconcile.Result{}, fmt.Errorf("reading the cache: %w", err)
 	}
-	res := compiler.Compile(snap, compiler.Options{Table: s.Table})
+	res := compiler.Compile(snap, compiler.Options{Table: s.Table, Revocation: s.Flows != nil})
 	s.report(snap, res.Problems)
 	compiled := time.Now()
 
@@ -116,6 +133,14 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 		driftRepairs.Inc()
 		s.Log.Info("kernel table differed from the applied ruleset; repaired", "ops", out.Ops)
 	}
+	if out.Ops > 0 && s.Flows != nil {
+		// A failure here leaves flows running that should stop, but the rules are in
+		// force for every new connection: log, count, and retry with the next sync.
+		if err := s.revoke(res.Ruleset); err != nil {
+			syncFailures.Inc()
+			s.Log.Error(err, "revoking established flows the new ruleset denies")
+		}
+	}
 	st := res.Ruleset.Stats()
 	rulesetSize.WithLabelValues("chains").Set(float64(st.Chains))
 	rulesetSize.WithLabelValues("rules").Set(float64(st.Rules))
@@ -129,6 +154,28 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 		return reconcile.Result{RequeueAfter: s.ResyncPeriod - time.Since(s.lastVerify)}, nil
 	}
 	return reconcile.Result{}, nil
+}
+
+// revoke marks the conntrack entries of flows the ruleset no longer allows, and clears
+// the mark of revoked flows it allows again.
+func (s *Syncer) revoke(rs *ruleset.Ruleset) error {
+	flows, err := s.Flows.Flows()
+	if err != nil {
+		return err
+	}
+	var mine map[netip.Addr]bool
+	if s.LocalAddrs != nil {
+		mine = s.LocalAddrs()
+	}
+	marks := revoke.Marks{Mask: compiler.CtMarkMask, Revoked: compiler.RevokedMark, Cleared: compiler.ClearedMark}
+	d := revoke.Decide(rs, flows, func(a netip.Addr) bool { return mine[a] }, marks)
+	revoked, err1 := s.Flows.SetMark(d.Revoke, marks.Mask, marks.Revoked)
+	restored, err2 := s.Flows.SetMark(d.Restore, marks.Mask, marks.Cleared)
+	revokedFlows.Add(float64(revoked))
+	if revoked > 0 || restored > 0 {
+		s.Log.Info("established flows follow the new ruleset", "revoked", revoked, "restored", restored)
+	}
+	return errors.Join(err1, err2)
 }
 
 // snapshot copies the caches into the compiler's model.

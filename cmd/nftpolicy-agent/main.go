@@ -9,6 +9,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"time"
 
@@ -27,6 +29,7 @@ import (
 
 	"github.com/nftpolicy/nftpolicy/controllers"
 	"github.com/nftpolicy/nftpolicy/pkg/compiler"
+	"github.com/nftpolicy/nftpolicy/pkg/dataplane/conntrack"
 	"github.com/nftpolicy/nftpolicy/pkg/dataplane/netlink"
 )
 
@@ -37,6 +40,7 @@ type options struct {
 	probeAddr    string
 	resyncPeriod time.Duration
 	table        string
+	revoke       bool
 	verbosity    int
 }
 
@@ -56,6 +60,7 @@ func run(args []string) error {
 	fs.StringVar(&o.probeAddr, "health-probe-bind-address", ":9091", "Address of the /healthz and /readyz endpoints; \"0\" disables them.")
 	fs.DurationVar(&o.resyncPeriod, "resync-period", time.Minute, "How often the kernel table is read back and drift repaired; 0 disables it.")
 	fs.StringVar(&o.table, "table", compiler.DefaultTable, "Name of the nftables table (family inet) the agent owns.")
+	fs.BoolVar(&o.revoke, "revoke-established", true, "Stop established connections that a policy change denies (delete their conntrack entries).")
 	fs.IntVar(&o.verbosity, "v", 0, "Log verbosity: 0 info, 1 every sync, 2 and more debug.")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage:\n  nftpolicy-agent [flags]\n  nftpolicy-agent cleanup [--table NAME]   remove the agent's table\n\nFlags:\n")
@@ -121,6 +126,10 @@ func run(args []string) error {
 		Recorder:     mgr.GetEventRecorder("nftpolicy-agent"),
 		Log:          log.WithName("sync"),
 	}
+	if o.revoke {
+		syncer.Flows = &conntrack.Table{}
+		syncer.LocalAddrs = localAddrs
+	}
 	if err := syncer.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the controller: %w", err)
 	}
@@ -138,6 +147,22 @@ func run(args []string) error {
 	}
 	log.Info("stopped; the nftables table stays in force")
 	return nil
+}
+
+// localAddrs returns the addresses assigned to this node's interfaces (the agent runs
+// in the node's network namespace); read on every revocation as addresses come and go.
+func localAddrs() map[netip.Addr]bool {
+	out := map[netip.Addr]bool{}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return out
+	}
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
+			out[p.Addr().Unmap()] = true
+		}
+	}
+	return out
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {

@@ -77,10 +77,22 @@ func (d Direction) short() string {
 	return "eg"
 }
 
+// Conntrack mark bits of revoked connections (see pkg/revoke). Two bits, so that
+// clearing a revocation writes a non-zero value too (netlink updates cannot write 0):
+// RevokedMark means "drop every packet of this connection", ClearedMark "no longer".
+const (
+	CtMarkMask  uint32 = 0x30000000
+	RevokedMark uint32 = 0x10000000
+	ClearedMark uint32 = 0x20000000
+)
+
 // Options tune compilation.
 type Options struct {
 	// Table is the table name (default "nftpolicy").
 	Table string
+	// Revocation adds the rule that drops packets of connections marked revoked
+	// (ct mark & CtMarkMask == RevokedMark) ahead of `ct state established accept`.
+	Revocation bool
 }
 
 // Problem is an input the compiler could not use: the object and field it came from and
@@ -111,6 +123,7 @@ func Compile(snap *model.Snapshot, opts Options) *Result {
 
 type compilation struct {
 	snap     *model.Snapshot
+	opts     Options
 	rs       *ruleset.Ruleset
 	problems []Problem
 
@@ -131,6 +144,7 @@ func newCompilation(snap *model.Snapshot, opts Options) *compilation {
 	}
 	c := &compilation{
 		snap:   snap,
+		opts:   opts,
 		rs:     &ruleset.Ruleset{Table: table},
 		owners: model.IPOwners(snap.Pods),
 		podIPs: map[*model.Pod][]netip.Addr{},
@@ -162,7 +176,7 @@ type policy struct {
 }
 
 func (c *compilation) run() {
-	c.addBaseChains()
+	c.addBaseChains(c.opts.Revocation)
 
 	var policies []*policy
 	for _, np := range c.snap.Policies {
@@ -246,7 +260,15 @@ func (c *compilation) parsePolicy(np *networkingv1.NetworkPolicy) *policy {
 	return p
 }
 
-func (c *compilation) addBaseChains() {
+func (c *compilation) addBaseChains(revocation bool) {
+	var revoked []ruleset.Rule
+	if revocation {
+		revoked = []ruleset.Rule{{
+			Matches: []ruleset.Match{{Kind: ruleset.MatchCtMark, MarkMask: CtMarkMask, Mark: RevokedMark}},
+			Counter: true, Verdict: ruleset.Drop,
+			Comment: "connection revoked by a policy change",
+		}}
+	}
 	ct := ruleset.Rule{
 		Matches: []ruleset.Match{{Kind: ruleset.MatchCtState, CtStates: []string{"established", "related"}}},
 		Verdict: ruleset.Accept,
@@ -257,11 +279,11 @@ func (c *compilation) addBaseChains() {
 		if dir == Ingress {
 			f4, f6, m4, m6 = ruleset.FieldIPv4Daddr, ruleset.FieldIPv6Daddr, MapIngressV4, MapIngressV6
 		}
-		return []ruleset.Rule{
+		return append(append([]ruleset.Rule(nil), revoked...),
 			ct,
-			{VMap: &ruleset.VMap{Fields: []ruleset.Field{f4}, Map: m4}, Comment: "local pods isolated for " + string(dir)},
-			{VMap: &ruleset.VMap{Fields: []ruleset.Field{f6}, Map: m6}, Comment: "local pods isolated for " + string(dir)},
-		}
+			ruleset.Rule{VMap: &ruleset.VMap{Fields: []ruleset.Field{f4}, Map: m4}, Comment: "local pods isolated for " + string(dir)},
+			ruleset.Rule{VMap: &ruleset.VMap{Fields: []ruleset.Field{f6}, Map: m6}, Comment: "local pods isolated for " + string(dir)},
+		)
 	}
 	c.chains[ChainEgressForward] = &ruleset.Chain{
 		Name: ChainEgressForward, Comment: "egress of local pods to other hosts and pods",

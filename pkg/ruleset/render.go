@@ -206,6 +206,8 @@ func formatMatch(m Match) string {
 		return "meta nfproto " + m.Family.String()
 	case MatchL4Proto:
 		return "meta l4proto " + ProtoName(m.Proto)
+	case MatchCtMark:
+		return fmt.Sprintf("ct mark & 0x%08x == 0x%08x", m.MarkMask, m.Mark)
 	}
 	return "?" + string(m.Kind)
 }

@@ -280,6 +280,8 @@ const (
 	MatchNFProto MatchKind = "nfproto"
 	// MatchL4Proto: `meta l4proto Proto`.
 	MatchL4Proto MatchKind = "l4proto"
+	// MatchCtMark: `ct mark & MarkMask == Mark`.
+	MatchCtMark MatchKind = "ct mark"
 )
 
 // Match is one condition of a rule; all conditions of a rule must hold.
@@ -295,6 +297,8 @@ type Match struct {
 	Family Family
 	// Proto for MatchL4Proto.
 	Proto uint8
+	// Mark and MarkMask for MatchCtMark.
+	Mark, MarkMask uint32
 }
 
 // Rule is a list of matches followed by an optional counter and a verdict, or by a
@@ -607,6 +611,10 @@ func validateRule(r Rule, chains map[string]*Chain, sets map[string]*Set) error 
 				return fmt.Errorf("unknown family %d", m.Family)
 			}
 		case MatchL4Proto:
+		case MatchCtMark:
+			if m.MarkMask == 0 || m.Mark&^m.MarkMask != 0 {
+				return fmt.Errorf("ct mark 0x%x outside its mask 0x%x", m.Mark, m.MarkMask)
+			}
 		default:
 			return fmt.Errorf("unknown match kind %q", m.Kind)
 		}

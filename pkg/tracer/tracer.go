@@ -5,6 +5,7 @@
 package tracer
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -21,6 +22,8 @@ type Packet struct {
 	DPort uint16
 	// CtState is the conntrack state: "new" when empty, "established", "related", ...
 	CtState string
+	// CtMark is the conntrack mark of the packet's connection.
+	CtMark uint32
 	// Hook is where the packet meets netfilter: forward (routed through the node, the
 	// default), input (to the node) or output (from the node).
 	Hook ruleset.Hook
@@ -77,42 +80,111 @@ func (r Result) Last() Step {
 // maxDepth bounds jumps like the kernel's NFT_JUMP_STACK_SIZE.
 const maxDepth = 16
 
-type tracer struct {
-	rs     *ruleset.Ruleset
-	pkt    Packet
-	steps  []Step
+// Tracer evaluates packets against one ruleset; New indexes the sets once so that many
+// packets (e.g. every conntrack entry on revocation) can be traced cheaply.
+type Tracer struct {
 	chains map[string]*ruleset.Chain
-	sets   map[string]*ruleset.Set
+	sets   map[string]*indexedSet
+	base   map[ruleset.Hook][]*ruleset.Chain
+}
+
+// indexedSet answers lookups in O(1) for plain sets (a hash of the key bytes) and in
+// O(log n) for single-field interval sets; concatenated interval sets (ports, small)
+// are scanned.
+type indexedSet struct {
+	set    *ruleset.Set
+	exact  map[string]ruleset.Element
+	ranges []ruleset.Element // single-field interval sets, sorted by start
+}
+
+func indexSet(s *ruleset.Set) *indexedSet {
+	ix := &indexedSet{set: s}
+	switch {
+	case !s.Interval:
+		ix.exact = make(map[string]ruleset.Element, len(s.Elements))
+		for _, e := range s.Elements {
+			var k []byte
+			for _, r := range e.Key {
+				k = append(k, r.From...)
+			}
+			ix.exact[string(k)] = e
+		}
+	case len(s.Key) == 1:
+		ix.ranges = append([]ruleset.Element(nil), s.Elements...)
+		sort.Slice(ix.ranges, func(i, j int) bool { return bytes.Compare(ix.ranges[i].Key[0].From, ix.ranges[j].Key[0].From) < 0 })
+	}
+	return ix
+}
+
+func (ix *indexedSet) lookup(values [][]byte) (ruleset.Element, bool) {
+	switch {
+	case ix.exact != nil:
+		var k []byte
+		for _, v := range values {
+			k = append(k, v...)
+		}
+		e, ok := ix.exact[string(k)]
+		return e, ok
+	case ix.ranges != nil || (ix.set.Interval && len(ix.set.Key) == 1):
+		if len(values) != 1 {
+			return ruleset.Element{}, false
+		}
+		v := values[0]
+		// The last range starting at or before v is the only candidate (ranges are disjoint).
+		i := sort.Search(len(ix.ranges), func(i int) bool { return bytes.Compare(ix.ranges[i].Key[0].From, v) > 0 }) - 1
+		if i >= 0 && ix.ranges[i].Key[0].Contains(v) {
+			return ix.ranges[i], true
+		}
+		return ruleset.Element{}, false
+	}
+	return ix.set.Lookup(values)
+}
+
+// New prepares a tracer for rs. rs must not change while the tracer is in use.
+func New(rs *ruleset.Ruleset) *Tracer {
+	t := &Tracer{chains: map[string]*ruleset.Chain{}, sets: map[string]*indexedSet{}, base: map[ruleset.Hook][]*ruleset.Chain{}}
+	for _, c := range rs.Chains {
+		t.chains[c.Name] = c
+		if c.Base != nil {
+			t.base[c.Base.Hook] = append(t.base[c.Base.Hook], c)
+		}
+	}
+	for _, chains := range t.base {
+		sort.SliceStable(chains, func(i, j int) bool {
+			if chains[i].Base.Priority != chains[j].Base.Priority {
+				return chains[i].Base.Priority < chains[j].Base.Priority
+			}
+			return chains[i].Name < chains[j].Name
+		})
+	}
+	for _, s := range rs.Sets {
+		t.sets[s.Name] = indexSet(s)
+	}
+	return t
 }
 
 // Trace evaluates pkt against rs.
-func Trace(rs *ruleset.Ruleset, pkt Packet) Result {
+func Trace(rs *ruleset.Ruleset, pkt Packet) Result { return New(rs).Trace(pkt) }
+
+// evaluation is the state of one packet's trace.
+type evaluation struct {
+	*Tracer
+	pkt   Packet
+	steps []Step
+}
+
+// Trace evaluates pkt.
+func (tr *Tracer) Trace(pkt Packet) Result {
 	if pkt.Hook == "" {
 		pkt.Hook = ruleset.HookForward
 	}
 	if pkt.CtState == "" {
 		pkt.CtState = "new"
 	}
-	t := &tracer{rs: rs, pkt: pkt, chains: map[string]*ruleset.Chain{}, sets: map[string]*ruleset.Set{}}
-	var base []*ruleset.Chain
-	for _, c := range rs.Chains {
-		t.chains[c.Name] = c
-		if c.Base != nil && c.Base.Hook == pkt.Hook {
-			base = append(base, c)
-		}
-	}
-	for _, s := range rs.Sets {
-		t.sets[s.Name] = s
-	}
-	sort.SliceStable(base, func(i, j int) bool {
-		if base[i].Base.Priority != base[j].Base.Priority {
-			return base[i].Base.Priority < base[j].Base.Priority
-		}
-		return base[i].Name < base[j].Name
-	})
+	t := &evaluation{Tracer: tr, pkt: pkt}
 	// Every base chain of the hook sees the packet unless one drops it: an accept ends
 	// only its own chain.
-	for _, c := range base {
+	for _, c := range tr.base[pkt.Hook] {
 		v := t.chain(c, 0)
 		if v == ruleset.VerdictDrop {
 			return Result{Verdict: ruleset.VerdictDrop, Steps: t.steps}
@@ -125,7 +197,7 @@ func Trace(rs *ruleset.Ruleset, pkt Packet) Result {
 }
 
 // chain evaluates a chain and returns accept, drop, or none (fell off the end or returned).
-func (t *tracer) chain(c *ruleset.Chain, depth int) ruleset.VerdictKind {
+func (t *evaluation) chain(c *ruleset.Chain, depth int) ruleset.VerdictKind {
 	if depth > maxDepth {
 		// The kernel refuses rulesets this deep; treat as a drop so a test notices.
 		t.steps = append(t.steps, Step{Chain: c.Name, Rule: -1, Verdict: "drop (jump stack exhausted)"})
@@ -145,7 +217,7 @@ func (t *tracer) chain(c *ruleset.Chain, depth int) ruleset.VerdictKind {
 			if !ok {
 				continue
 			}
-			e, found := m.Lookup(vals)
+			e, found := m.lookup(vals)
 			if !found || e.Verdict == nil {
 				continue
 			}
@@ -173,7 +245,7 @@ func (t *tracer) chain(c *ruleset.Chain, depth int) ruleset.VerdictKind {
 	return ruleset.VerdictNone
 }
 
-func (t *tracer) matches(ms []ruleset.Match) bool {
+func (t *evaluation) matches(ms []ruleset.Match) bool {
 	for _, m := range ms {
 		switch m.Kind {
 		case ruleset.MatchCtState:
@@ -194,6 +266,10 @@ func (t *tracer) matches(ms []ruleset.Match) bool {
 			if t.pkt.Proto != m.Proto {
 				return false
 			}
+		case ruleset.MatchCtMark:
+			if t.pkt.CtMark&m.MarkMask != m.Mark {
+				return false
+			}
 		case ruleset.MatchLookup:
 			s := t.sets[m.Set]
 			if s == nil {
@@ -204,7 +280,7 @@ func (t *tracer) matches(ms []ruleset.Match) bool {
 				// A field of the other family: nft's implicit nfproto check fails.
 				return false
 			}
-			_, found := s.Lookup(vals)
+			_, found := s.lookup(vals)
 			if found == m.Negate {
 				return false
 			}
@@ -215,7 +291,7 @@ func (t *tracer) matches(ms []ruleset.Match) bool {
 	return true
 }
 
-func (t *tracer) family() ruleset.Family {
+func (t *evaluation) family() ruleset.Family {
 	if t.pkt.Src.Is4() {
 		return ruleset.IPv4
 	}
@@ -223,7 +299,7 @@ func (t *tracer) family() ruleset.Family {
 }
 
 // values loads the fields from the packet; false when a field does not apply to it.
-func (t *tracer) values(fields []ruleset.Field) ([][]byte, bool) {
+func (t *evaluation) values(fields []ruleset.Field) ([][]byte, bool) {
 	out := make([][]byte, len(fields))
 	for i, f := range fields {
 		if fam := f.Family(); fam != 0 && fam != t.family() {

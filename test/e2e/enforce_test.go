@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -290,6 +291,36 @@ var _ = Describe("the agent in a node namespace", Ordered, func() {
 		Expect(k8s.Delete(ctx, np)).To(Succeed())
 	})
 
+	It("stops established TCP and UDP flows a policy change denies, and only those", func() {
+		db, frontend, client := pods[2], pods[0], pods[3]
+		echoServers(db, 9000)
+		echoServers(frontend, 9000)
+		toDB := dialEcho(client, "tcp", db.AddrPort(lab.IPv4, 9000))
+		toDBUDP := dialEcho(client, "udp", db.AddrPort(lab.IPv4, 9000))
+		toFrontend := dialEcho(client, "tcp", frontend.AddrPort(lab.IPv4, 9000))
+		for _, c := range []net.Conn{toDB, toDBUDP, toFrontend} {
+			Expect(echo(c)).To(Succeed(), "before the policy")
+		}
+		np := &networkingv1.NetworkPolicy{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "db-deny"},
+			Spec: networkingv1.NetworkPolicySpec{
+				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}},
+				PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
+			},
+		}
+		Expect(k8s.Create(ctx, np)).To(Succeed())
+		Eventually(func() error { return echo(toDB) }, "10s", "50ms").ShouldNot(Succeed(), "established TCP flow to db must stop")
+		Eventually(func() error { return echo(toDBUDP) }, "10s", "50ms").ShouldNot(Succeed(), "UDP flow to db must stop")
+		Consistently(func() error { return echo(toFrontend) }, "1s", "100ms").Should(Succeed(), "an allowed flow must not be cut")
+		// Lifting the policy lifts the revocation: the same connections carry on.
+		Expect(k8s.Delete(ctx, np)).To(Succeed())
+		Eventually(func() error { return echo(toDBUDP) }, "10s", "50ms").Should(Succeed(), "UDP flow to db must resume")
+		Eventually(func() error { return echo(toDB) }, "20s", "100ms").Should(Succeed(), "TCP flow to db must resume")
+		for _, c := range []net.Conn{toDB, toDBUDP, toFrontend} {
+			c.Close()
+		}
+	})
+
 	It("removes enforcement when the policy is deleted", func() {
 		Expect(k8s.Delete(ctx, &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "backend-policy"}})).To(Succeed())
 		expectMatrix("policy deleted", allAllowed(), lab.IPv4, "tcp", 80)
@@ -305,3 +336,61 @@ var _ = Describe("the agent in a node namespace", Ordered, func() {
 		Expect(strings.Contains(string(tables), "nftpolicy")).To(BeFalse(), string(tables))
 	})
 })
+
+// echoServers serves a long-lived echo on TCP and UDP port in the pod (the lab's own
+// servers answer once and close, which cannot show an established flow being cut).
+func echoServers(p *lab.Pod, port int) {
+	ln, err := p.NS.Listen("tcp", fmt.Sprintf(":%d", port))
+	Expect(err).NotTo(HaveOccurred())
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+		}
+	}()
+	var pc net.PacketConn
+	Expect(p.NS.Do(func() error {
+		var err error
+		pc, err = net.ListenPacket("udp", fmt.Sprintf(":%d", port))
+		return err
+	})).To(Succeed())
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, addr, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo(buf[:n], addr)
+		}
+	}()
+	DeferCleanup(func() { ln.Close(); pc.Close() })
+}
+
+// dialEcho opens a connection from the pod that later echoes reuse (same 5-tuple).
+func dialEcho(p *lab.Pod, network string, to netip.AddrPort) net.Conn {
+	c, err := p.NS.DialContext(context.Background(), network, to.String())
+	Expect(err).NotTo(HaveOccurred())
+	return c
+}
+
+// echo sends a line on an existing connection and waits briefly for it to come back.
+func echo(c net.Conn) error {
+	if err := c.SetDeadline(time.Now().Add(300 * time.Millisecond)); err != nil {
+		return err
+	}
+	if _, err := c.Write([]byte("ping\n")); err != nil {
+		return err
+	}
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return err
+	}
+	if string(buf) != "ping\n" {
+		return fmt.Errorf("echo returned %q", buf)
+	}
+	return nil
+}

@@ -700,6 +700,21 @@ func exprsToRule(exprs []expr.Any) (decodedRule, error) {
 			}
 			i++
 		case *expr.Ct:
+			if !e.SourceRegister && e.Key == expr.CtKeyMARK && i+2 < len(exprs) {
+				b, ok := exprs[i+1].(*expr.Bitwise)
+				if !ok || len(b.Mask) != 4 {
+					return d, fmt.Errorf("ct mark without mask")
+				}
+				c, ok := cmpAt(i+2, b.DestRegister, expr.CmpOpEq, 4)
+				if !ok {
+					return d, fmt.Errorf("ct mark without cmp")
+				}
+				if err := cond(ruleset.Match{Kind: ruleset.MatchCtMark, MarkMask: binary.NativeEndian.Uint32(b.Mask), Mark: binary.NativeEndian.Uint32(c.Data)}); err != nil {
+					return d, err
+				}
+				i += 3
+				continue
+			}
 			if e.SourceRegister || e.Key != expr.CtKeySTATE || i+2 >= len(exprs) {
 				return d, fmt.Errorf("ct key %d", e.Key)
 			}

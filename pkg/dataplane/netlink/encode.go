@@ -581,6 +581,13 @@ func encodeRule(r ruleset.Rule) ([]expr.Any, []byte, error) {
 				&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
 					Mask: binary.NativeEndian.AppendUint32(nil, mask), Xor: make([]byte, 4)},
 				&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: make([]byte, 4)})
+		case ruleset.MatchCtMark:
+			// ct mark & mask == mark; the mark is a host-endian u32 in the register.
+			out = append(out,
+				&expr.Ct{Key: expr.CtKeyMARK, Register: reg1},
+				&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+					Mask: binary.NativeEndian.AppendUint32(nil, m.MarkMask), Xor: make([]byte, 4)},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binary.NativeEndian.AppendUint32(nil, m.Mark)})
 		default:
 			return nil, nil, fmt.Errorf("match %d: unsupported kind %q", i, m.Kind)
 		}

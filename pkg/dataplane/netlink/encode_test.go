@@ -61,6 +61,7 @@ func TestRuleRoundTrip(t *testing.T) {
 		{Matches: []ruleset.Match{{Kind: ruleset.MatchCtState, CtStates: []string{"established"}}}, VMap: &ruleset.VMap{Fields: fpp, Map: "m"}, Comment: strings.Repeat("x", ruleset.MaxCommentLen)},
 		{Matches: []ruleset.Match{{Kind: ruleset.MatchNFProto, Family: ruleset.IPv6}}, Counter: true, VMap: &ruleset.VMap{Fields: []ruleset.Field{ruleset.FieldIPv6Daddr}, Map: "m"}},
 		{Verdict: ruleset.Jump("x"), Comment: "with \"quotes\" and ünïcode"},
+		{Matches: []ruleset.Match{{Kind: ruleset.MatchCtMark, MarkMask: 0x30000000, Mark: 0x10000000}}, Counter: true, Verdict: ruleset.Drop},
 	}
 	for _, c := range sample().Chains {
 		rules = append(rules, c.Rules...)

@@ -1,0 +1,90 @@
+package revoke
+
+import (
+	"net/netip"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/nftpolicy/nftpolicy/pkg/compiler"
+	"github.com/nftpolicy/nftpolicy/pkg/model"
+	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
+)
+
+var (
+	frontend = netip.MustParseAddr("10.244.1.2")
+	backend  = netip.MustParseAddr("10.244.1.3")
+	other    = netip.MustParseAddr("10.244.2.4")
+	nodeIP   = netip.MustParseAddr("172.18.0.10")
+	svcIP    = netip.MustParseAddr("10.96.0.10")
+)
+
+// backendOnlyFromFrontend compiles the seed policy for node n1, where frontend and
+// backend run; other runs on n2.
+func backendOnlyFromFrontend() *ruleset.Ruleset {
+	pod := func(name, node string, ip netip.Addr) *model.Pod {
+		return &model.Pod{Namespace: "app", Name: name, NodeName: node, Labels: map[string]string{"app": name},
+			Phase: corev1.PodRunning, IPs: []netip.Addr{ip}}
+	}
+	snap := &model.Snapshot{NodeName: "n1",
+		Pods:       []*model.Pod{pod("frontend", "n1", frontend), pod("backend", "n1", backend), pod("other", "n2", other)},
+		Namespaces: map[string]*model.Namespace{"app": {Name: "app"}},
+		Policies: []*networkingv1.NetworkPolicy{{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "backend-policy"},
+			Spec: networkingv1.NetworkPolicySpec{
+				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "backend"}},
+				Ingress: []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{
+					{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "frontend"}}}}}},
+			}}},
+	}
+	return compiler.Compile(snap, compiler.Options{}).Ruleset
+}
+
+func direct(proto uint8, src, dst netip.Addr, sport, dport uint16) Flow {
+	return Flow{Proto: proto, Orig: Tuple{Src: src, Dst: dst, SPort: sport, DPort: dport}, Reply: Tuple{Src: dst, Dst: src, SPort: dport, DPort: sport}}
+}
+
+func TestDenied(t *testing.T) {
+	rs := backendOnlyFromFrontend()
+	// A connection to a Service: the entry's original destination is the ClusterIP,
+	// the reply comes from the backend pod the DNAT chose.
+	viaService := Flow{Proto: ruleset.ProtoTCP, Orig: Tuple{Src: other, Dst: svcIP, SPort: 40000, DPort: 80},
+		Reply: Tuple{Src: backend, Dst: other, SPort: 8080, DPort: 40000}}
+	viaServiceAllowed := viaService
+	viaServiceAllowed.Orig.Src, viaServiceAllowed.Reply.Dst = frontend, frontend
+	flows := []Flow{
+		direct(ruleset.ProtoTCP, other, backend, 40001, 80),    // denied
+		direct(ruleset.ProtoUDP, other, backend, 40002, 53),    // denied
+		direct(ruleset.ProtoTCP, frontend, backend, 40003, 80), // allowed
+		direct(ruleset.ProtoTCP, backend, other, 40004, 80),    // backend's egress is open
+		direct(ruleset.ProtoTCP, nodeIP, backend, 40005, 8080), // the node itself (kubelet probe)
+		direct(1, other, backend, 0, 0),                        // ICMP: left alone
+		viaService,                                             // denied (judged after DNAT)
+		viaServiceAllowed,                                      // allowed
+	}
+	// An allowed flow still carrying the revoked mark (its policy came back) is restored;
+	// a denied flow already revoked is left alone.
+	marks := Marks{Mask: compiler.CtMarkMask, Revoked: compiler.RevokedMark, Cleared: compiler.ClearedMark}
+	comeback := direct(ruleset.ProtoTCP, frontend, backend, 40006, 80)
+	comeback.Mark = 0xff | compiler.RevokedMark
+	stillDenied := direct(ruleset.ProtoTCP, other, backend, 40007, 80)
+	stillDenied.Mark = compiler.RevokedMark
+	flows = append(flows, comeback, stillDenied)
+
+	local := func(a netip.Addr) bool { return a == nodeIP }
+	d := Decide(rs, flows, local, marks)
+	check := func(what string, got, want []Flow) {
+		t.Helper()
+		if len(got) != len(want) {
+			t.Fatalf("%s: %d flows, want %d: %+v", what, len(got), len(want), got)
+		}
+		for i := range want {
+			if got[i] != want[i] {
+				t.Errorf("%s[%d] = %+v, want %+v", what, i, got[i], want[i])
+			}
+		}
+	}
+	check("revoke", d.Revoke, []Flow{flows[0], flows[1], viaService})
+	check("restore", d.Restore, []Flow{comeback})
+}
