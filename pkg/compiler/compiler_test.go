@@ -501,3 +501,34 @@ func TestBadInputIsReportedAndContained(t *testing.T) {
 		tcp("x/a", "y/a", 80, true),
 	)
 }
+
+func TestRevokedConnectionsAreDropped(t *testing.T) {
+	c := upstream(t)
+	rs := Compile(c.snapshot("n1"), Options{Revocation: true}).Ruleset
+	if err := rs.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	a, b := c.find("x/a").IPs[0], c.find("y/a").IPs[0]
+	for _, tc := range []struct {
+		mark    uint32
+		state   string
+		hook    ruleset.Hook
+		allowed bool
+	}{
+		{0, "established", ruleset.HookForward, true},
+		{RevokedMark, "established", ruleset.HookForward, false},
+		{RevokedMark | 0x1, "established", ruleset.HookForward, false}, // other bits are not ours
+		{RevokedMark, "established", ruleset.HookInput, false},
+		{ClearedMark, "established", ruleset.HookForward, true},
+		{RevokedMark, "new", ruleset.HookForward, false},
+	} {
+		r := tracer.Trace(rs, tracer.Packet{Src: a, Dst: b, Proto: 6, DPort: 80, CtState: tc.state, CtMark: tc.mark, Hook: tc.hook})
+		if r.Allowed() != tc.allowed {
+			t.Errorf("mark 0x%x %s %s: allowed=%v, want %v (%v)", tc.mark, tc.state, tc.hook, r.Allowed(), tc.allowed, r.Steps)
+		}
+	}
+	// Without revocation there is no such rule.
+	if strings.Contains(ruleset.Render(c.compile("n1").Ruleset), "ct mark") {
+		t.Error("ct mark rule present without Options.Revocation")
+	}
+}
