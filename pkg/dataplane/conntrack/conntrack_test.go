@@ -2,48 +2,18 @@ package conntrack
 
 import (
 	"net/netip"
-	"os"
-	"runtime"
 	"testing"
 
 	"github.com/mdlayher/netlink"
 	ct "github.com/ti-mo/conntrack"
 	"golang.org/x/sys/unix"
 
+	"github.com/nftpolicy/nftpolicy/internal/testns"
 	"github.com/nftpolicy/nftpolicy/pkg/revoke"
 )
 
-// newNetNS returns a descriptor of a fresh network namespace; the thread that created
-// it is discarded so no goroutine runs inside it.
-func newNetNS(t *testing.T) int {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("kernel test: needs root (network namespace, conntrack netlink)")
-	}
-	ch := make(chan [2]int)
-	go func() {
-		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			ch <- [2]int{-1, int(err.(unix.Errno))}
-			return
-		}
-		fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			ch <- [2]int{-1, int(err.(unix.Errno))}
-			return
-		}
-		ch <- [2]int{fd, 0}
-	}()
-	r := <-ch
-	if r[0] < 0 {
-		t.Skipf("kernel test: cannot create a network namespace: %v", unix.Errno(r[1]))
-	}
-	t.Cleanup(func() { unix.Close(r[0]) })
-	return r[0]
-}
-
 func TestListAndMark(t *testing.T) {
-	ns := newNetNS(t)
+	ns := testns.New(t)
 	c, err := ct.Dial(&netlink.Config{NetNS: ns})
 	if err != nil {
 		t.Fatal(err)

@@ -20,41 +20,13 @@ import (
 	"github.com/go-logr/logr/testr"
 	"golang.org/x/sys/unix"
 
+	"github.com/nftpolicy/nftpolicy/internal/testns"
 	"github.com/nftpolicy/nftpolicy/pkg/dataplane"
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
 )
 
-// newNetNS returns a descriptor of a new, empty network namespace. A locked OS thread
-// unshares into it and opens it; the goroutine then exits without unlocking, so the
-// runtime discards the thread and no other goroutine ever runs in the namespace. The
-// namespace lives as long as the descriptor, which is closed when the test ends.
-func newNetNS(t *testing.T) int {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("kernel test: needs root (CAP_SYS_ADMIN for a network namespace, CAP_NET_ADMIN for nftables)")
-	}
-	type result struct {
-		fd  int
-		err error
-	}
-	ch := make(chan result)
-	go func() {
-		runtime.LockOSThread()
-		// No UnlockOSThread: this thread must not go back to the pool.
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			ch <- result{-1, fmt.Errorf("unshare(CLONE_NEWNET): %w", err)}
-			return
-		}
-		fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		ch <- result{fd, err}
-	}()
-	r := <-ch
-	if r.err != nil {
-		t.Skipf("kernel test: cannot create a network namespace: %v", r.err)
-	}
-	t.Cleanup(func() { unix.Close(r.fd) })
-	return r.fd
-}
+// newNetNS returns a throwaway network namespace (see internal/testns).
+func newNetNS(t *testing.T) int { return testns.New(t) }
 
 // inNS runs a command inside the namespace (nsenter on the inherited descriptor).
 func inNS(t *testing.T, nsFd int, name string, args ...string) (string, error) {
