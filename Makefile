@@ -51,7 +51,35 @@ unit: ## Pure unit tests (compiler, tracer, ruleset); no root needed.
 test: deps envtest-assets build vet ## Every test: unit, envtest, kernel (netns) and end-to-end; installs what it needs.
 	$(GO) test $(GO_TEST_FLAGS) ./...
 
+# ---- the lab: a cluster stand-in made of network namespaces (test/lab, cmd/nftpolicy-lab) ----
+LAB      := $(BIN)/nftpolicy-lab
+LAB_ARGS ?=
+
+.PHONY: lab-build
+lab-build: ## Build the lab CLI into bin/nftpolicy-lab.
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(LAB) ./cmd/nftpolicy-lab
+
+.PHONY: demo
+demo: deps envtest-assets build lab-build ## The main job: API server + 2 nodes and pods in network namespaces, the agent enforcing policies, matrices before and after (root).
+	$(LAB) demo --agent $(BIN)/nftpolicy-agent $(LAB_ARGS)
+
+.PHONY: lab-up
+lab-up: deps envtest-assets build lab-build ## Start a lab cluster with the demo's pods and keep it running until Ctrl-C (LAB_ARGS="--topology bridge-vxlan --policies").
+	$(LAB) up --agent $(BIN)/nftpolicy-agent --scenario demo $(LAB_ARGS)
+
+.PHONY: lab-down
+lab-down: lab-build ## Remove every lab leftover of this machine: namespaces, processes, state (LAB_ARGS=--all also stops live labs).
+	$(LAB) down $(LAB_ARGS)
+
+.PHONY: lab-test
+lab-test: deps envtest-assets build ## The lab's own tests (test/lab; root): both topologies, ClusterIPs, cleanup, crash cleanup.
+	$(GO) test $(GO_TEST_FLAGS) ./test/lab/...
+
+.PHONY: bench
+bench: ## Go benchmarks of the compiler and the diff at 1k/10k/50k pods.
+	$(GO) test -run '^$$' -bench . -benchmem ./pkg/...
+
 .PHONY: clean
 clean: ## Remove build outputs (keeps the cached control plane in bin/k8s).
-	rm -f $(BIN)/nftpolicy-agent
+	rm -f $(BIN)/nftpolicy-agent $(LAB)
 	rm -rf _out

@@ -132,6 +132,12 @@ type compilation struct {
 	pods []*model.Pod
 	// podIPs are the IPs each of those pods owns.
 	podIPs map[*model.Pod][]netip.Addr
+	// byNS indexes pods by namespace and nsNames lists those namespaces sorted, so that
+	// selectors are evaluated against the pods that can match, not the whole cluster.
+	byNS    map[string][]*model.Pod
+	nsNames []string
+	// local are the pods of this node.
+	local []*model.Pod
 
 	sets   map[string]*ruleset.Set
 	chains map[string]*ruleset.Chain
@@ -164,6 +170,17 @@ func newCompilation(snap *model.Snapshot, opts Options) *compilation {
 		c.podIPs[p] = append(c.podIPs[p], ip)
 	}
 	sort.Slice(c.pods, func(i, j int) bool { return c.pods[i].Key() < c.pods[j].Key() })
+	c.byNS = map[string][]*model.Pod{}
+	for _, p := range c.pods {
+		if _, ok := c.byNS[p.Namespace]; !ok {
+			c.nsNames = append(c.nsNames, p.Namespace)
+		}
+		c.byNS[p.Namespace] = append(c.byNS[p.Namespace], p)
+		if p.NodeName == snap.NodeName {
+			c.local = append(c.local, p)
+		}
+	}
+	sort.Strings(c.nsNames)
 	return c
 }
 
@@ -185,17 +202,18 @@ func (c *compilation) run() {
 		}
 	}
 	sort.Slice(policies, func(i, j int) bool { return policies[i].key < policies[j].key })
+	policiesByNS := map[string][]*policy{}
+	for _, p := range policies {
+		policiesByNS[p.np.Namespace] = append(policiesByNS[p.np.Namespace], p)
+	}
 
 	// Which policies isolate each local pod, per direction.
 	for _, dir := range []Direction{Ingress, Egress} {
 		compiled := map[*policy]string{} // policy → its chain, compiled on first use
-		for _, pod := range c.pods {
-			if pod.NodeName != c.snap.NodeName {
-				continue
-			}
+		for _, pod := range c.local {
 			var chains, keys []string
-			for _, p := range policies {
-				if !p.applies(dir) || p.np.Namespace != pod.Namespace || !p.selector.Matches(labels.Set(pod.Labels)) {
+			for _, p := range policiesByNS[pod.Namespace] {
+				if !p.applies(dir) || !p.selector.Matches(labels.Set(pod.Labels)) {
 					continue
 				}
 				name, ok := compiled[p]
@@ -535,12 +553,18 @@ func (c *compilation) namedPortSet(p *policy, dir Direction, idx int, peer *peer
 		Comment: truncate(fmt.Sprintf("%s %s rule %d named ports", p.key, dir, idx), ruleset.MaxCommentLen)}
 	c.sets[name] = s
 	seen := map[string]bool{}
-	for _, pod := range c.pods {
-		if dir == Ingress {
-			// Destinations are the local pods this policy selects.
-			if pod.NodeName != c.snap.NodeName || pod.Namespace != p.np.Namespace || !p.selector.Matches(labels.Set(pod.Labels)) {
-				continue
-			}
+	// Ingress: the destinations are the local pods this policy selects. Egress: the
+	// peer pods (or every pod when the rule has no peers).
+	candidates := c.pods
+	switch {
+	case dir == Ingress:
+		candidates = c.local
+	case peer != nil:
+		candidates = c.candidates(peer, fam)
+	}
+	for _, pod := range candidates {
+		if dir == Ingress && (pod.Namespace != p.np.Namespace || !p.selector.Matches(labels.Set(pod.Labels))) {
+			continue
 		}
 		for _, ip := range c.podIPs[pod] {
 			if (fam == ruleset.IPv4) != ip.Is4() {

@@ -186,6 +186,34 @@ func (c *compilation) peerHas(s *peerSpec, pod *model.Pod, ip netip.Addr) bool {
 	return false
 }
 
+// podsOf returns the pods the pod-selecting peers may select: those of the policy's
+// namespace, or of the namespaces a namespace selector matches (a superset; callers
+// still check the pod selector). A pod may appear more than once.
+func (c *compilation) podsOf(peers []podPeer) []*model.Pod {
+	var out []*model.Pod
+	for _, pp := range peers {
+		if pp.nsSelector == nil {
+			out = append(out, c.byNS[pp.namespace]...)
+			continue
+		}
+		for _, ns := range c.nsNames {
+			if pp.nsSelector.Matches(c.namespaceLabels(ns)) {
+				out = append(out, c.byNS[ns]...)
+			}
+		}
+	}
+	return out
+}
+
+// candidates returns the pods whose addresses of the family the peers may match: every
+// pod when an ipBlock of that family is among the peers, else podsOf.
+func (c *compilation) candidates(s *peerSpec, fam ruleset.Family) []*model.Pod {
+	if len(s.blocks[fam]) > 0 {
+		return c.pods
+	}
+	return c.podsOf(s.pods)
+}
+
 // peerSet returns the interval set of every address of the family the peers match:
 // the ipBlock ranges and the IPs of matching pods. It is shared by rules with the same
 // peers.
@@ -196,7 +224,7 @@ func (c *compilation) peerSet(s *peerSpec, fam ruleset.Family, key ruleset.KeyTy
 	}
 	addrs := append(addrSet(nil), s.blocks[fam]...)
 	if len(s.pods) > 0 {
-		for _, pod := range c.pods {
+		for _, pod := range c.podsOf(s.pods) {
 			for _, ip := range c.podIPs[pod] {
 				if ip.Is4() != (fam == ruleset.IPv4) || s.blocks[fam].contains(ip) {
 					continue

@@ -1,0 +1,87 @@
+package compiler
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/nftpolicy/nftpolicy/pkg/model"
+	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
+)
+
+// synthetic builds a cluster of pods spread over namespaces and nodes, and policies
+// of the common shapes (pod selector peers, namespace selectors, ipBlocks, ports).
+func synthetic(pods, policies, nodes int) *model.Snapshot {
+	const perNS = 50
+	snap := &model.Snapshot{NodeName: "node-0", Namespaces: map[string]*model.Namespace{}}
+	for i := 0; i < pods; i++ {
+		ns := fmt.Sprintf("ns-%d", i/perNS)
+		if _, ok := snap.Namespaces[ns]; !ok {
+			snap.Namespaces[ns] = &model.Namespace{Name: ns, Labels: map[string]string{NamespaceNameLabel: ns, "team": fmt.Sprintf("t%d", i/perNS%10)}}
+		}
+		ip := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		snap.Pods = append(snap.Pods, &model.Pod{Namespace: ns, Name: fmt.Sprintf("p-%d", i), NodeName: fmt.Sprintf("node-%d", i%nodes),
+			Labels: map[string]string{"app": fmt.Sprintf("app-%d", i%20), "tier": fmt.Sprintf("tier-%d", i%3)},
+			Phase:  corev1.PodRunning, IPs: []netip.Addr{ip},
+			Ports: []model.NamedPort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 8080}}})
+	}
+	nsCount := (pods + perNS - 1) / perNS
+	tcp := corev1.ProtocolTCP
+	for i := 0; i < policies; i++ {
+		ns := fmt.Sprintf("ns-%d", i%nsCount)
+		p80, named := intstr.FromInt32(int32(80+i%10)), intstr.FromString("http")
+		np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("pol-%d", i)},
+			Spec: networkingv1.NetworkPolicySpec{
+				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": fmt.Sprintf("app-%d", i%20)}},
+				Ingress: []networkingv1.NetworkPolicyIngressRule{
+					{From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"tier": fmt.Sprintf("tier-%d", i%3)}}}},
+						Ports: []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &p80}, {Protocol: &tcp, Port: &named}}},
+					{From: []networkingv1.NetworkPolicyPeer{{NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": fmt.Sprintf("t%d", i%10)}}}}},
+				},
+				Egress: []networkingv1.NetworkPolicyEgressRule{
+					{To: []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{CIDR: "10.0.0.0/8", Except: []string{fmt.Sprintf("10.%d.0.0/16", i%200)}}}}},
+				},
+				PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress},
+			}}
+		snap.Policies = append(snap.Policies, np)
+	}
+	return snap
+}
+
+var benchSizes = []struct{ pods, policies, nodes int }{{1000, 100, 10}, {10000, 1000, 100}, {50000, 5000, 500}}
+
+func BenchmarkCompile(b *testing.B) {
+	for _, sz := range benchSizes {
+		snap := synthetic(sz.pods, sz.policies, sz.nodes)
+		b.Run(fmt.Sprintf("pods=%d/policies=%d", sz.pods, sz.policies), func(b *testing.B) {
+			var st ruleset.Stats
+			for i := 0; i < b.N; i++ {
+				st = Compile(snap, Options{}).Ruleset.Stats()
+			}
+			b.ReportMetric(float64(st.Elements), "elements")
+			b.ReportMetric(float64(st.Rules), "rules")
+		})
+	}
+}
+
+// BenchmarkDiffOneLabelChange: the incremental path after one pod's label change.
+func BenchmarkDiffOneLabelChange(b *testing.B) {
+	for _, sz := range benchSizes {
+		snap := synthetic(sz.pods, sz.policies, sz.nodes)
+		before := Compile(snap, Options{}).Ruleset
+		snap.Pods[7].Labels = map[string]string{"app": "app-3", "tier": "tier-0"}
+		after := Compile(snap, Options{}).Ruleset
+		b.Run(fmt.Sprintf("pods=%d/policies=%d", sz.pods, sz.policies), func(b *testing.B) {
+			ops := 0
+			for i := 0; i < b.N; i++ {
+				ops = ruleset.Diff(before, after).Ops()
+			}
+			b.ReportMetric(float64(ops), "ops")
+		})
+	}
+}
