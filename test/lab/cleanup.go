@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -237,4 +238,115 @@ func tryLock(lockPath string, create bool) (*os.File, error) {
 			return nil, nil
 		}
 	}
+}
+
+// ownerFile, in a lab's directory, holds the PID of the process that owns the
+// lab (the one holding its lock).
+const ownerFile = "owner.pid"
+
+// generatedPrefix matches the prefixes NewPrefix makes, at the start of a
+// namespace name.
+var generatedPrefix = regexp.MustCompile(`^` + regexp.QuoteMeta(DefaultPrefixBase) + `[a-z0-9]{4}-`)
+
+// LiveLab is a lab whose owner still holds its lock.
+type LiveLab struct {
+	Prefix   string
+	StateDir string
+	// OwnerPID is the owning process (0 if unknown).
+	OwnerPID int
+}
+
+// LiveLabs lists the labs registered in stateDir (DefaultStateDir if empty)
+// whose lock is held by a live process.
+func LiveLabs(stateDir string) ([]LiveLab, error) {
+	if stateDir == "" {
+		stateDir = DefaultStateDir
+	}
+	locks, err := filepath.Glob(filepath.Join(stateDir, "*.lock"))
+	if err != nil {
+		return nil, fmt.Errorf("list live labs in %s: %w", stateDir, err)
+	}
+	var live []LiveLab
+	for _, lockPath := range locks {
+		if f, err := tryLock(lockPath, false); err != nil || f != nil {
+			if f != nil {
+				f.Close() // not held: a dead lab, CleanupStale's business
+			}
+			continue
+		}
+		prefix := strings.TrimSuffix(filepath.Base(lockPath), ".lock")
+		ll := LiveLab{Prefix: prefix, StateDir: stateDir}
+		if b, err := os.ReadFile(filepath.Join(stateDir, prefix, ownerFile)); err == nil {
+			ll.OwnerPID, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		}
+		live = append(live, ll)
+	}
+	return live, nil
+}
+
+// CleanupAll removes every leftover of dead labs on this machine: the labs
+// registered in stateDir whose owner died (CleanupStale: recorded processes,
+// namespaces, state), and namespaces with a generated prefix
+// (DefaultPrefixBase) that belong to no live lab in stateDir. Live labs are
+// left alone and returned.
+func CleanupAll(stateDir string) ([]LiveLab, error) {
+	errs := []error{CleanupStale(stateDir)}
+	live, err := LiveLabs(stateDir)
+	if err != nil {
+		return nil, errors.Join(append(errs, err)...)
+	}
+	names, err := ListNetns(DefaultPrefixBase)
+	if err != nil {
+		return live, errors.Join(append(errs, err)...)
+	}
+	orphans := map[string]bool{}
+	for _, name := range names {
+		prefix := generatedPrefix.FindString(name)
+		if prefix == "" || slices.ContainsFunc(live, func(l LiveLab) bool { return l.Prefix == prefix }) {
+			continue
+		}
+		orphans[prefix] = true
+	}
+	for prefix := range orphans {
+		errs = append(errs, Cleanup(prefix, ""))
+	}
+	return live, errors.Join(errs...)
+}
+
+// StopLiveLabs asks the owners of live labs to stop (SIGTERM; an owner such
+// as `nftpolicy-lab up` then tears its lab down) and waits until their locks
+// are released or timeout has passed.
+func StopLiveLabs(live []LiveLab, timeout time.Duration) error {
+	var errs []error
+	for _, l := range live {
+		if l.OwnerPID <= 1 || l.OwnerPID == os.Getpid() {
+			errs = append(errs, fmt.Errorf("stop live lab %s: owner unknown", l.Prefix))
+			continue
+		}
+		if err := unix.Kill(l.OwnerPID, unix.SIGTERM); err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("stop live lab %s: signal owner %d: %w", l.Prefix, l.OwnerPID, err))
+		}
+	}
+	deadline := time.Now().Add(timeout)
+	for _, l := range live {
+		lockPath := filepath.Join(l.StateDir, l.Prefix+".lock")
+		for {
+			f, err := tryLock(lockPath, false)
+			if f != nil {
+				f.Close()
+			}
+			if err != nil || f != nil {
+				break // released (the owner died or closed the lab)
+			}
+			if _, serr := os.Stat(lockPath); errors.Is(serr, os.ErrNotExist) {
+				break
+			}
+			if time.Now().After(deadline) {
+				errs = append(errs, fmt.Errorf("stop live lab %s: owner %d still holds it after %v", l.Prefix, l.OwnerPID, timeout))
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	return errors.Join(errs...)
 }

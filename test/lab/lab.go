@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -79,6 +80,10 @@ func New(opts Options) (*Lab, error) {
 		}
 		if err == nil {
 			err = os.MkdirAll(l.PidDir(), 0o755)
+		}
+		if err == nil {
+			// Who owns the lab: `nftpolicy-lab down --all` asks it to stop.
+			err = os.WriteFile(filepath.Join(l.dir, ownerFile), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644)
 		}
 		if err != nil {
 			l.release()

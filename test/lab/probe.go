@@ -43,11 +43,11 @@ type ProbeResult struct {
 }
 
 // Probe connects from inside the namespace from to the address to with proto
-// ("tcp" or "udp") and reports whether the target answered within timeout
-// (DefaultProbeTimeout if zero). A TCP probe succeeds when the connection is
-// established and a reply line is read; a UDP probe when the echo of its
-// datagram comes back (the datagram is resent a few times within the
-// timeout). Connection refused (TCP RST or ICMP port unreachable) fails
+// ("tcp", "udp", or "sctp" where SCTPSupported) and reports whether the
+// target answered within timeout (DefaultProbeTimeout if zero). A TCP or
+// SCTP probe succeeds when the connection is established and a reply line is
+// read; a UDP probe when the echo of its datagram comes back (the datagram
+// is resent a few times within the timeout). Connection refused (TCP RST or ICMP port unreachable) fails
 // immediately.
 //
 // The error is non-nil only when the probe could not be carried out (bad
@@ -79,6 +79,8 @@ func ProbeDetail(ctx context.Context, from *Netns, to netip.AddrPort, proto stri
 		r, err = probeTCP(ctx, from, to)
 	case "udp":
 		r, err = probeUDP(ctx, from, to, timeout)
+	case "sctp":
+		r, err = probeSCTP(ctx, from, to)
 	default:
 		return ProbeResult{}, fmt.Errorf("probe from %s to %s: unknown protocol %q", from.Name(), to, proto)
 	}
@@ -195,7 +197,7 @@ type Case struct {
 	From     *Netns
 	ToName   string
 	To       netip.AddrPort
-	Proto    string // "tcp" or "udp"
+	Proto    string // "tcp", "udp" or "sctp"
 	// ExpectReply, if set, must equal the reply; otherwise the probe
 	// counts as failed (the packet reached the wrong endpoint).
 	ExpectReply string

@@ -12,14 +12,14 @@ import (
 // serverIOTimeout bounds how long a server spends on one TCP connection.
 const serverIOTimeout = 5 * time.Second
 
-// Server is an in-process TCP or UDP server whose socket lives in a network
+// Server is an in-process TCP, UDP or SCTP server whose socket lives in a network
 // namespace.
 type Server struct {
 	proto string
 	reply string
 	ns    string
 
-	ln net.Listener   // tcp
+	ln net.Listener   // tcp, sctp
 	pc net.PacketConn // udp
 
 	closeOnce sync.Once
@@ -64,7 +64,7 @@ func ServeUDP(ns *Netns, addr, reply string) (*Server, error) {
 	return s, nil
 }
 
-// Proto returns "tcp" or "udp".
+// Proto returns "tcp", "udp" or "sctp".
 func (s *Server) Proto() string { return s.proto }
 
 // Addr returns the local address the server listens on.

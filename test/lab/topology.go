@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 )
 
@@ -196,6 +198,12 @@ func hostVethName(podNetns string) string {
 //
 // Either address may be the zero netip.Addr (single stack), not both.
 func (l *Lab) AddPod(node *Node, name string, ipv4, ipv6 netip.Addr) (*Pod, error) {
+	return l.addPod(node, name, ipv4, ipv6, (*Pod).wireRouted)
+}
+
+// addPod creates the pod namespace and runs wire to connect it to its node.
+// wire runs with the lab locked; on failure the pod namespace is deleted.
+func (l *Lab) addPod(node *Node, name string, ipv4, ipv6 netip.Addr, wire func(*Pod) error) (*Pod, error) {
 	if node == nil || node.lab != l {
 		return nil, fmt.Errorf("add pod %s: node does not belong to this lab", name)
 	}
@@ -229,7 +237,7 @@ func (l *Lab) AddPod(node *Node, name string, ipv4, ipv6 netip.Addr) (*Pod, erro
 		return nil, fmt.Errorf("add pod %s: %w", name, err)
 	}
 	p := &Pod{Name: name, Node: node, NS: ns, IPv4: ipv4, IPv6: ipv6, HostVeth: hostVethName(ns.Name()), lab: l}
-	if err := p.wire(); err != nil {
+	if err := wire(p); err != nil {
 		// Deleting the pod namespace also deletes the veth pair and with
 		// it the node's routes over it.
 		return nil, errors.Join(fmt.Errorf("add pod %s: %w", name, err), ns.Delete())
@@ -241,7 +249,8 @@ func (l *Lab) AddPod(node *Node, name string, ipv4, ipv6 netip.Addr) (*Pod, erro
 	return p, nil
 }
 
-func (p *Pod) wire() error {
+// wireRouted connects the pod routed-CNI style (see AddPod).
+func (p *Pod) wireRouted() error {
 	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
 	defer cancel()
 	node, pod, veth := p.Node.NS, p.NS, p.HostVeth
@@ -294,6 +303,56 @@ func (p *Pod) wire() error {
 				return err
 			}
 		}
+	}
+	return nil
+}
+
+// RemovePod deletes the pod: servers the lab runs in its namespace are closed
+// first (an open socket keeps a deleted namespace, and with it the veth pair
+// and the node's routes over it, alive), then the host side of the veth is
+// deleted (which takes the pod side and the node's routes with it) and the
+// namespace is removed.
+func (l *Lab) RemovePod(p *Pod) error {
+	if p == nil || p.lab != l {
+		return errors.New("remove pod: pod does not belong to this lab")
+	}
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return errors.New("remove pod: lab is closed")
+	}
+	i := slices.Index(l.pods, p)
+	if i < 0 {
+		l.mu.Unlock()
+		return fmt.Errorf("remove pod %s: not in the lab (removed twice?)", p.Name)
+	}
+	l.pods = slices.Delete(l.pods, i, i+1)
+	l.netns = slices.DeleteFunc(l.netns, func(ns *Netns) bool { return ns == p.NS })
+	var servers []*Server
+	l.servers = slices.DeleteFunc(l.servers, func(s *Server) bool {
+		if s.ns == p.NS.Name() {
+			servers = append(servers, s)
+			return true
+		}
+		return false
+	})
+	l.mu.Unlock()
+	p.Node.mu.Lock()
+	p.Node.pods = slices.DeleteFunc(p.Node.pods, func(q *Pod) bool { return q == p })
+	p.Node.mu.Unlock()
+
+	var errs []error
+	for _, s := range servers {
+		errs = append(errs, s.Close())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	if out, err := p.Node.NS.IP(ctx, "link", "del", p.HostVeth); err != nil && !strings.Contains(string(out), "Cannot find device") {
+		errs = append(errs, err)
+	}
+	errs = append(errs, p.NS.Delete())
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("remove pod %s: %w", p.Name, err)
 	}
 	return nil
 }
