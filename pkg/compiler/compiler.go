@@ -54,6 +54,8 @@ const (
 	MapEgressV6         = "egress-pods-v6"
 	MapIngressV4        = "ingress-pods-v4"
 	MapIngressV6        = "ingress-pods-v6"
+	// SetNeighbourDiscovery holds the ICMPv6 neighbour-discovery types always accepted.
+	SetNeighbourDiscovery = "icmpv6-nd"
 
 	// Egress is judged before ingress on the forward hook. Both run before the
 	// conventional filter priority so that an accept in another table cannot come first
@@ -292,13 +294,28 @@ func (c *compilation) addBaseChains(revocation bool) {
 		Verdict: ruleset.Accept,
 		Comment: "replies and related packets of allowed connections",
 	}
+	// IPv6 neighbour discovery is link plumbing, not a connection policy speaks of. With
+	// a bridge CNI, br_netfilter hands it to the forward hook; dropping it would leave an
+	// isolated pod unable to resolve its same-node neighbours at all (IPv4's ARP never
+	// reaches these hooks).
+	nd := ruleset.Rule{
+		Matches: []ruleset.Match{{Kind: ruleset.MatchNFProto, Family: ruleset.IPv6}, {Kind: ruleset.MatchL4Proto, Proto: ruleset.ProtoICMPv6},
+			{Kind: ruleset.MatchLookup, Fields: []ruleset.Field{ruleset.FieldICMPv6Type}, Set: SetNeighbourDiscovery}},
+		Verdict: ruleset.Accept,
+		Comment: "IPv6 neighbour discovery",
+	}
+	c.sets[SetNeighbourDiscovery] = &ruleset.Set{Name: SetNeighbourDiscovery, Key: []ruleset.KeyType{ruleset.KeyICMPv6},
+		Comment: "ICMPv6 neighbour discovery message types"}
+	for t := uint8(133); t <= 137; t++ {
+		c.sets[SetNeighbourDiscovery].Elements = append(c.sets[SetNeighbourDiscovery].Elements, ruleset.Element{Key: []ruleset.Range{ruleset.Single([]byte{t})}})
+	}
 	dispatch := func(dir Direction) []ruleset.Rule {
 		f4, f6, m4, m6 := ruleset.FieldIPv4Saddr, ruleset.FieldIPv6Saddr, MapEgressV4, MapEgressV6
 		if dir == Ingress {
 			f4, f6, m4, m6 = ruleset.FieldIPv4Daddr, ruleset.FieldIPv6Daddr, MapIngressV4, MapIngressV6
 		}
 		return append(append([]ruleset.Rule(nil), revoked...),
-			ct,
+			ct, nd,
 			ruleset.Rule{VMap: &ruleset.VMap{Fields: []ruleset.Field{f4}, Map: m4}, Comment: "local pods isolated for " + string(dir)},
 			ruleset.Rule{VMap: &ruleset.VMap{Fields: []ruleset.Field{f6}, Map: m6}, Comment: "local pods isolated for " + string(dir)},
 		)

@@ -532,3 +532,19 @@ func TestRevokedConnectionsAreDropped(t *testing.T) {
 		t.Error("ct mark rule present without Options.Revocation")
 	}
 }
+
+func TestIPv6NeighbourDiscoveryAlwaysPasses(t *testing.T) {
+	c := upstream(t)
+	c.policy(types(netpol("x", "deny-all", nil), networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress))
+	rs := c.compile("n1").Ruleset
+	a, cc := c.find("x/a").IPs[1], c.find("x/c").IPs[1] // same node, both isolated
+	for _, tc := range []struct {
+		icmpType uint8
+		allowed  bool
+	}{{135, true}, {136, true}, {133, true}, {134, true}, {128, false}, {129, false}} {
+		r := tracer.Trace(rs, tracer.Packet{Src: a, Dst: cc, Proto: ruleset.ProtoICMPv6, ICMPType: tc.icmpType})
+		if r.Allowed() != tc.allowed {
+			t.Errorf("icmpv6 type %d: allowed=%v, want %v (%v)", tc.icmpType, r.Allowed(), tc.allowed, r.Steps)
+		}
+	}
+}

@@ -103,6 +103,13 @@ func formatValue(t KeyType, v []byte) string {
 		if len(v) == 1 {
 			return ProtoName(v[0])
 		}
+	case KeyICMPv6:
+		if len(v) == 1 {
+			if n, ok := icmpv6Names[v[0]]; ok {
+				return n
+			}
+			return strconv.Itoa(int(v[0]))
+		}
 	case KeyPort:
 		if len(v) == 2 {
 			return strconv.Itoa(int(binary.BigEndian.Uint16(v)))
@@ -113,10 +120,17 @@ func formatValue(t KeyType, v []byte) string {
 
 // IP protocol numbers the agent matches.
 const (
-	ProtoTCP  uint8 = 6
-	ProtoUDP  uint8 = 17
-	ProtoSCTP uint8 = 132
+	ProtoTCP    uint8 = 6
+	ProtoUDP    uint8 = 17
+	ProtoSCTP   uint8 = 132
+	ProtoICMPv6 uint8 = 58
 )
+
+// icmpv6Names are nft's names of the neighbour-discovery message types.
+var icmpv6Names = map[uint8]string{
+	133: "nd-router-solicit", 134: "nd-router-advert", 135: "nd-neighbor-solicit",
+	136: "nd-neighbor-advert", 137: "nd-redirect",
+}
 
 // ProtoName is the nft name of an IP protocol.
 func ProtoName(p uint8) string {

@@ -29,6 +29,7 @@ const (
 	KeyIPv6Addr KeyType = "ipv6_addr"
 	KeyL4Proto  KeyType = "inet_proto"
 	KeyPort     KeyType = "inet_service"
+	KeyICMPv6   KeyType = "icmpv6_type"
 )
 
 // Len is the size of the field in bytes (unpadded).
@@ -38,7 +39,7 @@ func (k KeyType) Len() int {
 		return 4
 	case KeyIPv6Addr:
 		return 16
-	case KeyL4Proto:
+	case KeyL4Proto, KeyICMPv6:
 		return 1
 	case KeyPort:
 		return 2
@@ -60,6 +61,9 @@ const (
 	// when the protocol is also matched, which is why the compiler always concatenates
 	// it with FieldL4Proto.
 	FieldDPort Field = "th dport"
+	// FieldICMPv6Type is the ICMPv6 message type, the first byte of the transport
+	// header; meaningful only with `meta l4proto ipv6-icmp` matched first.
+	FieldICMPv6Type Field = "icmpv6 type"
 )
 
 // KeyType is the set key type matching the field.
@@ -73,6 +77,8 @@ func (f Field) KeyType() KeyType {
 		return KeyL4Proto
 	case FieldDPort:
 		return KeyPort
+	case FieldICMPv6Type:
+		return KeyICMPv6
 	}
 	return ""
 }
@@ -82,7 +88,7 @@ func (f Field) Family() Family {
 	switch f {
 	case FieldIPv4Saddr, FieldIPv4Daddr:
 		return IPv4
-	case FieldIPv6Saddr, FieldIPv6Daddr:
+	case FieldIPv6Saddr, FieldIPv6Daddr, FieldICMPv6Type:
 		return IPv6
 	}
 	return 0

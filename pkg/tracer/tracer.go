@@ -20,6 +20,8 @@ type Packet struct {
 	Proto uint8
 	// DPort is the transport destination port.
 	DPort uint16
+	// ICMPType is the ICMPv6 message type when Proto is 58.
+	ICMPType uint8
 	// CtState is the conntrack state: "new" when empty, "established", "related", ...
 	CtState string
 	// CtMark is the conntrack mark of the packet's connection.
@@ -314,6 +316,8 @@ func (t *evaluation) values(fields []ruleset.Field) ([][]byte, bool) {
 			out[i] = []byte{t.pkt.Proto}
 		case ruleset.FieldDPort:
 			out[i] = []byte{byte(t.pkt.DPort >> 8), byte(t.pkt.DPort)}
+		case ruleset.FieldICMPv6Type:
+			out[i] = []byte{t.pkt.ICMPType}
 		default:
 			return nil, false
 		}

@@ -659,10 +659,6 @@ func TestClusterCrashCleanup(t *testing.T) {
 	assertGone(t, prefix, pids, filepath.Join(stateDir, prefix), filepath.Join(stateDir, prefix+".lock"))
 }
 
-// knownIssuesEnv runs the tests of known agent bugs (they fail until the
-// agent is fixed).
-const knownIssuesEnv = "NFTPOLICY_LAB_KNOWN_ISSUES"
-
 // TestClusterAgentBridgeIPv6NDP: in the bridge topology, br_netfilter hands
 // the IPv6 neighbour discovery between two pods of one node to the inet
 // forward hook. A pod isolated for ingress must still be able to resolve a
@@ -673,10 +669,6 @@ const knownIssuesEnv = "NFTPOLICY_LAB_KNOWN_ISSUES"
 func TestClusterAgentBridgeIPv6NDP(t *testing.T) {
 	skipUnlessCluster(t)
 	bin := agentBinary(t)
-	if os.Getenv(knownIssuesEnv) == "" {
-		t.Skipf("known agent bug: the ingress chain of an isolated pod drops the neighbour advertisements of "+
-			"same-node pods in the bridge topology, so it cannot reach them over IPv6 (set %s=1 to run)", knownIssuesEnv)
-	}
 	ctx := context.Background()
 	c := startClusterForTest(t, ClusterOptions{Nodes: 1, Topology: BridgeVXLAN, DualStack: true, AgentBinary: bin})
 	if err := c.CreateNamespace(ctx, "x", nil); err != nil {

@@ -600,6 +600,8 @@ func payloadField(p *expr.Payload) (ruleset.Field, bool) {
 		return ruleset.FieldIPv6Daddr, true
 	case k{expr.PayloadBaseTransportHeader, 2, 2}:
 		return ruleset.FieldDPort, true
+	case k{expr.PayloadBaseTransportHeader, 0, 1}:
+		return ruleset.FieldICMPv6Type, true
 	}
 	return "", false
 }

@@ -47,6 +47,7 @@ var keyDatatypes = map[ruleset.KeyType]nftables.SetDatatype{
 	ruleset.KeyIPv6Addr: nftables.TypeIP6Addr,
 	ruleset.KeyL4Proto:  nftables.TypeInetProto,
 	ruleset.KeyPort:     nftables.TypeInetService,
+	ruleset.KeyICMPv6:   nftables.TypeICMP6Type,
 }
 
 // setKey returns the key datatype magic and the key length. Concatenations pad every
@@ -407,6 +408,8 @@ func fieldLoad(f ruleset.Field, reg uint32) (expr.Any, error) {
 		return p(expr.PayloadBaseNetworkHeader, 24, 16), nil
 	case ruleset.FieldDPort:
 		return p(expr.PayloadBaseTransportHeader, 2, 2), nil
+	case ruleset.FieldICMPv6Type:
+		return p(expr.PayloadBaseTransportHeader, 0, 1), nil
 	case ruleset.FieldL4Proto:
 		return &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg}, nil
 	}
