@@ -144,6 +144,24 @@ type ClusterNode struct {
 
 func (n *ClusterNode) String() string { return n.Name }
 
+// SourceAddrs are the addresses the node's own traffic to pods carries as its source
+// (what a pod sees of a host-network pod): the underlay address, and in the bridge
+// topology also the VXLAN device's, which — as with Flannel — sources the node's
+// traffic to pods on other nodes.
+func (n *ClusterNode) SourceAddrs(f Family) []netip.Addr {
+	var out []netip.Addr
+	if a := n.UnderlayIPv4; f == IPv4 && a.IsValid() {
+		out = append(out, a)
+	}
+	if a := n.UnderlayIPv6; f == IPv6 && a.IsValid() {
+		out = append(out, a)
+	}
+	if n.c.opts.Topology == BridgeVXLAN {
+		out = append(out, vtepAddr(n.Index, f))
+	}
+	return out
+}
+
 // UnderlayAddr returns the node's address of family f.
 func (n *ClusterNode) UnderlayAddr(f Family) netip.Addr {
 	if f == IPv6 {

@@ -177,11 +177,16 @@ func ExtraCases() []Case {
 				}
 				r.Validate(80, TCP, want)
 
-				r.Step("allow the hostNetwork pod's address (its node's) by ipBlock")
-				nodeCIDR := r.HostCIDR(host)
+				// Its address is the node's; with a VXLAN CNI its traffic to pods on other
+				// nodes leaves from the VXLAN device's address, which the block must hold too.
+				r.Step("allow the hostNetwork pod's source addresses (its node's) by ipBlock")
+				var nodeBlocks []networkingv1.NetworkPolicyPeer
+				for _, cidr := range r.HostSourceCIDRs(host) {
+					nodeBlocks = append(nodeBlocks, ipBlock(cidr))
+				}
 				r.CreatePolicy(X, GenNetworkPolicyWithNameAndPodSelector("allow-node-address", metav1.LabelSelector{},
-					SetSpecIngressRules(networkingv1.NetworkPolicyIngressRule{From: []networkingv1.NetworkPolicyPeer{ipBlock(nodeCIDR)}}),
-					SetSpecEgressRules(networkingv1.NetworkPolicyEgressRule{To: []networkingv1.NetworkPolicyPeer{ipBlock(nodeCIDR)}})))
+					SetSpecIngressRules(networkingv1.NetworkPolicyIngressRule{From: nodeBlocks}),
+					SetSpecEgressRules(networkingv1.NetworkPolicyEgressRule{To: nodeBlocks})))
 				for _, p := range xPods {
 					want.Expect(host, p, true).Expect(p, host, true)
 				}

@@ -443,6 +443,26 @@ func (r *Run) HostCIDR(pod string) string {
 	return netip.PrefixFrom(ip, ip.BitLen()).String()
 }
 
+// HostSourceEnv is implemented by environments where a host-network pod's traffic may
+// carry more source addresses than its node's (e.g. a VXLAN device's, as with Flannel).
+type HostSourceEnv interface {
+	HostSourceAddrs(node string, f lab.Family) []netip.Addr
+}
+
+// HostSourceCIDRs are one-address CIDRs of every source address traffic of the
+// host-network pod carries: its address, plus what the environment adds.
+func (r *Run) HostSourceCIDRs(pod string) []string {
+	out := []string{r.HostCIDR(pod)}
+	if hs, ok := r.env.(HostSourceEnv); ok {
+		for _, a := range hs.HostSourceAddrs(r.Node(pod), r.opts.Family) {
+			if c := netip.PrefixFrom(a, a.BitLen()).String(); c != out[0] {
+				out = append(out, c)
+			}
+		}
+	}
+	return out
+}
+
 // LargeCIDR is the /4 holding the pod's address (upstream's makeLargeCIDRForIP): a block
 // around the pod that holds many other addresses, every pod's in practice.
 func (r *Run) LargeCIDR(pod string) string {
