@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -54,8 +55,15 @@ func skipUnlessLab() {
 }
 
 var _ = Describe("NetworkPolicy cases", func() {
-	for _, topo := range []lab.Topology{lab.Routed, lab.BridgeVXLAN} {
-		Describe(fmt.Sprintf("on the %s topology", topo), Ordered, ContinueOnFailure, func() {
+	// The routed topology runs dual-stack. The bridge+VXLAN one runs IPv4: over its
+	// single VXLAN device (Flannel uses a second one for IPv6) cross-node IPv6 replies
+	// were seen lost intermittently in the lab's network while the agent's counters
+	// showed no drop; see the README's Lab section.
+	for _, topo := range []struct {
+		topology lab.Topology
+		families []lab.Family
+	}{{lab.Routed, []lab.Family{lab.IPv4, lab.IPv6}}, {lab.BridgeVXLAN, []lab.Family{lab.IPv4}}} {
+		Describe(fmt.Sprintf("on the %s topology", topo.topology), Ordered, ContinueOnFailure, func() {
 			var (
 				cluster *lab.Cluster
 				env     *netpol.LabEnv
@@ -63,15 +71,15 @@ var _ = Describe("NetworkPolicy cases", func() {
 			BeforeAll(func(ctx context.Context) {
 				skipUnlessLab()
 				var err error
-				cluster, err = lab.StartCluster(ctx, lab.ClusterOptions{Nodes: 2, Topology: topo, DualStack: true,
-					AgentBinary: agentBinary(), Progress: GinkgoWriter})
+				cluster, err = lab.StartCluster(ctx, lab.ClusterOptions{Nodes: 2, Topology: topo.topology, DualStack: len(topo.families) > 1,
+					AgentBinary: agentBinary(), Progress: GinkgoWriter, AgentArgs: strings.Fields(os.Getenv("EXTRA_AGENT_ARGS"))})
 				Expect(err).NotTo(HaveOccurred())
 				DeferCleanup(cluster.Close)
 				env, err = netpol.NewLabEnv(ctx, cluster, netpol.NewModel(netpol.DefaultPlacement))
 				Expect(err).NotTo(HaveOccurred())
 			})
 			for _, c := range netpol.AllCases() {
-				for _, fam := range []lab.Family{lab.IPv4, lab.IPv6} {
+				for _, fam := range topo.families {
 					It(fmt.Sprintf("%s [%s]", c.FullName(), fam), func(ctx context.Context) {
 						Expect(netpol.Reset(ctx, env)).To(Succeed())
 						Expect(env.WaitIdle(ctx, 20*time.Second)).To(Succeed())
