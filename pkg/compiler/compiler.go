@@ -483,7 +483,7 @@ func (c *compilation) parsePorts(np *networkingv1.NetworkPolicy, field string, p
 		if pp.Protocol != nil {
 			proto = *pp.Protocol
 		}
-		pn, ok := protoNumber(proto)
+		pn, ok := ProtocolNumber(proto)
 		if !ok {
 			c.problem(np, pfield+".protocol", fmt.Errorf("unsupported protocol %q", proto))
 			continue
@@ -519,7 +519,8 @@ type namedPort struct {
 	num   uint8
 }
 
-func protoNumber(p corev1.Protocol) (uint8, bool) {
+// ProtocolNumber is the IP protocol number of a Kubernetes protocol (TCP, UDP, SCTP).
+func ProtocolNumber(p corev1.Protocol) (uint8, bool) {
 	switch p {
 	case corev1.ProtocolTCP:
 		return ruleset.ProtoTCP, true

@@ -152,7 +152,7 @@ func (c *cluster) endpoint(ref string, family ruleset.Family) endpoint {
 // when the destination is that node) and the destination's node.
 func (c *cluster) verdict(from, to string, proto corev1.Protocol, dport uint16, family ruleset.Family) (bool, []tracer.Result) {
 	src, dst := c.endpoint(from, family), c.endpoint(to, family)
-	pn, _ := protoNumber(proto)
+	pn, _ := ProtocolNumber(proto)
 	pkt := tracer.Packet{Src: src.ip, Dst: dst.ip, Proto: pn, DPort: dport}
 	var results []tracer.Result
 	judge := func(node string, hook ruleset.Hook) bool {

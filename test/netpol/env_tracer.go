@@ -257,7 +257,7 @@ type endpoint struct {
 // Probe implements Env. Each node's ruleset is compiled from one consistent read of the
 // cluster, as each node's agent would compile it from its caches.
 func (e *TracerEnv) Probe(ctx context.Context, spec ProbeSpec) (*lab.Matrix, error) {
-	pn, ok := protoNumber(spec.Protocol)
+	pn, ok := compiler.ProtocolNumber(spec.Protocol)
 	if !ok {
 		return nil, fmt.Errorf("probe: unsupported protocol %q", spec.Protocol)
 	}
@@ -398,18 +398,6 @@ func judge(compile func(string) (*ruleset.Ruleset, error), src, dst endpoint, pr
 		}
 	}
 	return true, strings.Join(why, "; "), nil
-}
-
-func protoNumber(p corev1.Protocol) (uint8, bool) {
-	switch p {
-	case corev1.ProtocolTCP:
-		return ruleset.ProtoTCP, true
-	case corev1.ProtocolUDP:
-		return ruleset.ProtoUDP, true
-	case corev1.ProtocolSCTP:
-		return ruleset.ProtoSCTP, true
-	}
-	return 0, false
 }
 
 // snapshot reads the cluster into the compiler's model, as the agent's caches hold it.
