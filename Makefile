@@ -13,6 +13,13 @@ export NFTPOLICY_AGENT := $(BIN)/nftpolicy-agent
 GO_TEST_FLAGS ?= -count=1 -timeout 20m
 APT_PACKAGES  := nftables iproute2 conntrack
 
+# The Helm CLI (make helm); test/deploy renders the chart with it.
+export HELM := $(BIN)/helm
+CHART       := config/helm/nftpolicy
+# make image: the agent image as an OCI archive, for `ctr -n k8s.io images import`.
+IMAGE         ?= docker.io/nftpolicy/agent:dev
+IMAGE_ARCHIVE := _out/image/nftpolicy-agent.oci.tar
+
 .PHONY: help
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -48,7 +55,7 @@ unit: ## Pure unit tests (compiler, tracer, ruleset); no root needed.
 	$(GO) test $(GO_TEST_FLAGS) ./pkg/compiler/... ./pkg/ruleset/... ./pkg/tracer/... ./pkg/model/...
 
 .PHONY: test
-test: deps envtest-assets build vet ## Every test: unit, envtest, kernel (netns) and end-to-end; installs what it needs.
+test: deps envtest-assets build vet chart image ## Every test: unit, envtest, kernel (netns) and end-to-end; installs what it needs.
 	$(GO) test $(GO_TEST_FLAGS) ./...
 
 # ---- the lab: a cluster stand-in made of network namespaces (test/lab, cmd/nftpolicy-lab) ----
@@ -78,6 +85,46 @@ lab-test: deps envtest-assets build ## The lab's own tests (test/lab; root): bot
 .PHONY: bench
 bench: ## Go benchmarks of the compiler and the diff at 1k/10k/50k pods.
 	$(GO) test -run '^$$' -bench . -benchmem ./pkg/...
+
+.PHONY: image
+image: ## Build the agent image (as the Dockerfile does) as an OCI archive in _out/image/, without a daemon.
+	@mkdir -p _out/image
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o _out/image/nftpolicy-agent ./cmd/nftpolicy-agent
+	$(GO) -C hack/image build -trimpath -o $(BIN)/image .
+	SOURCE_DATE_EPOCH="$$(git log -1 --format=%ct 2>/dev/null || echo 0)" $(BIN)/image -ref $(IMAGE) \
+	  -file _out/image/nftpolicy-agent:/nftpolicy-agent -entrypoint /nftpolicy-agent -user 0:0 \
+	  -label org.opencontainers.image.title=nftpolicy-agent \
+	  -label "org.opencontainers.image.description=Kubernetes NetworkPolicy enforcer on nftables" \
+	  -label org.opencontainers.image.source=https://github.com/nftpolicy/nftpolicy \
+	  -label org.opencontainers.image.version=$(lastword $(subst :, ,$(IMAGE))) \
+	  -label "org.opencontainers.image.revision=$$(git rev-parse --verify -q HEAD || echo unknown)" \
+	  -out $(IMAGE_ARCHIVE)
+	@echo "import with: ctr -n k8s.io images import $(IMAGE_ARCHIVE)"
+
+.PHONY: helm
+helm: ## Build helm (helm.sh/helm/v3) from the Go module proxy into bin/helm (cached).
+	@hack/build-helm.sh $(BIN)
+
+.PHONY: chart
+chart: helm ## helm lint and helm template the chart (rendered into _out/helm/); make test runs it.
+	$(HELM) lint --strict $(CHART)
+	$(HELM) lint --strict $(CHART) --values test/deploy/testdata/all-values.yaml
+	@mkdir -p _out/helm
+	$(HELM) template nftpolicy $(CHART) --namespace kube-system > _out/helm/nftpolicy.yaml
+	$(HELM) template nftpolicy $(CHART) --namespace kube-system --values test/deploy/testdata/all-values.yaml > _out/helm/nftpolicy-all-values.yaml
+	@echo "rendered into _out/helm/"
+
+.PHONY: conformance-build
+conformance-build: envtest-assets ## Build the conformance cluster's binaries from the module proxy into bin/conformance (cached).
+	@hack/conformance/build.sh $(BIN)/conformance
+
+.PHONY: conformance
+conformance: conformance-build image helm ## Upstream NetworkPolicy e2e suite on a one-node cluster of this machine (root); ends with "N passed, M failed".
+	@IMAGE=$(IMAGE) IMAGE_ARCHIVE=$(CURDIR)/$(IMAGE_ARCHIVE) hack/conformance/run.sh
+
+.PHONY: conformance-down
+conformance-down: ## Tear down a conformance cluster a crashed run left behind.
+	@hack/conformance/cluster.sh down
 
 .PHONY: clean
 clean: ## Remove build outputs (keeps the cached control plane in bin/k8s).

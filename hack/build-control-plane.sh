@@ -19,7 +19,7 @@ trap 'rm -rf "$work"' EXIT
 log() { printf '==> %s\n' "$*" >&2; }
 
 build_apiserver() {
-  if [ -x "$out/kube-apiserver" ] && "$out/kube-apiserver" --version 2>/dev/null | grep -q "$K8S_VERSION"; then
+  if [ -x "$out/kube-apiserver" ] && "$out/kube-apiserver" --version 2>/dev/null | grep "$K8S_VERSION" >/dev/null; then
     log "kube-apiserver $K8S_VERSION already in $out"
     return
   fi
@@ -44,13 +44,13 @@ GOMOD
   go mod tidy >/dev/null 2>&1 || go mod tidy
   local pkg=k8s.io/component-base/version
   CGO_ENABLED=0 go build -trimpath -o "$out/kube-apiserver" \
-    -ldflags "-s -w -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=${K8S_VERSION#v1.} -X $pkg.gitTreeState=clean -X $pkg/verflag.programName=kube-apiserver" \
+    -ldflags "-s -w -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$(cut -d. -f2 <<<"$K8S_VERSION") -X $pkg.gitTreeState=clean -X $pkg/verflag.programName=kube-apiserver" \
     k8s.io/kubernetes/cmd/kube-apiserver
   cd "$root"
 }
 
 build_etcd() {
-  if [ -x "$out/etcd" ] && "$out/etcd" --version 2>/dev/null | grep -q "${ETCD_VERSION#v}"; then
+  if [ -x "$out/etcd" ] && "$out/etcd" --version 2>/dev/null | grep "${ETCD_VERSION#v}" >/dev/null; then
     log "etcd $ETCD_VERSION already in $out"
     return
   fi
