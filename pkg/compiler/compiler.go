@@ -14,8 +14,9 @@
 //	  chain isolate-in-<hash>   one per distinct set of policies isolating a pod
 //	    jump pol-in-<policy>    ... for each policy
 //	    counter drop
-//	  chain pol-in-<hash>-<ns>.<name>   one rule per (rule, family, port kind)
-//	    ip saddr @peer-<hash>-v4 meta l4proto . th dport @port-<hash> counter accept
+//	  chain pol-in-<hash>-<ns>.<name>   one rule per (rule, family, peer kind, port kind)
+//	    ip saddr @pods-<hash>-v4 meta l4proto . th dport @port-<hash> counter accept
+//	    ip saddr @cidr-<hash>-v4 meta l4proto . th dport @port-<hash> counter accept
 //
 // Per packet that is one verdict-map lookup, then a few set lookups per policy that
 // selects the pod, whatever the number of pods and policies in the cluster. Pod churn
@@ -424,50 +425,52 @@ func (c *compilation) compileRule(p *policy, dir Direction, idx int, field strin
 		if dir == Egress {
 			peerField = f.daddr
 		}
-		var peerMatch []ruleset.Match
+		// The peer matches as alternatives: one rule each (pods' addresses and ipBlock
+		// ranges live in separate sets); a rule without peers has one empty alternative.
+		alternatives := [][]ruleset.Match{nil}
 		if peer != nil {
-			if !peer.mayHave(f.fam) {
+			alternatives = nil
+			for _, set := range c.peerSets(peer, f.fam, f.key, f.suffix) {
+				alternatives = append(alternatives, []ruleset.Match{{Kind: ruleset.MatchLookup, Fields: []ruleset.Field{peerField}, Set: set}})
+			}
+			if len(alternatives) == 0 {
 				continue // e.g. only IPv4 ipBlocks: nothing of this family can match
 			}
-			peerMatch = []ruleset.Match{{Kind: ruleset.MatchLookup, Fields: []ruleset.Field{peerField}, Set: c.peerSet(peer, f.fam, f.key, f.suffix)}}
 		}
+		// Without peer or port matches a rule reads no address: it is family-neutral and
+		// emitted once, under IPv4's turn.
+		neutral := peer == nil && f.fam == ruleset.IPv6
 		accept := func(m ...ruleset.Match) ruleset.Rule {
 			return ruleset.Rule{Matches: m, Counter: true, Verdict: ruleset.Accept, Comment: comment}
 		}
 		if len(ports) == 0 {
-			if peer == nil {
-				// Everyone, every port: one family-neutral rule, emitted once.
-				if f.fam == ruleset.IPv4 {
-					rules = append(rules, accept())
+			if !neutral {
+				for _, alt := range alternatives {
+					rules = append(rules, accept(alt...))
 				}
-				continue
 			}
-			rules = append(rules, accept(peerMatch...))
 			continue
 		}
-		if len(numeric) > 0 {
-			if peer == nil && f.fam == ruleset.IPv6 {
-				// Family-neutral: emitted once, under IPv4's turn.
-			} else {
-				set := c.portSet(numeric)
-				m := append(append([]ruleset.Match(nil), peerMatch...), ruleset.Match{Kind: ruleset.MatchLookup,
-					Fields: []ruleset.Field{ruleset.FieldL4Proto, ruleset.FieldDPort}, Set: set})
-				rules = append(rules, accept(m...))
+		if len(numeric) > 0 && !neutral {
+			portMatch := ruleset.Match{Kind: ruleset.MatchLookup,
+				Fields: []ruleset.Field{ruleset.FieldL4Proto, ruleset.FieldDPort}, Set: c.portSet(numeric)}
+			for _, alt := range alternatives {
+				rules = append(rules, accept(append(append([]ruleset.Match(nil), alt...), portMatch)...))
 			}
 		}
 		if len(named) > 0 {
 			set := c.namedPortSet(p, dir, idx, peer, named, f.fam, f.key, f.suffix)
 			lookup := ruleset.Match{Kind: ruleset.MatchLookup,
 				Fields: []ruleset.Field{f.daddr, ruleset.FieldL4Proto, ruleset.FieldDPort}, Set: set}
-			var m []ruleset.Match
-			if dir == Ingress {
-				// The named set holds the selected local pods; the peer is the source.
-				m = append(append(m, peerMatch...), lookup)
-			} else {
+			if dir == Egress {
 				// The named set holds only pods that match the peers already.
-				m = append(m, lookup)
+				rules = append(rules, accept(lookup))
+				continue
 			}
-			rules = append(rules, accept(m...))
+			// The named set holds the selected local pods; the peer is the source.
+			for _, alt := range alternatives {
+				rules = append(rules, accept(append(append([]ruleset.Match(nil), alt...), lookup)...))
+			}
 		}
 	}
 	return rules

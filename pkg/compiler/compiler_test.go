@@ -427,16 +427,17 @@ func TestDeterministicAndShuffleInvariant(t *testing.T) {
 			t.Fatalf("output depends on input order:\n%s\n---\n%s", want, got)
 		}
 	}
-	// Identical peers share one set.
+	// Identical peers share one set: add a second policy with x/a's peers.
+	c.policy(ingress(netpol("x", "a-twin", m("pod", "c")), withPorts(from(podSel(m("pod", "b")), nsSel(nil)), namePort(TCP, "serve-80-tcp"))))
 	rs := c.compile("n1").Ruleset
 	n := 0
 	for _, s := range rs.Sets {
-		if strings.HasPrefix(s.Name, "peer-") {
+		if strings.HasPrefix(s.Name, "pods-") || strings.HasPrefix(s.Name, "cidr-") {
 			n++
 		}
 	}
 	// x/a's peers and z/c's peers differ in namespace (podSelector is namespaced):
-	// 2 specs × 2 families + y's ipBlock (IPv4 only).
+	// 2 pod sets × 2 families + y's ipBlock set (IPv4 only).
 	if n != 5 {
 		t.Errorf("got %d peer sets, want 5:\n%s", n, ruleset.Render(rs))
 	}

@@ -26,19 +26,20 @@ type podPeer struct {
 	podSelector labels.Selector
 }
 
-// peerSpec is the union of a rule's peers. Its canonical key names the set, so rules
-// with identical peers (in any policy) share one set.
+// peerSpec is the union of a rule's peers. Its canonical keys name the sets, so rules
+// with identical peers (in any policy) share them: podKey the set of the pods' addresses,
+// cidrKey the interval set of the ipBlocks.
 type peerSpec struct {
-	key    string
-	pods   []podPeer
-	blocks map[ruleset.Family]addrSet
+	podKey, cidrKey string
+	pods            []podPeer
+	blocks          map[ruleset.Family]addrSet
 }
 
 // parsePeers resolves a rule's from/to list. A peer that cannot be parsed is reported
 // and matches nothing; the other peers still apply.
 func (c *compilation) parsePeers(np *networkingv1.NetworkPolicy, field string, peers []networkingv1.NetworkPolicyPeer) *peerSpec {
 	spec := &peerSpec{blocks: map[ruleset.Family]addrSet{}}
-	var keys []string
+	var podKeys, cidrKeys []string
 	var cidrs = map[ruleset.Family]addrSet{}
 	for i, peer := range peers {
 		pfield := fmt.Sprintf("%s.to[%d]", field, i)
@@ -56,7 +57,7 @@ func (c *compilation) parsePeers(np *networkingv1.NetworkPolicy, field string, p
 				continue
 			}
 			cidrs[fam] = append(cidrs[fam], block...)
-			keys = append(keys, key)
+			cidrKeys = append(cidrKeys, key)
 			continue
 		}
 		if peer.PodSelector == nil && peer.NamespaceSelector == nil {
@@ -86,13 +87,14 @@ func (c *compilation) parsePeers(np *networkingv1.NetworkPolicy, field string, p
 			fmt.Fprintf(&key, "pod(%s)", sel.String())
 		}
 		spec.pods = append(spec.pods, pp)
-		keys = append(keys, key.String())
+		podKeys = append(podKeys, key.String())
 	}
 	for fam, s := range cidrs {
 		spec.blocks[fam] = s.normalize()
 	}
-	sort.Strings(keys)
-	spec.key = strings.Join(keys, "|")
+	sort.Strings(podKeys)
+	sort.Strings(cidrKeys)
+	spec.podKey, spec.cidrKey = strings.Join(podKeys, "|"), strings.Join(cidrKeys, "|")
 	return spec
 }
 
@@ -214,31 +216,42 @@ func (c *compilation) candidates(s *peerSpec, fam ruleset.Family) []*model.Pod {
 	return c.podsOf(s.pods)
 }
 
-// peerSet returns the interval set of every address of the family the peers match:
-// the ipBlock ranges and the IPs of matching pods. It is shared by rules with the same
-// peers.
-func (c *compilation) peerSet(s *peerSpec, fam ruleset.Family, key ruleset.KeyType, suffix string) string {
-	name := "peer-" + shortHash(s.key) + "-" + suffix
-	if _, ok := c.sets[name]; ok {
-		return name
-	}
-	addrs := append(addrSet(nil), s.blocks[fam]...)
+// peerSets returns the sets holding the addresses of the family the peers match: a
+// hash set of the selected pods' addresses (one element per pod, so pod churn is one
+// element and a lookup is O(1)) and an interval set of the ipBlock ranges, excepts cut
+// out. Each is shared by every rule with the same peers of its kind.
+func (c *compilation) peerSets(s *peerSpec, fam ruleset.Family, key ruleset.KeyType, suffix string) []string {
+	var out []string
 	if len(s.pods) > 0 {
-		for _, pod := range c.podsOf(s.pods) {
-			for _, ip := range c.podIPs[pod] {
-				if ip.Is4() != (fam == ruleset.IPv4) || s.blocks[fam].contains(ip) {
-					continue
-				}
-				for _, pp := range s.pods {
-					if c.matchesPod(pp, pod) {
-						addrs = append(addrs, addrRange{from: ip, to: ip})
-						break
+		name := "pods-" + shortHash(s.podKey) + "-" + suffix
+		if _, ok := c.sets[name]; !ok {
+			set := &ruleset.Set{Name: name, Key: []ruleset.KeyType{key}, Comment: truncate("pods "+s.podKey, ruleset.MaxCommentLen)}
+			seen := map[netip.Addr]bool{}
+			for _, pod := range c.podsOf(s.pods) {
+				for _, ip := range c.podIPs[pod] {
+					if ip.Is4() != (fam == ruleset.IPv4) || seen[ip] {
+						continue
+					}
+					for _, pp := range s.pods {
+						if c.matchesPod(pp, pod) {
+							seen[ip] = true
+							set.Elements = append(set.Elements, ruleset.Element{Key: []ruleset.Range{ruleset.Addr(ip)}})
+							break
+						}
 					}
 				}
 			}
+			c.sets[name] = set
 		}
+		out = append(out, name)
 	}
-	c.sets[name] = &ruleset.Set{Name: name, Key: []ruleset.KeyType{key}, Interval: true,
-		Comment: truncate("peers "+s.key, ruleset.MaxCommentLen), Elements: addrs.normalize().elements()}
-	return name
+	if blocks := s.blocks[fam]; len(blocks) > 0 {
+		name := "cidr-" + shortHash(s.cidrKey) + "-" + suffix
+		if _, ok := c.sets[name]; !ok {
+			c.sets[name] = &ruleset.Set{Name: name, Key: []ruleset.KeyType{key}, Interval: true,
+				Comment: truncate("ipBlocks "+s.cidrKey, ruleset.MaxCommentLen), Elements: blocks.elements()}
+		}
+		out = append(out, name)
+	}
+	return out
 }
