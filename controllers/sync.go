@@ -62,8 +62,12 @@ type Syncer struct {
 	Recorder events.EventRecorder
 	Log      logr.Logger
 
-	ready      atomic.Bool
-	mu         sync.Mutex
+	ready atomic.Bool
+	mu    sync.Mutex
+	// pods memoizes the model of each pod by UID and resourceVersion: converting every
+	// pod on every sync would cost tens of milliseconds at 50k pods.
+	pods       map[string]*cachedPod
+	generation uint64
 	lastVerify time.Time
 	reported   map[string]bool // problems already reported as Events
 }
@@ -195,10 +199,7 @@ func (s *Syncer) snapshot(ctx context.Context) (*model.Snapshot, error) {
 		return nil, fmt.Errorf("listing networkpolicies: %w", err)
 	}
 	snap := &model.Snapshot{NodeName: s.NodeName, Namespaces: make(map[string]*model.Namespace, len(nss.Items))}
-	snap.Pods = make([]*model.Pod, 0, len(pods.Items))
-	for i := range pods.Items {
-		snap.Pods = append(snap.Pods, model.PodFromAPI(&pods.Items[i]))
-	}
+	snap.Pods = s.podModels(pods.Items)
 	for _, ns := range nss.Items {
 		snap.Namespaces[ns.Name] = &model.Namespace{Name: ns.Name, Labels: ns.Labels}
 	}
@@ -207,6 +208,46 @@ func (s *Syncer) snapshot(ctx context.Context) (*model.Snapshot, error) {
 		snap.Policies = append(snap.Policies, &pols.Items[i])
 	}
 	return snap, nil
+}
+
+type cachedPod struct {
+	resourceVersion string
+	pod             *model.Pod
+	generation      uint64
+}
+
+// podModels converts the pods, reusing the model of every pod whose resourceVersion is
+// unchanged since the last sync, and forgets pods that are gone.
+func (s *Syncer) podModels(items []corev1.Pod) []*model.Pod {
+	if s.pods == nil {
+		s.pods = make(map[string]*cachedPod, len(items))
+	}
+	s.generation++
+	out := make([]*model.Pod, 0, len(items))
+	for i := range items {
+		p := &items[i]
+		// The UID tells a re-created pod of the same name apart; objects built by hand
+		// may lack one.
+		key := string(p.UID)
+		if key == "" {
+			key = p.Namespace + "/" + p.Name
+		}
+		c := s.pods[key]
+		if c == nil || c.resourceVersion != p.ResourceVersion || p.ResourceVersion == "" {
+			c = &cachedPod{resourceVersion: p.ResourceVersion, pod: model.PodFromAPI(p)}
+			s.pods[key] = c
+		}
+		c.generation = s.generation
+		out = append(out, c.pod)
+	}
+	if len(s.pods) > len(items) {
+		for uid, c := range s.pods {
+			if c.generation != s.generation {
+				delete(s.pods, uid)
+			}
+		}
+	}
+	return out
 }
 
 // report logs each problem and records it as a Warning Event on the policy, once per
