@@ -600,7 +600,7 @@ func (c *compilation) namedPortSet(p *policy, dir Direction, idx int, peer *peer
 					continue
 				}
 				e := ruleset.Element{Key: []ruleset.Range{ruleset.Addr(ip), ruleset.Proto(np.num), ruleset.PortRange(uint16(port), uint16(port))}}
-				if id := e.ID(); !seen[id] {
+				if id := e.Identity(); !seen[id] {
 					seen[id] = true
 					s.Elements = append(s.Elements, e)
 				}

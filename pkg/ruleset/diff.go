@@ -142,11 +142,11 @@ func RuleKey(r Rule) string { return FormatRule(r) }
 func diffElements(old, desired []Element) (add, del []Element) {
 	oldByID := make(map[string]Element, len(old))
 	for _, e := range old {
-		oldByID[e.ID()] = e
+		oldByID[e.Identity()] = e
 	}
 	newByID := make(map[string]Element, len(desired))
 	for _, e := range desired {
-		id := e.ID()
+		id := e.Identity()
 		newByID[id] = e
 		o, ok := oldByID[id]
 		if !ok {
@@ -157,12 +157,12 @@ func diffElements(old, desired []Element) (add, del []Element) {
 		}
 	}
 	for _, e := range old {
-		if _, ok := newByID[e.ID()]; !ok {
+		if _, ok := newByID[e.Identity()]; !ok {
 			del = append(del, e)
 		}
 	}
-	sort.Slice(add, func(i, j int) bool { return add[i].ID() < add[j].ID() })
-	sort.Slice(del, func(i, j int) bool { return del[i].ID() < del[j].ID() })
+	sort.Slice(add, func(i, j int) bool { return lessKey(add[i].Key, add[j].Key) })
+	sort.Slice(del, func(i, j int) bool { return lessKey(del[i].Key, del[j].Key) })
 	return add, del
 }
 
@@ -185,11 +185,11 @@ func (ch *Changes) Apply(old *Ruleset, desired *Ruleset) *Ruleset {
 		s := out.Set(name)
 		drop := map[string]bool{}
 		for _, e := range del {
-			drop[e.ID()] = true
+			drop[e.Identity()] = true
 		}
 		kept := s.Elements[:0]
 		for _, e := range s.Elements {
-			if !drop[e.ID()] {
+			if !drop[e.Identity()] {
 				kept = append(kept, e)
 			}
 		}

@@ -200,9 +200,32 @@ func (e Element) ID() string {
 	return sb.String()
 }
 
+// Identity is the element's key as a compact binary string, for map keys on hot paths
+// (diffs of large sets); ID is the readable form.
+func (e Element) Identity() string {
+	n := 0
+	for _, r := range e.Key {
+		n += 1 + len(r.From) + len(r.To)
+	}
+	b := make([]byte, 0, n)
+	for _, r := range e.Key {
+		// The field lengths are fixed by the set's type, so From and To need no
+		// separator; the marker keeps a single value apart from a range.
+		if r.IsSingle() {
+			b = append(b, 0)
+			b = append(b, r.From...)
+		} else {
+			b = append(b, 1)
+			b = append(b, r.From...)
+			b = append(b, r.To...)
+		}
+	}
+	return string(b)
+}
+
 // Equal compares key and data.
 func (e Element) Equal(o Element) bool {
-	if e.ID() != o.ID() {
+	if e.Identity() != o.Identity() {
 		return false
 	}
 	if (e.Verdict == nil) != (o.Verdict == nil) {
@@ -490,9 +513,9 @@ func validateSet(s *Set, chains map[string]*Chain) error {
 				return fmt.Errorf("set %q: range element in a set without the interval flag", s.Name)
 			}
 		}
-		id := e.ID()
+		id := e.Identity()
 		if seen[id] {
-			return fmt.Errorf("set %q: duplicate element %s", s.Name, id)
+			return fmt.Errorf("set %q: duplicate element %s", s.Name, e.ID())
 		}
 		seen[id] = true
 		if s.IsMap {
