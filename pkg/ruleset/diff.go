@@ -2,6 +2,7 @@ package ruleset
 
 import (
 	"reflect"
+	"slices"
 	"sort"
 )
 
@@ -129,7 +130,27 @@ func RulesEqual(a, b []Rule) bool {
 		return false
 	}
 	for i := range a {
-		if RuleKey(a[i]) != RuleKey(b[i]) {
+		if !a[i].Equal(b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// Equal compares two rules field by field (every sync compares every rule, so this
+// avoids formatting them).
+func (r Rule) Equal(o Rule) bool {
+	if r.Counter != o.Counter || r.Verdict != o.Verdict || r.Comment != o.Comment || len(r.Matches) != len(o.Matches) ||
+		(r.VMap == nil) != (o.VMap == nil) {
+		return false
+	}
+	if r.VMap != nil && (r.VMap.Map != o.VMap.Map || !slices.Equal(r.VMap.Fields, o.VMap.Fields)) {
+		return false
+	}
+	for i, m := range r.Matches {
+		n := o.Matches[i]
+		if m.Kind != n.Kind || m.Set != n.Set || m.Negate != n.Negate || m.Family != n.Family || m.Proto != n.Proto ||
+			m.Mark != n.Mark || m.MarkMask != n.MarkMask || !slices.Equal(m.Fields, n.Fields) || !slices.Equal(m.CtStates, n.CtStates) {
 			return false
 		}
 	}

@@ -134,3 +134,42 @@ func TestRender(t *testing.T) {
 		}
 	}
 }
+
+// Rule.Equal must agree with the rule's full text (RuleKey) on every kind of difference.
+func TestRuleEqualAgreesWithText(t *testing.T) {
+	base := Rule{Matches: []Match{
+		{Kind: MatchCtState, CtStates: []string{"established", "related"}},
+		{Kind: MatchLookup, Fields: []Field{FieldIPv4Saddr}, Set: "s"},
+		{Kind: MatchCtMark, Mark: 1, MarkMask: 3},
+	}, Counter: true, Verdict: Jump("c"), Comment: "x"}
+	variants := []func(r *Rule){
+		func(r *Rule) {},
+		func(r *Rule) { r.Counter = false },
+		func(r *Rule) { r.Verdict = Accept },
+		func(r *Rule) { r.Comment = "y" },
+		func(r *Rule) { r.Matches = r.Matches[:2] },
+		func(r *Rule) { r.Matches[0].CtStates = []string{"established"} },
+		func(r *Rule) { r.Matches[1].Fields = []Field{FieldIPv4Daddr} },
+		func(r *Rule) { r.Matches[1].Set = "t" },
+		func(r *Rule) { r.Matches[1].Negate = true },
+		func(r *Rule) { r.Matches[2].Mark = 2 },
+		func(r *Rule) { r.Verdict = Verdict{}; r.VMap = &VMap{Fields: []Field{FieldIPv4Daddr}, Map: "m"} },
+	}
+	clone := func(r Rule) Rule {
+		c := r
+		c.Matches = nil
+		for _, m := range r.Matches {
+			m.Fields = append([]Field(nil), m.Fields...)
+			m.CtStates = append([]string(nil), m.CtStates...)
+			c.Matches = append(c.Matches, m)
+		}
+		return c
+	}
+	for i, v := range variants {
+		r := clone(base)
+		v(&r)
+		if got, want := base.Equal(r), RuleKey(base) == RuleKey(r); got != want {
+			t.Errorf("variant %d: Equal=%v, text equal=%v", i, got, want)
+		}
+	}
+}
