@@ -160,19 +160,24 @@ func newCompilation(snap *model.Snapshot, opts Options) *compilation {
 		sets:   map[string]*ruleset.Set{},
 		chains: map[string]*ruleset.Chain{},
 	}
-	ips := make([]netip.Addr, 0, len(c.owners))
-	for ip := range c.owners {
-		ips = append(ips, ip)
+	// Pods that own at least one IP, in a stable order, each with the IPs it owns.
+	eligible := make([]*model.Pod, 0, len(snap.Pods))
+	for _, p := range snap.Pods {
+		if p.Eligible() {
+			eligible = append(eligible, p)
+		}
 	}
-	sort.Slice(ips, func(i, j int) bool { return ips[i].Less(ips[j]) })
-	for _, ip := range ips {
-		p := c.owners[ip]
-		if _, ok := c.podIPs[p]; !ok {
+	sort.Slice(eligible, func(i, j int) bool { return model.Less(eligible[i], eligible[j]) })
+	for _, p := range eligible {
+		for _, ip := range p.IPs {
+			if c.owners[ip] == p {
+				c.podIPs[p] = append(c.podIPs[p], ip)
+			}
+		}
+		if len(c.podIPs[p]) > 0 {
 			c.pods = append(c.pods, p)
 		}
-		c.podIPs[p] = append(c.podIPs[p], ip)
 	}
-	sort.Slice(c.pods, func(i, j int) bool { return c.pods[i].Key() < c.pods[j].Key() })
 	c.byNS = map[string][]*model.Pod{}
 	for _, p := range c.pods {
 		if _, ok := c.byNS[p.Namespace]; !ok {

@@ -5,7 +5,6 @@ package model
 
 import (
 	"net/netip"
-	"sort"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -33,6 +32,15 @@ type NamedPort struct {
 
 // Key is namespace/name.
 func (p *Pod) Key() string { return p.Namespace + "/" + p.Name }
+
+// Less orders pods by namespace, then name, without building their keys (sorting 50k
+// pods by Key allocated most of a compile).
+func Less(a, b *Pod) bool {
+	if a.Namespace != b.Namespace {
+		return a.Namespace < b.Namespace
+	}
+	return a.Name < b.Name
+}
 
 // Terminated pods keep their IP in the API after the IP may have been handed to a new
 // pod; they take no part in enforcement.
@@ -125,22 +133,30 @@ func PodFromAPI(p *corev1.Pod) *Pod {
 
 // IPOwners maps every pod IP to the one pod that owns it. Ineligible pods own nothing.
 // When two eligible pods claim one IP (a stale status during IP reuse), a Running pod
-// wins over one that is not; among equals the first by namespace/name wins so the
+// wins over one that is not; among equals the first by namespace, then name, wins so the
 // result is deterministic.
 func IPOwners(pods []*Pod) map[netip.Addr]*Pod {
-	owners := map[netip.Addr]*Pod{}
-	sorted := append([]*Pod(nil), pods...)
-	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Key() < sorted[j].Key() })
-	for _, p := range sorted {
+	owners := make(map[netip.Addr]*Pod, len(pods))
+	for _, p := range pods {
 		if !p.Eligible() {
 			continue
 		}
 		for _, ip := range p.IPs {
-			cur, ok := owners[ip]
-			if !ok || (cur.Phase != corev1.PodRunning && p.Phase == corev1.PodRunning) {
+			if cur, ok := owners[ip]; !ok || ownsBefore(p, cur) {
 				owners[ip] = p
 			}
 		}
 	}
 	return owners
+}
+
+// ownsBefore reports whether p has the better claim to an IP than cur: a Running pod
+// over one that is not, then the first by namespace and name — independent of the
+// order pods are listed in.
+func ownsBefore(p, cur *Pod) bool {
+	pr, cr := p.Phase == corev1.PodRunning, cur.Phase == corev1.PodRunning
+	if pr != cr {
+		return pr
+	}
+	return Less(p, cur)
 }
