@@ -10,6 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 
 	"github.com/go-logr/logr"
 
@@ -58,5 +59,27 @@ func TestPodModelsAreReusedUntilTheObjectChanges(t *testing.T) {
 	s.podModels([]corev1.Pod{pod("b", "2", "two")})
 	if len(s.pods) != 1 {
 		t.Errorf("deleted pod still cached: %d entries", len(s.pods))
+	}
+}
+
+func TestUpdatesThatChangeNothingEnforcedAreFiltered(t *testing.T) {
+	base := corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "a", ResourceVersion: "1", Labels: map[string]string{"app": "a"}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.0.0.1"}}
+	conditions := base.DeepCopy()
+	conditions.ResourceVersion = "2"
+	conditions.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}
+	relabelled := base.DeepCopy()
+	relabelled.Labels["app"] = "b"
+	if podUpdateMatters(event.UpdateEvent{ObjectOld: &base, ObjectNew: conditions}) {
+		t.Error("a conditions-only update triggers a sync")
+	}
+	if !podUpdateMatters(event.UpdateEvent{ObjectOld: &base, ObjectNew: relabelled}) {
+		t.Error("a label change does not trigger a sync")
+	}
+	ns := corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "x", Labels: map[string]string{"a": "1"}}}
+	annotated := ns.DeepCopy()
+	annotated.Annotations = map[string]string{"note": "x"}
+	if namespaceUpdateMatters(event.UpdateEvent{ObjectOld: &ns, ObjectNew: annotated}) {
+		t.Error("an annotation-only namespace update triggers a sync")
 	}
 }

@@ -7,8 +7,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/netip"
+	"reflect"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -20,9 +22,12 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/nftpolicy/nftpolicy/pkg/compiler"
@@ -81,11 +86,27 @@ func (s *Syncer) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("nftpolicy").
 		Watches(&networkingv1.NetworkPolicy{}, toSync).
-		Watches(&corev1.Pod{}, toSync).
-		Watches(&corev1.Namespace{}, toSync).
+		Watches(&corev1.Pod{}, toSync, builder.WithPredicates(predicate.Funcs{UpdateFunc: podUpdateMatters})).
+		Watches(&corev1.Namespace{}, toSync, builder.WithPredicates(predicate.Funcs{UpdateFunc: namespaceUpdateMatters})).
 		// One worker: syncs are whole-ruleset and must not overlap.
 		WithOptions(controller.Options{MaxConcurrentReconciles: 1}).
 		Complete(s)
+}
+
+// podUpdateMatters filters out pod updates that change nothing enforcement reads —
+// most pod updates are status conditions and container states.
+func podUpdateMatters(e event.UpdateEvent) bool {
+	o, ok1 := e.ObjectOld.(*corev1.Pod)
+	n, ok2 := e.ObjectNew.(*corev1.Pod)
+	if !ok1 || !ok2 {
+		return true
+	}
+	return !reflect.DeepEqual(model.PodFromAPI(o), model.PodFromAPI(n))
+}
+
+// namespaceUpdateMatters passes namespace updates that change labels.
+func namespaceUpdateMatters(e event.UpdateEvent) bool {
+	return !maps.Equal(e.ObjectOld.GetLabels(), e.ObjectNew.GetLabels())
 }
 
 // Ready reports whether the first ruleset is in the kernel; the readiness probe uses it.
