@@ -82,9 +82,13 @@ lab-down: lab-build ## Remove every lab leftover of this machine: namespaces, pr
 lab-test: deps envtest-assets build ## The lab's own tests (test/lab; root): both topologies, ClusterIPs, cleanup, crash cleanup.
 	$(GO) test $(GO_TEST_FLAGS) ./test/lab/...
 
+# ---- benchmarks (test/bench, cmd/nftpolicy-bench; README "Performance") ----
+BENCH_ARGS ?=
+
 .PHONY: bench
-bench: ## Go benchmarks of the compiler and the diff at 1k/10k/50k pods.
-	$(GO) test -run '^$$' -bench . -benchmem ./pkg/...
+bench: deps envtest-assets build ## Every benchmark on the lab (root, ~10 min): data path, control plane, resources, and the Go benchmarks of ./pkg/...; one table, raw numbers in _out/bench/bench.json (BENCH_ARGS="--quick" or "--only datapath").
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/nftpolicy-bench ./cmd/nftpolicy-bench
+	$(BIN)/nftpolicy-bench --agent $(BIN)/nftpolicy-agent --out _out/bench $(BENCH_ARGS)
 
 .PHONY: image
 image: ## Build the agent image (as the Dockerfile does) as an OCI archive in _out/image/, without a daemon.
@@ -128,5 +132,5 @@ conformance-down: ## Tear down a conformance cluster a crashed run left behind.
 
 .PHONY: clean
 clean: ## Remove build outputs (keeps the cached control plane in bin/k8s).
-	rm -f $(BIN)/nftpolicy-agent $(LAB)
+	rm -f $(BIN)/nftpolicy-agent $(LAB) $(BIN)/nftpolicy-bench
 	rm -rf _out

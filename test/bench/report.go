@@ -1,0 +1,512 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"text/tabwriter"
+)
+
+// Target is one of issue 5's goals, judged from numbers of this run.
+type Target struct {
+	Name  string  `json:"name"`
+	Value float64 `json:"value"`
+	Unit  string  `json:"unit"`
+	// Op is "<", "<=" or ">=": Value Op Limit must hold.
+	Op    string  `json:"op"`
+	Limit float64 `json:"limit"`
+	Pass  bool    `json:"pass"`
+	// Missing is set when the run did not measure it (group not run, or failed).
+	Missing bool   `json:"missing,omitempty"`
+	Detail  string `json:"detail,omitempty"`
+}
+
+func (t *Target) judge() {
+	switch t.Op {
+	case "<":
+		t.Pass = t.Value < t.Limit
+	case "<=":
+		t.Pass = t.Value <= t.Limit
+	case ">=":
+		t.Pass = t.Value >= t.Limit
+	}
+	t.Pass = t.Pass && !t.Missing
+}
+
+// Result is PASS, FAIL or "n/a".
+func (t Target) Result() string {
+	switch {
+	case t.Missing:
+		return "n/a"
+	case t.Pass:
+		return "PASS"
+	}
+	return "FAIL"
+}
+
+func evaluateTargets(rep *Report) []Target {
+	var ts []Target
+	add := func(t Target, ok bool) {
+		t.Missing = !ok
+		t.judge()
+		ts = append(ts, t)
+	}
+	p := rep.Profile
+
+	// Data path.
+	dp := rep.DataPath
+	paired := func(name string) (float64, bool) {
+		if dp == nil || dp.Paired == nil {
+			return 0, false
+		}
+		s, ok := dp.Paired[name]
+		return s.Median, ok
+	}
+	bg := p.Medium.String()
+	for _, c := range []string{"c1", "c8"} {
+		v, ok := paired("cps_" + c + " d/b")
+		loops := map[string]string{"c1": "1 loop", "c8": "8 loops"}[c]
+		add(Target{Name: fmt.Sprintf("new connections/s (d)/(b), %s", loops), Value: v, Op: ">=", Limit: 0.95,
+			Detail: "median of per-round ratios; (d) = nftpolicy with " + bg + " pods/policies"}, ok)
+	}
+	v, ok := paired("p50_us_c1 d-b")
+	add(Target{Name: "added p50 connect latency (d)-(b)", Value: v, Unit: "µs", Op: "<=", Limit: 2,
+		Detail: "1 loop; median of per-round differences"}, ok)
+	v, ok = paired("stream d/b")
+	add(Target{Name: "established throughput (d)/(b)", Value: v, Op: ">=", Limit: 0.98,
+		Detail: "one TCP stream; median of per-round ratios"}, ok)
+	if dp != nil && dp.Flood != nil {
+		f := dp.Flood
+		add(Target{Name: "SYN flood at a denied pod: agent CPU increase", Value: f.RaisePct, Unit: "% core", Op: "<=", Limit: 0.5,
+			Detail: fmt.Sprintf("%d SYNs at %d/s; %d accepted by the target", f.Sent, f.RatePPS, f.Accepted)}, f.Accepted == 0)
+	} else {
+		add(Target{Name: "SYN flood at a denied pod: agent CPU increase", Unit: "% core", Op: "<=", Limit: 0.5}, false)
+	}
+
+	// Control plane.
+	cp := rep.Control
+	var large, small map[string]*IncrementalRun
+	if cp != nil && cp.IncrementalSummary != nil {
+		large, small = cp.IncrementalSummary[p.Large.String()], cp.IncrementalSummary[p.Small.String()]
+	}
+	{
+		var xs []float64
+		if cp != nil {
+			for _, r := range cp.Incremental {
+				if r.Scale == p.Large && r.Syncs > 0 {
+					xs = append(xs, r.PerSyncMs)
+				}
+			}
+		}
+		add(Target{Name: "pod/policy change → kernel inside the agent, p99 at " + p.Large.String(), Value: Percentile(xs, 0.99), Unit: "ms", Op: "<", Limit: 50,
+			Detail: fmt.Sprintf("compute + commit per sync, %d changes of %d kinds", len(xs), len(incrementalKinds))}, len(xs) > 0)
+	}
+	for _, sc := range []Scale{p.Medium, p.Large} {
+		var er *EnforceReport
+		if cp != nil {
+			for _, x := range cp.Enforce {
+				if x.Scale == sc {
+					er = x
+				}
+			}
+		}
+		ok := er != nil && er.Enforced.N > 0
+		detail := ""
+		if ok {
+			detail = fmt.Sprintf("%d changes, %d failed; new connection every 1 ms", len(er.Trials), er.Failures)
+		}
+		add(Target{Name: "API write → enforced, p99 at " + sc.String(), Value: val(ok, func() float64 { return er.Enforced.P99 }), Unit: "ms", Op: "<", Limit: 300, Detail: detail}, ok && er.Failures == 0)
+		ok = er != nil && er.Revoked.N > 0
+		add(Target{Name: "revocation of an established flow, p99 at " + sc.String(), Value: val(ok, func() float64 { return er.Revoked.P99 }), Unit: "ms", Op: "<", Limit: 500,
+			Detail: val2(ok, func() string {
+				return fmt.Sprintf("%d denies; last echo after the write; %.0f ms of it after the commit (median)", er.Revoked.N, er.RevocationDelay.P50)
+			})}, ok)
+	}
+	for _, c := range []struct {
+		s     Scale
+		limit float64
+	}{{p.Medium, 500}, {p.Large, 2000}} {
+		var cs *ColdSyncRun
+		if cp != nil && cp.ColdSummary != nil {
+			cs = cp.ColdSummary[c.s.String()]
+		}
+		t := Target{Name: "cold full sync " + c.s.String() + " (compute + commit), one transaction", Unit: "ms", Op: "<", Limit: c.limit}
+		if cs != nil {
+			t.Value = cs.ComputeMs + cs.CommitMs
+			t.Detail = fmt.Sprintf("%d transaction(s), %d elements; ready after %.0f ms", cs.Transactions, cs.Elements, cs.ReadyMs)
+		}
+		add(t, cs != nil)
+		if cs != nil && cs.Transactions != 1 {
+			ts[len(ts)-1].Pass = false
+		}
+	}
+	{
+		worst, which := 0.0, ""
+		var parts []string
+		for _, k := range incrementalKinds {
+			l, s := large[k], small[k]
+			if l == nil || s == nil || s.PerSyncMs == 0 {
+				continue
+			}
+			ratio := l.PerSyncMs / s.PerSyncMs
+			parts = append(parts, fmt.Sprintf("%s %.1fx", k, ratio))
+			if ratio > worst {
+				worst, which = ratio, k
+			}
+		}
+		add(Target{Name: fmt.Sprintf("incremental change at %s vs %s (worst kind)", p.Large, p.Small), Value: worst, Unit: "x", Op: "<=", Limit: 1.2,
+			Detail: strings.TrimSpace(which + ": " + strings.Join(parts, ", "))}, len(parts) > 0)
+	}
+
+	// Resources.
+	res := func(s Scale) *ResourceRun {
+		if rep.Resource == nil {
+			return nil
+		}
+		for i := range rep.Resource.Runs {
+			if rep.Resource.Runs[i].Scale == s && rep.Resource.Runs[i].RSSBytes > 0 {
+				return &rep.Resource.Runs[i]
+			}
+		}
+		return nil
+	}
+	for _, c := range []struct {
+		s     Scale
+		limit float64
+	}{{p.Medium, 100}, {p.Large, 250}} {
+		rr := res(c.s)
+		t := Target{Name: fmt.Sprintf("agent RSS at %s pods", count(c.s.Pods)), Unit: "MB", Op: "<", Limit: c.limit}
+		if rr != nil {
+			t.Value = float64(rr.RSSBytes) / 1e6
+			t.Detail = fmt.Sprintf("idle; Go heap %.0f MB; peak RSS %.0f MB", rr.HeapAllocBytes/1e6, float64(rr.HWMBytes)/1e6)
+		}
+		add(t, rr != nil)
+	}
+	{
+		worst, okIdle, detail := 0.0, false, ""
+		for _, s := range []Scale{p.Medium, p.Large} {
+			if rr := res(s); rr != nil {
+				okIdle = true
+				if rr.IdleAmortizedPct >= worst {
+					worst = rr.IdleAmortizedPct
+					detail = fmt.Sprintf("at %s: %.2f%% over %.0f s + one periodic resync a minute (%.0f ms CPU)", s, rr.IdleCPUPct, rr.IdleSeconds, rr.ResyncCPUms)
+				}
+			}
+		}
+		add(Target{Name: "idle agent CPU", Value: worst, Unit: "% core", Op: "<", Limit: 1, Detail: detail}, okIdle)
+	}
+	{
+		gets, lists, okL := 0.0, 0.0, false
+		for _, s := range []Scale{p.Medium, p.Large} {
+			if rr := res(s); rr != nil && rr.AgentRequests != nil {
+				okL = true
+				gets += rr.AgentRequestsAfterSync["GET"]
+				lists += rr.AfterSyncRequests["LIST"]
+			}
+		}
+		add(Target{Name: "LIST/WATCH requests after the initial sync", Value: gets, Op: "<=", Limit: 0,
+			Detail: fmt.Sprintf("the agent's GETs (list and watch) through idle and churn; API server LISTs: %.0f", lists)}, okL)
+	}
+	return ts
+}
+
+func val(ok bool, f func() float64) float64 {
+	if !ok {
+		return 0
+	}
+	return f()
+}
+
+func val2(ok bool, f func() string) string {
+	if !ok {
+		return ""
+	}
+	return f()
+}
+
+// ReadReport reads a bench.json written by WriteJSON.
+func ReadReport(path string) (*Report, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var rep Report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &rep, nil
+}
+
+// WriteJSON writes the report as indented JSON to path.
+func (rep *Report) WriteJSON(path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// PrintTable writes the human-readable summary: one section per group, then the
+// targets with PASS/FAIL.
+func (rep *Report) PrintTable(w io.Writer) {
+	p := rep.Profile
+	code := "agent " + short(rep.Host.AgentRevision)
+	if rep.Host.AgentRevision == "" {
+		// Binaries built without VCS stamping: name the working tree instead.
+		code = "tree " + short(rep.Host.GitCommit)
+		if rep.Host.GitDirty {
+			code += "+dirty"
+		}
+	}
+	fmt.Fprintf(w, "nftpolicy bench (%s profile): %d CPUs, kernel %s, %s; %s; %.0f s\n",
+		p.Name, rep.Host.CPUs, rep.Host.Kernel, rep.Host.GoVersion, code, rep.Seconds)
+	if p.Name != "full" {
+		fmt.Fprintf(w, "(scaled down: the targets are set for 10k/1k and 50k/5k; this run's %s and %s stand in for them, so its verdicts are indicative only)\n", p.Medium, p.Large)
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	defer tw.Flush()
+	row := func(cells ...any) {
+		s := make([]string, len(cells))
+		for i, c := range cells {
+			s[i] = fmt.Sprint(c)
+		}
+		fmt.Fprintln(tw, strings.Join(s, "\t"))
+	}
+	if dp := rep.DataPath; dp != nil && len(dp.Summary) > 0 {
+		rounds := 0
+		for _, r := range dp.Runs {
+			rounds = max(rounds, r.Round+1)
+		}
+		row()
+		row(fmt.Sprintf("DATA PATH: client (node1) → server (node2), TCP; medians of %d interleaved rounds", rounds))
+		row("config", "conn/s 1 loop", "p50/p99 µs", "conn/s 8 loops", "p50/p99 µs", "stream Gbit/s", "ruleset node1/node2 (elements)")
+		for _, cfg := range dataPathConfigs {
+			s := dp.Summary[cfg]
+			if s == nil {
+				continue
+			}
+			name := "(" + cfg + ") " + map[string]string{"a": "no rules", "b": "conntrack only", "c": "nftpolicy", "d": "nftpolicy + " + dp.Background.String()}[cfg]
+			size := ""
+			if rs := dp.Rulesets[cfg]; rs != nil {
+				size = fmt.Sprintf("%d/%d", rs["node1"].Elements, rs["node2"].Elements)
+			}
+			row(name, fmt.Sprintf("%.0f", s.CPS1), fmt.Sprintf("%.0f/%.0f", s.P50us1, s.P99us1),
+				fmt.Sprintf("%.0f", s.CPS8), fmt.Sprintf("%.0f/%.0f", s.P50us8, s.P99us8), fmt.Sprintf("%.2f", s.Gbps), size)
+		}
+		row()
+		row("paired per round", "median", "middle half of the rounds")
+		for _, k := range []string{"cps_c1 d/b", "cps_c8 d/b", "cps_c1 c/b", "cps_c8 c/b", "cps_c1 d/c", "cps_c1 b/a", "stream d/b", "stream c/b", "stream b/a"} {
+			if s, ok := dp.Paired[k]; ok {
+				row(k, fmt.Sprintf("%.3f", s.Median), fmt.Sprintf("%.3f – %.3f", Percentile(s.Samples, 0.25), Percentile(s.Samples, 0.75)))
+			}
+		}
+		for _, k := range []string{"p50_us_c1 d-b", "p50_us_c1 c-b", "p50_us_c1 d-c", "p50_us_c1 b-a"} {
+			if s, ok := dp.Paired[k]; ok {
+				row(k, fmt.Sprintf("%+.2f µs", s.Median), fmt.Sprintf("%+.2f – %+.2f", Percentile(s.Samples, 0.25), Percentile(s.Samples, 0.75)))
+			}
+		}
+		if f := dp.Flood; f != nil {
+			var cpu []string
+			for _, n := range []string{"node1", "node2"} {
+				cpu = append(cpu, fmt.Sprintf("%s %.0f→%.0f ms", n, f.AgentCPUIdleMs[n], f.AgentCPUFloodMs[n]))
+			}
+			row(fmt.Sprintf("SYN flood at the denied pod: %d SYNs in %.1f s (%d accepted); agent CPU quiet→flood window: %s",
+				f.Sent, f.Seconds, f.Accepted, strings.Join(cpu, ", ")))
+		}
+	}
+	if cp := rep.Control; cp != nil {
+		if len(cp.ColdSummary) > 0 {
+			row()
+			row("COLD FULL SYNC: agent start on node1 against a preloaded API server (median)")
+			row("pods/policies", "start→ready ms", "first sync ms", "compute ms", "commit ms", "chains/rules/elements", "transactions", "CPU ms", "RSS MB")
+			for _, s := range []Scale{p.Small, p.Medium, p.Large} {
+				c := cp.ColdSummary[s.String()]
+				if c == nil {
+					continue
+				}
+				row(s, fmt.Sprintf("%.0f", c.ReadyMs), fmt.Sprintf("%.0f", c.SyncMs), fmt.Sprintf("%.0f", c.ComputeMs), fmt.Sprintf("%.0f", c.CommitMs),
+					fmt.Sprintf("%d/%d/%d", c.Chains, c.Rules, c.Elements), c.Transactions, fmt.Sprintf("%.0f", c.CPUms), fmt.Sprintf("%.0f", float64(c.RSSBytes)/1e6))
+			}
+		}
+		if len(cp.IncrementalSummary) > 0 {
+			row()
+			row("INCREMENTAL CHANGE → KERNEL inside the agent: ms per sync (compute + commit), median")
+			var scales []Scale
+			for _, s := range []Scale{p.Small, p.Large} {
+				if cp.IncrementalSummary[s.String()] != nil {
+					scales = append(scales, s)
+				}
+			}
+			head := []any{"change"}
+			for _, s := range scales {
+				head = append(head, s.String(), "(compute+commit, syncs; CPU)")
+			}
+			if len(scales) == 2 {
+				head = append(head, "ratio")
+			}
+			row(head...)
+			for _, k := range incrementalKinds {
+				cells := []any{k}
+				var vals []float64
+				for _, s := range scales {
+					m := cp.IncrementalSummary[s.String()][k]
+					if m == nil {
+						cells = append(cells, "-", "")
+						vals = append(vals, 0)
+						continue
+					}
+					n := float64(max(m.Syncs, 1))
+					cells = append(cells, fmt.Sprintf("%.1f", m.PerSyncMs), fmt.Sprintf("(%.1f+%.1f, %d; %.0f ms)", m.ComputeMs/n, m.CommitMs/n, m.Syncs, m.CPUms))
+					vals = append(vals, m.PerSyncMs)
+				}
+				if len(vals) == 2 && vals[0] > 0 {
+					cells = append(cells, fmt.Sprintf("%.1fx", vals[1]/vals[0]))
+				}
+				row(cells...)
+			}
+		}
+		for _, er := range cp.Enforce {
+			if er.Enforced.N == 0 {
+				continue
+			}
+			row()
+			row(fmt.Sprintf("API WRITE → ENFORCED at %s: %d changes (%d failed); node2's agent %.0f ms compute + %.0f ms commit per sync; %d conntrack entries on node2 at the end",
+				er.Scale, len(er.Trials), er.Failures, er.AgentComputeMs, er.AgentCommitMs, er.ConntrackEntries))
+			row("ms after the write returned", "p50", "p90", "p99", "max", "n")
+			for _, x := range []struct {
+				name string
+				s    Summary
+			}{{"enforced (prober, all)", er.Enforced}, {"  deny", er.Deny}, {"  allow", er.Allow},
+				{"kernel commit (node2 generation)", er.Kernel}, {"established flow revoked", er.Revoked},
+				{"  revocation after the commit", er.RevocationDelay}} {
+				row(x.name, f0(x.s.P50), f0(x.s.P90), f0(x.s.P99), f0(x.s.Max), x.s.N)
+			}
+			if len(er.Sweep) > 0 {
+				var pts []string
+				for _, pt := range er.Sweep {
+					pts = append(pts, fmt.Sprintf("%.0f ms with %d", pt.DelayMs, pt.Entries))
+				}
+				row("  revocation after the commit by conntrack entries on node2: " + strings.Join(pts, ", "))
+			}
+		}
+	}
+	if rs := rep.Resource; rs != nil && len(rs.Runs) > 0 {
+		row()
+		row("RESOURCES: node1's agent alone")
+		row("pods/policies", "RSS MB (peak)", "heap MB", "idle CPU %", "+resync/min %", "resync CPU ms", "churn", "CPU %", "syncs", "in sync %", "alloc MB", "requests at start", "after sync")
+		for _, r := range rs.Runs {
+			row(r.Scale, fmt.Sprintf("%.0f (%.0f)", float64(r.RSSBytes)/1e6, float64(r.HWMBytes)/1e6), fmt.Sprintf("%.0f", r.HeapAllocBytes/1e6), fmt.Sprintf("%.2f", r.IdleCPUPct),
+				fmt.Sprintf("%.2f", r.IdleAmortizedPct), fmt.Sprintf("%.0f", r.ResyncCPUms), fmt.Sprintf("%.0f pods/s", r.ChurnRate),
+				fmt.Sprintf("%.0f", r.ChurnCPUPct), r.ChurnSyncs, fmt.Sprintf("%.0f", r.ChurnSyncBusyPct), fmt.Sprintf("%.0f", r.ChurnAllocBytes/1e6),
+				fmt.Sprintf("agent %s; API %s, %.0f watches open", methods(r.AgentRequests), verbs(r.StartRequests), r.OpenWatches),
+				fmt.Sprintf("agent %s; API %s", methods(r.AgentRequestsAfterSync), verbs(r.AfterSyncRequests)))
+		}
+	}
+	if gb := rep.GoBench; gb != nil && len(gb.Results) > 0 {
+		row()
+		row("GO BENCHMARKS: " + gb.Command)
+		row("benchmark", "ms/op", "MB/op", "allocs/op", "other")
+		for _, r := range gb.Results {
+			var other []string
+			for k, v := range r.Metrics {
+				if k != "ns/op" && k != "B/op" && k != "allocs/op" {
+					other = append(other, fmt.Sprintf("%g %s", v, k))
+				}
+			}
+			slices.Sort(other)
+			row(strings.TrimPrefix(r.Package, "github.com/nftpolicy/nftpolicy/")+"."+strings.TrimPrefix(r.Name, "Benchmark"),
+				fmt.Sprintf("%.2f", r.Metrics["ns/op"]/1e6), fmt.Sprintf("%.1f", r.Metrics["B/op"]/1e6), fmt.Sprintf("%.0f", r.Metrics["allocs/op"]), strings.Join(other, ", "))
+		}
+	}
+	if len(rep.Targets) > 0 {
+		row()
+		row("TARGETS")
+		row("target", "value", "goal", "result", "how")
+		for _, t := range rep.Targets {
+			v := "-"
+			if !t.Missing {
+				v = fmtVal(t.Value, t.Unit)
+			}
+			row(t.Name, v, t.Op+" "+fmtVal(t.Limit, t.Unit), t.Result(), t.Detail)
+		}
+	}
+	if len(rep.Errors) > 0 {
+		row()
+		row("FAILED STEPS")
+		for _, e := range rep.Errors {
+			row("  " + firstLine(e))
+		}
+	}
+}
+
+func fmtVal(v float64, unit string) string {
+	var s string
+	switch {
+	case v == 0:
+		s = "0"
+	case v < 10 && v > -10:
+		s = fmt.Sprintf("%.3g", v)
+	default:
+		s = fmt.Sprintf("%.0f", v)
+	}
+	if unit != "" && unit != "x" {
+		return s + " " + unit
+	}
+	return s + unit
+}
+
+func f0(v float64) string { return fmt.Sprintf("%.0f", v) }
+
+func methods(m map[string]float64) string {
+	var out []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		if v := m[k]; v != 0 {
+			out = append(out, fmt.Sprintf("%s %.0f", k, v))
+		}
+	}
+	if len(out) == 0 {
+		return "none"
+	}
+	return strings.Join(out, " ")
+}
+
+func verbs(m map[string]float64) string {
+	var out []string
+	for _, k := range []string{"LIST", "WATCH", "GET"} {
+		if v := m[k]; v != 0 {
+			out = append(out, fmt.Sprintf("%s %.0f", k, v))
+		}
+	}
+	if len(out) == 0 {
+		return "none"
+	}
+	return strings.Join(out, " ")
+}
+
+func short(s string) string {
+	if rev, dirty := strings.CutSuffix(s, "+dirty"); dirty && len(rev) > 12 {
+		return rev[:12] + "+dirty"
+	}
+	if len(s) > 12 {
+		return s[:12]
+	}
+	if s == "" {
+		return "unknown"
+	}
+	return s
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i] + " …"
+	}
+	return s
+}
