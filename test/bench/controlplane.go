@@ -459,21 +459,9 @@ func (r *runner) enforceLatency(ctx context.Context, cycles int, sweep []time.Du
 	if err := e.flushNodes(ctx); err != nil {
 		return err
 	}
-	agents, err := e.startAgents(ctx)
+	agents, stop, err := e.startEnforcing(ctx)
+	defer stop()
 	if err != nil {
-		return err
-	}
-	defer func() {
-		for _, a := range agents {
-			_ = a.stop()
-		}
-	}()
-	for _, a := range agents {
-		if _, err := a.waitQuiet(ctx, 300*time.Millisecond, time.Minute); err != nil {
-			return err
-		}
-	}
-	if err := e.checkEnforced(); err != nil {
 		return err
 	}
 	node2 := agents[1]

@@ -126,21 +126,9 @@ type FloodReport struct {
 // they are still up.
 func (r *runner) captureRuleset(ctx context.Context, cfg string) error {
 	e := r.env
-	agents, err := e.startAgents(ctx)
+	agents, stop, err := e.startEnforcing(ctx)
+	defer stop()
 	if err != nil {
-		return err
-	}
-	defer func() {
-		for _, a := range agents {
-			_ = a.stop()
-		}
-	}()
-	for _, a := range agents {
-		if _, err := a.waitQuiet(ctx, 300*time.Millisecond, time.Minute); err != nil {
-			return err
-		}
-	}
-	if err := e.checkEnforced(); err != nil {
 		return fmt.Errorf("agents' ruleset (%s): %w", cfg, err)
 	}
 	if r.rulesets == nil {
@@ -176,6 +164,26 @@ func (r *runner) captureRuleset(ctx context.Context, cfg string) error {
 }
 
 // startAgents starts an agent on both nodes (in parallel).
+// startEnforcing starts an agent on both nodes, waits until they have synced and are
+// quiet, and checks they enforce the benchmark's policy. stop stops the agents (also
+// when err is set).
+func (e *env) startEnforcing(ctx context.Context) (agents []*agentRun, stop func(), err error) {
+	stop = func() {
+		for _, a := range agents {
+			_ = a.stop()
+		}
+	}
+	if agents, err = e.startAgents(ctx); err != nil {
+		return agents, stop, err
+	}
+	for _, a := range agents {
+		if _, err := a.waitQuiet(ctx, 300*time.Millisecond, time.Minute); err != nil {
+			return agents, stop, err
+		}
+	}
+	return agents, stop, e.checkEnforced()
+}
+
 func (e *env) startAgents(ctx context.Context, extra ...string) ([]*agentRun, error) {
 	nodes := []*lab.ClusterNode{e.n1, e.n2}
 	agents := make([]*agentRun, len(nodes))
