@@ -42,6 +42,9 @@ type Flow struct {
 	Zone  uint16
 	// Mark is the entry's conntrack mark.
 	Mark uint32
+	// Closed is set for TCP entries in TIME_WAIT or CLOSE: the connection is over, so
+	// there is nothing to revoke or restore (a new SYN on the tuple replaces the entry).
+	Closed bool
 }
 
 // Packet is the first packet of the flow as the filter hooks saw it: destination NAT
@@ -82,7 +85,7 @@ func Decide(rs *ruleset.Ruleset, flows []Flow, local func(netip.Addr) bool, mark
 		if f.Proto != ruleset.ProtoTCP && f.Proto != ruleset.ProtoUDP && f.Proto != ruleset.ProtoSCTP {
 			continue
 		}
-		if !f.Orig.Src.IsValid() || !f.Reply.Src.IsValid() {
+		if f.Closed || !f.Orig.Src.IsValid() || !f.Reply.Src.IsValid() {
 			continue
 		}
 		revoked := f.Mark&marks.Mask == marks.Revoked

@@ -70,7 +70,9 @@ func TestDenied(t *testing.T) {
 	comeback.Mark = 0xff | compiler.RevokedMark
 	stillDenied := direct(ruleset.ProtoTCP, other, backend, 40007, 80)
 	stillDenied.Mark = compiler.RevokedMark
-	flows = append(flows, comeback, stillDenied)
+	closed := direct(ruleset.ProtoTCP, other, backend, 40008, 80) // denied, but over: left alone
+	closed.Closed = true
+	flows = append(flows, comeback, stillDenied, closed)
 
 	local := func(a netip.Addr) bool { return a == nodeIP }
 	d := Decide(rs, flows, local, marks)

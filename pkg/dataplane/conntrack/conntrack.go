@@ -13,6 +13,12 @@ import (
 	"github.com/nftpolicy/nftpolicy/pkg/revoke"
 )
 
+// TCP conntrack states (enum tcp_conntrack in the kernel) of connections that are over.
+const (
+	tcpTimeWait = 7
+	tcpClose    = 8
+)
+
 // Table is the conntrack table of the caller's network namespace (or NetNS, a
 // namespace file descriptor, when non-zero).
 type Table struct {
@@ -38,8 +44,9 @@ func (t *Table) Flows() ([]revoke.Flow, error) {
 				SPort: f.TupleOrig.Proto.SourcePort, DPort: f.TupleOrig.Proto.DestinationPort},
 			Reply: revoke.Tuple{Src: f.TupleReply.IP.SourceAddress, Dst: f.TupleReply.IP.DestinationAddress,
 				SPort: f.TupleReply.Proto.SourcePort, DPort: f.TupleReply.Proto.DestinationPort},
-			Zone: f.Zone,
-			Mark: f.Mark,
+			Zone:   f.Zone,
+			Mark:   f.Mark,
+			Closed: f.ProtoInfo.TCP != nil && (f.ProtoInfo.TCP.State == tcpTimeWait || f.ProtoInfo.TCP.State == tcpClose),
 		})
 	}
 	return out, nil

@@ -62,6 +62,28 @@ func TestListAndMark(t *testing.T) {
 	if n, err := table.SetMark([]revoke.Flow{gone}, 0x30000000, 0x20000000); err != nil || n != 0 {
 		t.Errorf("SetMark on a missing entry: %d, %v", n, err)
 	}
+	// A TCP entry in TIME_WAIT is listed as closed.
+	tw := mk("10.244.1.2", "10.244.1.3", 40002, 80, unix.IPPROTO_TCP)
+	tw.ProtoInfo = ct.ProtoInfo{TCP: &ct.ProtoInfoTCP{State: 7}}
+	if err := c.Create(tw); err != nil {
+		t.Fatalf("creating a TIME_WAIT entry: %v", err)
+	}
+	flows, err = table.Flows()
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := 0
+	for _, f := range flows {
+		if f.Closed {
+			closed++
+			if f.Proto != unix.IPPROTO_TCP {
+				t.Errorf("non-TCP flow listed as closed: %+v", f)
+			}
+		}
+	}
+	if closed != 1 {
+		t.Errorf("%d closed flows, want 1: %+v", closed, flows)
+	}
 	if _, err := table.SetMark(flows, 0x30000000, 0); err == nil {
 		t.Error("a zero mark value must be refused")
 	}
