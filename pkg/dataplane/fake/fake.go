@@ -22,13 +22,12 @@ type Dataplane struct {
 	failNext error
 
 	Applies, FullApplies, Ops int
-	notify                    chan struct{}
 }
 
 var _ dataplane.Dataplane = (*Dataplane)(nil)
 
 // New returns an empty fake.
-func New() *Dataplane { return &Dataplane{notify: make(chan struct{}, 1)} }
+func New() *Dataplane { return &Dataplane{} }
 
 // Apply validates desired and applies it like the kernel would.
 func (d *Dataplane) Apply(_ context.Context, desired *ruleset.Ruleset, opts dataplane.ApplyOptions) (dataplane.Result, error) {
@@ -67,10 +66,6 @@ func (d *Dataplane) Apply(_ context.Context, desired *ruleset.Ruleset, opts data
 	d.applied = d.table.Clone()
 	d.Applies++
 	d.Ops += res.Ops
-	select {
-	case d.notify <- struct{}{}:
-	default:
-	}
 	return res, nil
 }
 
