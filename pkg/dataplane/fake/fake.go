@@ -18,7 +18,7 @@ type Dataplane struct {
 	mu      sync.Mutex
 	table   *ruleset.Ruleset // what the "kernel" holds
 	applied *ruleset.Ruleset // what the last successful Apply wrote
-	// FailNext makes the next Apply fail without changing the table.
+	// failNext makes the next Apply fail without changing the table.
 	failNext error
 
 	Applies, FullApplies, Ops int
@@ -58,7 +58,8 @@ func (d *Dataplane) Apply(_ context.Context, desired *ruleset.Ruleset, opts data
 	if ch.NeedsReplace {
 		d.FullApplies++
 		res.Full = true
-		res.Ops = desired.Stats().Chains + desired.Stats().Rules + desired.Stats().Sets + desired.Stats().Elements
+		st := desired.Stats()
+		res.Ops = st.Chains + st.Rules + st.Sets + st.Elements
 	} else {
 		res.Ops = ch.Ops()
 	}
