@@ -85,3 +85,64 @@ func BenchmarkDiffOneLabelChange(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkEngineChange: one change through the incremental engine, Flush included —
+// what the agent computes per event. The cost must not grow with the cluster.
+func BenchmarkEngineChange(b *testing.B) {
+	for _, sz := range benchSizes {
+		snap := synthetic(sz.pods, sz.policies, sz.nodes)
+		e := NewEngineFrom(snap, Options{})
+		e.Flush()
+		local := snap.Pods[0] // on node-0
+		remote := snap.Pods[1]
+		kinds := []struct {
+			name string
+			fn   func(i int)
+		}{
+			{"remote-pod-label", func(i int) {
+				p := *remote
+				p.Labels = map[string]string{"app": remote.Labels["app"], "tier": fmt.Sprintf("tier-%d", i%3)}
+				e.SetPod(&p)
+			}},
+			{"local-pod-label", func(i int) {
+				p := *local
+				p.Labels = map[string]string{"app": fmt.Sprintf("app-%d", i%2), "tier": "tier-0"}
+				e.SetPod(&p)
+			}},
+			{"pod-add-delete", func(i int) {
+				if i%2 == 0 {
+					p := *local
+					p.Name, p.IPs = "extra", []netip.Addr{netip.MustParseAddr("10.250.0.1")}
+					e.SetPod(&p)
+				} else {
+					e.DeletePod(local.Namespace, "extra")
+				}
+			}},
+			{"namespace-relabel", func(i int) {
+				ns := *snap.Namespaces[local.Namespace]
+				ns.Labels = map[string]string{"team": fmt.Sprintf("t%d", i%2)}
+				e.SetNamespace(&ns)
+			}},
+			{"policy-change", func(i int) {
+				np := snap.Policies[0].DeepCopy()
+				np.Name = "extra"
+				if i%2 == 0 {
+					e.SetPolicy(np)
+				} else {
+					e.DeletePolicy(np.Namespace, np.Name)
+				}
+			}},
+		}
+		for _, k := range kinds {
+			b.Run(fmt.Sprintf("%s/pods=%d/policies=%d", k.name, sz.pods, sz.policies), func(b *testing.B) {
+				ops := 0
+				for i := 0; i < b.N; i++ {
+					k.fn(i)
+					_, ch := e.Flush()
+					ops += ch.Ops()
+				}
+				b.ReportMetric(float64(ops)/float64(b.N), "ops")
+			})
+		}
+	}
+}

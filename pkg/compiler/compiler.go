@@ -33,7 +33,6 @@ import (
 	"encoding/base32"
 	"fmt"
 	"net/netip"
-	"sort"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -118,78 +117,121 @@ type Result struct {
 
 // Compile builds the ruleset for snap.NodeName.
 func Compile(snap *model.Snapshot, opts Options) *Result {
-	c := newCompilation(snap, opts)
+	u := newSnapshotUniverse(snap)
+	c := newCompilation(u, opts)
+	c.problems = append(c.problems, u.problems...)
 	c.run()
-	c.rs.Normalize()
-	return &Result{Ruleset: c.rs, Problems: c.problems}
+	for _, ps := range c.podSets {
+		c.sets[ps.name].Elements = ps.fill(u)
+	}
+	rs := c.ruleset()
+	return &Result{Ruleset: rs, Problems: c.problems}
 }
 
+// compilation builds the ruleset's structure: chains, maps, and every set. The
+// elements of pod sets (see podSet) are left to the caller, which fills them from the
+// whole cluster (Compile) or keeps them up to date pod by pod (Engine): the structure
+// depends only on the policies and this node's pods, so it is cheap to rebuild.
 type compilation struct {
-	snap     *model.Snapshot
+	u        universe
 	opts     Options
-	rs       *ruleset.Ruleset
+	table    string
 	problems []Problem
 
-	owners map[netip.Addr]*model.Pod
-	// pods are the eligible pods that own at least one IP, sorted by key.
-	pods []*model.Pod
-	// podIPs are the IPs each of those pods owns.
-	podIPs map[*model.Pod][]netip.Addr
-	// byNS indexes pods by namespace and nsNames lists those namespaces sorted, so that
-	// selectors are evaluated against the pods that can match, not the whole cluster.
-	byNS    map[string][]*model.Pod
-	nsNames []string
-	// local are the pods of this node.
-	local []*model.Pod
+	sets    map[string]*ruleset.Set
+	chains  map[string]*ruleset.Chain
+	podSets map[string]*podSet
 
-	sets   map[string]*ruleset.Set
-	chains map[string]*ruleset.Chain
+	// fragments are the compiled chains of policies, by parsed policy and direction:
+	// reused from the previous compilation (prevFragments) while the policy is the
+	// same object, so rebuilding the structure after a local pod change does not
+	// recompile every policy.
+	fragments, prevFragments map[fragmentKey]*fragment
 }
 
-func newCompilation(snap *model.Snapshot, opts Options) *compilation {
+type fragmentKey struct {
+	p   *policy
+	dir Direction
+}
+
+// fragment is what compiling one policy in one direction adds to the ruleset.
+type fragment struct {
+	chain    string
+	chains   map[string]*ruleset.Chain
+	sets     map[string]*ruleset.Set
+	podSets  map[string]*podSet
+	problems []Problem
+}
+
+func newCompilation(u universe, opts Options) *compilation {
 	table := opts.Table
 	if table == "" {
 		table = DefaultTable
 	}
-	c := &compilation{
-		snap:   snap,
-		opts:   opts,
-		rs:     &ruleset.Ruleset{Table: table},
-		owners: model.IPOwners(snap.Pods),
-		podIPs: map[*model.Pod][]netip.Addr{},
-		sets:   map[string]*ruleset.Set{},
-		chains: map[string]*ruleset.Chain{},
+	return &compilation{
+		u:       u,
+		opts:    opts,
+		table:   table,
+		sets:      map[string]*ruleset.Set{},
+		chains:    map[string]*ruleset.Chain{},
+		podSets:   map[string]*podSet{},
+		fragments: map[fragmentKey]*fragment{},
 	}
-	// Pods that own at least one IP, in a stable order, each with the IPs it owns.
-	eligible := make([]*model.Pod, 0, len(snap.Pods))
-	for _, p := range snap.Pods {
-		if p.Eligible() {
-			eligible = append(eligible, p)
+}
+
+// policyChain returns the chain of a policy in one direction, compiling it or reusing
+// the previous compilation's.
+func (c *compilation) policyChain(p *policy, dir Direction) string {
+	k := fragmentKey{p, dir}
+	if f := c.fragments[k]; f != nil {
+		return f.chain
+	}
+	f := c.prevFragments[k]
+	if f == nil {
+		// Compile into empty maps to capture exactly what this policy adds.
+		sets, chains, podSets, problems := c.sets, c.chains, c.podSets, c.problems
+		c.sets, c.chains, c.podSets, c.problems = map[string]*ruleset.Set{}, map[string]*ruleset.Chain{}, map[string]*podSet{}, nil
+		f = &fragment{}
+		f.chain = c.compilePolicy(p, dir)
+		f.sets, f.chains, f.podSets, f.problems = c.sets, c.chains, c.podSets, c.problems
+		c.sets, c.chains, c.podSets, c.problems = sets, chains, podSets, problems
+	}
+	c.fragments[k] = f
+	for n, x := range f.chains {
+		c.chains[n] = x
+	}
+	for n, x := range f.sets {
+		if _, ok := c.sets[n]; !ok { // shared sets have one definition per name
+			c.sets[n] = x
 		}
 	}
-	sort.Slice(eligible, func(i, j int) bool { return model.Less(eligible[i], eligible[j]) })
-	for _, p := range eligible {
-		for _, ip := range p.IPs {
-			if c.owners[ip] == p {
-				c.podIPs[p] = append(c.podIPs[p], ip)
-			}
-		}
-		if len(c.podIPs[p]) > 0 {
-			c.pods = append(c.pods, p)
+	for n, x := range f.podSets {
+		if _, ok := c.podSets[n]; !ok {
+			c.podSets[n] = x
 		}
 	}
-	c.byNS = map[string][]*model.Pod{}
-	for _, p := range c.pods {
-		if _, ok := c.byNS[p.Namespace]; !ok {
-			c.nsNames = append(c.nsNames, p.Namespace)
-		}
-		c.byNS[p.Namespace] = append(c.byNS[p.Namespace], p)
-		if p.NodeName == snap.NodeName {
-			c.local = append(c.local, p)
-		}
+	c.problems = append(c.problems, f.problems...)
+	return f.chain
+}
+
+// ruleset returns the compiled ruleset, normalized.
+func (c *compilation) ruleset() *ruleset.Ruleset {
+	rs := &ruleset.Ruleset{Table: c.table}
+	for _, s := range c.sets {
+		rs.Sets = append(rs.Sets, s)
 	}
-	sort.Strings(c.nsNames)
-	return c
+	for _, ch := range c.chains {
+		rs.Chains = append(rs.Chains, ch)
+	}
+	rs.Normalize()
+	return rs
+}
+
+// addPodSet registers a set whose elements come from pods.
+func (c *compilation) addPodSet(s *ruleset.Set, ps *podSet) {
+	ps.keyTyp = s.Key
+	c.sets[s.Name] = s
+	c.podSets[s.Name] = ps
 }
 
 // policy is a policy with its parsed selector and effective policy types.
@@ -203,49 +245,25 @@ type policy struct {
 func (c *compilation) run() {
 	c.addBaseChains(c.opts.Revocation)
 
-	var policies []*policy
-	for _, np := range c.snap.Policies {
-		if p := c.parsePolicy(np); p != nil {
-			policies = append(policies, p)
-		}
-	}
-	sort.Slice(policies, func(i, j int) bool { return policies[i].key < policies[j].key })
-	policiesByNS := map[string][]*policy{}
-	for _, p := range policies {
-		policiesByNS[p.np.Namespace] = append(policiesByNS[p.np.Namespace], p)
-	}
-
 	// Which policies isolate each local pod, per direction.
 	for _, dir := range []Direction{Ingress, Egress} {
-		compiled := map[*policy]string{} // policy → its chain, compiled on first use
-		for _, pod := range c.local {
+		for _, pod := range c.u.localPods() {
 			var chains, keys []string
-			for _, p := range policiesByNS[pod.Namespace] {
+			for _, p := range c.u.policiesIn(pod.Namespace) {
 				if !p.applies(dir) || !p.selector.Matches(labels.Set(pod.Labels)) {
 					continue
 				}
-				name, ok := compiled[p]
-				if !ok {
-					name = c.compilePolicy(p, dir)
-					compiled[p] = name
-				}
-				chains = append(chains, name)
+				chains = append(chains, c.policyChain(p, dir))
 				keys = append(keys, p.key)
 			}
 			if len(chains) == 0 {
 				continue
 			}
 			isolate := c.isolationChain(dir, chains, keys)
-			for _, ip := range c.podIPs[pod] {
-				c.addDispatch(dir, ip, isolate, pod)
+			for _, ip := range c.u.ownedIPs(pod) {
+				c.addDispatch(dir, ip, isolate)
 			}
 		}
-	}
-	for _, s := range c.sets {
-		c.rs.Sets = append(c.rs.Sets, s)
-	}
-	for _, ch := range c.chains {
-		c.rs.Chains = append(c.rs.Chains, ch)
 	}
 }
 
@@ -257,16 +275,16 @@ func (p *policy) applies(dir Direction) bool {
 }
 
 func (c *compilation) problem(np *networkingv1.NetworkPolicy, field string, err error) {
-	c.problems = append(c.problems, Problem{Kind: "NetworkPolicy", Namespace: np.Namespace, Name: np.Name, Field: field, Err: err})
+	c.problems = append(c.problems, policyProblem(np, field, err))
 }
 
 // parsePolicy resolves the policy's selector and policyTypes. When policyTypes is empty
 // the API defaults apply: Ingress always, Egress when egress rules are present.
-func (c *compilation) parsePolicy(np *networkingv1.NetworkPolicy) *policy {
+func parsePolicy(np *networkingv1.NetworkPolicy) (*policy, []Problem) {
+	var problems []Problem
 	sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
 	if err != nil {
-		c.problem(np, "spec.podSelector", err)
-		return nil
+		return nil, []Problem{policyProblem(np, "spec.podSelector", err)}
 	}
 	p := &policy{np: np, key: np.Namespace + "/" + np.Name, selector: sel}
 	if len(np.Spec.PolicyTypes) == 0 {
@@ -280,10 +298,10 @@ func (c *compilation) parsePolicy(np *networkingv1.NetworkPolicy) *policy {
 		case networkingv1.PolicyTypeEgress:
 			p.egress = true
 		default:
-			c.problem(np, fmt.Sprintf("spec.policyTypes[%d]", i), fmt.Errorf("unknown policy type %q", t))
+			problems = append(problems, policyProblem(np, fmt.Sprintf("spec.policyTypes[%d]", i), fmt.Errorf("unknown policy type %q", t)))
 		}
 	}
-	return p
+	return p, problems
 }
 
 func (c *compilation) addBaseChains(revocation bool) {
@@ -352,7 +370,7 @@ func (c *compilation) addBaseChains(revocation bool) {
 	}
 }
 
-func (c *compilation) addDispatch(dir Direction, ip netip.Addr, chain string, pod *model.Pod) {
+func (c *compilation) addDispatch(dir Direction, ip netip.Addr, chain string) {
 	name := map[Direction][2]string{Egress: {MapEgressV4, MapEgressV6}, Ingress: {MapIngressV4, MapIngressV6}}[dir]
 	m := c.sets[name[0]]
 	if ip.Is6() {
@@ -572,46 +590,13 @@ func describePorts(ports []portRange) string {
 
 // namedPortSet holds `address . proto . port` of the destination pods a rule's named
 // ports resolve on. A pod that has no port of that name contributes nothing, so the
-// rule matches nothing on it.
+// rule matches nothing on it. Ingress: the destinations are the local pods this policy
+// selects. Egress: the peer pods (or every pod when the rule has no peers).
 func (c *compilation) namedPortSet(p *policy, dir Direction, idx int, peer *peerSpec, named []namedPort, fam ruleset.Family, key ruleset.KeyType, suffix string) string {
 	name := fmt.Sprintf("named-%s-%s", shortHash(fmt.Sprintf("%s/%s/%d", p.key, dir, idx)), suffix)
 	s := &ruleset.Set{Name: name, Key: []ruleset.KeyType{key, ruleset.KeyL4Proto, ruleset.KeyPort},
 		Comment: truncate(fmt.Sprintf("%s %s rule %d named ports", p.key, dir, idx), ruleset.MaxCommentLen)}
-	c.sets[name] = s
-	seen := map[string]bool{}
-	// Ingress: the destinations are the local pods this policy selects. Egress: the
-	// peer pods (or every pod when the rule has no peers).
-	candidates := c.pods
-	switch {
-	case dir == Ingress:
-		candidates = c.local
-	case peer != nil:
-		candidates = c.candidates(peer, fam)
-	}
-	for _, pod := range candidates {
-		if dir == Ingress && (pod.Namespace != p.np.Namespace || !p.selector.Matches(labels.Set(pod.Labels))) {
-			continue
-		}
-		for _, ip := range c.podIPs[pod] {
-			if (fam == ruleset.IPv4) != ip.Is4() {
-				continue
-			}
-			if dir == Egress && peer != nil && !c.peerHas(peer, pod, ip) {
-				continue
-			}
-			for _, np := range named {
-				port, ok := pod.ResolvePort(np.name, np.proto)
-				if !ok {
-					continue
-				}
-				e := ruleset.Element{Key: []ruleset.Range{ruleset.Addr(ip), ruleset.Proto(np.num), ruleset.PortRange(uint16(port), uint16(port))}}
-				if id := e.Identity(); !seen[id] {
-					seen[id] = true
-					s.Elements = append(s.Elements, e)
-				}
-			}
-		}
-	}
+	c.addPodSet(s, newNamedPodSet(name, p, dir, c.u.nodeName(), peer, named, fam))
 	return name
 }
 

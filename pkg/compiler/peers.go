@@ -137,83 +137,68 @@ func unmapBits(a netip.Addr) int {
 	return 0
 }
 
-// mayHave reports whether the peers can ever match an address of the family: pod
-// selectors can (pods may be dual-stack), ipBlocks only their own family.
-func (s *peerSpec) mayHave(fam ruleset.Family) bool {
-	return len(s.pods) > 0 || len(s.blocks[fam]) > 0
-}
-
-// namespaceLabels returns the labels of a namespace, synthesising the name label the
-// API server would have set when the namespace is not in the snapshot.
-func (c *compilation) namespaceLabels(name string) labels.Set {
-	if ns, ok := c.snap.Namespaces[name]; ok && ns != nil {
-		if _, has := ns.Labels[NamespaceNameLabel]; has {
-			return ns.Labels
-		}
-		l := labels.Set{NamespaceNameLabel: name}
-		for k, v := range ns.Labels {
-			l[k] = v
-		}
-		return l
-	}
-	return labels.Set{NamespaceNameLabel: name}
-}
-
-// matchesPod reports whether a pod-selecting peer selects the pod.
-func (c *compilation) matchesPod(pp podPeer, pod *model.Pod) bool {
+// selectsPod reports whether a pod-selecting peer selects the pod.
+func (pp podPeer) selectsPod(u universe, pod *model.Pod) bool {
 	if pp.nsSelector == nil {
 		if pod.Namespace != pp.namespace {
 			return false
 		}
-	} else if !pp.nsSelector.Matches(c.namespaceLabels(pod.Namespace)) {
+	} else if !pp.nsSelector.Matches(u.namespaceLabels(pod.Namespace)) {
 		return false
 	}
 	return pp.podSelector == nil || pp.podSelector.Matches(labels.Set(pod.Labels))
 }
 
-// peerHas reports whether the peers match this pod's address ip.
-func (c *compilation) peerHas(s *peerSpec, pod *model.Pod, ip netip.Addr) bool {
-	fam := ruleset.IPv4
-	if ip.Is6() {
-		fam = ruleset.IPv6
-	}
-	if s.blocks[fam].contains(ip) {
-		return true
-	}
+// selectsPod reports whether one of the pod-selecting peers selects the pod.
+func (s *peerSpec) selectsPod(u universe, pod *model.Pod) bool {
 	for _, pp := range s.pods {
-		if c.matchesPod(pp, pod) {
+		if pp.selectsPod(u, pod) {
 			return true
 		}
 	}
 	return false
 }
 
-// podsOf returns the pods the pod-selecting peers may select: those of the policy's
-// namespace, or of the namespaces a namespace selector matches (a superset; callers
-// still check the pod selector). A pod may appear more than once.
-func (c *compilation) podsOf(peers []podPeer) []*model.Pod {
-	var out []*model.Pod
-	for _, pp := range peers {
-		if pp.nsSelector == nil {
-			out = append(out, c.byNS[pp.namespace]...)
-			continue
-		}
-		for _, ns := range c.nsNames {
-			if pp.nsSelector.Matches(c.namespaceLabels(ns)) {
-				out = append(out, c.byNS[ns]...)
-			}
-		}
+// has reports whether the peers match this pod's address ip.
+func (s *peerSpec) has(u universe, pod *model.Pod, ip netip.Addr) bool {
+	fam := ruleset.IPv4
+	if ip.Is6() {
+		fam = ruleset.IPv6
 	}
-	return out
+	return s.blocks[fam].contains(ip) || s.selectsPod(u, pod)
 }
 
-// candidates returns the pods whose addresses of the family the peers may match: every
-// pod when an ipBlock of that family is among the peers, else podsOf.
-func (c *compilation) candidates(s *peerSpec, fam ruleset.Family) []*model.Pod {
-	if len(s.blocks[fam]) > 0 {
-		return c.pods
+// eachNamespace calls fn once for every namespace whose pods the pod-selecting peers
+// may select (callers still check the pod selectors).
+func (s *peerSpec) eachNamespace(u universe, fn func(ns string)) {
+	all := false
+	fixed := map[string]bool{}
+	for _, pp := range s.pods {
+		if pp.nsSelector == nil {
+			fixed[pp.namespace] = true
+		} else {
+			all = true
+		}
 	}
-	return c.podsOf(s.pods)
+	if !all {
+		for ns := range fixed {
+			fn(ns)
+		}
+		return
+	}
+	u.eachNamespace(func(ns string) {
+		if fixed[ns] {
+			fn(ns)
+			return
+		}
+		l := u.namespaceLabels(ns)
+		for _, pp := range s.pods {
+			if pp.nsSelector != nil && pp.nsSelector.Matches(l) {
+				fn(ns)
+				return
+			}
+		}
+	})
 }
 
 // peerSets returns the sets holding the addresses of the family the peers match: a
@@ -226,22 +211,7 @@ func (c *compilation) peerSets(s *peerSpec, fam ruleset.Family, key ruleset.KeyT
 		name := "pods-" + shortHash(s.podKey) + "-" + suffix
 		if _, ok := c.sets[name]; !ok {
 			set := &ruleset.Set{Name: name, Key: []ruleset.KeyType{key}, Comment: truncate("pods "+s.podKey, ruleset.MaxCommentLen)}
-			seen := map[netip.Addr]bool{}
-			for _, pod := range c.podsOf(s.pods) {
-				for _, ip := range c.podIPs[pod] {
-					if ip.Is4() != (fam == ruleset.IPv4) || seen[ip] {
-						continue
-					}
-					for _, pp := range s.pods {
-						if c.matchesPod(pp, pod) {
-							seen[ip] = true
-							set.Elements = append(set.Elements, ruleset.Element{Key: []ruleset.Range{ruleset.Addr(ip)}})
-							break
-						}
-					}
-				}
-			}
-			c.sets[name] = set
+			c.addPodSet(set, newPeerPodSet(name, s, fam))
 		}
 		out = append(out, name)
 	}

@@ -150,6 +150,18 @@ func IPOwners(pods []*Pod) map[netip.Addr]*Pod {
 	return owners
 }
 
+// Owner returns the pod that owns an address the given eligible pods all claim (nil
+// when there are none), by the rule IPOwners applies.
+func Owner(claims []*Pod) *Pod {
+	var best *Pod
+	for _, p := range claims {
+		if best == nil || ownsBefore(p, best) {
+			best = p
+		}
+	}
+	return best
+}
+
 // ownsBefore reports whether p has the better claim to an IP than cur: a Running pod
 // over one that is not, then the first by namespace and name — independent of the
 // order pods are listed in.

@@ -76,6 +76,9 @@ func Diff(old, desired *Ruleset) *Changes {
 			ch.AddSets = append(ch.AddSets, s)
 			continue
 		}
+		if o == s {
+			continue // the same object: unchanged (rulesets are not modified once built)
+		}
 		if !o.SameDefinition(s) {
 			ch.NeedsReplace = true
 			return ch
@@ -112,7 +115,7 @@ func Diff(old, desired *Ruleset) *Changes {
 			ch.NeedsReplace = true
 			return ch
 		}
-		if !RulesEqual(o.Rules, c.Rules) {
+		if o != c && !RulesEqual(o.Rules, c.Rules) {
 			ch.RewriteChains = append(ch.RewriteChains, c)
 		}
 	}
@@ -159,6 +162,10 @@ func (r Rule) Equal(o Rule) bool {
 
 // RuleKey is the identity of a rule: its nft text, which covers every field.
 func RuleKey(r Rule) string { return FormatRule(r) }
+
+// DiffElements returns the elements to add and to delete to turn old into desired (an
+// element whose value changed is in both).
+func DiffElements(old, desired []Element) (add, del []Element) { return diffElements(old, desired) }
 
 func diffElements(old, desired []Element) (add, del []Element) {
 	oldByID := make(map[string]Element, len(old))

@@ -278,8 +278,22 @@ outer:
 }
 
 // SortElements orders elements by key so equal sets compare equal.
-func (s *Set) SortElements() {
-	sort.Slice(s.Elements, func(i, j int) bool { return lessKey(s.Elements[i].Key, s.Elements[j].Key) })
+func (s *Set) SortElements() { SortElements(s.Elements) }
+
+// SortElements sorts elements by key, the order Normalize puts a set's elements in.
+func SortElements(els []Element) {
+	sort.Slice(els, func(i, j int) bool { return lessKey(els[i].Key, els[j].Key) })
+}
+
+// CompareKeys orders element keys as SortElements does: -1, 0 or +1.
+func CompareKeys(a, b []Range) int {
+	switch {
+	case lessKey(a, b):
+		return -1
+	case lessKey(b, a):
+		return 1
+	}
+	return 0
 }
 
 func lessKey(a, b []Range) bool {

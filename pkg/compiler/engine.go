@@ -1,0 +1,546 @@
+package compiler
+
+import (
+	"net/netip"
+	"slices"
+	"sort"
+
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/nftpolicy/nftpolicy/pkg/model"
+	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
+)
+
+// Engine is the incremental compiler: it holds the cluster as a set of indexes, takes
+// changes one object at a time, and on Flush returns the same ruleset Compile would
+// build from the same state together with the changes from the ruleset of the previous
+// Flush. The cost of a change depends on the change, not on the size of the cluster:
+//
+//   - a pod change re-evaluates that pod (and any pod sharing one of its addresses)
+//     against each pod set of the ruleset, and patches the sets it enters or leaves;
+//   - a namespace change re-evaluates the pods of that namespace;
+//   - a change to a policy or to a pod of this node rebuilds the structure (chains,
+//     maps, the list of sets), which depends only on this node's pods and the policies
+//     of their namespaces; only the pod sets that are new are filled from the indexes.
+//
+// An Engine is not safe for concurrent use. It is pure like Compile: no kernel, no
+// API clients.
+type Engine struct {
+	opts Options
+	node string
+
+	pods       map[string]*model.Pod            // by key
+	byNS       map[string]map[string]*model.Pod // namespace → key → pod
+	claims     map[netip.Addr][]*model.Pod      // eligible pods claiming each address
+	local      map[string]*model.Pod            // pods of this node, by key
+	namespaces map[string]labels.Set            // labels, the name label included
+	policies   map[string]map[string]*enginePolicy // namespace → name → policy
+	polByNS    map[string][]*policy                // parsed, sorted by key
+	invalid    map[string][]Problem                // parse problems by policy key
+
+	// structure is the last compiled structure (pod sets empty); dirty asks for a new one.
+	structure *compilation
+	dirty     bool
+	// elems are the elements of each pod set, sorted as Normalize sorts them.
+	elems map[string][]ruleset.Element
+	// pending are the changes to pod sets since the last Flush.
+	pending map[string]*setDelta
+	out     *ruleset.Ruleset
+}
+
+type enginePolicy struct {
+	parsed   *policy
+	problems []Problem
+}
+
+// setDelta is the net change of one pod set: elements added and removed, by identity.
+type setDelta struct {
+	add, del map[string]ruleset.Element
+}
+
+// NewEngine returns an empty engine for the node.
+func NewEngine(node string, opts Options) *Engine {
+	return &Engine{
+		opts:       opts,
+		node:       node,
+		pods:       map[string]*model.Pod{},
+		byNS:       map[string]map[string]*model.Pod{},
+		claims:     map[netip.Addr][]*model.Pod{},
+		local:      map[string]*model.Pod{},
+		namespaces: map[string]labels.Set{},
+		policies:   map[string]map[string]*enginePolicy{},
+		polByNS:    map[string][]*policy{},
+		invalid:    map[string][]Problem{},
+		elems:      map[string][]ruleset.Element{},
+		pending:    map[string]*setDelta{},
+		dirty:      true,
+	}
+}
+
+// NewEngineFrom returns an engine holding the snapshot.
+func NewEngineFrom(snap *model.Snapshot, opts Options) *Engine {
+	e := NewEngine(snap.NodeName, opts)
+	for _, ns := range snap.Namespaces {
+		e.SetNamespace(ns)
+	}
+	for _, np := range snap.Policies {
+		e.SetPolicy(np)
+	}
+	for _, p := range snap.Pods {
+		e.SetPod(p)
+	}
+	return e
+}
+
+// SetPod adds or replaces a pod (keyed by namespace/name). The engine keeps p: the
+// caller must not modify it afterwards.
+func (e *Engine) SetPod(p *model.Pod) { e.changePods(p.Key(), p) }
+
+// DeletePod removes a pod; unknown keys are ignored.
+func (e *Engine) DeletePod(namespace, name string) { e.changePods(namespace+"/"+name, nil) }
+
+// changePods replaces the pod under key with p (nil: removes it). Every pod whose
+// contribution may change — the pod itself, and the pods claiming one of its old or
+// new addresses, whose ownership may move — is taken out of the pod sets before and
+// put back after.
+func (e *Engine) changePods(key string, p *model.Pod) {
+	old := e.pods[key]
+	if old == nil && p == nil {
+		return
+	}
+	affected := []*model.Pod{}
+	if old != nil {
+		affected = append(affected, old)
+	}
+	for _, x := range []*model.Pod{old, p} {
+		if x == nil {
+			continue
+		}
+		for _, ip := range x.IPs {
+			for _, c := range e.claims[ip] {
+				if c != old && !slices.Contains(affected, c) {
+					affected = append(affected, c)
+				}
+			}
+		}
+	}
+	if (old != nil && old.NodeName == e.node) || (p != nil && p.NodeName == e.node) {
+		e.dirty = true
+	}
+	for _, a := range affected {
+		e.contribute(a, false)
+	}
+	if old != nil {
+		e.removePod(old)
+	}
+	if p != nil {
+		e.addPod(p)
+	}
+	for _, a := range affected {
+		if a != old {
+			e.contribute(a, true)
+		}
+	}
+	if p != nil {
+		e.contribute(p, true)
+	}
+	// A change of ownership of a local pod's address changes the dispatch maps.
+	for _, a := range affected {
+		if a.NodeName == e.node {
+			e.dirty = true
+		}
+	}
+}
+
+func (e *Engine) addPod(p *model.Pod) {
+	key := p.Key()
+	e.pods[key] = p
+	if e.byNS[p.Namespace] == nil {
+		e.byNS[p.Namespace] = map[string]*model.Pod{}
+	}
+	e.byNS[p.Namespace][key] = p
+	if p.NodeName == e.node {
+		e.local[key] = p
+	}
+	if p.Eligible() {
+		for _, ip := range p.IPs {
+			e.claims[ip] = append(e.claims[ip], p)
+		}
+	}
+}
+
+func (e *Engine) removePod(p *model.Pod) {
+	key := p.Key()
+	delete(e.pods, key)
+	delete(e.byNS[p.Namespace], key)
+	if len(e.byNS[p.Namespace]) == 0 {
+		delete(e.byNS, p.Namespace)
+	}
+	delete(e.local, key)
+	for _, ip := range p.IPs {
+		cs := slices.DeleteFunc(e.claims[ip], func(c *model.Pod) bool { return c == p })
+		if len(cs) == 0 {
+			delete(e.claims, ip)
+		} else {
+			e.claims[ip] = cs
+		}
+	}
+}
+
+// contribute adds (or removes) the elements pod contributes to every pod set.
+func (e *Engine) contribute(pod *model.Pod, add bool) {
+	if e.structure == nil {
+		return // nothing compiled yet: the first Flush fills every set
+	}
+	ips := e.ownedIPs(pod)
+	if len(ips) == 0 {
+		return
+	}
+	var buf []ruleset.Element
+	for name, ps := range e.structure.podSets {
+		buf = ps.contribute(e, pod, ips, buf[:0])
+		for _, el := range buf {
+			e.delta(name).record(el, add)
+		}
+	}
+}
+
+func (e *Engine) delta(set string) *setDelta {
+	d := e.pending[set]
+	if d == nil {
+		d = &setDelta{add: map[string]ruleset.Element{}, del: map[string]ruleset.Element{}}
+		e.pending[set] = d
+	}
+	return d
+}
+
+// record notes that el enters (add) or leaves the set; an element that leaves and
+// comes back within one Flush is no change at all.
+func (d *setDelta) record(el ruleset.Element, add bool) {
+	id := el.Identity()
+	if add {
+		if _, ok := d.del[id]; ok {
+			delete(d.del, id)
+			return
+		}
+		d.add[id] = el
+		return
+	}
+	if _, ok := d.add[id]; ok {
+		delete(d.add, id)
+		return
+	}
+	d.del[id] = el
+}
+
+// SetNamespace adds or replaces a namespace.
+func (e *Engine) SetNamespace(ns *model.Namespace) {
+	e.changeNamespace(ns.Name, nsLabels(ns.Name, ns))
+}
+
+// DeleteNamespace removes a namespace; its pods still match selectors on its name.
+func (e *Engine) DeleteNamespace(name string) { e.changeNamespace(name, nil) }
+
+func (e *Engine) changeNamespace(name string, l labels.Set) {
+	old, had := e.namespaces[name]
+	if had && l != nil && labels.Equals(old, l) {
+		return
+	}
+	pods := e.byNS[name]
+	for _, p := range pods {
+		e.contribute(p, false)
+	}
+	if l == nil {
+		delete(e.namespaces, name)
+	} else {
+		e.namespaces[name] = l
+	}
+	for _, p := range pods {
+		e.contribute(p, true)
+	}
+}
+
+// SetPolicy adds or replaces a NetworkPolicy. The engine keeps np: the caller must not
+// modify it afterwards.
+func (e *Engine) SetPolicy(np *networkingv1.NetworkPolicy) {
+	parsed, problems := parsePolicy(np)
+	if e.policies[np.Namespace] == nil {
+		e.policies[np.Namespace] = map[string]*enginePolicy{}
+	}
+	e.policies[np.Namespace][np.Name] = &enginePolicy{parsed: parsed, problems: problems}
+	if key := np.Namespace + "/" + np.Name; len(problems) > 0 {
+		e.invalid[key] = problems
+	} else {
+		delete(e.invalid, key)
+	}
+	e.reindexPolicies(np.Namespace)
+}
+
+// DeletePolicy removes a NetworkPolicy; unknown keys are ignored.
+func (e *Engine) DeletePolicy(namespace, name string) {
+	if _, ok := e.policies[namespace][name]; !ok {
+		return
+	}
+	delete(e.policies[namespace], name)
+	delete(e.invalid, namespace+"/"+name)
+	if len(e.policies[namespace]) == 0 {
+		delete(e.policies, namespace)
+	}
+	e.reindexPolicies(namespace)
+}
+
+func (e *Engine) reindexPolicies(ns string) {
+	var ps []*policy
+	for _, p := range e.policies[ns] {
+		if p.parsed != nil {
+			ps = append(ps, p.parsed)
+		}
+	}
+	sortPolicies(ps)
+	if len(ps) == 0 {
+		delete(e.polByNS, ns)
+	} else {
+		e.polByNS[ns] = ps
+	}
+	// Policies of namespaces without local pods cannot change this node's ruleset.
+	if e.hasLocalPodsIn(ns) {
+		e.dirty = true
+	}
+}
+
+func (e *Engine) hasLocalPodsIn(ns string) bool {
+	for _, p := range e.byNS[ns] {
+		if p.NodeName == e.node {
+			return true
+		}
+	}
+	return false
+}
+
+// Flush returns the ruleset for the current state and the changes from the ruleset of
+// the previous Flush (NeedsReplace on the first). The returned ruleset is normalized
+// and never modified afterwards: the next Flush builds new objects for whatever
+// changes and shares the rest.
+func (e *Engine) Flush() (*Result, *ruleset.Changes) {
+	prev := e.structure
+	if e.dirty || prev == nil {
+		c := newCompilation(e, e.opts)
+		if prev != nil {
+			c.prevFragments = prev.fragments
+		}
+		c.run()
+		e.structure, e.dirty = c, false
+	}
+	cur := e.structure
+	ch := &ruleset.Changes{AddElements: map[string][]ruleset.Element{}, DelElements: map[string][]ruleset.Element{}}
+	if prev != cur && prev != nil {
+		ch = ruleset.Diff(structureRuleset(prev), structureRuleset(cur))
+		// The structure diff sees pod sets empty; new ones are added filled below.
+		ch.AddSets = slices.DeleteFunc(ch.AddSets, func(s *ruleset.Set) bool { return cur.podSets[s.Name] != nil })
+	}
+	prevSets := map[string]*ruleset.Set{}
+	if e.out != nil {
+		for _, s := range e.out.Sets {
+			prevSets[s.Name] = s
+		}
+	}
+
+	rs := &ruleset.Ruleset{Table: cur.table}
+	for name, s := range cur.sets {
+		ps := cur.podSets[name]
+		if ps == nil {
+			rs.Sets = append(rs.Sets, s)
+			continue
+		}
+		old := prevSets[name]
+		var was *podSet
+		if prev != nil {
+			was = prev.podSets[name]
+		}
+		set := *s // the structure's own set object stays empty
+		if was == nil || old == nil || was.key != ps.key {
+			// New, or its membership means something else now: fill it from the indexes.
+			set.Elements = ps.fill(e)
+			ruleset.SortElements(set.Elements)
+			e.elems[name] = set.Elements
+			switch {
+			case old == nil:
+				ch.AddSets = append(ch.AddSets, &set)
+			case !old.SameDefinition(&set):
+				ch.NeedsReplace = true
+			default:
+				add, del := ruleset.DiffElements(old.Elements, set.Elements)
+				if len(add) > 0 {
+					ch.AddElements[name] = add
+				}
+				if len(del) > 0 {
+					ch.DelElements[name] = del
+				}
+			}
+			rs.Sets = append(rs.Sets, &set)
+			continue
+		}
+		d := e.pending[name]
+		if d == nil || d.empty() {
+			if prev == cur {
+				rs.Sets = append(rs.Sets, old) // nothing about it changed
+				continue
+			}
+			set.Elements = e.elems[name]
+			rs.Sets = append(rs.Sets, &set)
+			continue
+		}
+		add, del := d.sorted()
+		set.Elements = patchElements(e.elems[name], add, del)
+		e.elems[name] = set.Elements
+		rs.Sets = append(rs.Sets, &set)
+		if len(add) > 0 {
+			ch.AddElements[name] = add
+		}
+		if len(del) > 0 {
+			ch.DelElements[name] = del
+		}
+	}
+	// Pod sets the structure no longer has are deleted by the structure diff.
+	for name := range e.elems {
+		if cur.podSets[name] == nil {
+			delete(e.elems, name)
+		}
+	}
+	clear(e.pending)
+	for _, c := range cur.chains {
+		rs.Chains = append(rs.Chains, c)
+	}
+	sort.Slice(rs.Chains, func(i, j int) bool { return rs.Chains[i].Name < rs.Chains[j].Name })
+	sort.Slice(rs.Sets, func(i, j int) bool { return rs.Sets[i].Name < rs.Sets[j].Name })
+	if e.out == nil {
+		ch = &ruleset.Changes{NeedsReplace: true}
+	}
+	e.out = rs
+	return &Result{Ruleset: rs, Problems: e.problems(cur)}, ch
+}
+
+// structureRuleset is a compiled structure as a ruleset, pod sets without elements.
+func structureRuleset(c *compilation) *ruleset.Ruleset {
+	rs := &ruleset.Ruleset{Table: c.table}
+	for name, s := range c.sets {
+		if ps := c.podSets[name]; ps != nil {
+			// One empty copy per pod set, so that the diff sees the same object.
+			if ps.empty == nil {
+				empty := *s
+				empty.Elements = nil
+				ps.empty = &empty
+			}
+			s = ps.empty
+		}
+		rs.Sets = append(rs.Sets, s)
+	}
+	for _, ch := range c.chains {
+		rs.Chains = append(rs.Chains, ch)
+	}
+	rs.Normalize()
+	return rs
+}
+
+func (e *Engine) problems(c *compilation) []Problem {
+	var out []Problem
+	for _, ps := range e.invalid {
+		out = append(out, ps...)
+	}
+	return append(out, c.problems...)
+}
+
+func (d *setDelta) empty() bool { return len(d.add) == 0 && len(d.del) == 0 }
+
+func (d *setDelta) sorted() (add, del []ruleset.Element) {
+	for _, el := range d.add {
+		add = append(add, el)
+	}
+	for _, el := range d.del {
+		del = append(del, el)
+	}
+	ruleset.SortElements(add)
+	ruleset.SortElements(del)
+	return add, del
+}
+
+// patchElements returns a new sorted list: cur without del, with add. cur is not
+// modified (the previous ruleset still shares it).
+func patchElements(cur, add, del []ruleset.Element) []ruleset.Element {
+	out := make([]ruleset.Element, 0, len(cur)+len(add)-len(del))
+	drop := make(map[string]bool, len(del))
+	for _, el := range del {
+		drop[el.Identity()] = true
+	}
+	i := 0
+	for _, el := range cur {
+		if len(drop) > 0 && drop[el.Identity()] {
+			continue
+		}
+		for i < len(add) && ruleset.CompareKeys(add[i].Key, el.Key) < 0 {
+			out = append(out, add[i])
+			i++
+		}
+		if i < len(add) && ruleset.CompareKeys(add[i].Key, el.Key) == 0 {
+			continue // already there (cannot happen when the bookkeeping is right)
+		}
+		out = append(out, el)
+	}
+	return append(out, add[i:]...)
+}
+
+// The engine is its own universe.
+
+func (e *Engine) nodeName() string { return e.node }
+
+func (e *Engine) localPods() []*model.Pod {
+	var out []*model.Pod
+	for _, p := range e.local {
+		if len(e.ownedIPs(p)) > 0 {
+			out = append(out, p)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return model.Less(out[i], out[j]) })
+	return out
+}
+
+func (e *Engine) ownedIPs(p *model.Pod) []netip.Addr {
+	if !p.Eligible() {
+		return nil
+	}
+	var out []netip.Addr
+	for _, ip := range p.IPs {
+		if model.Owner(e.claims[ip]) == p {
+			out = append(out, ip)
+		}
+	}
+	return out
+}
+
+func (e *Engine) policiesIn(ns string) []*policy { return e.polByNS[ns] }
+
+func (e *Engine) namespaceLabels(name string) labels.Set {
+	if l, ok := e.namespaces[name]; ok {
+		return l
+	}
+	return labels.Set{NamespaceNameLabel: name}
+}
+
+func (e *Engine) eachNamespace(fn func(string)) {
+	for ns := range e.byNS {
+		fn(ns)
+	}
+}
+
+func (e *Engine) eachPodIn(ns string, fn func(*model.Pod)) {
+	for _, p := range e.byNS[ns] {
+		fn(p)
+	}
+}
+
+func (e *Engine) eachPod(fn func(*model.Pod)) {
+	for _, p := range e.pods {
+		fn(p)
+	}
+}

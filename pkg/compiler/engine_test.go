@@ -1,0 +1,268 @@
+package compiler
+
+import (
+	"fmt"
+	"math/rand"
+	"net/netip"
+	"sort"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/nftpolicy/nftpolicy/pkg/model"
+	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
+)
+
+// randomWorld drives the Engine and a plain snapshot through the same random events.
+type randomWorld struct {
+	r          *rand.Rand
+	pods       map[string]*model.Pod
+	namespaces map[string]*model.Namespace
+	policies   map[string]*networkingv1.NetworkPolicy
+}
+
+var (
+	rwNamespaces = []string{"a", "b", "c", "d"}
+	rwNodes      = []string{"node-0", "node-1"}
+)
+
+func (w *randomWorld) pick(xs ...string) string { return xs[w.r.Intn(len(xs))] }
+
+func (w *randomWorld) labels() map[string]string {
+	l := map[string]string{}
+	if w.r.Intn(4) > 0 {
+		l["app"] = w.pick("web", "db", "cache")
+	}
+	if w.r.Intn(2) == 0 {
+		l["tier"] = w.pick("1", "2")
+	}
+	return l
+}
+
+func (w *randomWorld) pod() *model.Pod {
+	p := &model.Pod{Namespace: w.pick(rwNamespaces...), Name: fmt.Sprintf("p%d", w.r.Intn(12)),
+		NodeName: w.pick(rwNodes...), Labels: w.labels(), Phase: corev1.PodRunning}
+	// Few addresses, so that pods often claim the same one (IP reuse).
+	p.IPs = []netip.Addr{netip.AddrFrom4([4]byte{10, 0, 0, byte(w.r.Intn(10))})}
+	if w.r.Intn(3) == 0 {
+		p.IPs = append(p.IPs, netip.MustParseAddr(fmt.Sprintf("fd00::%d", w.r.Intn(10))))
+	}
+	switch w.r.Intn(8) {
+	case 0:
+		p.Phase = corev1.PodSucceeded
+	case 1:
+		p.Phase = corev1.PodPending
+	case 2:
+		p.HostNetwork = true
+	case 3:
+		p.IPs = nil
+	}
+	if w.r.Intn(2) == 0 {
+		p.Ports = append(p.Ports, model.NamedPort{Name: "http", Protocol: corev1.ProtocolTCP, Port: int32(8080 + w.r.Intn(2))})
+	}
+	if w.r.Intn(3) == 0 {
+		p.Ports = append(p.Ports, model.NamedPort{Name: "dns", Protocol: corev1.ProtocolUDP, Port: 53})
+	}
+	return p
+}
+
+func (w *randomWorld) selector() *metav1.LabelSelector {
+	switch w.r.Intn(4) {
+	case 0:
+		return &metav1.LabelSelector{}
+	case 1:
+		return &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
+			{Key: "tier", Operator: metav1.LabelSelectorOpIn, Values: []string{"1", "2"}}}}
+	}
+	return &metav1.LabelSelector{MatchLabels: w.labels()}
+}
+
+func (w *randomWorld) peers() []networkingv1.NetworkPolicyPeer {
+	var out []networkingv1.NetworkPolicyPeer
+	for range w.r.Intn(3) {
+		switch w.r.Intn(4) {
+		case 0:
+			out = append(out, networkingv1.NetworkPolicyPeer{PodSelector: w.selector()})
+		case 1:
+			out = append(out, networkingv1.NetworkPolicyPeer{NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": w.pick("x", "y")}}})
+		case 2:
+			out = append(out, networkingv1.NetworkPolicyPeer{NamespaceSelector: w.selector(), PodSelector: w.selector()})
+		default:
+			out = append(out, networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: w.pick("10.0.0.0/29", "fd00::/120", "0.0.0.0/0"), Except: []string{"10.0.0.4/31"}}})
+		}
+	}
+	return out
+}
+
+func (w *randomWorld) ports() []networkingv1.NetworkPolicyPort {
+	var out []networkingv1.NetworkPolicyPort
+	tcp, udp := corev1.ProtocolTCP, corev1.ProtocolUDP
+	for range w.r.Intn(3) {
+		switch w.r.Intn(3) {
+		case 0:
+			p := intstr.FromString("http")
+			out = append(out, networkingv1.NetworkPolicyPort{Protocol: &tcp, Port: &p})
+		case 1:
+			p := intstr.FromString("dns")
+			out = append(out, networkingv1.NetworkPolicyPort{Protocol: &udp, Port: &p})
+		default:
+			p := intstr.FromInt32(int32(80 + w.r.Intn(3)))
+			out = append(out, networkingv1.NetworkPolicyPort{Protocol: &tcp, Port: &p})
+		}
+	}
+	return out
+}
+
+func (w *randomWorld) policy() *networkingv1.NetworkPolicy {
+	np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: w.pick(rwNamespaces...), Name: fmt.Sprintf("np%d", w.r.Intn(5))}}
+	np.Spec.PodSelector = *w.selector()
+	for range w.r.Intn(3) {
+		np.Spec.Ingress = append(np.Spec.Ingress, networkingv1.NetworkPolicyIngressRule{From: w.peers(), Ports: w.ports()})
+	}
+	for range w.r.Intn(3) {
+		np.Spec.Egress = append(np.Spec.Egress, networkingv1.NetworkPolicyEgressRule{To: w.peers(), Ports: w.ports()})
+	}
+	if w.r.Intn(3) == 0 {
+		np.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress}
+	}
+	if w.r.Intn(20) == 0 {
+		np.Spec.PodSelector.MatchExpressions = []metav1.LabelSelectorRequirement{{Key: "app", Operator: "Bogus"}}
+	}
+	return np
+}
+
+func (w *randomWorld) snapshot(node string) *model.Snapshot {
+	snap := &model.Snapshot{NodeName: node, Namespaces: map[string]*model.Namespace{}}
+	for _, p := range w.pods {
+		snap.Pods = append(snap.Pods, p)
+	}
+	sort.Slice(snap.Pods, func(i, j int) bool { return model.Less(snap.Pods[i], snap.Pods[j]) })
+	for k, ns := range w.namespaces {
+		snap.Namespaces[k] = ns
+	}
+	for _, np := range w.policies {
+		snap.Policies = append(snap.Policies, np)
+	}
+	return snap
+}
+
+// step applies one random event to the world and the engine.
+func (w *randomWorld) step(e *Engine) string {
+	switch n := w.r.Intn(10); {
+	case n < 5:
+		p := w.pod()
+		w.pods[p.Key()] = p
+		e.SetPod(p)
+		return "set pod " + p.Key()
+	case n < 6:
+		p := w.pod()
+		delete(w.pods, p.Key())
+		e.DeletePod(p.Namespace, p.Name)
+		return "delete pod " + p.Key()
+	case n < 7:
+		name := w.pick(rwNamespaces...)
+		if w.r.Intn(4) == 0 {
+			delete(w.namespaces, name)
+			e.DeleteNamespace(name)
+			return "delete namespace " + name
+		}
+		ns := &model.Namespace{Name: name, Labels: map[string]string{"team": w.pick("x", "y", "z")}}
+		w.namespaces[name] = ns
+		e.SetNamespace(ns)
+		return "set namespace " + name
+	case n < 9:
+		np := w.policy()
+		w.policies[np.Namespace+"/"+np.Name] = np
+		e.SetPolicy(np)
+		return "set policy " + np.Namespace + "/" + np.Name
+	default:
+		np := w.policy()
+		delete(w.policies, np.Namespace+"/"+np.Name)
+		e.DeletePolicy(np.Namespace, np.Name)
+		return "delete policy " + np.Namespace + "/" + np.Name
+	}
+}
+
+func problemStrings(ps []Problem) []string {
+	var out []string
+	for _, p := range ps {
+		out = append(out, p.Error())
+	}
+	sort.Strings(out)
+	return out
+}
+
+// TestEngineMatchesCompile: after any sequence of changes the engine's ruleset is
+// Compile's for the same state, and its changes turn the previous ruleset into it.
+func TestEngineMatchesCompile(t *testing.T) {
+	for seed := int64(1); seed <= 60; seed++ {
+		w := &randomWorld{r: rand.New(rand.NewSource(seed)), pods: map[string]*model.Pod{},
+			namespaces: map[string]*model.Namespace{}, policies: map[string]*networkingv1.NetworkPolicy{}}
+		opts := Options{Revocation: seed%2 == 0}
+		e := NewEngine("node-0", opts)
+		var prev *ruleset.Ruleset
+		var log []string
+		for i := 0; i < 150; i++ {
+			log = append(log, w.step(e))
+			if w.r.Intn(3) > 0 {
+				continue
+			}
+			res, ch := e.Flush()
+			want := Compile(w.snapshot("node-0"), opts)
+			if d := ruleset.Diff(want.Ruleset, res.Ruleset); !d.Empty() {
+				t.Fatalf("seed %d after %v:\nengine:\n%s\ncompile:\n%s", seed, log, ruleset.Render(res.Ruleset), ruleset.Render(want.Ruleset))
+			}
+			if err := res.Ruleset.Validate(); err != nil {
+				t.Fatalf("seed %d: invalid ruleset: %v", seed, err)
+			}
+			if got, exp := problemStrings(res.Problems), problemStrings(want.Problems); fmt.Sprint(got) != fmt.Sprint(exp) {
+				t.Fatalf("seed %d: problems\n%v\nwant\n%v", seed, got, exp)
+			}
+			if prev != nil && !ch.NeedsReplace {
+				applied := ch.Apply(prev, res.Ruleset)
+				if d := ruleset.Diff(applied, res.Ruleset); !d.Empty() {
+					t.Fatalf("seed %d after %v: changes do not lead to the ruleset:\napplied:\n%s\nwant:\n%s", seed, log, ruleset.Render(applied), ruleset.Render(res.Ruleset))
+				}
+			}
+			if prev == nil && !ch.NeedsReplace {
+				t.Fatalf("seed %d: first flush must replace the table", seed)
+			}
+			prev = res.Ruleset
+			log = nil
+		}
+	}
+}
+
+// TestEngineChangesAreSmall: one pod or namespace change is a handful of element
+// operations, whatever the size of the cluster.
+func TestEngineChangesAreSmall(t *testing.T) {
+	snap := synthetic(5000, 500, 50)
+	e := NewEngineFrom(snap, Options{})
+	if _, ch := e.Flush(); !ch.NeedsReplace {
+		t.Fatal("first flush must replace")
+	}
+	p := *snap.Pods[0] // node-0's pod
+	p.Labels = map[string]string{"app": "app-1", "tier": "tier-2"}
+	e.SetPod(&p)
+	res, ch := e.Flush()
+	if ch.NeedsReplace || ch.Ops() > 40 {
+		t.Fatalf("relabelling a local pod: %d ops (replace %v)", ch.Ops(), ch.NeedsReplace)
+	}
+	remote := *snap.Pods[1]
+	remote.Name = "new"
+	remote.IPs = []netip.Addr{netip.MustParseAddr("10.200.0.1")}
+	e.SetPod(&remote)
+	_, ch = e.Flush()
+	if ch.NeedsReplace || len(ch.AddChains)+len(ch.RewriteChains)+len(ch.AddSets) > 0 || ch.Ops() == 0 || ch.Ops() > 10 {
+		t.Fatalf("adding a remote pod: %+v", ch)
+	}
+	want := Compile(&model.Snapshot{NodeName: snap.NodeName, Namespaces: snap.Namespaces, Policies: snap.Policies,
+		Pods: append(append([]*model.Pod{&p}, snap.Pods[1:]...), &remote)}, Options{})
+	_ = res
+	if d := ruleset.Diff(want.Ruleset, e.out); !d.Empty() {
+		t.Fatalf("engine differs from compile: %d ops", d.Ops())
+	}
+}

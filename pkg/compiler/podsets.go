@@ -1,0 +1,142 @@
+package compiler
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/nftpolicy/nftpolicy/pkg/model"
+	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
+)
+
+// podSetKind tells what a pod set holds.
+type podSetKind int
+
+const (
+	// podsOfPeers: the addresses of the pods a rule's pod-selecting peers select.
+	podsOfPeers podSetKind = iota
+	// namedIngress: `address . proto . port` of the local pods a policy selects,
+	// for the named ports of an ingress rule.
+	namedIngress
+	// namedEgress: `address . proto . port` of the peer pods of an egress rule (every
+	// pod when the rule has no peers), for its named ports.
+	namedEgress
+)
+
+// podSet is a set whose elements come from pods, each pod contributing its own: the
+// addresses a pod owns belong to it alone (model.IPOwners), so the contributions of
+// two pods never share an element. That is what lets the Engine keep these sets up to
+// date pod by pod, and what Compile uses to fill them all at once.
+type podSet struct {
+	name string
+	// key describes the membership completely: two pod sets with the same name and key
+	// hold the same elements in the same cluster.
+	key    string
+	kind   podSetKind
+	fam    ruleset.Family
+	peer   *peerSpec // podsOfPeers, namedEgress (nil: every pod)
+	pol    *policy   // namedIngress
+	named  []namedPort
+	node   string // namedIngress: the local node
+	keyTyp []ruleset.KeyType
+	empty  *ruleset.Set // the set without elements, as the Engine's structure diff sees it
+}
+
+func newPeerPodSet(name string, peer *peerSpec, fam ruleset.Family) *podSet {
+	return &podSet{name: name, key: fmt.Sprintf("pods %d %s", fam, peer.podKey), kind: podsOfPeers, fam: fam, peer: peer}
+}
+
+func newNamedPodSet(name string, p *policy, dir Direction, node string, peer *peerSpec, named []namedPort, fam ruleset.Family) *podSet {
+	var key strings.Builder
+	fmt.Fprintf(&key, "named %d %s", fam, dir)
+	for _, n := range named {
+		fmt.Fprintf(&key, " %s/%s", n.name, n.proto)
+	}
+	ps := &podSet{name: name, kind: namedEgress, fam: fam, named: named}
+	if dir == Ingress {
+		ps.kind, ps.pol, ps.node = namedIngress, p, node
+		fmt.Fprintf(&key, " selected %s %s on %s", p.np.Namespace, p.selector.String(), node)
+	} else if peer != nil {
+		ps.peer = peer
+		fmt.Fprintf(&key, " peers %s %s", peer.podKey, peer.cidrKey)
+	}
+	ps.key = key.String()
+	return ps
+}
+
+// contribute appends the elements pod adds to the set when it owns ips; u supplies the
+// namespace labels peers select on.
+func (ps *podSet) contribute(u universe, pod *model.Pod, ips []netip.Addr, out []ruleset.Element) []ruleset.Element {
+	switch ps.kind {
+	case podsOfPeers:
+		matched := false
+		for _, ip := range ips {
+			if ip.Is4() != (ps.fam == ruleset.IPv4) {
+				continue
+			}
+			if !matched {
+				if !ps.peer.selectsPod(u, pod) {
+					return out
+				}
+				matched = true
+			}
+			out = append(out, ruleset.Element{Key: []ruleset.Range{ruleset.Addr(ip)}})
+		}
+	case namedIngress:
+		if pod.NodeName != ps.node || pod.Namespace != ps.pol.np.Namespace || !ps.pol.selector.Matches(labels.Set(pod.Labels)) {
+			return out
+		}
+		out = ps.namedElements(u, pod, ips, out)
+	case namedEgress:
+		out = ps.namedElements(u, pod, ips, out)
+	}
+	return out
+}
+
+func (ps *podSet) namedElements(u universe, pod *model.Pod, ips []netip.Addr, out []ruleset.Element) []ruleset.Element {
+	first := len(out)
+	for _, ip := range ips {
+		if ip.Is4() != (ps.fam == ruleset.IPv4) {
+			continue
+		}
+		if ps.kind == namedEgress && ps.peer != nil && !ps.peer.has(u, pod, ip) {
+			continue
+		}
+	ports:
+		for _, np := range ps.named {
+			port, ok := pod.ResolvePort(np.name, np.proto)
+			if !ok {
+				continue
+			}
+			e := ruleset.Element{Key: []ruleset.Range{ruleset.Addr(ip), ruleset.Proto(np.num), ruleset.PortRange(uint16(port), uint16(port))}}
+			// Two port names may resolve to the same port: one element.
+			for _, o := range out[first:] {
+				if o.Equal(e) {
+					continue ports
+				}
+			}
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// fill computes the set's elements from every pod that can contribute.
+func (ps *podSet) fill(u universe) []ruleset.Element {
+	var out []ruleset.Element
+	visit := func(p *model.Pod) { out = ps.contribute(u, p, u.ownedIPs(p), out) }
+	switch {
+	case ps.kind == namedIngress:
+		for _, p := range u.localPods() {
+			visit(p)
+		}
+	case ps.peer == nil || len(ps.peer.blocks[ps.fam]) > 0:
+		// Egress named ports to anywhere, or to ipBlocks that may hold any pod.
+		u.eachPod(visit)
+	default:
+		ps.peer.eachNamespace(u, func(ns string) { u.eachPodIn(ns, visit) })
+	}
+	return out
+}
