@@ -10,21 +10,21 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
+	fakeclient "sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 
 	"github.com/go-logr/logr"
 
 	"github.com/nftpolicy/nftpolicy/pkg/compiler"
-	"github.com/nftpolicy/nftpolicy/pkg/model"
 )
 
 func TestReportEmitsOneEventPerDistinctProblem(t *testing.T) {
 	rec := events.NewFakeRecorder(10)
-	s := &Syncer{Recorder: rec, Log: logr.Discard(), NodeName: "n1"}
-	snap := &model.Snapshot{Policies: []*networkingv1.NetworkPolicy{{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "bad", UID: "u1"}}}}
+	np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "bad", UID: "u1"}}
+	s := &Syncer{Recorder: rec, Log: logr.Discard(), NodeName: "n1", Client: fakeclient.NewClientBuilder().WithObjects(np).Build()}
 	p := compiler.Problem{Kind: "NetworkPolicy", Namespace: "x", Name: "bad", Field: "spec.ingress[0].from[0].ipBlock", Err: errors.New(`cidr "nope": invalid`)}
-	s.report(snap, []compiler.Problem{p})
-	s.report(snap, []compiler.Problem{p}) // same problem on the next sync: no new Event
+	s.report([]compiler.Problem{p})
+	s.report([]compiler.Problem{p}) // same problem on the next sync: no new Event
 	if got := len(rec.Events); got != 1 {
 		t.Fatalf("got %d events, want 1", got)
 	}
@@ -35,8 +35,8 @@ func TestReportEmitsOneEventPerDistinctProblem(t *testing.T) {
 		}
 	}
 	// Once fixed and broken again, it is reported again.
-	s.report(snap, nil)
-	s.report(snap, []compiler.Problem{p})
+	s.report(nil)
+	s.report([]compiler.Problem{p})
 	if got := len(rec.Events); got != 1 {
 		t.Fatalf("got %d events after recurrence, want 1", got)
 	}

@@ -86,6 +86,13 @@ var _ = BeforeSuite(func() {
 })
 
 var _ = AfterSuite(func() {
+	if dp != nil {
+		// The incremental path carried most syncs, and every one of its changes led
+		// exactly to the ruleset a full compile gives (the fake checks each).
+		patches, mismatched := dp.PatchCounts()
+		Expect(patches).To(BeNumerically(">", 0), "no sync took the incremental path")
+		Expect(mismatched).To(BeZero(), "incremental changes that did not produce the desired ruleset")
+	}
 	if cancel != nil {
 		cancel()
 	}

@@ -19,7 +19,9 @@ import (
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -48,13 +50,21 @@ type FlowTable interface {
 var syncRequest = reconcile.Request{NamespacedName: types.NamespacedName{Name: "sync"}}
 
 // Syncer keeps the node's nftables table in step with the cluster.
+//
+// Event handlers note which objects changed and enqueue one sync; the sync reads just
+// those objects from the cache and feeds them to the incremental compiler
+// (compiler.Engine), which returns the new ruleset and the changes from the previous
+// one; the dataplane sends only those. So a sync costs what the change costs, not what
+// the cluster costs. The first sync, and one every ResyncPeriod, rebuild the engine
+// from a full read of the cache and compare the kernel with it (drift repair).
 type Syncer struct {
 	Client    client.Reader
 	Dataplane dataplane.Dataplane
 	NodeName  string
 	// Table is the nftables table name (compiler default when empty).
 	Table string
-	// ResyncPeriod is how often the kernel is read back and drift repaired (0: never).
+	// ResyncPeriod is how often the kernel is read back and drift repaired, and the
+	// compiled state rebuilt from the whole cache (0: never).
 	ResyncPeriod time.Duration
 	// Flows, when set, is the node's conntrack table: after every ruleset change the
 	// established flows the new ruleset denies are marked revoked and dropped, so
@@ -69,28 +79,88 @@ type Syncer struct {
 
 	ready atomic.Bool
 	mu    sync.Mutex
-	// pods memoizes the model of each pod by UID and resourceVersion: converting every
-	// pod on every sync would cost tens of milliseconds at 50k pods.
+	// pods memoizes the model of each pod by UID and resourceVersion for the full
+	// rebuilds: converting every pod again would cost tens of milliseconds at 50k pods.
 	pods       map[string]*cachedPod
 	generation uint64
 	lastVerify time.Time
 	reported   map[string]bool // problems already reported as Events
+
+	// engine is the incremental compiler (nil until the first sync); out the ruleset of
+	// its last Flush, the base of the changes of the next.
+	engine *compiler.Engine
+	out    *ruleset.Ruleset
+	// dirty are the objects changed since the last sync (guarded by dirtyMu: event
+	// handlers run concurrently with a sync).
+	dirtyMu sync.Mutex
+	dirty   map[dirtyKey]bool
+}
+
+type objectKind int
+
+const (
+	kindPod objectKind = iota
+	kindNamespace
+	kindPolicy
+)
+
+type dirtyKey struct {
+	kind            objectKind
+	namespace, name string
 }
 
 // SetupWithManager registers the watches. Only the cache is read; nothing is written
 // to the API server except Events.
 func (s *Syncer) SetupWithManager(mgr ctrl.Manager) error {
-	toSync := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
-		return []reconcile.Request{syncRequest}
-	})
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("nftpolicy").
-		Watches(&networkingv1.NetworkPolicy{}, toSync).
-		Watches(&corev1.Pod{}, toSync, builder.WithPredicates(predicate.Funcs{UpdateFunc: podUpdateMatters})).
-		Watches(&corev1.Namespace{}, toSync, builder.WithPredicates(predicate.Funcs{UpdateFunc: namespaceUpdateMatters})).
-		// One worker: syncs are whole-ruleset and must not overlap.
+		Watches(&networkingv1.NetworkPolicy{}, s.track(kindPolicy)).
+		Watches(&corev1.Pod{}, s.track(kindPod), builder.WithPredicates(predicate.Funcs{UpdateFunc: podUpdateMatters})).
+		Watches(&corev1.Namespace{}, s.track(kindNamespace), builder.WithPredicates(predicate.Funcs{UpdateFunc: namespaceUpdateMatters})).
+		// One worker: the engine and the table are one state.
 		WithOptions(controller.Options{MaxConcurrentReconciles: 1}).
 		Complete(s)
+}
+
+// track returns the event handler of one kind of object: it notes the object as
+// changed and enqueues the one sync request, which the workqueue deduplicates, so a
+// burst of events becomes one sync.
+func (s *Syncer) track(kind objectKind) handler.EventHandler {
+	mark := func(o client.Object, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+		s.markDirty(dirtyKey{kind: kind, namespace: o.GetNamespace(), name: o.GetName()})
+		q.Add(syncRequest)
+	}
+	return handler.Funcs{
+		CreateFunc: func(_ context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			mark(e.Object, q)
+		},
+		UpdateFunc: func(_ context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			mark(e.ObjectNew, q)
+		},
+		DeleteFunc: func(_ context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			mark(e.Object, q)
+		},
+		GenericFunc: func(_ context.Context, e event.GenericEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			mark(e.Object, q)
+		},
+	}
+}
+
+func (s *Syncer) markDirty(k dirtyKey) {
+	s.dirtyMu.Lock()
+	defer s.dirtyMu.Unlock()
+	if s.dirty == nil {
+		s.dirty = map[dirtyKey]bool{}
+	}
+	s.dirty[k] = true
+}
+
+func (s *Syncer) takeDirty() map[dirtyKey]bool {
+	s.dirtyMu.Lock()
+	defer s.dirtyMu.Unlock()
+	d := s.dirty
+	s.dirty = nil
+	return d
 }
 
 // podUpdateMatters filters out pod updates that change nothing enforcement reads —
@@ -126,19 +196,23 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	start := time.Now()
-	snap, err := s.snapshot(ctx)
-	if err != nil {
+	verify := s.ResyncPeriod > 0 && time.Since(s.lastVerify) >= s.ResyncPeriod
+	dirty := s.takeDirty()
+	if err := s.update(ctx, dirty, verify || s.engine == nil); err != nil {
+		// Nothing was lost: the objects stay dirty, and the engine is rebuilt whole.
+		s.engine = nil
+		for k := range dirty {
+			s.markDirty(k)
+		}
 		return reconcile.Result{}, fmt.Errorf("reading the cache: %w", err)
 	}
-	res := compiler.Compile(snap, compiler.Options{Table: s.Table, Revocation: s.Flows != nil})
-	s.report(snap, res.Problems)
+	res, changes := s.engine.Flush()
+	base := s.out
+	s.out = res.Ruleset
+	s.report(res.Problems)
 	compiled := time.Now()
 
-	opts := dataplane.ApplyOptions{}
-	verify := s.ResyncPeriod > 0 && time.Since(s.lastVerify) >= s.ResyncPeriod
-	if verify {
-		opts.ReadBack = true
-	}
+	opts := dataplane.ApplyOptions{ReadBack: verify, Changes: changes, Base: base}
 	out, err := s.Dataplane.Apply(ctx, res.Ruleset, opts)
 	syncDuration.WithLabelValues(phaseCompute).Observe(compiled.Sub(start).Seconds())
 	if err != nil {
@@ -173,12 +247,62 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 	if !s.ready.Swap(true) {
 		s.Log.Info("first ruleset applied", "chains", st.Chains, "rules", st.Rules, "elements", st.Elements, "duration", time.Since(start))
 	}
-	s.Log.V(1).Info("synced", "kind", kind, "ops", out.Ops, "compute", compiled.Sub(start), "apply", time.Since(compiled))
+	s.Log.V(1).Info("synced", "kind", kind, "changed", len(dirty), "ops", out.Ops, "compute", compiled.Sub(start), "apply", time.Since(compiled))
 
 	if s.ResyncPeriod > 0 {
 		return reconcile.Result{RequeueAfter: s.ResyncPeriod - time.Since(s.lastVerify)}, nil
 	}
 	return reconcile.Result{}, nil
+}
+
+// update brings the engine up to date: from a full read of the cache when rebuild is
+// set, else by reading only the objects that changed.
+func (s *Syncer) update(ctx context.Context, dirty map[dirtyKey]bool, rebuild bool) error {
+	opts := compiler.Options{Table: s.Table, Revocation: s.Flows != nil}
+	if rebuild {
+		snap, err := s.snapshot(ctx)
+		if err != nil {
+			return err
+		}
+		// A new engine's first Flush asks for a replace; the dataplane then diffs the
+		// whole ruleset against the table instead of replacing it.
+		s.engine = compiler.NewEngineFrom(snap, opts)
+		return nil
+	}
+	for k := range dirty {
+		key := types.NamespacedName{Namespace: k.namespace, Name: k.name}
+		var err error
+		switch k.kind {
+		case kindPod:
+			var p corev1.Pod
+			if err = s.Client.Get(ctx, key, &p, client.UnsafeDisableDeepCopy); err == nil {
+				s.engine.SetPod(model.PodFromAPI(&p))
+			} else if apierrors.IsNotFound(err) {
+				s.engine.DeletePod(k.namespace, k.name)
+				err = nil
+			}
+		case kindNamespace:
+			var ns corev1.Namespace
+			if err = s.Client.Get(ctx, key, &ns, client.UnsafeDisableDeepCopy); err == nil {
+				s.engine.SetNamespace(&model.Namespace{Name: ns.Name, Labels: ns.Labels})
+			} else if apierrors.IsNotFound(err) {
+				s.engine.DeleteNamespace(k.name)
+				err = nil
+			}
+		case kindPolicy:
+			np := &networkingv1.NetworkPolicy{}
+			if err = s.Client.Get(ctx, key, np, client.UnsafeDisableDeepCopy); err == nil {
+				s.engine.SetPolicy(np)
+			} else if apierrors.IsNotFound(err) {
+				s.engine.DeletePolicy(k.namespace, k.name)
+				err = nil
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("reading %s: %w", key, err)
+		}
+	}
+	return nil
 }
 
 // revoke marks the conntrack entries of flows the ruleset no longer allows, and clears
@@ -274,7 +398,7 @@ func (s *Syncer) podModels(items []corev1.Pod) []*model.Pod {
 // report logs each problem and records it as a Warning Event on the policy, once per
 // distinct problem: a sync runs on every pod event, and the same complaint repeated on
 // every one of them would flood the API server.
-func (s *Syncer) report(snap *model.Snapshot, problems []compiler.Problem) {
+func (s *Syncer) report(problems []compiler.Problem) {
 	current := map[string]bool{}
 	sort.Slice(problems, func(i, j int) bool { return problems[i].Error() < problems[j].Error() })
 	for _, p := range problems {
@@ -287,13 +411,13 @@ func (s *Syncer) report(snap *model.Snapshot, problems []compiler.Problem) {
 		if s.Recorder == nil || p.Kind != "NetworkPolicy" {
 			continue
 		}
-		for _, np := range snap.Policies {
-			if np.Namespace == p.Namespace && np.Name == p.Name {
-				ref := &corev1.ObjectReference{Kind: "NetworkPolicy", APIVersion: "networking.k8s.io/v1",
-					Namespace: np.Namespace, Name: np.Name, UID: np.UID, ResourceVersion: np.ResourceVersion}
-				s.Recorder.Eventf(ref, nil, corev1.EventTypeWarning, "CompileError", "Compile", "%s: %v (node %s)", p.Field, p.Err, s.NodeName)
-			}
+		var np networkingv1.NetworkPolicy
+		if err := s.Client.Get(context.Background(), types.NamespacedName{Namespace: p.Namespace, Name: p.Name}, &np, client.UnsafeDisableDeepCopy); err != nil {
+			continue // gone already
 		}
+		ref := &corev1.ObjectReference{Kind: "NetworkPolicy", APIVersion: "networking.k8s.io/v1",
+			Namespace: np.Namespace, Name: np.Name, UID: np.UID, ResourceVersion: np.ResourceVersion}
+		s.Recorder.Eventf(ref, nil, corev1.EventTypeWarning, "CompileError", "Compile", "%s: %v (node %s)", p.Field, p.Err, s.NodeName)
 	}
 	s.reported = current
 }

@@ -17,6 +17,15 @@ type ApplyOptions struct {
 	// last ruleset this dataplane applied: this is how drift (a flushed or deleted table,
 	// a removed element, a rule added by hand) is found and repaired.
 	ReadBack bool
+	// Changes, with Base, are the changes from Base to desired as the caller computed
+	// them (pkg/compiler's Engine does). When Base is the ruleset passed to the last
+	// successful Apply and neither Full nor ReadBack is set, the dataplane sends them as
+	// they are and checks only what they touch, instead of validating and diffing the
+	// whole ruleset: the cost of an Apply then depends on the change, not on the size of
+	// the ruleset. Otherwise they are ignored. Rulesets passed with Changes must not be
+	// modified afterwards (the dataplane keeps desired as the base of the next diff).
+	Changes *ruleset.Changes
+	Base    *ruleset.Ruleset
 }
 
 // Result describes what an Apply did.
@@ -25,6 +34,8 @@ type Result struct {
 	Full bool
 	// Ops counts the objects in the transaction (sets, chains, rules, elements).
 	Ops int
+	// Patched is true when the caller's Changes were sent as they are.
+	Patched bool
 	// Drift is true when ReadBack found the kernel different from the last applied ruleset.
 	Drift bool
 }

@@ -1,6 +1,7 @@
 package ruleset
 
 import (
+	"fmt"
 	"reflect"
 	"slices"
 	"sort"
@@ -54,6 +55,40 @@ func (c *Changes) Ops() int {
 		n += 1 + len(ch.Rules)
 	}
 	return n
+}
+
+// ValidateAgainst checks the parts of desired the changes touch — new sets and their
+// elements, added elements, rewritten chains — as Validate would check them, without
+// walking the rest: the cost depends on the size of the change.
+func (c *Changes) ValidateAgainst(desired *Ruleset) error {
+	part := &Ruleset{Table: desired.Table, Chains: desired.Chains}
+	touched := map[string]bool{}
+	for _, s := range c.AddSets {
+		touched[s.Name] = true
+	}
+	for name := range c.AddElements {
+		touched[name] = true
+	}
+	for _, s := range desired.Sets {
+		switch {
+		case touched[s.Name] && c.AddElements[s.Name] != nil:
+			cs := *s
+			cs.Elements = c.AddElements[s.Name]
+			part.Sets = append(part.Sets, &cs)
+		case touched[s.Name]:
+			part.Sets = append(part.Sets, s)
+		default:
+			cs := *s
+			cs.Elements = nil
+			part.Sets = append(part.Sets, &cs)
+		}
+	}
+	for name := range touched {
+		if desired.Set(name) == nil {
+			return fmt.Errorf("changes add to set %q, which the ruleset does not have", name)
+		}
+	}
+	return part.Validate()
 }
 
 // Diff computes the changes from old (what the kernel holds) to desired. Both must be

@@ -63,6 +63,9 @@ type Dataplane struct {
 	// last is what the last successful Apply wrote (normalized), nil when the next
 	// Apply must replace the table: after New, after a failure, after Delete.
 	last *ruleset.Ruleset
+	// lastSource is the ruleset the caller passed to that Apply: callers that compute
+	// changes themselves name it as their Base (see ApplyOptions.Changes).
+	lastSource *ruleset.Ruleset
 	// setID numbers the sets created in a batch (NFTA_SET_ID).
 	setID uint32
 }
@@ -140,9 +143,10 @@ func (d *Dataplane) Apply(ctx context.Context, desired *ruleset.Ruleset, opts da
 	if err != nil {
 		// The kernel rejected the whole batch (or it was never sent): the table is as
 		// before, but our idea of it may be wrong, so the next Apply replaces it.
-		d.last = nil
+		d.last, d.lastSource = nil, nil
 		return dataplane.Result{}, err
 	}
+	d.lastSource = desired
 	d.log.V(1).Info("applied nftables ruleset", "table", d.table, "full", res.Full, "ops", res.Ops,
 		"drift", res.Drift, "readBack", opts.ReadBack, "duration", time.Since(start))
 	return res, nil
@@ -155,6 +159,9 @@ func (d *Dataplane) apply(ctx context.Context, desired *ruleset.Ruleset, opts da
 	}
 	if desired.Table != d.table {
 		return res, fmt.Errorf("apply nftables ruleset: ruleset is for table %q, this dataplane owns table inet %s", desired.Table, d.table)
+	}
+	if ch := opts.Changes; ch != nil && !ch.NeedsReplace && !opts.Full && !opts.ReadBack && d.last != nil && opts.Base != nil && opts.Base == d.lastSource {
+		return d.patch(ctx, desired, ch)
 	}
 	if err := desired.Validate(); err != nil {
 		return res, fmt.Errorf("apply nftables ruleset to table inet %s: invalid ruleset: %w", d.table, err)
@@ -213,6 +220,35 @@ func (d *Dataplane) apply(ctx context.Context, desired *ruleset.Ruleset, opts da
 			d.table, phase, res.Ops, len(msgs), err)
 	}
 	d.last = want
+	return res, nil
+}
+
+// patch sends changes the caller computed from the last applied ruleset to desired.
+func (d *Dataplane) patch(ctx context.Context, desired *ruleset.Ruleset, ch *ruleset.Changes) (dataplane.Result, error) {
+	res := dataplane.Result{Patched: true}
+	if err := ch.ValidateAgainst(desired); err != nil {
+		return res, fmt.Errorf("apply nftables ruleset to table inet %s: invalid change: %w", d.table, err)
+	}
+	if ch.Empty() {
+		d.last = desired
+		return res, nil
+	}
+	res.Ops = ch.Ops()
+	msgs, err := d.incrementalBatch(d.last, desired, ch)
+	if err != nil {
+		return res, fmt.Errorf("apply nftables ruleset to table inet %s: encode (update table): %w", d.table, err)
+	}
+	c, err := d.dial(ctx)
+	if err != nil {
+		return res, fmt.Errorf("apply nftables ruleset to table inet %s: %w", d.table, err)
+	}
+	defer c.close()
+	if err := c.sendBatch(msgs); err != nil {
+		return res, fmt.Errorf("apply nftables ruleset to table inet %s: update table (%d objects in %d messages): %w",
+			d.table, res.Ops, len(msgs), err)
+	}
+	// Callers that pass Changes do not modify desired afterwards: no copy.
+	d.last = desired
 	return res, nil
 }
 
