@@ -8,7 +8,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	fakeclient "sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/event"
@@ -39,26 +38,6 @@ func TestReportEmitsOneEventPerDistinctProblem(t *testing.T) {
 	s.report([]compiler.Problem{p})
 	if got := len(rec.Events); got != 1 {
 		t.Fatalf("got %d events after recurrence, want 1", got)
-	}
-}
-
-func TestPodModelsAreReusedUntilTheObjectChanges(t *testing.T) {
-	s := &Syncer{}
-	pod := func(name, rv, label string) corev1.Pod {
-		return corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: name, UID: types.UID("uid-" + name), ResourceVersion: rv,
-			Labels: map[string]string{"app": label}}}
-	}
-	first := s.podModels([]corev1.Pod{pod("a", "1", "one"), pod("b", "1", "one")})
-	second := s.podModels([]corev1.Pod{pod("a", "1", "one"), pod("b", "2", "two")})
-	if first[0] != second[0] {
-		t.Error("unchanged pod was converted again")
-	}
-	if first[1] == second[1] || second[1].Labels["app"] != "two" {
-		t.Error("changed pod kept its old model")
-	}
-	s.podModels([]corev1.Pod{pod("b", "2", "two")})
-	if len(s.pods) != 1 {
-		t.Errorf("deleted pod still cached: %d entries", len(s.pods))
 	}
 }
 

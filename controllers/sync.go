@@ -20,11 +20,15 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/runtime"
+	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
@@ -37,6 +41,7 @@ import (
 	"github.com/nftpolicy/nftpolicy/pkg/model"
 	"github.com/nftpolicy/nftpolicy/pkg/revoke"
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
+	"github.com/nftpolicy/nftpolicy/pkg/tracer"
 )
 
 // FlowTable lists conntrack entries and sets their marks (pkg/dataplane/conntrack).
@@ -79,10 +84,6 @@ type Syncer struct {
 
 	ready atomic.Bool
 	mu    sync.Mutex
-	// pods memoizes the model of each pod by UID and resourceVersion for the full
-	// rebuilds: converting every pod again would cost tens of milliseconds at 50k pods.
-	pods       map[string]*cachedPod
-	generation uint64
 	lastVerify time.Time
 	reported   map[string]bool // problems already reported as Events
 
@@ -94,6 +95,8 @@ type Syncer struct {
 	// handlers run concurrently with a sync).
 	dirtyMu sync.Mutex
 	dirty   map[dirtyKey]bool
+	// traceCache keeps the set indexes revocation traces with, across syncs.
+	traceCache *tracer.Cache
 }
 
 type objectKind int
@@ -171,7 +174,9 @@ func podUpdateMatters(e event.UpdateEvent) bool {
 	if !ok1 || !ok2 {
 		return true
 	}
-	return !reflect.DeepEqual(model.PodFromAPI(o), model.PodFromAPI(n))
+	a, b := model.PodFromAPI(o), model.PodFromAPI(n)
+	a.Version, b.Version = "", "" // every update has a new one
+	return !reflect.DeepEqual(a, b)
 }
 
 // namespaceUpdateMatters passes namespace updates that change labels.
@@ -198,9 +203,8 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 	start := time.Now()
 	verify := s.ResyncPeriod > 0 && time.Since(s.lastVerify) >= s.ResyncPeriod
 	dirty := s.takeDirty()
-	if err := s.update(ctx, dirty, verify || s.engine == nil); err != nil {
-		// Nothing was lost: the objects stay dirty, and the engine is rebuilt whole.
-		s.engine = nil
+	if err := s.update(ctx, dirty, verify); err != nil {
+		// Nothing was lost: the objects stay dirty for the next sync.
 		for k := range dirty {
 			s.markDirty(k)
 		}
@@ -255,19 +259,17 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 	return reconcile.Result{}, nil
 }
 
-// update brings the engine up to date: from a full read of the cache when rebuild is
-// set, else by reading only the objects that changed.
-func (s *Syncer) update(ctx context.Context, dirty map[dirtyKey]bool, rebuild bool) error {
-	opts := compiler.Options{Table: s.Table, Revocation: s.Flows != nil}
-	if rebuild {
-		snap, err := s.snapshot(ctx)
-		if err != nil {
-			return err
-		}
-		// A new engine's first Flush asks for a replace; the dataplane then diffs the
-		// whole ruleset against the table instead of replacing it.
-		s.engine = compiler.NewEngineFrom(snap, opts)
-		return nil
+// update brings the engine up to date: by reading only the objects that changed, or,
+// when resync is set, by comparing the whole cache with the engine (a safety net for
+// anything an event could have missed; objects whose resourceVersion is unchanged
+// cost a map lookup).
+func (s *Syncer) update(ctx context.Context, dirty map[dirtyKey]bool, resync bool) error {
+	if s.engine == nil {
+		s.engine = compiler.NewEngine(s.NodeName, compiler.Options{Table: s.Table, Revocation: s.Flows != nil})
+		resync = true
+	}
+	if resync {
+		return s.resync(ctx)
 	}
 	for k := range dirty {
 		key := types.NamespacedName{Namespace: k.namespace, Name: k.name}
@@ -305,6 +307,106 @@ func (s *Syncer) update(ctx context.Context, dirty map[dirtyKey]bool, rebuild bo
 	return nil
 }
 
+// resync makes the engine hold exactly what the cache holds.
+func (s *Syncer) resync(ctx context.Context) error {
+	e := s.engine
+	var nsNames []string
+	if err := s.each(ctx, &corev1.Namespace{}, &corev1.NamespaceList{}, func(o client.Object) {
+		ns := o.(*corev1.Namespace)
+		nsNames = append(nsNames, ns.Name)
+		e.SetNamespace(&model.Namespace{Name: ns.Name, Labels: ns.Labels}) // no-op when unchanged
+	}); err != nil {
+		return err
+	}
+	seen := make(map[types.NamespacedName]bool)
+	if err := s.each(ctx, &networkingv1.NetworkPolicy{}, &networkingv1.NetworkPolicyList{}, func(o client.Object) {
+		np := o.(*networkingv1.NetworkPolicy)
+		seen[types.NamespacedName{Namespace: np.Namespace, Name: np.Name}] = true
+		if cur := e.Policy(np.Namespace, np.Name); cur == nil || cur.ResourceVersion != np.ResourceVersion || np.ResourceVersion == "" {
+			e.SetPolicy(np)
+		}
+	}); err != nil {
+		return err
+	}
+	var gone []types.NamespacedName
+	e.EachPolicy(func(np *networkingv1.NetworkPolicy) {
+		if k := (types.NamespacedName{Namespace: np.Namespace, Name: np.Name}); !seen[k] {
+			gone = append(gone, k)
+		}
+	})
+	for _, k := range gone {
+		e.DeletePolicy(k.Namespace, k.Name)
+	}
+	clear(seen)
+	if err := s.each(ctx, &corev1.Pod{}, &corev1.PodList{}, func(o client.Object) {
+		p := o.(*corev1.Pod)
+		seen[types.NamespacedName{Namespace: p.Namespace, Name: p.Name}] = true
+		// Converting 50k pods on every resync would cost tens of milliseconds.
+		if cur := e.Pod(p.Namespace, p.Name); cur == nil || cur.Version != p.ResourceVersion || p.ResourceVersion == "" {
+			e.SetPod(model.PodFromAPI(p))
+		}
+	}); err != nil {
+		return err
+	}
+	gone = gone[:0]
+	e.EachPod(func(p *model.Pod) {
+		if k := (types.NamespacedName{Namespace: p.Namespace, Name: p.Name}); !seen[k] {
+			gone = append(gone, k)
+		}
+	})
+	for _, k := range gone {
+		e.DeletePod(k.Namespace, k.Name)
+	}
+	have := make(map[string]bool, len(nsNames))
+	for _, n := range nsNames {
+		have[n] = true
+	}
+	var goneNS []string
+	e.EachNamespace(func(name string) {
+		if !have[name] {
+			goneNS = append(goneNS, name)
+		}
+	})
+	for _, n := range goneNS {
+		e.DeleteNamespace(n)
+	}
+	return nil
+}
+
+// informerSource is what a controller-runtime cache offers besides client.Reader.
+type informerSource interface {
+	GetInformer(ctx context.Context, obj client.Object, opts ...cache.InformerGetOption) (cache.Informer, error)
+}
+
+// each calls fn for every cached object of obj's type. From an informer cache it
+// walks the informer's store, which holds pointers: listing would copy every object
+// (about 60 MB for 50k pods) on every resync. Objects are the cache's own: read only.
+func (s *Syncer) each(ctx context.Context, obj client.Object, list client.ObjectList, fn func(client.Object)) error {
+	if src, ok := s.Client.(informerSource); ok {
+		inf, err := src.GetInformer(ctx, obj)
+		if err != nil {
+			return fmt.Errorf("informer for %T: %w", obj, err)
+		}
+		if st, ok := inf.(interface{ GetStore() toolscache.Store }); ok {
+			for _, item := range st.GetStore().List() {
+				if o, ok := item.(client.Object); ok {
+					fn(o)
+				}
+			}
+			return nil
+		}
+	}
+	if err := s.Client.List(ctx, list, client.UnsafeDisableDeepCopy); err != nil {
+		return fmt.Errorf("listing %T: %w", list, err)
+	}
+	return meta.EachListItem(list, func(o runtime.Object) error {
+		if co, ok := o.(client.Object); ok {
+			fn(co)
+		}
+		return nil
+	})
+}
+
 // revoke marks the conntrack entries of flows the ruleset no longer allows, and clears
 // the mark of revoked flows it allows again.
 func (s *Syncer) revoke(rs *ruleset.Ruleset) error {
@@ -317,7 +419,11 @@ func (s *Syncer) revoke(rs *ruleset.Ruleset) error {
 		mine = s.LocalAddrs()
 	}
 	marks := revoke.Marks{Mask: compiler.CtMarkMask, Revoked: compiler.RevokedMark, Cleared: compiler.ClearedMark}
-	d := revoke.Decide(rs, flows, func(a netip.Addr) bool { return mine[a] }, marks)
+	if s.traceCache == nil {
+		s.traceCache = tracer.NewCache()
+	}
+	s.traceCache.Retain(rs)
+	d := revoke.Decide(tracer.NewWithCache(rs, s.traceCache), flows, func(a netip.Addr) bool { return mine[a] }, marks)
 	revoked, err1 := s.Flows.SetMark(d.Revoke, marks.Mask, marks.Revoked)
 	restored, err2 := s.Flows.SetMark(d.Restore, marks.Mask, marks.Cleared)
 	revokedFlows.Add(float64(revoked))
@@ -325,74 +431,6 @@ func (s *Syncer) revoke(rs *ruleset.Ruleset) error {
 		s.Log.Info("established flows follow the new ruleset", "revoked", revoked, "restored", restored)
 	}
 	return errors.Join(err1, err2)
-}
-
-// snapshot copies the caches into the compiler's model.
-func (s *Syncer) snapshot(ctx context.Context) (*model.Snapshot, error) {
-	// The cache's objects are only read here, never modified: skip the deep copy, which
-	// would otherwise dominate a sync on large clusters.
-	var pods corev1.PodList
-	if err := s.Client.List(ctx, &pods, client.UnsafeDisableDeepCopy); err != nil {
-		return nil, fmt.Errorf("listing pods: %w", err)
-	}
-	var nss corev1.NamespaceList
-	if err := s.Client.List(ctx, &nss, client.UnsafeDisableDeepCopy); err != nil {
-		return nil, fmt.Errorf("listing namespaces: %w", err)
-	}
-	var pols networkingv1.NetworkPolicyList
-	if err := s.Client.List(ctx, &pols, client.UnsafeDisableDeepCopy); err != nil {
-		return nil, fmt.Errorf("listing networkpolicies: %w", err)
-	}
-	snap := &model.Snapshot{NodeName: s.NodeName, Namespaces: make(map[string]*model.Namespace, len(nss.Items))}
-	snap.Pods = s.podModels(pods.Items)
-	for _, ns := range nss.Items {
-		snap.Namespaces[ns.Name] = &model.Namespace{Name: ns.Name, Labels: ns.Labels}
-	}
-	snap.Policies = make([]*networkingv1.NetworkPolicy, 0, len(pols.Items))
-	for i := range pols.Items {
-		snap.Policies = append(snap.Policies, &pols.Items[i])
-	}
-	return snap, nil
-}
-
-type cachedPod struct {
-	resourceVersion string
-	pod             *model.Pod
-	generation      uint64
-}
-
-// podModels converts the pods, reusing the model of every pod whose resourceVersion is
-// unchanged since the last sync, and forgets pods that are gone.
-func (s *Syncer) podModels(items []corev1.Pod) []*model.Pod {
-	if s.pods == nil {
-		s.pods = make(map[string]*cachedPod, len(items))
-	}
-	s.generation++
-	out := make([]*model.Pod, 0, len(items))
-	for i := range items {
-		p := &items[i]
-		// The UID tells a re-created pod of the same name apart; objects built by hand
-		// may lack one.
-		key := string(p.UID)
-		if key == "" {
-			key = p.Namespace + "/" + p.Name
-		}
-		c := s.pods[key]
-		if c == nil || c.resourceVersion != p.ResourceVersion || p.ResourceVersion == "" {
-			c = &cachedPod{resourceVersion: p.ResourceVersion, pod: model.PodFromAPI(p)}
-			s.pods[key] = c
-		}
-		c.generation = s.generation
-		out = append(out, c.pod)
-	}
-	if len(s.pods) > len(items) {
-		for uid, c := range s.pods {
-			if c.generation != s.generation {
-				delete(s.pods, uid)
-			}
-		}
-	}
-	return out
 }
 
 // report logs each problem and records it as a Warning Event on the policy, once per

@@ -3,11 +3,14 @@ package controllers
 import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/nftpolicy/nftpolicy/pkg/model"
 )
 
 // TrimPod is the cache transform for Pods: it keeps only the fields enforcement reads
-// (identity, labels, node, hostNetwork, named ports, phase and IPs), so that the
-// agent's memory grows with the number of pods, not with the size of their specs.
+// (identity, labels, node, hostNetwork, phase and IPs) and replaces the containers by
+// their named ports in one annotation (model.NamedPortsAnnotation), so that the agent's
+// memory grows with the number of pods, not with the size of their specs.
 func TrimPod(obj any) (any, error) {
 	p, ok := obj.(*corev1.Pod)
 	if !ok {
@@ -23,31 +26,17 @@ func TrimPod(obj any) (any, error) {
 		Spec:   corev1.PodSpec{NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork},
 		Status: corev1.PodStatus{Phase: p.Status.Phase, PodIP: p.Status.PodIP, PodIPs: p.Status.PodIPs},
 	}
-	out.Spec.Containers = trimContainers(p.Spec.Containers, false)
-	out.Spec.InitContainers = trimContainers(p.Spec.InitContainers, true)
-	return out, nil
-}
-
-// trimContainers keeps named ports; for init containers only restartable ones
-// (sidecars) matter, as the others have exited before the pod serves traffic.
-func trimContainers(cs []corev1.Container, init bool) []corev1.Container {
-	var out []corev1.Container
-	for _, c := range cs {
-		if init && (c.RestartPolicy == nil || *c.RestartPolicy != corev1.ContainerRestartPolicyAlways) {
-			continue
+	if len(p.Spec.Containers) == 0 {
+		// Already trimmed (a transform may run on its own output).
+		if v, ok := p.Annotations[model.NamedPortsAnnotation]; ok {
+			out.Annotations = map[string]string{model.NamedPortsAnnotation: v}
 		}
-		var ports []corev1.ContainerPort
-		for _, p := range c.Ports {
-			if p.Name != "" {
-				ports = append(ports, corev1.ContainerPort{Name: p.Name, ContainerPort: p.ContainerPort, Protocol: p.Protocol})
-			}
-		}
-		if len(ports) == 0 {
-			continue
-		}
-		out = append(out, corev1.Container{Name: c.Name, Ports: ports, RestartPolicy: c.RestartPolicy})
+		return out, nil
 	}
-	return out
+	if ports := model.PodFromAPI(p).Ports; len(ports) > 0 {
+		out.Annotations = map[string]string{model.NamedPortsAnnotation: model.FormatNamedPorts(ports)}
+	}
+	return out, nil
 }
 
 // TrimNamespace keeps a namespace's name and labels.

@@ -50,6 +50,7 @@ type Engine struct {
 }
 
 type enginePolicy struct {
+	np       *networkingv1.NetworkPolicy
 	parsed   *policy
 	problems []Problem
 }
@@ -109,26 +110,41 @@ func (e *Engine) changePods(key string, p *model.Pod) {
 	if old == nil && p == nil {
 		return
 	}
-	affected := []*model.Pod{}
-	if old != nil {
-		affected = append(affected, old)
+	if (old != nil && old.NodeName == e.node) || (p != nil && p.NodeName == e.node) {
+		e.dirty = true
 	}
+	if e.structure == nil {
+		// Nothing compiled yet, so no contributions to track: the first Flush fills
+		// every set from the indexes.
+		if old != nil {
+			e.removePod(old)
+		}
+		if p != nil {
+			e.addPod(p)
+		}
+		return
+	}
+	// Pods that share an address with the old or new pod: the owner of that address
+	// may change. Normally none (addresses are unique among running pods).
+	var others []*model.Pod
+	seen := map[*model.Pod]bool{}
 	for _, x := range []*model.Pod{old, p} {
 		if x == nil {
 			continue
 		}
 		for _, ip := range x.IPs {
 			for _, c := range e.claims[ip] {
-				if c != old && !slices.Contains(affected, c) {
-					affected = append(affected, c)
+				if c != old && !seen[c] {
+					seen[c] = true
+					others = append(others, c)
 				}
 			}
 		}
 	}
-	if (old != nil && old.NodeName == e.node) || (p != nil && p.NodeName == e.node) {
-		e.dirty = true
+	if old != nil {
+		e.contribute(old, false)
 	}
-	for _, a := range affected {
+	for _, a := range others {
 		e.contribute(a, false)
 	}
 	if old != nil {
@@ -136,17 +152,11 @@ func (e *Engine) changePods(key string, p *model.Pod) {
 	}
 	if p != nil {
 		e.addPod(p)
-	}
-	for _, a := range affected {
-		if a != old {
-			e.contribute(a, true)
-		}
-	}
-	if p != nil {
 		e.contribute(p, true)
 	}
-	// A change of ownership of a local pod's address changes the dispatch maps.
-	for _, a := range affected {
+	for _, a := range others {
+		e.contribute(a, true)
+		// A change of ownership of a local pod's address changes the dispatch maps.
 		if a.NodeName == e.node {
 			e.dirty = true
 		}
@@ -234,6 +244,39 @@ func (d *setDelta) record(el ruleset.Element, add bool) {
 	d.del[id] = el
 }
 
+// Pod returns the pod under namespace/name, nil when there is none.
+func (e *Engine) Pod(namespace, name string) *model.Pod { return e.pods[namespace+"/"+name] }
+
+// Policy returns the NetworkPolicy under namespace/name, nil when there is none.
+func (e *Engine) Policy(namespace, name string) *networkingv1.NetworkPolicy {
+	if p := e.policies[namespace][name]; p != nil {
+		return p.np
+	}
+	return nil
+}
+
+// EachPod calls fn for every pod, EachNamespace for every namespace and EachPolicy for
+// every policy the engine holds (fn must not change the engine).
+func (e *Engine) EachPod(fn func(p *model.Pod)) {
+	for _, p := range e.pods {
+		fn(p)
+	}
+}
+
+func (e *Engine) EachNamespace(fn func(name string)) {
+	for name := range e.namespaces {
+		fn(name)
+	}
+}
+
+func (e *Engine) EachPolicy(fn func(np *networkingv1.NetworkPolicy)) {
+	for _, ps := range e.policies {
+		for _, p := range ps {
+			fn(p.np)
+		}
+	}
+}
+
 // SetNamespace adds or replaces a namespace.
 func (e *Engine) SetNamespace(ns *model.Namespace) {
 	e.changeNamespace(ns.Name, nsLabels(ns.Name, ns))
@@ -268,7 +311,7 @@ func (e *Engine) SetPolicy(np *networkingv1.NetworkPolicy) {
 	if e.policies[np.Namespace] == nil {
 		e.policies[np.Namespace] = map[string]*enginePolicy{}
 	}
-	e.policies[np.Namespace][np.Name] = &enginePolicy{parsed: parsed, problems: problems}
+	e.policies[np.Namespace][np.Name] = &enginePolicy{np: np, parsed: parsed, problems: problems}
 	if key := np.Namespace + "/" + np.Name; len(problems) > 0 {
 		e.invalid[key] = problems
 	} else {

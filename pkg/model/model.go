@@ -4,7 +4,10 @@
 package model
 
 import (
+	"fmt"
 	"net/netip"
+	"strconv"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -12,6 +15,9 @@ import (
 
 // Pod is a pod as far as policy is concerned.
 type Pod struct {
+	// Version is the resourceVersion of the object the pod was read from: a pod whose
+	// object has the same version need not be converted again.
+	Version string
 	Namespace, Name string
 	Labels          map[string]string
 	NodeName        string
@@ -85,6 +91,7 @@ type Snapshot struct {
 // restartPolicy Always), which serve traffic for the pod's whole life.
 func PodFromAPI(p *corev1.Pod) *Pod {
 	out := &Pod{
+		Version:     p.ResourceVersion,
 		Namespace:   p.Namespace,
 		Name:        p.Name,
 		Labels:      p.Labels,
@@ -119,6 +126,10 @@ func PodFromAPI(p *corev1.Pod) *Pod {
 			}
 			out.Ports = append(out.Ports, NamedPort{Name: cp.Name, Protocol: proto, Port: cp.ContainerPort})
 		}
+	}
+	if v, ok := p.Annotations[NamedPortsAnnotation]; ok && len(p.Spec.Containers) == 0 {
+		out.Ports = ParseNamedPorts(v)
+		return out
 	}
 	for _, c := range p.Spec.InitContainers {
 		if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
@@ -171,4 +182,39 @@ func ownsBefore(p, cur *Pod) bool {
 		return pr
 	}
 	return Less(p, cur)
+}
+
+// NamedPortsAnnotation carries a pod's named ports on the trimmed copy the agent caches
+// (see controllers.TrimPod): a container takes 400 bytes even when only its ports are
+// kept, which is a fifth of a cached pod. It is read only on objects without
+// containers, so a pod from the API server can never supply it.
+const NamedPortsAnnotation = "nftpolicy.io/named-ports"
+
+// FormatNamedPorts encodes named ports for NamedPortsAnnotation: name/PROTO/port,...
+func FormatNamedPorts(ports []NamedPort) string {
+	var b strings.Builder
+	for i, p := range ports {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, "%s/%s/%d", p.Name, p.Protocol, p.Port)
+	}
+	return b.String()
+}
+
+// ParseNamedPorts decodes FormatNamedPorts; malformed entries are skipped.
+func ParseNamedPorts(s string) []NamedPort {
+	var out []NamedPort
+	for part := range strings.SplitSeq(s, ",") {
+		f := strings.Split(part, "/")
+		if len(f) != 3 {
+			continue
+		}
+		n, err := strconv.ParseInt(f[2], 10, 32)
+		if err != nil {
+			continue
+		}
+		out = append(out, NamedPort{Name: f[0], Protocol: corev1.Protocol(f[1]), Port: int32(n)})
+	}
+	return out
 }

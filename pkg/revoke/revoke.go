@@ -71,14 +71,11 @@ type Decision struct {
 	Revoke, Restore []Flow
 }
 
-// Decide judges every TCP, UDP and SCTP entry as a new connection under rs. local
-// reports whether an address belongs to this node (it decides the hook a flow used).
-func Decide(rs *ruleset.Ruleset, flows []Flow, local func(netip.Addr) bool, marks Marks) Decision {
+// Decide judges every TCP, UDP and SCTP entry as a new connection under the ruleset
+// tr traces. local reports whether an address belongs to this node (it decides the
+// hook a flow used).
+func Decide(tr *tracer.Tracer, flows []Flow, local func(netip.Addr) bool, marks Marks) Decision {
 	var d Decision
-	if len(flows) == 0 {
-		return d
-	}
-	tr := tracer.New(rs)
 	for _, f := range flows {
 		// Policy speaks of TCP, UDP and SCTP ports; other protocols (ICMP echo) are only
 		// ever allowed or denied wholesale and their entries expire within seconds.
@@ -89,7 +86,7 @@ func Decide(rs *ruleset.Ruleset, flows []Flow, local func(netip.Addr) bool, mark
 			continue
 		}
 		revoked := f.Mark&marks.Mask == marks.Revoked
-		allowed := tr.Trace(f.Packet(local)).Allowed()
+		allowed := tr.Allowed(f.Packet(local))
 		switch {
 		case !allowed && !revoked:
 			d.Revoke = append(d.Revoke, f)

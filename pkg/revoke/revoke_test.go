@@ -11,6 +11,7 @@ import (
 	"github.com/nftpolicy/nftpolicy/pkg/compiler"
 	"github.com/nftpolicy/nftpolicy/pkg/model"
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
+	"github.com/nftpolicy/nftpolicy/pkg/tracer"
 )
 
 var (
@@ -75,7 +76,7 @@ func TestDenied(t *testing.T) {
 	flows = append(flows, comeback, stillDenied, closed)
 
 	local := func(a netip.Addr) bool { return a == nodeIP }
-	d := Decide(rs, flows, local, marks)
+	d := Decide(tracer.New(rs), flows, local, marks)
 	check := func(what string, got, want []Flow) {
 		t.Helper()
 		if len(got) != len(want) {

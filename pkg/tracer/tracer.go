@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"sync"
 
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
 )
@@ -82,12 +83,76 @@ func (r Result) Last() Step {
 // maxDepth bounds jumps like the kernel's NFT_JUMP_STACK_SIZE.
 const maxDepth = 16
 
-// Tracer evaluates packets against one ruleset; New indexes the sets once so that many
-// packets (e.g. every conntrack entry on revocation) can be traced cheaply.
+// Tracer evaluates packets against one ruleset. Sets are indexed on first use and the
+// index kept, so that many packets (e.g. every conntrack entry on revocation) can be
+// traced cheaply; a Cache carries the indexes of unchanged sets from one ruleset to
+// the next. A Tracer is safe for concurrent use.
 type Tracer struct {
 	chains map[string]*ruleset.Chain
-	sets   map[string]*indexedSet
+	sets   map[string]*ruleset.Set
 	base   map[ruleset.Hook][]*ruleset.Chain
+
+	mu      sync.Mutex
+	indexed map[string]*indexedSet
+	cache   *Cache
+}
+
+// Cache keeps set indexes across tracers, keyed by the set object: a ruleset built
+// from the previous one sharing the sets that did not change (pkg/compiler's Engine
+// does) re-indexes only the sets that did. Sets must not be modified once indexed.
+type Cache struct {
+	mu   sync.Mutex
+	sets map[*ruleset.Set]*indexedSet
+}
+
+// NewCache returns an empty cache.
+func NewCache() *Cache { return &Cache{sets: map[*ruleset.Set]*indexedSet{}} }
+
+// Retain drops the indexes of sets rs does not have (call it with the current ruleset
+// so that the cache does not grow without bound).
+func (c *Cache) Retain(rs *ruleset.Ruleset) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	keep := make(map[*ruleset.Set]bool, len(rs.Sets))
+	for _, s := range rs.Sets {
+		keep[s] = true
+	}
+	for s := range c.sets {
+		if !keep[s] {
+			delete(c.sets, s)
+		}
+	}
+}
+
+func (c *Cache) index(s *ruleset.Set) *indexedSet {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ix := c.sets[s]
+	if ix == nil {
+		ix = indexSet(s)
+		c.sets[s] = ix
+	}
+	return ix
+}
+
+// set returns the index of a set (nil when rs has no such set).
+func (t *Tracer) set(name string) *indexedSet {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if ix, ok := t.indexed[name]; ok {
+		return ix
+	}
+	s := t.sets[name]
+	var ix *indexedSet
+	switch {
+	case s == nil:
+	case t.cache != nil:
+		ix = t.cache.index(s)
+	default:
+		ix = indexSet(s)
+	}
+	t.indexed[name] = ix
+	return ix
 }
 
 // indexedSet answers lookups in O(1) for plain sets (a hash of the key bytes) and in
@@ -143,8 +208,12 @@ func (ix *indexedSet) lookup(values [][]byte) (ruleset.Element, bool) {
 }
 
 // New prepares a tracer for rs. rs must not change while the tracer is in use.
-func New(rs *ruleset.Ruleset) *Tracer {
-	t := &Tracer{chains: map[string]*ruleset.Chain{}, sets: map[string]*indexedSet{}, base: map[ruleset.Hook][]*ruleset.Chain{}}
+func New(rs *ruleset.Ruleset) *Tracer { return NewWithCache(rs, nil) }
+
+// NewWithCache is New, taking set indexes from cache (nil: none).
+func NewWithCache(rs *ruleset.Ruleset, cache *Cache) *Tracer {
+	t := &Tracer{chains: map[string]*ruleset.Chain{}, sets: map[string]*ruleset.Set{}, base: map[ruleset.Hook][]*ruleset.Chain{},
+		indexed: map[string]*indexedSet{}, cache: cache}
 	for _, c := range rs.Chains {
 		t.chains[c.Name] = c
 		if c.Base != nil {
@@ -160,7 +229,7 @@ func New(rs *ruleset.Ruleset) *Tracer {
 		})
 	}
 	for _, s := range rs.Sets {
-		t.sets[s.Name] = indexSet(s)
+		t.sets[s.Name] = s
 	}
 	return t
 }
@@ -173,17 +242,30 @@ type evaluation struct {
 	*Tracer
 	pkt   Packet
 	steps []Step
+	quiet bool // verdict only: no steps recorded
+}
+
+func (t *evaluation) step(s func() Step) {
+	if !t.quiet {
+		t.steps = append(t.steps, s())
+	}
 }
 
 // Trace evaluates pkt.
-func (tr *Tracer) Trace(pkt Packet) Result {
+func (tr *Tracer) Trace(pkt Packet) Result { return tr.trace(pkt, false) }
+
+// Allowed reports whether pkt passes, without recording the path (cheaper than Trace
+// when only the verdict matters).
+func (tr *Tracer) Allowed(pkt Packet) bool { return tr.trace(pkt, true).Allowed() }
+
+func (tr *Tracer) trace(pkt Packet, quiet bool) Result {
 	if pkt.Hook == "" {
 		pkt.Hook = ruleset.HookForward
 	}
 	if pkt.CtState == "" {
 		pkt.CtState = "new"
 	}
-	t := &evaluation{Tracer: tr, pkt: pkt}
+	t := &evaluation{Tracer: tr, pkt: pkt, quiet: quiet}
 	// Every base chain of the hook sees the packet unless one drops it: an accept ends
 	// only its own chain.
 	for _, c := range tr.base[pkt.Hook] {
@@ -192,7 +274,7 @@ func (tr *Tracer) Trace(pkt Packet) Result {
 			return Result{Verdict: ruleset.VerdictDrop, Steps: t.steps}
 		}
 		if v != ruleset.VerdictAccept {
-			t.steps = append(t.steps, Step{Chain: c.Name, Rule: -1, Verdict: "policy accept"})
+			t.step(func() Step { return Step{Chain: c.Name, Rule: -1, Verdict: "policy accept"} })
 		}
 	}
 	return Result{Verdict: ruleset.VerdictAccept, Steps: t.steps}
@@ -202,7 +284,7 @@ func (tr *Tracer) Trace(pkt Packet) Result {
 func (t *evaluation) chain(c *ruleset.Chain, depth int) ruleset.VerdictKind {
 	if depth > maxDepth {
 		// The kernel refuses rulesets this deep; treat as a drop so a test notices.
-		t.steps = append(t.steps, Step{Chain: c.Name, Rule: -1, Verdict: "drop (jump stack exhausted)"})
+		t.step(func() Step { return Step{Chain: c.Name, Rule: -1, Verdict: "drop (jump stack exhausted)"} })
 		return ruleset.VerdictDrop
 	}
 	for i, r := range c.Rules {
@@ -211,7 +293,7 @@ func (t *evaluation) chain(c *ruleset.Chain, depth int) ruleset.VerdictKind {
 		}
 		var v ruleset.Verdict
 		if r.VMap != nil {
-			m := t.sets[r.VMap.Map]
+			m := t.set(r.VMap.Map)
 			if m == nil {
 				continue
 			}
@@ -227,7 +309,9 @@ func (t *evaluation) chain(c *ruleset.Chain, depth int) ruleset.VerdictKind {
 		} else {
 			v = r.Verdict
 		}
-		t.steps = append(t.steps, Step{Chain: c.Name, Rule: i, Text: ruleset.FormatRule(r), Comment: r.Comment, Verdict: v.String()})
+		t.step(func() Step {
+			return Step{Chain: c.Name, Rule: i, Text: ruleset.FormatRule(r), Comment: r.Comment, Verdict: v.String()}
+		})
 		switch v.Kind {
 		case ruleset.VerdictAccept, ruleset.VerdictDrop:
 			return v.Kind
@@ -273,7 +357,7 @@ func (t *evaluation) matches(ms []ruleset.Match) bool {
 				return false
 			}
 		case ruleset.MatchLookup:
-			s := t.sets[m.Set]
+			s := t.set(m.Set)
 			if s == nil {
 				return false
 			}

@@ -267,6 +267,11 @@ func (e *env) startAgentSeq(ctx context.Context, node *lab.ClusterNode, seq int,
 		"--metrics-bind-address", agentMetricsAddr,
 	}, e.opts.AgentArgs...)
 	args = append(args, extra...)
+	// The lab appends to log files, and the figures are read back from this one: start
+	// it empty, or a previous run's lines would be read as this run's.
+	if err := os.Remove(a.logFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
 	a.Started = time.Now()
 	p, err := e.c.Lab().StartProcess(node.NS, name, a.logFile, args...)
 	if err != nil {

@@ -1,0 +1,50 @@
+package controllers
+
+import (
+	"reflect"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/nftpolicy/nftpolicy/pkg/model"
+)
+
+// TestTrimPodKeepsWhatEnforcementReads: the model of the trimmed pod is the model of
+// the pod, for pods with and without named ports, sidecars and plain init containers;
+// trimming twice changes nothing.
+func TestTrimPodKeepsWhatEnforcementReads(t *testing.T) {
+	always := corev1.ContainerRestartPolicyAlways
+	pods := []*corev1.Pod{
+		{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "plain", ResourceVersion: "7", Labels: map[string]string{"app": "a"},
+			Annotations: map[string]string{"big": "annotation"}},
+			Spec:   corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "c", Image: "i", Env: []corev1.EnvVar{{Name: "A", Value: "B"}}}}},
+			Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.0.0.1", PodIPs: []corev1.PodIP{{IP: "10.0.0.1"}, {IP: "fd00::1"}}}},
+		{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "ports"},
+			Spec: corev1.PodSpec{NodeName: "n2",
+				InitContainers: []corev1.Container{
+					{Name: "setup", Ports: []corev1.ContainerPort{{Name: "ignored", ContainerPort: 1}}},
+					{Name: "sidecar", RestartPolicy: &always, Ports: []corev1.ContainerPort{{Name: "metrics", ContainerPort: 9090}}},
+				},
+				Containers: []corev1.Container{{Name: "c", Ports: []corev1.ContainerPort{
+					{Name: "http", ContainerPort: 8080, Protocol: corev1.ProtocolTCP},
+					{Name: "dns", ContainerPort: 53, Protocol: corev1.ProtocolUDP},
+					{ContainerPort: 9999},
+				}}}},
+			Status: corev1.PodStatus{Phase: corev1.PodPending}},
+		{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "host"}, Spec: corev1.PodSpec{HostNetwork: true}},
+	}
+	for _, p := range pods {
+		want := model.PodFromAPI(p)
+		once, _ := TrimPod(p)
+		twice, _ := TrimPod(once)
+		for i, got := range []*corev1.Pod{once.(*corev1.Pod), twice.(*corev1.Pod)} {
+			if m := model.PodFromAPI(got); !reflect.DeepEqual(m, want) {
+				t.Errorf("%s (trimmed %d times): model %+v, want %+v", p.Name, i+1, m, want)
+			}
+			if len(got.Spec.Containers) != 0 || got.Annotations["big"] != "" {
+				t.Errorf("%s: not trimmed: %+v", p.Name, got)
+			}
+		}
+	}
+}
