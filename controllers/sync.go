@@ -22,10 +22,10 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime"
-	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/util/workqueue"
+	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -78,12 +78,14 @@ type Syncer struct {
 	// LocalAddrs returns this node's own addresses (nil: none); they decide which hook
 	// (input, output or forward) a flow went through.
 	LocalAddrs func() map[netip.Addr]bool
+	// AfterFirstSync, when set, runs once the first ruleset is in the kernel.
+	AfterFirstSync func()
 	// Recorder reports problems as Kubernetes Events (optional).
 	Recorder events.EventRecorder
 	Log      logr.Logger
 
-	ready atomic.Bool
-	mu    sync.Mutex
+	ready      atomic.Bool
+	mu         sync.Mutex
 	lastVerify time.Time
 	reported   map[string]bool // problems already reported as Events
 
@@ -250,6 +252,9 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 	rulesetSize.WithLabelValues("elements").Set(float64(st.Elements))
 	if !s.ready.Swap(true) {
 		s.Log.Info("first ruleset applied", "chains", st.Chains, "rules", st.Rules, "elements", st.Elements, "duration", time.Since(start))
+		if s.AfterFirstSync != nil {
+			s.AfterFirstSync()
+		}
 	}
 	s.Log.V(1).Info("synced", "kind", kind, "changed", len(dirty), "ops", out.Ops, "compute", compiled.Sub(start), "apply", time.Since(compiled))
 

@@ -44,6 +44,7 @@ type options struct {
 	revoke       bool
 	verbosity    int
 	gcPercent    int
+	pprofAddr    string
 }
 
 func main() {
@@ -64,7 +65,8 @@ func run(args []string) error {
 	fs.StringVar(&o.table, "table", compiler.DefaultTable, "Name of the nftables table (family inet) the agent owns.")
 	fs.BoolVar(&o.revoke, "revoke-established", true, "Stop established connections that a policy change denies (delete their conntrack entries).")
 	fs.IntVar(&o.verbosity, "v", 0, "Log verbosity: 0 info, 1 every sync, 2 and more debug.")
-	fs.IntVar(&o.gcPercent, "gc-percent", 25, "Go GC target percentage (GOGC). The agent holds a large, stable cache and allocates little once synced, so a low value keeps its memory near the live heap at little CPU cost; the GOGC environment variable overrides it, and GOMEMLIMIT (set by the Helm chart from the memory limit) bounds it.")
+	fs.IntVar(&o.gcPercent, "gc-percent", 25, "Go GC target percentage (GOGC) once the first ruleset is applied. The agent holds a large, stable cache and allocates little once synced, so a low value keeps its memory near the live heap at little CPU cost (startup, which decodes the whole cluster, runs with Go's default 100); the GOGC environment variable overrides it, and GOMEMLIMIT (set by the Helm chart from the memory limit) bounds it.")
+	fs.StringVar(&o.pprofAddr, "pprof-bind-address", "0", "Address of the Go pprof endpoints (/debug/pprof/); \"0\" disables them.")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage:\n  nftpolicy-agent [flags]\n  nftpolicy-agent cleanup [--table NAME]   remove the agent's table\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -78,9 +80,6 @@ func run(args []string) error {
 			return nil
 		}
 		return err
-	}
-	if _, set := os.LookupEnv("GOGC"); !set && o.gcPercent != 0 {
-		debug.SetGCPercent(o.gcPercent)
 	}
 	log := zap.New(zap.UseFlagOptions(&zap.Options{Level: zapcore.Level(-o.verbosity)}))
 	ctrl.SetLogger(log)
@@ -112,6 +111,7 @@ func run(args []string) error {
 		Scheme:                 scheme,
 		Metrics:                metricsserver.Options{BindAddress: o.metricsAddr},
 		HealthProbeBindAddress: o.probeAddr,
+		PprofBindAddress:       o.pprofAddr,
 		Cache: cache.Options{
 			DefaultTransform: cache.TransformStripManagedFields(),
 			ByObject: map[client.Object]cache.ByObject{
@@ -124,6 +124,15 @@ func run(args []string) error {
 		return fmt.Errorf("creating the manager: %w", err)
 	}
 	syncer := &controllers.Syncer{
+		AfterFirstSync: func() {
+			if _, set := os.LookupEnv("GOGC"); !set && o.gcPercent > 0 {
+				debug.SetGCPercent(o.gcPercent)
+			}
+			// Decoding the initial state of the cluster left garbage several times
+			// the size of what is kept: collect it and give the memory back now
+			// rather than at the runtime's leisure.
+			debug.FreeOSMemory()
+		},
 		Client:       mgr.GetCache(),
 		Dataplane:    dp,
 		NodeName:     o.nodeName,

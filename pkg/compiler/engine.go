@@ -508,29 +508,43 @@ func (d *setDelta) sorted() (add, del []ruleset.Element) {
 	return add, del
 }
 
-// patchElements returns a new sorted list: cur without del, with add. cur is not
-// modified (the previous ruleset still shares it).
+// patchElements returns a new sorted list: cur without del, with add (both sorted).
+// cur is not modified (the previous ruleset still shares it). The unchanged runs
+// between the changed positions are copied whole, found by binary search, so a change
+// of a few elements costs a copy of the list and a few searches, not a comparison per
+// element.
 func patchElements(cur, add, del []ruleset.Element) []ruleset.Element {
-	out := make([]ruleset.Element, 0, len(cur)+len(add)-len(del))
-	drop := make(map[string]bool, len(del))
-	for _, el := range del {
-		drop[el.Identity()] = true
+	out := make([]ruleset.Element, 0, len(cur)+len(add))
+	find := func(from int, key []ruleset.Range) int {
+		return from + sort.Search(len(cur)-from, func(i int) bool { return ruleset.CompareKeys(cur[from+i].Key, key) >= 0 })
 	}
-	i := 0
-	for _, el := range cur {
-		if len(drop) > 0 && drop[el.Identity()] {
+	i, a, d := 0, 0, 0
+	for a < len(add) || d < len(del) {
+		// The next change in key order: a deletion, or an insertion.
+		delNext := d < len(del) && (a >= len(add) || ruleset.CompareKeys(del[d].Key, add[a].Key) <= 0)
+		var key []ruleset.Range
+		if delNext {
+			key = del[d].Key
+		} else {
+			key = add[a].Key
+		}
+		j := find(i, key)
+		out = append(out, cur[i:j]...)
+		i = j
+		if delNext {
+			if i < len(cur) && ruleset.CompareKeys(cur[i].Key, key) == 0 {
+				i++ // dropped
+			}
+			d++
 			continue
 		}
-		for i < len(add) && ruleset.CompareKeys(add[i].Key, el.Key) < 0 {
-			out = append(out, add[i])
-			i++
+		if i < len(cur) && ruleset.CompareKeys(cur[i].Key, key) == 0 {
+			i++ // already there (cannot happen when the bookkeeping is right): replaced
 		}
-		if i < len(add) && ruleset.CompareKeys(add[i].Key, el.Key) == 0 {
-			continue // already there (cannot happen when the bookkeeping is right)
-		}
-		out = append(out, el)
+		out = append(out, add[a])
+		a++
 	}
-	return append(out, add[i:]...)
+	return append(out, cur[i:]...)
 }
 
 // The engine is its own universe.

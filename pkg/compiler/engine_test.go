@@ -266,3 +266,50 @@ func TestEngineChangesAreSmall(t *testing.T) {
 		t.Fatalf("engine differs from compile: %d ops", d.Ops())
 	}
 }
+
+func TestPatchElements(t *testing.T) {
+	el := func(b byte) ruleset.Element { return ruleset.Element{Key: []ruleset.Range{ruleset.Single([]byte{b})}} }
+	list := func(bs ...byte) []ruleset.Element {
+		var out []ruleset.Element
+		for _, b := range bs {
+			out = append(out, el(b))
+		}
+		return out
+	}
+	r := rand.New(rand.NewSource(1))
+	for range 500 {
+		have := map[byte]bool{}
+		var cur []byte
+		for b := 0; b < 40; b++ {
+			if r.Intn(2) == 0 {
+				have[byte(b)] = true
+				cur = append(cur, byte(b))
+			}
+		}
+		var add, del []byte
+		want := map[byte]bool{}
+		for b := range have {
+			want[b] = true
+		}
+		for b := 0; b < 40; b++ {
+			switch {
+			case have[byte(b)] && r.Intn(5) == 0:
+				del = append(del, byte(b))
+				delete(want, byte(b))
+			case !have[byte(b)] && r.Intn(5) == 0:
+				add = append(add, byte(b))
+				want[byte(b)] = true
+			}
+		}
+		got := patchElements(list(cur...), list(add...), list(del...))
+		var exp []byte
+		for b := 0; b < 40; b++ {
+			if want[byte(b)] {
+				exp = append(exp, byte(b))
+			}
+		}
+		if fmt.Sprint(got) != fmt.Sprint(list(exp...)) {
+			t.Fatalf("cur %v add %v del %v: got %v want %v", cur, add, del, got, exp)
+		}
+	}
+}
