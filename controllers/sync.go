@@ -10,7 +10,6 @@ import (
 	"maps"
 	"net/http"
 	"net/netip"
-	"reflect"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -176,9 +175,7 @@ func podUpdateMatters(e event.UpdateEvent) bool {
 	if !ok1 || !ok2 {
 		return true
 	}
-	a, b := model.PodFromAPI(o), model.PodFromAPI(n)
-	a.Version, b.Version = "", "" // every update has a new one
-	return !reflect.DeepEqual(a, b)
+	return !model.PodFromAPI(o).Equivalent(model.PodFromAPI(n))
 }
 
 // namespaceUpdateMatters passes namespace updates that change labels.
@@ -347,9 +344,18 @@ func (s *Syncer) resync(ctx context.Context) error {
 		p := o.(*corev1.Pod)
 		seen[types.NamespacedName{Namespace: p.Namespace, Name: p.Name}] = true
 		// Converting 50k pods on every resync would cost tens of milliseconds.
-		if cur := e.Pod(p.Namespace, p.Name); cur == nil || cur.Version != p.ResourceVersion || p.ResourceVersion == "" {
-			e.SetPod(model.PodFromAPI(p))
+		cur := e.Pod(p.Namespace, p.Name)
+		if cur != nil && cur.Version == p.ResourceVersion && p.ResourceVersion != "" {
+			return
 		}
+		m := model.PodFromAPI(p)
+		if cur != nil && cur.Equivalent(m) {
+			// An update the event filter dropped (status conditions and the like):
+			// remember the version so that the next resync skips the pod.
+			cur.Version = m.Version
+			return
+		}
+		e.SetPod(m)
 	}); err != nil {
 		return err
 	}

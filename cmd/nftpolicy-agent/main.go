@@ -154,6 +154,15 @@ func run(args []string) error {
 	if err := mgr.AddReadyzCheck("ruleset", syncer.ReadyCheck); err != nil {
 		return err
 	}
+	// Not ready while the API server is unreachable: the last ruleset stays enforced,
+	// but policy changes are not seen until it returns.
+	apiCheck, err := controllers.NewAPIServerCheck(cfg)
+	if err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("apiserver", apiCheck.Check); err != nil {
+		return err
+	}
 	log.Info("starting", "node", o.nodeName, "table", "inet "+o.table, "resyncPeriod", o.resyncPeriod)
 	// On SIGTERM the manager stops and the table stays in the kernel: the node keeps
 	// enforcing the last ruleset until the next agent replaces it (fail closed).

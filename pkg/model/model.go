@@ -5,6 +5,7 @@ package model
 
 import (
 	"fmt"
+	"reflect"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -38,6 +39,14 @@ type NamedPort struct {
 
 // Key is namespace/name.
 func (p *Pod) Key() string { return p.Namespace + "/" + p.Name }
+
+// Equivalent reports whether two pods are the same for enforcement: equal in every
+// field but Version.
+func (p *Pod) Equivalent(o *Pod) bool {
+	a, b := *p, *o
+	a.Version, b.Version = "", ""
+	return reflect.DeepEqual(a, b)
+}
 
 // Less orders pods by namespace, then name, without building their keys (sorting 50k
 // pods by Key allocated most of a compile).

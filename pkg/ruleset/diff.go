@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
-	"sort"
 )
 
 // Changes is what turns one ruleset into another without replacing the table: the
@@ -203,30 +202,50 @@ func RuleKey(r Rule) string { return FormatRule(r) }
 func DiffElements(old, desired []Element) (add, del []Element) { return diffElements(old, desired) }
 
 func diffElements(old, desired []Element) (add, del []Element) {
-	oldByID := make(map[string]Element, len(old))
-	for _, e := range old {
-		oldByID[e.Identity()] = e
+	if !sortedElements(old) || !sortedElements(desired) {
+		old, desired = slices.Clone(old), slices.Clone(desired)
+		SortElements(old)
+		SortElements(desired)
 	}
-	newByID := make(map[string]Element, len(desired))
-	for _, e := range desired {
-		id := e.Identity()
-		newByID[id] = e
-		o, ok := oldByID[id]
-		if !ok {
-			add = append(add, e)
-		} else if !o.Equal(e) {
-			del = append(del, o)
-			add = append(add, e)
+	// Both sorted by key: one merge pass, no per-element allocation (a periodic
+	// read-back diffs every element of the table).
+	i, j := 0, 0
+	for i < len(old) || j < len(desired) {
+		switch {
+		case j >= len(desired):
+			del = append(del, old[i])
+			i++
+		case i >= len(old):
+			add = append(add, desired[j])
+			j++
+		default:
+			switch c := CompareKeys(old[i].Key, desired[j].Key); {
+			case c < 0:
+				del = append(del, old[i])
+				i++
+			case c > 0:
+				add = append(add, desired[j])
+				j++
+			default:
+				if !old[i].Equal(desired[j]) {
+					del = append(del, old[i])
+					add = append(add, desired[j])
+				}
+				i++
+				j++
+			}
 		}
 	}
-	for _, e := range old {
-		if _, ok := newByID[e.Identity()]; !ok {
-			del = append(del, e)
-		}
-	}
-	sort.Slice(add, func(i, j int) bool { return lessKey(add[i].Key, add[j].Key) })
-	sort.Slice(del, func(i, j int) bool { return lessKey(del[i].Key, del[j].Key) })
 	return add, del
+}
+
+func sortedElements(els []Element) bool {
+	for i := 1; i < len(els); i++ {
+		if lessKey(els[i].Key, els[i-1].Key) {
+			return false
+		}
+	}
+	return true
 }
 
 // Apply returns the ruleset that results from applying ch to old (a copy; old is not

@@ -79,7 +79,7 @@ func FullProfile() Profile {
 		Small: Scale{1000, 100}, Medium: Scale{10000, 1000}, Large: Scale{50000, 5000},
 		Rounds: 10, ConnectDuration: time.Second, StreamDuration: 2 * time.Second,
 		FloodRate: 20000, FloodDuration: 5 * time.Second,
-		ColdSyncReps: 3, LargeColdSyncReps: 2, IncrementalReps: 5, LatencyCycles: 100, LargeLatencyCycles: 30,
+		ColdSyncReps: 3, LargeColdSyncReps: 2, IncrementalReps: 9, LatencyCycles: 100, LargeLatencyCycles: 30,
 		ConntrackSweep: []time.Duration{0, 300 * time.Millisecond, time.Second},
 		IdleWindow:     10 * time.Second, ChurnWindow: 10 * time.Second, ChurnRate: 10,
 		ResyncPeriod: 2 * time.Second, ResyncWindow: 8 * time.Second,

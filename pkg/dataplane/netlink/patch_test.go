@@ -101,4 +101,21 @@ func TestPatchFromEngine(t *testing.T) {
 		t.Error("read-back did not see the flushed set")
 	}
 	requireKernel(t, d, res.Ruleset)
+
+	// The periodic read-back with nothing changed: one diff finds and repairs drift.
+	base = res
+	nft(t, ns, "flush", "set", "inet", "nftpolicy", flushed)
+	res, ch = e.Flush()
+	if !ch.Empty() {
+		t.Fatalf("nothing changed, yet %d ops", ch.Ops())
+	}
+	out, err = d.Apply(context.Background(), res.Ruleset, dataplane.ApplyOptions{Changes: ch, Base: base.Ruleset, ReadBack: true})
+	if err != nil || !out.Drift || out.Ops == 0 {
+		t.Fatalf("read-back without changes: %+v, %v", out, err)
+	}
+	requireKernel(t, d, res.Ruleset)
+	out, err = d.Apply(context.Background(), res.Ruleset, dataplane.ApplyOptions{Changes: ch, Base: res.Ruleset, ReadBack: true})
+	if err != nil || out.Drift || out.Ops != 0 {
+		t.Fatalf("read-back of an intact table: %+v, %v", out, err)
+	}
 }
