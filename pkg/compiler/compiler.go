@@ -169,9 +169,9 @@ func newCompilation(u universe, opts Options) *compilation {
 		table = DefaultTable
 	}
 	return &compilation{
-		u:       u,
-		opts:    opts,
-		table:   table,
+		u:         u,
+		opts:      opts,
+		table:     table,
 		sets:      map[string]*ruleset.Set{},
 		chains:    map[string]*ruleset.Chain{},
 		podSets:   map[string]*podSet{},

@@ -30,11 +30,11 @@ type Engine struct {
 	opts Options
 	node string
 
-	pods       map[string]*model.Pod            // by key
-	byNS       map[string]map[string]*model.Pod // namespace → key → pod
-	claims     map[netip.Addr][]*model.Pod      // eligible pods claiming each address
-	local      map[string]*model.Pod            // pods of this node, by key
-	namespaces map[string]labels.Set            // labels, the name label included
+	pods       map[string]*model.Pod               // by key
+	byNS       map[string]map[string]*model.Pod    // namespace → key → pod
+	claims     map[netip.Addr][]*model.Pod         // eligible pods claiming each address
+	local      map[string]*model.Pod               // pods of this node, by key
+	namespaces map[string]labels.Set               // labels, the name label included
 	policies   map[string]map[string]*enginePolicy // namespace → name → policy
 	polByNS    map[string][]*policy                // parsed, sorted by key
 	invalid    map[string][]Problem                // parse problems by policy key

@@ -96,10 +96,10 @@ func newSnapshotUniverse(snap *model.Snapshot) *snapshotUniverse {
 
 func sortPolicies(ps []*policy) { sort.Slice(ps, func(i, j int) bool { return ps[i].key < ps[j].key }) }
 
-func (u *snapshotUniverse) nodeName() string                       { return u.snap.NodeName }
-func (u *snapshotUniverse) localPods() []*model.Pod                { return u.local }
-func (u *snapshotUniverse) ownedIPs(p *model.Pod) []netip.Addr     { return u.podIPs[p] }
-func (u *snapshotUniverse) policiesIn(ns string) []*policy         { return u.policies[ns] }
+func (u *snapshotUniverse) nodeName() string                   { return u.snap.NodeName }
+func (u *snapshotUniverse) localPods() []*model.Pod            { return u.local }
+func (u *snapshotUniverse) ownedIPs(p *model.Pod) []netip.Addr { return u.podIPs[p] }
+func (u *snapshotUniverse) policiesIn(ns string) []*policy     { return u.policies[ns] }
 
 func (u *snapshotUniverse) namespaceLabels(name string) labels.Set {
 	l, ok := u.nsLabels[name]

@@ -5,8 +5,8 @@ package model
 
 import (
 	"fmt"
-	"reflect"
 	"net/netip"
+	"reflect"
 	"strconv"
 	"strings"
 
@@ -18,7 +18,7 @@ import (
 type Pod struct {
 	// Version is the resourceVersion of the object the pod was read from: a pod whose
 	// object has the same version need not be converted again.
-	Version string
+	Version         string
 	Namespace, Name string
 	Labels          map[string]string
 	NodeName        string
