@@ -58,6 +58,10 @@ unit: ## Pure unit tests (compiler, tracer, ruleset); no root needed.
 test: deps envtest-assets build vet chart image ## Every test: unit, envtest, kernel (netns) and end-to-end; installs what it needs.
 	$(GO) test $(GO_TEST_FLAGS) ./...
 
+.PHONY: test-reliability
+test-reliability: deps envtest-assets build ## Long reliability tests on the lab (root): restarts under a prober, API server outage, drift, coexistence, revocation, pod lifecycle races (README "Reliability").
+	NFTPOLICY_RELIABILITY=1 $(GO) test $(GO_TEST_FLAGS) -p 1 ./test/reliability/...
+
 # ---- the lab: a cluster stand-in made of network namespaces (test/lab, cmd/nftpolicy-lab) ----
 LAB      := $(BIN)/nftpolicy-lab
 LAB_ARGS ?=

@@ -147,9 +147,8 @@ func (c *cluster) endpoint(ref string, family ruleset.Family) endpoint {
 	return endpoint{}
 }
 
-// verdict judges a new connection from → to. Each node on the path evaluates it: the
-// source's node (forward hook, or output when the source is the node itself, or input
-// when the destination is that node) and the destination's node.
+// verdict judges a new connection from → to. Each node on the path evaluates it
+// (tracer.Hops).
 func (c *cluster) verdict(from, to string, proto corev1.Protocol, dport uint16, family ruleset.Family) (bool, []tracer.Result) {
 	src, dst := c.endpoint(from, family), c.endpoint(to, family)
 	pn, _ := ProtocolNumber(proto)
@@ -163,22 +162,8 @@ func (c *cluster) verdict(from, to string, proto corev1.Protocol, dport uint16, 
 		return r.Allowed()
 	}
 	ok := true
-	if src.node != "" {
-		hook := ruleset.HookForward
-		switch {
-		case src.host:
-			hook = ruleset.HookOutput
-		case dst.host && dst.node == src.node:
-			hook = ruleset.HookInput
-		}
-		ok = judge(src.node, hook) && ok
-	}
-	if dst.node != "" && dst.node != src.node {
-		hook := ruleset.HookForward
-		if dst.host {
-			hook = ruleset.HookInput
-		}
-		ok = judge(dst.node, hook) && ok
+	for _, hop := range tracer.Hops(tracer.Endpoint{Addr: src.ip, Node: src.node, Host: src.host}, tracer.Endpoint{Addr: dst.ip, Node: dst.node, Host: dst.host}) {
+		ok = judge(hop.Node, hop.Hook) && ok
 	}
 	return ok, results
 }

@@ -347,11 +347,8 @@ func (e *TracerEnv) Probe(ctx context.Context, spec ProbeSpec) (*lab.Matrix, err
 	return lab.MatrixFromResults(title, cases, results), nil
 }
 
-// judge decides one new connection the way the kernel of each node on the path would,
-// as pkg/compiler's tests do: the source's node first — forward hook for a pod, output
-// for the node itself (a hostNetwork pod), input when a pod talks to its own node — then,
-// when the destination is elsewhere, the destination's node — forward for a pod, input
-// for the node. A pod talking to its own address never leaves it. The reason names the
+// judge decides one new connection the way the kernel of each node on the path would
+// (tracer.Hops). A pod talking to its own address never leaves it. The reason names the
 // node and the step that decided.
 func judge(compile func(string) (*ruleset.Ruleset, error), src, dst endpoint, proto uint8, port uint16, destinationOnly bool) (bool, string, error) {
 	if src.ip == dst.ip && src.node == dst.node {
@@ -375,25 +372,11 @@ func judge(compile func(string) (*ruleset.Ruleset, error), src, dst endpoint, pr
 		why = append(why, fmt.Sprintf("%s %s: %s: %s", node, hook, res.Verdict, desc))
 		return res.Allowed(), nil
 	}
-	hook := ruleset.HookForward
-	switch {
-	case src.host:
-		hook = ruleset.HookOutput
-	case dst.host && dst.node == src.node:
-		hook = ruleset.HookInput
-	}
-	if !destinationOnly || dst.node == src.node {
-		ok, err := pass(src.node, hook)
-		if err != nil || !ok {
-			return false, strings.Join(why, "; "), err
+	for i, hop := range tracer.Hops(tracer.Endpoint{Addr: src.ip, Node: src.node, Host: src.host}, tracer.Endpoint{Addr: dst.ip, Node: dst.node, Host: dst.host}) {
+		if i == 0 && destinationOnly && dst.node != src.node && hop.Node == src.node {
+			continue
 		}
-	}
-	if dst.node != src.node {
-		hook := ruleset.HookForward
-		if dst.host {
-			hook = ruleset.HookInput
-		}
-		if ok, err := pass(dst.node, hook); err != nil || !ok {
+		if ok, err := pass(hop.Node, hop.Hook); err != nil || !ok {
 			return false, strings.Join(why, "; "), err
 		}
 	}
