@@ -36,6 +36,17 @@ func FuzzCompile(f *testing.F) {
 	f.Add([]byte{0x00, 5, 3, 0, 0, 0, 1, 0x33, 0, 4, 0, 3, 1, 1, 0x13, 1, 3, 7, 1, 2, 1, 1, 2, 8, 2, 11, 1, 0, 0, 2, 1, 7, 1, 0})
 	// Two pods claiming one address (one Pending), hostNetwork and finished pods.
 	f.Add([]byte{0x01, 6, 0, 0, 2, 2, 1, 0x10, 0, 0, 2, 2, 0, 0x10, 2, 4, 1, 0, 1, 0x01, 1, 3, 1, 1, 1, 0x04, 0, 1, 1, 0, 0, 0x11, 2, 0, 0, 0, 1, 0, 0})
+	// x/p0 (app=a, http/TCP/80) isolated by a rule whose only port is "http" with an
+	// endPort: that entry is invalid and allows nothing, not the named port.
+	f.Add([]byte{0, 0, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 1, 0, 1, 0, 1, 0, 1, 11})
+	// The same rule with an unknown protocol (8), then with port 70000 (12).
+	f.Add([]byte{0, 0, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 1, 0, 1, 0, 1, 0, 1, 8})
+	f.Add([]byte{0, 0, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 1, 0, 1, 0, 1, 0, 1, 12})
+	// Namespace selectors on the name label the API server sets: x/p0 admits pods of
+	// namespaces other than x and gone (p1 is in gone, which has no object), and pods of
+	// y (whose object lacks the label).
+	f.Add([]byte{0, 0, 0, 0, 0, 1, 0, 0, 0, 3, 1, 0, 0, 1, 0, 0, 1, 0, 1, 0, 1, 1, 1, 12, 0})
+	f.Add([]byte{0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 1, 0, 0, 1, 0, 0, 1, 0, 1, 0, 1, 1, 1, 10, 0})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cl := decodeCluster(data)
 		checkCluster(t, cl)

@@ -105,7 +105,7 @@ func parseIPBlock(b *networkingv1.IPBlock) (addrSet, ruleset.Family, string, err
 	if err != nil {
 		return nil, 0, "", fmt.Errorf("cidr %q: %w", b.CIDR, err)
 	}
-	p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-unmapBits(p.Addr())).Masked()
+	p = canonicalPrefix(p)
 	fam := ruleset.IPv4
 	if p.Addr().Is6() {
 		fam = ruleset.IPv6
@@ -117,7 +117,7 @@ func parseIPBlock(b *networkingv1.IPBlock) (addrSet, ruleset.Family, string, err
 		if err != nil {
 			return nil, 0, "", fmt.Errorf("except[%d] %q: %w", i, e, err)
 		}
-		ep = netip.PrefixFrom(ep.Addr().Unmap(), ep.Bits()-unmapBits(ep.Addr())).Masked()
+		ep = canonicalPrefix(ep)
 		if ep.Addr().Is4() != p.Addr().Is4() {
 			continue
 		}
@@ -129,12 +129,17 @@ func parseIPBlock(b *networkingv1.IPBlock) (addrSet, ruleset.Family, string, err
 	return set, fam, "cidr(" + p.String() + "-" + strings.Join(excepts, ",") + ")", nil
 }
 
-// unmapBits is 96 for an IPv4-mapped IPv6 prefix (::ffff:10.0.0.0/104 is 10.0.0.0/8).
-func unmapBits(a netip.Addr) int {
-	if a.Is4In6() {
-		return 96
+// canonicalPrefix masks the host bits and turns an IPv4-mapped IPv6 prefix into the
+// IPv4 prefix it maps (::ffff:10.0.0.0/104 is 10.0.0.0/8). Only a prefix of /96 or
+// longer covers mapped addresses alone; a shorter one (::ffff:10.0.0.0/80 is ::/80)
+// covers IPv6 addresses too and stays IPv6 — unmapping it gave a negative length, an
+// invalid prefix, and a panic building its range (found by FuzzCompile).
+func canonicalPrefix(p netip.Prefix) netip.Prefix {
+	p = p.Masked()
+	if p.Addr().Is4In6() && p.Bits() >= 96 {
+		return netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
 	}
-	return 0
+	return p
 }
 
 // selectsPod reports whether a pod-selecting peer selects the pod.
