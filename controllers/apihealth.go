@@ -88,7 +88,10 @@ func (c *APIServerCheck) Check(req *http.Request) error {
 	if path == "" {
 		path = "/readyz"
 	}
-	err := c.Client.Get().AbsPath(path).Do(ctx).Error()
+	// No retries: client-go retries a GET that met a closed connection (what a
+	// proxy in front of a dead API server gives), which would hold the probe for the
+	// whole timeout; one attempt per period is the point of the cache.
+	err := c.Client.Get().AbsPath(path).MaxRetries(0).Do(ctx).Error()
 	if err != nil {
 		err = fmt.Errorf("API server unreachable (GET %s): %w", path, err)
 	}

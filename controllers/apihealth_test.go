@@ -86,6 +86,32 @@ func TestAPIServerCheckDown(t *testing.T) {
 	}
 }
 
+// A proxy whose backend is gone accepts and closes: the check fails at once instead
+// of retrying until its timeout.
+func TestAPIServerCheckClosedConnection(t *testing.T) {
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		conn, _, err := w.(http.Hijacker).Hijack()
+		if err == nil {
+			conn.Close()
+		}
+	}))
+	defer srv.Close()
+	c := newCheck(t, srv.URL)
+	c.Timeout = 10 * time.Second
+	start := time.Now()
+	if err := c.Check(nil); err == nil {
+		t.Fatal("closed connection: check passed")
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("check took %v: retried instead of failing", d)
+	}
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("requests = %d, want 1 (no retries)", n)
+	}
+}
+
 func TestAPIServerCheckTimeout(t *testing.T) {
 	f := newFakeAPIServer(t)
 	f.hang.Store(true)
