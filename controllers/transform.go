@@ -7,6 +7,12 @@ import (
 	"github.com/nftpolicy/nftpolicy/pkg/model"
 )
 
+// Label sets and named-port annotations of cached pods are shared (see interner).
+var (
+	podLabels      = newInterner(1 << 16)
+	podAnnotations = newInterner(1 << 12)
+)
+
 // TrimPod is the cache transform for Pods: it keeps only the fields enforcement reads
 // (identity, labels, node, hostNetwork, phase and IPs) and replaces the containers by
 // their named ports in one annotation (model.NamedPortsAnnotation), so that the agent's
@@ -21,7 +27,7 @@ func TrimPod(obj any) (any, error) {
 		TypeMeta: p.TypeMeta,
 		ObjectMeta: metav1.ObjectMeta{
 			Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion,
-			Labels: p.Labels, DeletionTimestamp: p.DeletionTimestamp, CreationTimestamp: p.CreationTimestamp,
+			Labels: podLabels.intern(p.Labels), DeletionTimestamp: p.DeletionTimestamp, CreationTimestamp: p.CreationTimestamp,
 		},
 		Spec:   corev1.PodSpec{NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork},
 		Status: corev1.PodStatus{Phase: p.Status.Phase, PodIP: p.Status.PodIP, PodIPs: p.Status.PodIPs},
@@ -29,12 +35,12 @@ func TrimPod(obj any) (any, error) {
 	if len(p.Spec.Containers) == 0 {
 		// Already trimmed (a transform may run on its own output).
 		if v, ok := p.Annotations[model.NamedPortsAnnotation]; ok {
-			out.Annotations = map[string]string{model.NamedPortsAnnotation: v}
+			out.Annotations = podAnnotations.intern(map[string]string{model.NamedPortsAnnotation: v})
 		}
 		return out, nil
 	}
 	if ports := model.PodFromAPI(p).Ports; len(ports) > 0 {
-		out.Annotations = map[string]string{model.NamedPortsAnnotation: model.FormatNamedPorts(ports)}
+		out.Annotations = podAnnotations.intern(map[string]string{model.NamedPortsAnnotation: model.FormatNamedPorts(ports)})
 	}
 	return out, nil
 }
