@@ -412,31 +412,14 @@ func checkCluster(t *testing.T, c *fuzzCluster) {
 				pkt := tracer.Packet{Src: src.ip, Dst: dst.ip, Proto: pn, DPort: pr.port}
 				got := true
 				var trace []string
-				judge := func(node string, hook ruleset.Hook) {
+				for _, hop := range tracer.Hops(tracer.Endpoint{Addr: src.ip, Node: src.node, Host: src.host}, tracer.Endpoint{Addr: dst.ip, Node: dst.node, Host: dst.host}) {
 					p := pkt
-					p.Hook = hook
-					r := tracers[node].Trace(p)
+					p.Hook = hop.Hook
+					r := tracers[hop.Node].Trace(p)
 					for _, s := range r.Steps {
-						trace = append(trace, node+": "+s.String())
+						trace = append(trace, hop.Node+": "+s.String())
 					}
 					got = got && r.Allowed()
-				}
-				if src.node != "" {
-					hook := ruleset.HookForward
-					switch {
-					case src.host:
-						hook = ruleset.HookOutput
-					case dst.host && dst.node == src.node:
-						hook = ruleset.HookInput
-					}
-					judge(src.node, hook)
-				}
-				if dst.node != "" && dst.node != src.node {
-					hook := ruleset.HookForward
-					if dst.host {
-						hook = ruleset.HookInput
-					}
-					judge(dst.node, hook)
 				}
 				want := ev.Allowed(npeval.Conn{Src: src.ip, Dst: dst.ip, Proto: pr.proto, Port: pr.port})
 				if got != want {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
@@ -20,29 +19,13 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/nftpolicy/nftpolicy/test/lab"
+	"github.com/nftpolicy/nftpolicy/test/reliability/gate"
 )
 
 // TestControl runs the suite. Every reason to skip is decided here, before Ginkgo
 // starts, so that `go test ./...` passes over the package at once.
 func TestControl(t *testing.T) {
-	if os.Getenv("NFTPOLICY_RELIABILITY") != "1" {
-		t.Skip("reliability tests are long: set NFTPOLICY_RELIABILITY=1 (make test-reliability)")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("the lab needs root (network namespaces, nftables)")
-	}
-	for _, tool := range []string{"nft", "ip"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not installed", tool)
-		}
-	}
-	if _, err := lab.ControlPlaneDir(""); err != nil {
-		t.Skipf("no control plane: %v (run `make envtest-assets`)", err)
-	}
-	bin := os.Getenv("NFTPOLICY_AGENT")
-	if bin == "" {
-		t.Skip("NFTPOLICY_AGENT (the agent binary, `make build`) is not set")
-	}
+	bin := gate.Open(t)
 	if _, err := os.Stat(bin); err != nil {
 		t.Skipf("agent binary: %v", err)
 	}

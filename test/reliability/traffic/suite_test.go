@@ -30,25 +30,13 @@ import (
 	"github.com/nftpolicy/nftpolicy/pkg/model"
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
 	"github.com/nftpolicy/nftpolicy/test/lab"
+	"github.com/nftpolicy/nftpolicy/test/reliability/gate"
 )
 
 // TestTraffic is gated: the suite runs for minutes and is meant for `make
 // test-reliability`, so `go test ./...` skips it before anything starts.
 func TestTraffic(t *testing.T) {
-	if os.Getenv("NFTPOLICY_RELIABILITY") != "1" {
-		t.Skip("reliability suite: set NFTPOLICY_RELIABILITY=1 to run it (make test-reliability)")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("reliability suite: needs root (network namespaces, nftables)")
-	}
-	for _, tool := range []string{"ip", "nft"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("reliability suite: %s is not installed", tool)
-		}
-	}
-	if _, err := lab.ControlPlaneDir(""); err != nil {
-		t.Skipf("reliability suite: %v", err)
-	}
+	gate.Open(t)
 	RegisterFailHandler(Fail)
 	RunSpecs(t, "reliability: traffic through policy changes and pod lifecycle races")
 }
