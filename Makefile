@@ -25,8 +25,9 @@ help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: build
-build: ## Build the agent into bin/nftpolicy-agent.
+build: ## Build the agent into bin/nftpolicy-agent and the CLI into bin/nftpolicy.
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/nftpolicy-agent ./cmd/nftpolicy-agent
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/nftpolicy ./cmd/nftpolicy
 
 .PHONY: deps
 deps: ## Install the Debian packages the tests need (nft, ip, conntrack) when missing.

@@ -13,6 +13,11 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/nftpolicy/nftpolicy/pkg/compiler"
+	"github.com/nftpolicy/nftpolicy/pkg/explain"
+	"github.com/nftpolicy/nftpolicy/pkg/manifest"
 )
 
 // DefaultEnforceTimeout bounds the demo's wait for the agents to enforce.
@@ -267,6 +272,11 @@ func RunDemo(ctx context.Context, opts DemoOptions) (err error) {
 	show(after)
 	fmt.Fprintf(indent, "\nOK: the observed matrices equal the expected ones\n")
 
+	say("nftpolicy explain (pkg/explain: the agent's compiler and the packet tracer over the API server's state): one allowed and one denied pair")
+	if err := demoExplain(ctx, c, indent, []explainPair{{frontend, backend, true}, {client, backend, false}}); err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+
 	node := backend.Node
 	say("The agent's ruleset on %s (runs %s and %s): ip netns exec %s nft list table inet nftpolicy", node.Name, backend.Key(), ingress.Key(), node.NS.Name())
 	table, err := node.NS.Exec(ctx, "nft", "list", "table", "inet", "nftpolicy")
@@ -274,6 +284,49 @@ func RunDemo(ctx context.Context, opts DemoOptions) (err error) {
 		return fmt.Errorf("demo: %w", err)
 	}
 	fmt.Fprintf(indent, "%s", table)
+	return nil
+}
+
+// explainPair is a pair the demo explains and the verdict its matrix observed.
+type explainPair struct {
+	from, to *ClusterPod
+	allowed  bool
+}
+
+// demoExplain prints `nftpolicy explain --from A --to B --port 80/TCP` for each pair,
+// over the cluster's current Namespaces, Pods and NetworkPolicies, and checks that its
+// verdict is the one the demo just observed (the pairs are the matrix's).
+func demoExplain(ctx context.Context, c *Cluster, out io.Writer, pairs []explainPair) error {
+	objs := &manifest.Objects{}
+	var nss corev1.NamespaceList
+	var pods corev1.PodList
+	var nps networkingv1.NetworkPolicyList
+	for what, l := range map[string]client.ObjectList{"namespaces": &nss, "pods": &pods, "networkpolicies": &nps} {
+		if err := c.Client().List(ctx, l); err != nil {
+			return fmt.Errorf("explain: listing %s: %w", what, err)
+		}
+	}
+	for i := range nss.Items {
+		objs.Namespaces = append(objs.Namespaces, &nss.Items[i])
+	}
+	for i := range pods.Items {
+		objs.Pods = append(objs.Pods, &pods.Items[i])
+	}
+	for i := range nps.Items {
+		objs.Policies = append(objs.Policies, &nps.Items[i])
+	}
+	for i, pr := range pairs {
+		fmt.Fprintf(out, "%s$ nftpolicy explain --from %s --to %s --port %d/TCP\n", map[bool]string{true: "\n"}[i > 0], pr.from.Key(), pr.to.Key(), demoPort)
+		ex, err := explain.Explain(objs.Snapshot(""), explain.Request{From: pr.from.Key(), To: pr.to.Key(), Protocol: corev1.ProtocolTCP, Port: demoPort},
+			compiler.Options{Table: compiler.DefaultTable, Revocation: true})
+		if err != nil {
+			return err
+		}
+		fmt.Fprint(out, ex.Format())
+		if ex.Allowed != pr.allowed {
+			return fmt.Errorf("explain %s -> %s: allowed=%v, but the probes observed allowed=%v", pr.from.Key(), pr.to.Key(), ex.Allowed, pr.allowed)
+		}
+	}
 	return nil
 }
 

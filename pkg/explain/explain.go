@@ -1,0 +1,320 @@
+// Package explain answers "may this pod reach that pod (or address) on this port, and
+// why?" from the same compiler and tracer the agent uses: it compiles the ruleset of
+// every node that judges the connection (tracer.Hops: the source's node, then the
+// destination's), traces the connection's first packet through each, and reads the
+// path back as policy terms — which policies isolate each side, which rule of which
+// policy allows the connection, or that none of the isolating policies has a rule
+// allowing it. CheckKernel compares what the verdict depends on with a table read from
+// a kernel (drift). The package is pure: no kernel, no API client.
+package explain
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/nftpolicy/nftpolicy/pkg/compiler"
+	"github.com/nftpolicy/nftpolicy/pkg/model"
+	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
+	"github.com/nftpolicy/nftpolicy/pkg/tracer"
+)
+
+// Request is one question.
+type Request struct {
+	// From is the source pod, "namespace/name".
+	From string
+	// To is the destination: a pod "namespace/name" or an IP address (a pod's address
+	// counts as that pod; any other address is outside the cluster).
+	To string
+	// Protocol and Port are the destination port.
+	Protocol corev1.Protocol
+	Port     uint16
+	// Family picks the address family when both ends have both; 0 prefers IPv4.
+	Family ruleset.Family
+}
+
+// ParsePort parses "80", "80/TCP", "53/udp", "5000/SCTP" (TCP by default).
+func ParsePort(s string) (corev1.Protocol, uint16, error) {
+	num, proto, _ := strings.Cut(s, "/")
+	p := corev1.ProtocolTCP
+	if proto != "" {
+		p = corev1.Protocol(strings.ToUpper(proto))
+		if _, ok := compiler.ProtocolNumber(p); !ok {
+			return "", 0, fmt.Errorf("port %q: unknown protocol %q (TCP, UDP or SCTP)", s, proto)
+		}
+	}
+	n, err := strconv.ParseUint(num, 10, 16)
+	if err != nil || n == 0 {
+		return "", 0, fmt.Errorf("port %q: want a number 1-65535, optionally /TCP, /UDP or /SCTP", s)
+	}
+	return p, uint16(n), nil
+}
+
+// Endpoint is one resolved end of the connection.
+type Endpoint struct {
+	// Pod is nil for an address outside the cluster's pods.
+	Pod  *model.Pod
+	Addr netip.Addr
+}
+
+// Name is "ns/name" for a pod, the address otherwise.
+func (e Endpoint) Name() string {
+	if e.Pod != nil {
+		return e.Pod.Key()
+	}
+	return e.Addr.String()
+}
+
+func (e Endpoint) tracer() tracer.Endpoint {
+	if e.Pod == nil {
+		return tracer.Endpoint{Addr: e.Addr}
+	}
+	return tracer.Endpoint{Addr: e.Addr, Node: e.Pod.NodeName, Host: e.Pod.HostNetwork}
+}
+
+// Side is what policy says about one end: the source's egress or the destination's
+// ingress.
+type Side struct {
+	Direction compiler.Direction
+	Endpoint  string
+	// Node is the node whose ruleset judges this side; empty when no node does (an
+	// address outside the cluster).
+	Node string
+	// Judged is false when no ruleset decided about this side: the endpoint is outside
+	// the cluster or the packet was dropped before reaching this side's chain.
+	Judged bool
+	// Isolated: policies select the endpoint for this direction, listed in Policies.
+	Isolated bool
+	Policies []string
+	// Allowed is this side's verdict; AllowedBy the comment of the rule that accepted
+	// ("ns/name ingress rule 0"), DeniedBy that of the rule that dropped.
+	Allowed   bool
+	AllowedBy string
+	DeniedBy  string
+}
+
+// Hop is one node's judgement.
+type Hop struct {
+	tracer.Hop
+	Packet  tracer.Packet
+	Ruleset *ruleset.Ruleset
+	Trace   tracer.Result
+}
+
+// Explanation is the answer.
+type Explanation struct {
+	From, To        Endpoint
+	Protocol        corev1.Protocol
+	Port            uint16
+	Allowed         bool
+	Egress, Ingress Side
+	Hops            []Hop
+	// Problems are the compiler's complaints about the input (also enforced this way
+	// by the agent: the faulty part of a policy allows nothing).
+	Problems []compiler.Problem
+}
+
+// Explain answers req over the cluster state snap (its NodeName is ignored: every
+// judging node's ruleset is compiled). opts must be the agent's (Table, Revocation).
+func Explain(snap *model.Snapshot, req Request, opts compiler.Options) (*Explanation, error) {
+	protoNum, ok := compiler.ProtocolNumber(req.Protocol)
+	if !ok {
+		return nil, fmt.Errorf("protocol %q: want TCP, UDP or SCTP", req.Protocol)
+	}
+	pods := map[string]*model.Pod{}
+	for _, p := range snap.Pods {
+		pods[p.Key()] = p
+	}
+	src := pods[req.From]
+	if src == nil {
+		return nil, fmt.Errorf("--from %s: no such pod", req.From)
+	}
+	if !src.Eligible() {
+		return nil, fmt.Errorf("--from %s: pod takes no part in policy (no IP, ended, or not scheduled)", req.From)
+	}
+	var dst Endpoint
+	if a, err := netip.ParseAddr(req.To); err == nil {
+		a = a.Unmap()
+		dst = Endpoint{Pod: model.IPOwners(snap.Pods)[a], Addr: a}
+	} else {
+		p := pods[req.To]
+		if p == nil {
+			return nil, fmt.Errorf("--to %s: no such pod (want namespace/name or an IP address)", req.To)
+		}
+		if !p.Eligible() {
+			return nil, fmt.Errorf("--to %s: pod takes no part in policy (no IP, ended, or not scheduled)", req.To)
+		}
+		dst = Endpoint{Pod: p}
+	}
+	srcAddr, dstAddr, err := pickAddrs(src, dst, req.Family)
+	if err != nil {
+		return nil, err
+	}
+	from := Endpoint{Pod: src, Addr: srcAddr}
+	dst.Addr = dstAddr
+
+	ex := &Explanation{From: from, To: dst, Protocol: req.Protocol, Port: req.Port, Allowed: true,
+		Egress:  Side{Direction: compiler.Egress, Endpoint: from.Name(), Node: src.NodeName},
+		Ingress: Side{Direction: compiler.Ingress, Endpoint: dst.Name()}}
+	if dst.Pod != nil {
+		ex.Ingress.Node = dst.Pod.NodeName
+	}
+	seen := map[string]bool{}
+	for _, h := range tracer.Hops(from.tracer(), dst.tracer()) {
+		s := *snap
+		s.NodeName = h.Node
+		res := compiler.Compile(&s, opts)
+		for _, p := range res.Problems {
+			if k := p.Error(); !seen[k] {
+				seen[k] = true
+				ex.Problems = append(ex.Problems, p)
+			}
+		}
+		pkt := tracer.Packet{Src: srcAddr, Dst: dstAddr, Proto: protoNum, DPort: req.Port, Hook: h.Hook}
+		hop := Hop{Hop: h, Packet: pkt, Ruleset: res.Ruleset, Trace: tracer.Trace(res.Ruleset, pkt)}
+		ex.Hops = append(ex.Hops, hop)
+		if !hop.Trace.Allowed() {
+			ex.Allowed = false
+		}
+		if h.Node == ex.Egress.Node {
+			ex.Egress.read(hop)
+		}
+		if h.Node == ex.Ingress.Node {
+			ex.Ingress.read(hop)
+		}
+	}
+	return ex, nil
+}
+
+// pickAddrs chooses one address family both ends have.
+func pickAddrs(src *model.Pod, dst Endpoint, fam ruleset.Family) (netip.Addr, netip.Addr, error) {
+	addrOf := func(ips []netip.Addr, is4 bool) (netip.Addr, bool) {
+		for _, a := range ips {
+			if a.Is4() == is4 {
+				return a, true
+			}
+		}
+		return netip.Addr{}, false
+	}
+	var dstIPs []netip.Addr
+	switch {
+	case dst.Addr.IsValid():
+		dstIPs = []netip.Addr{dst.Addr}
+	default:
+		dstIPs = dst.Pod.IPs
+	}
+	order := []bool{true, false}
+	switch fam {
+	case ruleset.IPv4:
+		order = []bool{true}
+	case ruleset.IPv6:
+		order = []bool{false}
+	}
+	for _, is4 := range order {
+		s, ok1 := addrOf(src.IPs, is4)
+		d, ok2 := addrOf(dstIPs, is4)
+		if ok1 && ok2 {
+			return s, d, nil
+		}
+	}
+	return netip.Addr{}, netip.Addr{}, fmt.Errorf("%s and %s have no address of a common family", src.Key(), dst.Name())
+}
+
+// direction tells which direction a chain of the compiled ruleset belongs to.
+func direction(chain string) compiler.Direction {
+	switch {
+	case strings.HasPrefix(chain, "egress-"), strings.HasPrefix(chain, "isolate-eg-"), strings.HasPrefix(chain, "pol-eg-"):
+		return compiler.Egress
+	case strings.HasPrefix(chain, "ingress-"), strings.HasPrefix(chain, "isolate-in-"), strings.HasPrefix(chain, "pol-in-"):
+		return compiler.Ingress
+	}
+	return ""
+}
+
+// read takes this side's part of a hop's trace: the verdict-map dispatch to an isolation
+// chain (whose jump rules name the isolating policies), the policy rule that accepted,
+// or the isolation chain's final drop.
+func (s *Side) read(h Hop) {
+	s.Allowed = true
+	for _, st := range h.Trace.Steps {
+		if direction(st.Chain) != s.Direction {
+			continue
+		}
+		s.Judged = true
+		if target, ok := strings.CutPrefix(st.Verdict, "jump "); ok && strings.HasPrefix(target, "isolate-") {
+			s.Isolated = true
+			s.Policies = nil
+			if c := h.Ruleset.Chain(target); c != nil {
+				for _, r := range c.Rules {
+					if r.Verdict.Kind == ruleset.VerdictJump {
+						s.Policies = append(s.Policies, r.Comment)
+					}
+				}
+			}
+		}
+		switch st.Verdict {
+		case "accept":
+			if strings.HasPrefix(st.Chain, "pol-") {
+				s.AllowedBy = st.Comment
+			}
+		case "drop":
+			s.Allowed = false
+			s.DeniedBy = st.Comment
+		}
+	}
+}
+
+// Format prints the explanation for people.
+func (ex *Explanation) Format() string {
+	var b strings.Builder
+	verdict := "ALLOWED"
+	if !ex.Allowed {
+		verdict = "DENIED"
+	}
+	fmt.Fprintf(&b, "%s -> %s %s/%d: %s\n", endpointText(ex.From), endpointText(ex.To), ex.Protocol, ex.Port, verdict)
+	for _, s := range []Side{ex.Egress, ex.Ingress} {
+		fmt.Fprintf(&b, "  %s of %s: %s\n", s.Direction, s.Endpoint, s.summary())
+	}
+	b.WriteString("  path:\n")
+	for _, h := range ex.Hops {
+		v := "accept"
+		if !h.Trace.Allowed() {
+			v = "drop"
+		}
+		fmt.Fprintf(&b, "    %s, hook %s: %s\n", h.Node, h.Hook, v)
+		for _, st := range h.Trace.Steps {
+			fmt.Fprintf(&b, "      %s\n", st)
+		}
+	}
+	for _, p := range ex.Problems {
+		fmt.Fprintf(&b, "  warning: %v\n", p)
+	}
+	return b.String()
+}
+
+func endpointText(e Endpoint) string {
+	if e.Pod == nil {
+		return e.Addr.String() + " (outside the cluster's pods)"
+	}
+	return fmt.Sprintf("%s (%s on %s)", e.Pod.Key(), e.Addr, e.Pod.NodeName)
+}
+
+func (s Side) summary() string {
+	switch {
+	case s.Node == "":
+		return "not judged: not a pod of the cluster, no policy applies"
+	case !s.Judged:
+		return "not judged: the packet is dropped before"
+	case !s.Isolated:
+		return fmt.Sprintf("not isolated (no NetworkPolicy selects it for %s; judged on %s)", s.Direction, s.Node)
+	case s.Allowed && s.AllowedBy != "":
+		return fmt.Sprintf("isolated by %s; allowed by %s (judged on %s)", strings.Join(s.Policies, ", "), s.AllowedBy, s.Node)
+	case s.Allowed:
+		return fmt.Sprintf("isolated by %s; allowed (judged on %s)", strings.Join(s.Policies, ", "), s.Node)
+	default:
+		return fmt.Sprintf("isolated by %s; DENIED: no rule of them allows it (judged on %s)", strings.Join(s.Policies, ", "), s.Node)
+	}
+}

@@ -1,0 +1,242 @@
+package explain
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/nftpolicy/nftpolicy/pkg/compiler"
+	"github.com/nftpolicy/nftpolicy/pkg/manifest"
+	"github.com/nftpolicy/nftpolicy/pkg/model"
+	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
+	"github.com/nftpolicy/nftpolicy/pkg/tracer"
+)
+
+var agentOpts = compiler.Options{Table: compiler.DefaultTable, Revocation: true}
+
+func load(t *testing.T, dir string) *model.Snapshot {
+	t.Helper()
+	objs, err := manifest.Load([]string{"../render/testdata/" + dir}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return objs.Snapshot("")
+}
+
+func mustExplain(t *testing.T, snap *model.Snapshot, from, to, port string) *Explanation {
+	t.Helper()
+	proto, num, err := ParsePort(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex, err := Explain(snap, Request{From: from, To: to, Protocol: proto, Port: num}, agentOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ex
+}
+
+// side is the expected reading of one side.
+type side struct {
+	judged, isolated, allowed bool
+	policies                  []string
+	allowedBy, deniedBy       string
+}
+
+func checkSide(t *testing.T, name string, got Side, want side) {
+	t.Helper()
+	if got.Judged != want.judged || got.Isolated != want.isolated || got.Allowed != want.allowed ||
+		!slices.Equal(got.Policies, want.policies) || got.AllowedBy != want.allowedBy || got.DeniedBy != want.deniedBy {
+		t.Errorf("%s: got %+v, want %+v", name, got, want)
+	}
+}
+
+// The demo's scenario (README "The two commands"), whose answers are known: only the
+// frontend reaches the backend, only the ingress controller reaches the frontend.
+func TestExplainDemo(t *testing.T) {
+	snap := load(t, "demo")
+	notIsolated := side{judged: true, allowed: true}
+
+	ex := mustExplain(t, snap, "app/frontend", "app/backend", "80/TCP")
+	if !ex.Allowed {
+		t.Fatalf("frontend -> backend denied:\n%s", ex.Format())
+	}
+	checkSide(t, "egress", ex.Egress, notIsolated)
+	checkSide(t, "ingress", ex.Ingress, side{judged: true, isolated: true, allowed: true,
+		policies: []string{"app/backend-policy"}, allowedBy: "app/backend-policy ingress rule 0"})
+	if want := []tracer.Hop{{Node: "node1", Hook: ruleset.HookForward}, {Node: "node2", Hook: ruleset.HookForward}}; len(ex.Hops) != 2 ||
+		ex.Hops[0].Hop != want[0] || ex.Hops[1].Hop != want[1] {
+		t.Errorf("hops %+v, want %+v", ex.Hops, want)
+	}
+	if ex.From.Addr.String() != "10.244.1.2" || ex.To.Addr.String() != "10.244.2.3" {
+		t.Errorf("addresses %s -> %s", ex.From.Addr, ex.To.Addr)
+	}
+
+	ex = mustExplain(t, snap, "other/client", "app/backend", "80")
+	if ex.Allowed {
+		t.Fatalf("client -> backend allowed:\n%s", ex.Format())
+	}
+	checkSide(t, "egress", ex.Egress, notIsolated)
+	checkSide(t, "ingress", ex.Ingress, side{judged: true, isolated: true,
+		policies: []string{"app/backend-policy"}, deniedBy: "drop: no rule of app/backend-policy allows it"})
+	out := ex.Format()
+	for _, s := range []string{"DENIED", "isolated by app/backend-policy; DENIED: no rule of them allows it (judged on node2)"} {
+		if !strings.Contains(out, s) {
+			t.Errorf("format lacks %q:\n%s", s, out)
+		}
+	}
+
+	// By address, over IPv6: the address is the backend's, so the same answer.
+	ex = mustExplain(t, snap, "ingress-nginx/ingress-nginx-controller", "fd00:10:244:1::2", "80/TCP")
+	if !ex.Allowed || ex.To.Pod == nil || ex.To.Pod.Key() != "app/frontend" {
+		t.Fatalf("ingress -> frontend by IPv6 address:\n%s", ex.Format())
+	}
+	checkSide(t, "ingress", ex.Ingress, side{judged: true, isolated: true, allowed: true,
+		policies: []string{"app/frontend-from-ingress"}, allowedBy: "app/frontend-from-ingress ingress rule 0"})
+
+	// The backend may not reach the frontend (same answer as the lab's matrix).
+	if ex := mustExplain(t, snap, "app/backend", "app/frontend", "80/TCP"); ex.Allowed {
+		t.Fatalf("backend -> frontend allowed:\n%s", ex.Format())
+	}
+}
+
+// A kubectl List with egress, ipBlock with except, named ports and a Succeeded pod.
+func TestExplainKubectlList(t *testing.T) {
+	snap := load(t, "kubectl-list")
+	webIsolatedEg := []string{"shop/web"}
+	cases := []struct {
+		from, to, port string
+		allowed        bool
+		egress         side
+		ingress        side
+	}{
+		{"shop/web-0", "shop/db-0", "5432/TCP", true,
+			side{judged: true, isolated: true, allowed: true, policies: webIsolatedEg, allowedBy: "shop/web egress rule 0"},
+			side{judged: true, isolated: true, allowed: true, policies: []string{"shop/db"}, allowedBy: "shop/db ingress rule 0"}},
+		{"shop/web-0", "shop/db-0", "5433/TCP", false,
+			side{judged: true, isolated: true, policies: webIsolatedEg, deniedBy: "drop: no rule of shop/web allows it"},
+			side{judged: true, isolated: true, policies: []string{"shop/db"}, deniedBy: "drop: no rule of shop/db allows it"}},
+		{"shop/web-0", "8.8.8.8", "444/TCP", true,
+			side{judged: true, isolated: true, allowed: true, policies: webIsolatedEg, allowedBy: "shop/web egress rule 1"},
+			side{}},
+		// 10.1.0.99 belongs to a Succeeded pod, so it is an address like any other of 10/8.
+		{"shop/web-0", "10.1.0.99", "443/TCP", false,
+			side{judged: true, isolated: true, policies: webIsolatedEg, deniedBy: "drop: no rule of shop/web allows it"},
+			side{}},
+		{"monitoring/prometheus-0", "shop/web-0", "9100/TCP", true,
+			side{judged: true, allowed: true},
+			side{judged: true, isolated: true, allowed: true, policies: []string{"shop/web"}, allowedBy: "shop/web ingress rule 1"}},
+		{"shop/db-0", "shop/web-0", "8080/TCP", true,
+			side{judged: true, allowed: true},
+			side{judged: true, isolated: true, allowed: true, policies: []string{"shop/web"}, allowedBy: "shop/web ingress rule 0"}},
+		{"shop/db-0", "shop/web-0", "9100/TCP", false,
+			side{judged: true, allowed: true},
+			side{judged: true, isolated: true, policies: []string{"shop/web"}, deniedBy: "drop: no rule of shop/web allows it"}},
+		{"monitoring/prometheus-0", "shop/web-0", "8080/UDP", false,
+			side{judged: true, allowed: true},
+			side{judged: true, isolated: true, policies: []string{"shop/web"}, deniedBy: "drop: no rule of shop/web allows it"}},
+	}
+	for _, c := range cases {
+		t.Run(c.from+"->"+c.to+":"+c.port, func(t *testing.T) {
+			ex := mustExplain(t, snap, c.from, c.to, c.port)
+			if ex.Allowed != c.allowed {
+				t.Fatalf("allowed %v, want %v:\n%s", ex.Allowed, c.allowed, ex.Format())
+			}
+			checkSide(t, "egress", ex.Egress, c.egress)
+			checkSide(t, "ingress", ex.Ingress, c.ingress)
+		})
+	}
+}
+
+func TestExplainErrors(t *testing.T) {
+	snap := load(t, "kubectl-list")
+	for _, req := range []Request{
+		{From: "shop/nope", To: "shop/db-0", Protocol: corev1.ProtocolTCP, Port: 1},
+		{From: "shop/old-job", To: "shop/db-0", Protocol: corev1.ProtocolTCP, Port: 1},
+		{From: "shop/web-0", To: "nope", Protocol: corev1.ProtocolTCP, Port: 1},
+		{From: "shop/web-0", To: "fd00::1", Protocol: corev1.ProtocolTCP, Port: 1},
+		{From: "shop/web-0", To: "shop/db-0", Protocol: "ICMP", Port: 1},
+	} {
+		if _, err := Explain(snap, req, agentOpts); err == nil {
+			t.Errorf("%+v: no error", req)
+		}
+	}
+	for _, p := range []string{"0", "x/TCP", "80/ICMP", "70000"} {
+		if _, _, err := ParsePort(p); err == nil {
+			t.Errorf("ParsePort(%q): no error", p)
+		}
+	}
+	if proto, n, err := ParsePort("53/udp"); err != nil || proto != corev1.ProtocolUDP || n != 53 {
+		t.Errorf("ParsePort(53/udp) = %v %v %v", proto, n, err)
+	}
+}
+
+// CheckKernel on tables drifted by hand: the answer must name what differs.
+func TestCheckKernel(t *testing.T) {
+	snap := load(t, "demo")
+	denied := mustExplain(t, snap, "other/client", "app/backend", "80/TCP")
+	allowed := mustExplain(t, snap, "app/frontend", "app/backend", "80/TCP")
+	node2 := denied.Hops[1].Ruleset
+
+	if d := CheckKernel(denied, "node2", node2.Clone()); d == nil || len(d.Differences) != 0 || d.KernelAllowed {
+		t.Fatalf("identical table: %+v", d)
+	}
+	if d := CheckKernel(denied, "node3", node2.Clone()); d != nil {
+		t.Fatalf("a node that judges nothing: %+v", d)
+	}
+
+	// The backend's dispatch element removed: the kernel no longer isolates it.
+	live := node2.Clone()
+	m := live.Set(compiler.MapIngressV4)
+	m.Elements = slices.DeleteFunc(slices.Clone(m.Elements), func(e ruleset.Element) bool {
+		return strings.HasPrefix(ruleset.FormatElement(m, e), "10.244.2.3 ")
+	})
+	d := CheckKernel(denied, "node2", live)
+	if d == nil || !d.KernelAllowed || !containsPrefix(d.Differences, "set ingress-pods-v4 lacks element 10.244.2.3 : jump isolate-in-") ||
+		!containsPrefix(d.Differences, "the kernel's table accepts this packet; the compiled ruleset would drop it") {
+		t.Fatalf("removed dispatch element: %+v", d)
+	}
+	if !strings.Contains(d.Format(), "DRIFT") {
+		t.Errorf("format: %s", d.Format())
+	}
+
+	// The frontend's address removed from the peer set: the allowed pair is dropped.
+	live = node2.Clone()
+	for _, s := range live.Sets {
+		if strings.HasPrefix(s.Name, "pods-") && strings.HasSuffix(s.Name, "-v4") {
+			s.Elements = nil
+		}
+	}
+	d = CheckKernel(allowed, "node2", live)
+	if d == nil || d.KernelAllowed || !containsPrefix(d.Differences, "set pods-") {
+		t.Fatalf("emptied peer set: %+v", d)
+	}
+	// An extra element makes a denied pair pass: reported as well.
+	live = node2.Clone()
+	for _, s := range live.Sets {
+		if strings.HasPrefix(s.Name, "pods-") && strings.HasSuffix(s.Name, "-v4") {
+			s.Elements = append(s.Elements, ruleset.Element{Key: []ruleset.Range{ruleset.Addr(denied.From.Addr)}})
+			ruleset.SortElements(s.Elements)
+		}
+	}
+	d = CheckKernel(denied, "node2", live)
+	if d == nil || !d.KernelAllowed || !containsPrefix(d.Differences, "set pods-") {
+		t.Fatalf("extra peer element: %+v", d)
+	}
+	// A rule added by hand and a missing table.
+	live = node2.Clone()
+	c := live.Chain(compiler.ChainIngressForward)
+	c.Rules = append([]ruleset.Rule{{Verdict: ruleset.Accept}}, c.Rules...)
+	if d = CheckKernel(denied, "node2", live); d == nil || !containsPrefix(d.Differences, "chain ingress-forward: rule 0 differs") {
+		t.Fatalf("rule added by hand: %+v", d)
+	}
+	if d = CheckKernel(denied, "node2", nil); d == nil || !containsPrefix(d.Differences, "table inet nftpolicy does not exist") {
+		t.Fatalf("missing table: %+v", d)
+	}
+}
+
+func containsPrefix(ss []string, p string) bool {
+	return slices.ContainsFunc(ss, func(s string) bool { return strings.HasPrefix(s, p) })
+}

@@ -1,0 +1,223 @@
+// Package manifest reads the objects NetworkPolicy enforcement depends on — Namespaces,
+// Pods and NetworkPolicies — from YAML or JSON manifests: files, directories (every
+// *.yaml, *.yml and *.json in name order, not recursive) or a reader such as stdin.
+// A file may hold several documents (---) and List kinds (`kubectl get -o yaml` prints
+// a v1 List; PodList and the like are taken too). Other kinds (Services,
+// Deployments, ...) are skipped and counted, since a directory of manifests usually
+// holds more than policy needs.
+package manifest
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/yaml"
+
+	"github.com/nftpolicy/nftpolicy/pkg/model"
+)
+
+// Objects is what the manifests held.
+type Objects struct {
+	Namespaces []*corev1.Namespace
+	Pods       []*corev1.Pod
+	Policies   []*networkingv1.NetworkPolicy
+	// Skipped counts documents of other kinds, by kind.
+	Skipped map[string]int
+}
+
+// Load reads every path in order; "-" reads stdin.
+func Load(paths []string, stdin io.Reader) (*Objects, error) {
+	objs := &Objects{Skipped: map[string]int{}}
+	for _, p := range paths {
+		if p == "-" {
+			if err := objs.Read(stdin, "<stdin>"); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		fi, err := os.Stat(p)
+		if err != nil {
+			return nil, fmt.Errorf("reading manifests: %w", err)
+		}
+		files := []string{p}
+		if fi.IsDir() {
+			if files, err = manifestFiles(p); err != nil {
+				return nil, err
+			}
+		}
+		for _, f := range files {
+			if err := objs.readFile(f); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return objs, nil
+}
+
+// manifestFiles lists the manifest files of a directory in name order.
+func manifestFiles(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("reading manifest directory %s: %w", dir, err)
+	}
+	var out []string
+	for _, e := range entries {
+		ext := strings.ToLower(filepath.Ext(e.Name()))
+		if !e.IsDir() && (ext == ".yaml" || ext == ".yml" || ext == ".json") {
+			out = append(out, filepath.Join(dir, e.Name()))
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+func (o *Objects) readFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("reading manifests: %w", err)
+	}
+	defer f.Close()
+	return o.Read(f, path)
+}
+
+// Read adds the objects of every document in r; name identifies r in errors.
+func (o *Objects) Read(r io.Reader, name string) error {
+	if o.Skipped == nil {
+		o.Skipped = map[string]int{}
+	}
+	dec := yaml.NewYAMLOrJSONDecoder(r, 4096)
+	for doc := 1; ; doc++ {
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("%s: document %d: %w", name, doc, err)
+		}
+		if len(bytes.TrimSpace(raw)) == 0 || string(bytes.TrimSpace(raw)) == "null" {
+			continue // an empty document, e.g. after a trailing ---
+		}
+		if err := o.add(raw, fmt.Sprintf("%s: document %d", name, doc)); err != nil {
+			return err
+		}
+	}
+}
+
+// add decodes one object, descending into lists.
+func (o *Objects) add(raw json.RawMessage, where string) error {
+	var tm metav1.TypeMeta
+	if err := json.Unmarshal(raw, &tm); err != nil {
+		return fmt.Errorf("%s: %w", where, err)
+	}
+	group := ""
+	if i := strings.LastIndex(tm.APIVersion, "/"); i >= 0 {
+		group = tm.APIVersion[:i]
+	}
+	decode := func(into any) error {
+		if err := json.Unmarshal(raw, into); err != nil {
+			return fmt.Errorf("%s: %s: %w", where, tm.Kind, err)
+		}
+		return nil
+	}
+	switch {
+	case tm.Kind == "":
+		return fmt.Errorf("%s: no kind", where)
+	case strings.HasSuffix(tm.Kind, "List"):
+		var l struct {
+			Items []json.RawMessage `json:"items"`
+		}
+		if err := decode(&l); err != nil {
+			return err
+		}
+		// kubectl omits apiVersion and kind of items of typed lists (PodList).
+		itemKind := strings.TrimSuffix(tm.Kind, "List")
+		for i, it := range l.Items {
+			if itemKind != "" {
+				if it2, err := withDefaultKind(it, tm.APIVersion, itemKind); err == nil {
+					it = it2
+				}
+			}
+			if err := o.add(it, fmt.Sprintf("%s: items[%d]", where, i)); err != nil {
+				return err
+			}
+		}
+	case tm.Kind == "Namespace" && group == "":
+		ns := &corev1.Namespace{}
+		if err := decode(ns); err != nil {
+			return err
+		}
+		o.Namespaces = append(o.Namespaces, ns)
+	case tm.Kind == "Pod" && group == "":
+		p := &corev1.Pod{}
+		if err := decode(p); err != nil {
+			return err
+		}
+		if p.Namespace == "" {
+			p.Namespace = "default"
+		}
+		o.Pods = append(o.Pods, p)
+	case tm.Kind == "NetworkPolicy" && group == "networking.k8s.io":
+		np := &networkingv1.NetworkPolicy{}
+		if err := decode(np); err != nil {
+			return err
+		}
+		if np.Namespace == "" {
+			np.Namespace = "default"
+		}
+		o.Policies = append(o.Policies, np)
+	default:
+		o.Skipped[tm.Kind]++
+	}
+	return nil
+}
+
+// withDefaultKind sets apiVersion and kind on an item that has none.
+func withDefaultKind(item json.RawMessage, apiVersion, kind string) (json.RawMessage, error) {
+	var m map[string]any
+	if err := json.Unmarshal(item, &m); err != nil {
+		return nil, err
+	}
+	if k, _ := m["kind"].(string); k != "" {
+		return item, nil
+	}
+	m["kind"] = kind
+	if _, ok := m["apiVersion"]; !ok {
+		m["apiVersion"] = apiVersion
+	}
+	return json.Marshal(m)
+}
+
+// Snapshot is the compiler's input for node: every pod (the compiler needs the remote
+// ones for selectors), the namespaces' labels and every policy. Namespaces that only
+// pods or policies name get the labels the API server would give them.
+func (o *Objects) Snapshot(node string) *model.Snapshot {
+	snap := &model.Snapshot{NodeName: node, Namespaces: map[string]*model.Namespace{}}
+	for _, ns := range o.Namespaces {
+		snap.Namespaces[ns.Name] = &model.Namespace{Name: ns.Name, Labels: ns.Labels}
+	}
+	for _, p := range o.Pods {
+		snap.Pods = append(snap.Pods, model.PodFromAPI(p))
+	}
+	snap.Policies = append(snap.Policies, o.Policies...)
+	return snap
+}
+
+// Pod returns the pod namespace/name, or nil.
+func (o *Objects) Pod(namespace, name string) *corev1.Pod {
+	for _, p := range o.Pods {
+		if p.Namespace == namespace && p.Name == name {
+			return p
+		}
+	}
+	return nil
+}
