@@ -29,8 +29,16 @@ var (
 		Name: "nftpolicy_ruleset_size",
 		Help: "Size of the applied ruleset by object kind (chains, rules, elements).",
 	}, []string{"kind"})
+	cacheObjects = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "nftpolicy_cache_objects",
+		Help: "Objects the agent holds (informer caches and compiler indexes) by kind: pods, namespaces, networkpolicies.",
+	}, []string{"kind"})
+	nodeEventsSuppressed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "nftpolicy_node_events_suppressed_total",
+		Help: "Dataplane failures not reported as a Node Event because the same error was reported less than the rate limit ago.",
+	})
 )
 
 func init() {
-	metrics.Registry.MustRegister(syncDuration, syncFailures, driftRepairs, revokedFlows, rulesetSize)
+	metrics.Registry.MustRegister(syncDuration, syncFailures, driftRepairs, revokedFlows, rulesetSize, cacheObjects, nodeEventsSuppressed)
 }

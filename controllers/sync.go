@@ -83,7 +83,14 @@ type Syncer struct {
 	Recorder events.EventRecorder
 	Log      logr.Logger
 
+	// SCTPUnsupported tells that the kernel has no SCTP: policies with SCTP ports are
+	// still compiled (their rules can never match) and reported as Unsupported
+	// (compiler.Options.SCTPUnsupported).
+	SCTPUnsupported bool
+
 	ready      atomic.Bool
+	applied    atomic.Pointer[ruleset.Ruleset] // the ruleset in the kernel (Applied)
+	nodeEvents eventLimiter                    // Node Events already sent (nodeevents.go)
 	mu         sync.Mutex
 	lastVerify time.Time
 	reported   map[string]bool // problems already reported as Events
@@ -221,6 +228,7 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 	if err != nil {
 		syncFailures.Inc()
 		s.Log.Error(err, "applying the ruleset failed; the previous ruleset stays in force and the next sync replaces the table")
+		s.reportNodeFailure(err)
 		return reconcile.Result{}, fmt.Errorf("applying the ruleset: %w", err)
 	}
 	kind := "incremental"
@@ -228,6 +236,7 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 		kind = "full"
 	}
 	syncDuration.WithLabelValues(kind).Observe(time.Since(compiled).Seconds())
+	s.noteApplied(res.Ruleset)
 	if verify {
 		s.lastVerify = time.Now()
 	}
@@ -267,7 +276,7 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 // cost a map lookup).
 func (s *Syncer) update(ctx context.Context, dirty map[dirtyKey]bool, resync bool) error {
 	if s.engine == nil {
-		s.engine = compiler.NewEngine(s.NodeName, compiler.Options{Table: s.Table, Revocation: s.Flows != nil})
+		s.engine = compiler.NewEngine(s.NodeName, compiler.Options{Table: s.Table, Revocation: s.Flows != nil, SCTPUnsupported: s.SCTPUnsupported})
 		resync = true
 	}
 	if resync {
@@ -466,7 +475,11 @@ func (s *Syncer) report(problems []compiler.Problem) {
 		}
 		ref := &corev1.ObjectReference{Kind: "NetworkPolicy", APIVersion: "networking.k8s.io/v1",
 			Namespace: np.Namespace, Name: np.Name, UID: np.UID, ResourceVersion: np.ResourceVersion}
-		s.Recorder.Eventf(ref, nil, corev1.EventTypeWarning, "CompileError", "Compile", "%s: %v (node %s)", p.Field, p.Err, s.NodeName)
+		reason := "CompileError"
+		if errors.Is(p.Err, compiler.ErrUnsupported) {
+			reason = "Unsupported"
+		}
+		s.Recorder.Eventf(ref, nil, corev1.EventTypeWarning, reason, "Compile", "%s: %v (node %s)", p.Field, p.Err, s.NodeName)
 	}
 	s.reported = current
 }

@@ -26,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/nftpolicy/nftpolicy/controllers"
@@ -140,6 +141,12 @@ func run(args []string) error {
 		ResyncPeriod: o.resyncPeriod,
 		Recorder:     mgr.GetEventRecorder("nftpolicy-agent"),
 		Log:          log.WithName("sync"),
+		// This kernel cannot match SCTP ports: policies using them get an Event.
+		SCTPUnsupported: !controllers.KernelHasSCTP(),
+	}
+	if o.metricsAddr != "0" {
+		// Per-policy verdict counters, read from the kernel at scrape time.
+		crmetrics.Registry.MustRegister(&controllers.VerdictCollector{Counters: dp, Applied: syncer.Applied, Log: log.WithName("metrics")})
 	}
 	if o.revoke {
 		syncer.Flows = &conntrack.Table{}

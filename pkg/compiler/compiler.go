@@ -30,6 +30,7 @@ package compiler
 
 import (
 	"crypto/sha256"
+	"errors"
 	"encoding/base32"
 	"fmt"
 	"net/netip"
@@ -95,7 +96,14 @@ type Options struct {
 	// Revocation adds the rule that drops packets of connections marked revoked
 	// (ct mark & CtMarkMask == RevokedMark) ahead of `ct state established accept`.
 	Revocation bool
+	// SCTPUnsupported says the node's kernel has no SCTP: rules with SCTP ports are
+	// still compiled (no packet can match them) and each such port is a Problem
+	// wrapping ErrUnsupported.
+	SCTPUnsupported bool
 }
+
+// ErrUnsupported marks Problems of features the node lacks, as opposed to invalid input.
+var ErrUnsupported = errors.New("unsupported on this node")
 
 // Problem is an input the compiler could not use: the object and field it came from and
 // why. The rest of the snapshot is compiled regardless.
@@ -117,7 +125,7 @@ type Result struct {
 
 // Compile builds the ruleset for snap.NodeName.
 func Compile(snap *model.Snapshot, opts Options) *Result {
-	u := newSnapshotUniverse(snap)
+	u := newSnapshotUniverse(snap, opts)
 	c := newCompilation(u, opts)
 	c.problems = append(c.problems, u.problems...)
 	c.run()
@@ -280,11 +288,14 @@ func (c *compilation) problem(np *networkingv1.NetworkPolicy, field string, err 
 
 // parsePolicy resolves the policy's selector and policyTypes. When policyTypes is empty
 // the API defaults apply: Ingress always, Egress when egress rules are present.
-func parsePolicy(np *networkingv1.NetworkPolicy) (*policy, []Problem) {
+func parsePolicy(np *networkingv1.NetworkPolicy, opts Options) (*policy, []Problem) {
 	var problems []Problem
+	if opts.SCTPUnsupported {
+		problems = sctpProblems(np)
+	}
 	sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
 	if err != nil {
-		return nil, []Problem{policyProblem(np, "spec.podSelector", err)}
+		return nil, append(problems, policyProblem(np, "spec.podSelector", err))
 	}
 	p := &policy{np: np, key: np.Namespace + "/" + np.Name, selector: sel}
 	if len(np.Spec.PolicyTypes) == 0 {
@@ -543,6 +554,26 @@ type namedPort struct {
 	name  string
 	proto corev1.Protocol
 	num   uint8
+}
+
+// sctpProblems returns a Problem for every port of the policy that names SCTP.
+func sctpProblems(np *networkingv1.NetworkPolicy) []Problem {
+	var out []Problem
+	add := func(field string, ports []networkingv1.NetworkPolicyPort) {
+		for j, p := range ports {
+			if p.Protocol != nil && *p.Protocol == corev1.ProtocolSCTP {
+				out = append(out, policyProblem(np, fmt.Sprintf("%s.ports[%d].protocol", field, j),
+					fmt.Errorf("%w: the kernel has no SCTP, so this port allows nothing here", ErrUnsupported)))
+			}
+		}
+	}
+	for i, r := range np.Spec.Ingress {
+		add(fmt.Sprintf("spec.ingress[%d]", i), r.Ports)
+	}
+	for i, r := range np.Spec.Egress {
+		add(fmt.Sprintf("spec.egress[%d]", i), r.Ports)
+	}
+	return out
 }
 
 // ProtocolNumber is the IP protocol number of a Kubernetes protocol (TCP, UDP, SCTP).

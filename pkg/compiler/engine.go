@@ -307,7 +307,7 @@ func (e *Engine) changeNamespace(name string, l labels.Set) {
 // SetPolicy adds or replaces a NetworkPolicy. The engine keeps np: the caller must not
 // modify it afterwards.
 func (e *Engine) SetPolicy(np *networkingv1.NetworkPolicy) {
-	parsed, problems := parsePolicy(np)
+	parsed, problems := parsePolicy(np, e.opts)
 	if e.policies[np.Namespace] == nil {
 		e.policies[np.Namespace] = map[string]*enginePolicy{}
 	}
@@ -600,4 +600,14 @@ func (e *Engine) eachPod(fn func(*model.Pod)) {
 	for _, p := range e.pods {
 		fn(p)
 	}
+}
+
+// Sizes returns how many pods, namespaces and policies the engine holds (the agent
+// reports them as cache sizes). It counts the policies namespace by namespace, so it
+// costs one step per namespace with policies, not per object.
+func (e *Engine) Sizes() (pods, namespaces, policies int) {
+	for _, ps := range e.policies {
+		policies += len(ps)
+	}
+	return len(e.pods), len(e.namespaces), policies
 }

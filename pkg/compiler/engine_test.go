@@ -1,6 +1,7 @@
 package compiler
 
 import (
+	"errors"
 	"fmt"
 	"math/rand"
 	"net/netip"
@@ -310,6 +311,33 @@ func TestPatchElements(t *testing.T) {
 		}
 		if fmt.Sprint(got) != fmt.Sprint(list(exp...)) {
 			t.Fatalf("cur %v add %v del %v: got %v want %v", cur, add, del, got, exp)
+		}
+	}
+}
+
+// TestSCTPUnsupported: on a node without SCTP every SCTP port is a Problem wrapping
+// ErrUnsupported, from Compile and the Engine alike; the rules are still compiled.
+func TestSCTPUnsupported(t *testing.T) {
+	sctp, tcp := corev1.ProtocolSCTP, corev1.ProtocolTCP
+	port := intstr.FromInt32(5000)
+	np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "p"},
+		Spec: networkingv1.NetworkPolicySpec{Ingress: []networkingv1.NetworkPolicyIngressRule{{
+			Ports: []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &port}, {Protocol: &sctp, Port: &port}}}}}}
+	snap := &model.Snapshot{NodeName: "n1", Policies: []*networkingv1.NetworkPolicy{np}}
+	for _, opts := range []Options{{}, {SCTPUnsupported: true}} {
+		res := Compile(snap, opts)
+		e := NewEngineFrom(snap, opts)
+		eres, _ := e.Flush()
+		for _, got := range [][]Problem{res.Problems, eres.Problems} {
+			if !opts.SCTPUnsupported {
+				if len(got) != 0 {
+					t.Errorf("with SCTP: problems %v", got)
+				}
+				continue
+			}
+			if len(got) != 1 || got[0].Field != "spec.ingress[0].ports[1].protocol" || !errors.Is(got[0].Err, ErrUnsupported) {
+				t.Errorf("without SCTP: problems %v, want one on spec.ingress[0].ports[1].protocol", got)
+			}
 		}
 	}
 }

@@ -46,7 +46,7 @@ type snapshotUniverse struct {
 	nsLabels map[string]labels.Set
 }
 
-func newSnapshotUniverse(snap *model.Snapshot) *snapshotUniverse {
+func newSnapshotUniverse(snap *model.Snapshot, opts Options) *snapshotUniverse {
 	u := &snapshotUniverse{
 		snap:     snap,
 		owners:   model.IPOwners(snap.Pods),
@@ -82,7 +82,7 @@ func newSnapshotUniverse(snap *model.Snapshot) *snapshotUniverse {
 	}
 	sort.Strings(u.nsNames)
 	for _, np := range snap.Policies {
-		p, problems := parsePolicy(np)
+		p, problems := parsePolicy(np, opts)
 		u.problems = append(u.problems, problems...)
 		if p != nil {
 			u.policies[np.Namespace] = append(u.policies[np.Namespace], p)

@@ -1,0 +1,236 @@
+package controllers
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/nftpolicy/nftpolicy/pkg/compiler"
+	"github.com/nftpolicy/nftpolicy/pkg/dataplane/netlink"
+	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
+)
+
+// CounterReader reads the kernel counters of the table's rules, per chain in rule
+// order (*netlink.Dataplane).
+type CounterReader interface {
+	Counters(ctx context.Context) (map[string][]netlink.RuleCounter, error)
+}
+
+var (
+	descAllowedPackets = prometheus.NewDesc("nftpolicy_policy_allowed_packets_total",
+		"Packets of new connections accepted by a rule of a NetworkPolicy on this node (kernel rule counters; they restart when the policy's chain is rewritten).",
+		[]string{"namespace", "policy", "direction", "rule"}, nil)
+	descAllowedBytes = prometheus.NewDesc("nftpolicy_policy_allowed_bytes_total",
+		"Bytes of the packets counted by nftpolicy_policy_allowed_packets_total.",
+		[]string{"namespace", "policy", "direction", "rule"}, nil)
+	descDroppedPackets = prometheus.NewDesc("nftpolicy_policy_dropped_packets_total",
+		"Packets dropped for local pods the policy isolates because no policy selecting the pod allowed them (counted for every policy isolating the pod; restart when the set of policies isolating a pod changes).",
+		[]string{"namespace", "policy", "direction"}, nil)
+	descPodsIsolated = prometheus.NewDesc("nftpolicy_local_pods_isolated",
+		"Addresses of local pods isolated by at least one policy, by direction (a dual-stack pod counts once per address family).",
+		[]string{"direction"}, nil)
+	descPolicies = prometheus.NewDesc("nftpolicy_policies",
+		"NetworkPolicies in force on this node: those selecting at least one local pod.",
+		nil, nil)
+)
+
+// VerdictCollector exposes the per-policy verdict counters and the ruleset gauges. At
+// scrape time it dumps the kernel's rule counters (one netlink dump, no per-packet
+// work in userspace) and attributes each counted rule to its policy through the
+// ruleset the Syncer last applied. Label cardinality is bounded by the policies of
+// this node: (namespace, policy, direction, rule index).
+type VerdictCollector struct {
+	Counters CounterReader
+	// Applied returns the ruleset in the kernel (Syncer.Applied); nil before the first
+	// apply.
+	Applied func() *ruleset.Ruleset
+	// Timeout bounds the kernel read of one scrape (default 5s).
+	Timeout time.Duration
+	Log     logr.Logger
+}
+
+var _ prometheus.Collector = (*VerdictCollector)(nil)
+
+// Describe implements prometheus.Collector.
+func (c *VerdictCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descAllowedPackets, descAllowedBytes, descDroppedPackets, descPodsIsolated, descPolicies} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *VerdictCollector) Collect(ch chan<- prometheus.Metric) {
+	rs := c.Applied()
+	if rs == nil {
+		return // nothing applied yet: no series rather than misleading zeros
+	}
+	for _, d := range []struct {
+		dir    compiler.Direction
+		v4, v6 string
+	}{{compiler.Ingress, compiler.MapIngressV4, compiler.MapIngressV6}, {compiler.Egress, compiler.MapEgressV4, compiler.MapEgressV6}} {
+		n := 0
+		for _, m := range []string{d.v4, d.v6} {
+			if s := rs.Set(m); s != nil {
+				n += len(s.Elements)
+			}
+		}
+		ch <- prometheus.MustNewConstMetric(descPodsIsolated, prometheus.GaugeValue, float64(n), string(d.dir))
+	}
+
+	timeout := c.Timeout
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	kernel, err := c.Counters.Counters(ctx)
+	if err != nil {
+		// The scrape still gets every other metric; the verdict series are absent
+		// rather than wrong.
+		c.Log.Error(err, "reading the rule counters for metrics")
+		kernel = nil
+	}
+	v := attribute(rs, kernel)
+	ch <- prometheus.MustNewConstMetric(descPolicies, prometheus.GaugeValue, float64(len(v.policies)))
+	if kernel == nil {
+		return
+	}
+	for k, n := range v.allowed {
+		ch <- prometheus.MustNewConstMetric(descAllowedPackets, prometheus.CounterValue, float64(n.packets), k.namespace, k.name, k.dir, k.rule)
+		ch <- prometheus.MustNewConstMetric(descAllowedBytes, prometheus.CounterValue, float64(n.bytes), k.namespace, k.name, k.dir, k.rule)
+	}
+	for k, n := range v.dropped {
+		ch <- prometheus.MustNewConstMetric(descDroppedPackets, prometheus.CounterValue, float64(n), k.namespace, k.name, k.dir)
+	}
+}
+
+type policyDir struct{ namespace, name, dir string }
+
+type ruleKey struct {
+	namespace, name, dir, rule string
+}
+
+type packetsBytes struct{ packets, bytes uint64 }
+
+type verdicts struct {
+	allowed  map[ruleKey]packetsBytes
+	dropped  map[policyDir]uint64
+	policies map[string]bool // policy keys ns/name in force
+}
+
+// Chain name prefixes of the compiler's policy and isolation chains (see
+// pkg/compiler: pol-<in|eg>-<hash>-<ns>.<name>, isolate-<in|eg>-<hash>).
+var chainDirs = []struct{ pol, isolate, dir string }{
+	{"pol-in-", "isolate-in-", string(compiler.Ingress)},
+	{"pol-eg-", "isolate-eg-", string(compiler.Egress)},
+}
+
+// attribute maps the kernel counters onto policies. A kernel chain is used only when
+// its rules line up with the applied chain's (same count, same comments): between a
+// commit and the Syncer noting it the two can differ for a moment, and a count must
+// never be attributed to the wrong rule.
+//
+// The rule comments the compiler writes carry the attribution: "ns/name ingress rule 3"
+// on every accept rule of a policy chain, and "ns/name" on each jump of an isolation
+// chain, whose final counted drop is attributed to every policy it jumps to.
+func attribute(rs *ruleset.Ruleset, kernel map[string][]netlink.RuleCounter) verdicts {
+	v := verdicts{allowed: map[ruleKey]packetsBytes{}, dropped: map[policyDir]uint64{}, policies: map[string]bool{}}
+	for _, ch := range rs.Chains {
+		for _, cd := range chainDirs {
+			switch {
+			case strings.HasPrefix(ch.Name, cd.isolate):
+				var keys []string
+				for _, r := range ch.Rules {
+					if r.Verdict.Kind == ruleset.VerdictJump && strings.Contains(r.Comment, "/") {
+						keys = append(keys, r.Comment)
+						v.policies[r.Comment] = true
+					}
+				}
+				kc, ok := lineUp(ch, kernel[ch.Name])
+				if !ok {
+					continue
+				}
+				for i, r := range ch.Rules {
+					if !r.Counter || r.Verdict.Kind != ruleset.VerdictDrop || !kc[i].Counted {
+						continue
+					}
+					for _, k := range keys {
+						ns, name, _ := strings.Cut(k, "/")
+						v.dropped[policyDir{ns, name, cd.dir}] += kc[i].Packets
+					}
+				}
+			case strings.HasPrefix(ch.Name, cd.pol):
+				kc, ok := lineUp(ch, kernel[ch.Name])
+				if !ok {
+					continue
+				}
+				for i, r := range ch.Rules {
+					if !r.Counter || !kc[i].Counted {
+						continue
+					}
+					ns, name, idx, ok := parseRuleComment(r.Comment, cd.dir)
+					if !ok {
+						continue
+					}
+					k := ruleKey{ns, name, cd.dir, idx}
+					pb := v.allowed[k]
+					pb.packets += kc[i].Packets
+					pb.bytes += kc[i].Bytes
+					v.allowed[k] = pb
+				}
+			}
+		}
+	}
+	return v
+}
+
+// lineUp returns the kernel rules of the chain when they are the applied ones.
+func lineUp(ch *ruleset.Chain, kc []netlink.RuleCounter) ([]netlink.RuleCounter, bool) {
+	if len(kc) != len(ch.Rules) {
+		return nil, false
+	}
+	for i, r := range ch.Rules {
+		if kc[i].Comment != r.Comment {
+			return nil, false
+		}
+	}
+	return kc, true
+}
+
+// parseRuleComment reads "ns/name <dir> rule <n>[ named ports]". Comments the compiler
+// had to truncate (a namespace and name together longer than about 100 characters)
+// lose the rule index and are not attributed.
+func parseRuleComment(c, dir string) (ns, name, idx string, ok bool) {
+	sep := " " + dir + " rule "
+	i := strings.LastIndex(c, sep)
+	if i < 0 {
+		return "", "", "", false
+	}
+	key, rest := c[:i], c[i+len(sep):]
+	idx, _, _ = strings.Cut(rest, " ")
+	if _, err := strconv.Atoi(idx); err != nil {
+		return "", "", "", false
+	}
+	ns, name, ok = strings.Cut(key, "/")
+	return ns, name, idx, ok && ns != "" && name != ""
+}
+
+// Applied returns the ruleset of the last successful apply (nil before the first):
+// metrics read it at scrape time without taking the sync lock.
+func (s *Syncer) Applied() *ruleset.Ruleset { return s.applied.Load() }
+
+// noteApplied records a ruleset the kernel now holds and the cache sizes; called with
+// the sync lock held after every successful apply.
+func (s *Syncer) noteApplied(rs *ruleset.Ruleset) {
+	s.applied.Store(rs)
+	if s.engine != nil {
+		pods, namespaces, policies := s.engine.Sizes()
+		cacheObjects.WithLabelValues("pods").Set(float64(pods))
+		cacheObjects.WithLabelValues("namespaces").Set(float64(namespaces))
+		cacheObjects.WithLabelValues("networkpolicies").Set(float64(policies))
+	}
+}
