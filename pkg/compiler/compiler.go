@@ -30,8 +30,8 @@ package compiler
 
 import (
 	"crypto/sha256"
-	"errors"
 	"encoding/base32"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
