@@ -87,7 +87,11 @@ type Syncer struct {
 	// still compiled (their rules can never match) and reported as Unsupported
 	// (compiler.Options.SCTPUnsupported).
 	SCTPUnsupported bool
+	// LogDenied adds the rate-limited nflog rule to the isolation chains
+	// (compiler.Options.LogDenied); RunDenyLog reports what it logs.
+	LogDenied bool
 
+	podsByAddr atomic.Pointer[map[netip.Addr]string] // owner pod of each address (denylog.go)
 	ready      atomic.Bool
 	applied    atomic.Pointer[ruleset.Ruleset] // the ruleset in the kernel (Applied)
 	nodeEvents eventLimiter                    // Node Events already sent (nodeevents.go)
@@ -237,6 +241,9 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 	}
 	syncDuration.WithLabelValues(kind).Observe(time.Since(compiled).Seconds())
 	s.noteApplied(res.Ruleset)
+	if s.LogDenied {
+		s.notePodAddrs()
+	}
 	if verify {
 		s.lastVerify = time.Now()
 	}
@@ -276,7 +283,7 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 // cost a map lookup).
 func (s *Syncer) update(ctx context.Context, dirty map[dirtyKey]bool, resync bool) error {
 	if s.engine == nil {
-		s.engine = compiler.NewEngine(s.NodeName, compiler.Options{Table: s.Table, Revocation: s.Flows != nil, SCTPUnsupported: s.SCTPUnsupported})
+		s.engine = compiler.NewEngine(s.NodeName, compiler.Options{Table: s.Table, Revocation: s.Flows != nil, SCTPUnsupported: s.SCTPUnsupported, LogDenied: s.LogDenied})
 		resync = true
 	}
 	if resync {

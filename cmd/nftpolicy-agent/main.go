@@ -26,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -43,6 +44,7 @@ type options struct {
 	resyncPeriod time.Duration
 	table        string
 	revoke       bool
+	logDenied    bool
 	verbosity    int
 	gcPercent    int
 	pprofAddr    string
@@ -67,6 +69,7 @@ func run(args []string) error {
 	fs.BoolVar(&o.revoke, "revoke-established", true, "Stop established connections that a policy change denies (delete their conntrack entries).")
 	fs.IntVar(&o.verbosity, "v", 0, "Log verbosity: 0 info, 1 every sync, 2 and more debug.")
 	fs.IntVar(&o.gcPercent, "gc-percent", 25, "Go GC target percentage (GOGC) once the first ruleset is applied. The agent holds a large, stable cache and allocates little once synced, so a low value keeps its memory near the live heap at little CPU cost (startup, which decodes the whole cluster, runs with Go's default 100); the GOGC environment variable overrides it, and GOMEMLIMIT (set by the Helm chart from the memory limit) bounds it.")
+	fs.BoolVar(&o.logDenied, "log-denied", false, "Log the first packets of denied connections (rate-limited, through nflog group 100) as \"denied connection\" lines naming the pods, port and isolating policies.")
 	fs.StringVar(&o.pprofAddr, "pprof-bind-address", "0", "Address of the Go pprof endpoints (/debug/pprof/); \"0\" disables them.")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage:\n  nftpolicy-agent [flags]\n  nftpolicy-agent cleanup [--table NAME]   remove the agent's table\n\nFlags:\n")
@@ -147,6 +150,14 @@ func run(args []string) error {
 	if o.metricsAddr != "0" {
 		// Per-policy verdict counters, read from the kernel at scrape time.
 		crmetrics.Registry.MustRegister(&controllers.VerdictCollector{Counters: dp, Applied: syncer.Applied, Log: log.WithName("metrics")})
+	}
+	if o.logDenied {
+		syncer.LogDenied = true
+		if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+			return syncer.RunDenyLog(ctx, compiler.DefaultLogGroup)
+		})); err != nil {
+			return fmt.Errorf("adding the denied-connection log: %w", err)
+		}
 	}
 	if o.revoke {
 		syncer.Flows = &conntrack.Table{}

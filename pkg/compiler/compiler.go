@@ -100,6 +100,56 @@ type Options struct {
 	// still compiled (no packet can match them) and each such port is a Problem
 	// wrapping ErrUnsupported.
 	SCTPUnsupported bool
+	// LogDenied adds to each isolation chain, right before its drop, a rate-limited rule
+	// that copies the packet to nflog group LogGroup with the prefix "<chain name> ", so
+	// that the agent can name the isolating policies of a denied connection. Only first
+	// packets of connections reach isolation chains, so one log is one connection.
+	LogDenied bool
+	// LogGroup, LogRate (packets per second) and LogBurst tune LogDenied; zero means
+	// DefaultLogGroup, DefaultLogRate and DefaultLogBurst.
+	LogGroup uint16
+	LogRate  uint64
+	LogBurst uint32
+}
+
+// Defaults of the LogDenied options.
+const (
+	DefaultLogGroup uint16 = 100
+	DefaultLogRate  uint64 = 10
+	DefaultLogBurst uint32 = 20
+)
+
+// denyLogRule is the rule LogDenied adds to the isolation chain name: it has no verdict,
+// so the drop that follows still applies to every packet, logged or not.
+func (o Options) denyLogRule(chain string) ruleset.Rule {
+	group, rate, burst := o.LogGroup, o.LogRate, o.LogBurst
+	if group == 0 {
+		group = DefaultLogGroup
+	}
+	if rate == 0 {
+		rate = DefaultLogRate
+	}
+	if burst == 0 {
+		burst = DefaultLogBurst
+	}
+	return ruleset.Rule{
+		Matches: []ruleset.Match{{Kind: ruleset.MatchLimit, Rate: rate, Burst: burst}},
+		Log:     &ruleset.Log{Group: group, Prefix: DenyLogPrefix(chain)},
+	}
+}
+
+// DenyLogPrefix is the nflog prefix of the packets LogDenied logs in an isolation chain;
+// IsolationChainOf reverses it. Chain names are at most ruleset.MaxNameLen long, well
+// within the kernel's 127-byte prefix.
+func DenyLogPrefix(chain string) string { return chain + " " }
+
+// IsolationChainOf returns the isolation chain a LogDenied prefix names.
+func IsolationChainOf(prefix string) (string, bool) {
+	chain, ok := strings.CutSuffix(prefix, " ")
+	if !ok || !strings.HasPrefix(chain, "isolate-") {
+		return "", false
+	}
+	return chain, true
 }
 
 // ErrUnsupported marks Problems of features the node lacks, as opposed to invalid input.
@@ -401,6 +451,9 @@ func (c *compilation) isolationChain(dir Direction, policyChains, policyKeys []s
 	ch := &ruleset.Chain{Name: name, Comment: truncate("isolated for "+string(dir)+" by "+strings.Join(policyKeys, ", "), ruleset.MaxCommentLen)}
 	for i, pc := range policyChains {
 		ch.Rules = append(ch.Rules, ruleset.Rule{Verdict: ruleset.Jump(pc), Comment: truncate(policyKeys[i], ruleset.MaxCommentLen)})
+	}
+	if c.opts.LogDenied {
+		ch.Rules = append(ch.Rules, c.opts.denyLogRule(name))
 	}
 	ch.Rules = append(ch.Rules, ruleset.Rule{Counter: true, Verdict: ruleset.Drop,
 		Comment: truncate("drop: no rule of "+strings.Join(policyKeys, ", ")+" allows it", ruleset.MaxCommentLen)})

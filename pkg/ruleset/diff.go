@@ -178,7 +178,10 @@ func RulesEqual(a, b []Rule) bool {
 // avoids formatting them).
 func (r Rule) Equal(o Rule) bool {
 	if r.Counter != o.Counter || r.Verdict != o.Verdict || r.Comment != o.Comment || len(r.Matches) != len(o.Matches) ||
-		(r.VMap == nil) != (o.VMap == nil) {
+		(r.VMap == nil) != (o.VMap == nil) || (r.Log == nil) != (o.Log == nil) {
+		return false
+	}
+	if r.Log != nil && *r.Log != *o.Log {
 		return false
 	}
 	if r.VMap != nil && (r.VMap.Map != o.VMap.Map || !slices.Equal(r.VMap.Fields, o.VMap.Fields)) {
@@ -187,7 +190,7 @@ func (r Rule) Equal(o Rule) bool {
 	for i, m := range r.Matches {
 		n := o.Matches[i]
 		if m.Kind != n.Kind || m.Set != n.Set || m.Negate != n.Negate || m.Family != n.Family || m.Proto != n.Proto ||
-			m.Mark != n.Mark || m.MarkMask != n.MarkMask || !slices.Equal(m.Fields, n.Fields) || !slices.Equal(m.CtStates, n.CtStates) {
+			m.Mark != n.Mark || m.MarkMask != n.MarkMask || m.Rate != n.Rate || m.Burst != n.Burst || !slices.Equal(m.Fields, n.Fields) || !slices.Equal(m.CtStates, n.CtStates) {
 			return false
 		}
 	}

@@ -192,6 +192,14 @@ func FormatRule(r Rule) string {
 	for _, m := range r.Matches {
 		parts = append(parts, formatMatch(m))
 	}
+	if r.Log != nil {
+		// nft prints the prefix before the group.
+		l := "log"
+		if r.Log.Prefix != "" {
+			l += fmt.Sprintf(" prefix %q", r.Log.Prefix)
+		}
+		parts = append(parts, l+" group "+strconv.Itoa(int(r.Log.Group)))
+	}
 	if r.Counter {
 		parts = append(parts, "counter")
 	}
@@ -222,6 +230,12 @@ func formatMatch(m Match) string {
 		return "meta l4proto " + ProtoName(m.Proto)
 	case MatchCtMark:
 		return fmt.Sprintf("ct mark & 0x%08x == 0x%08x", m.MarkMask, m.Mark)
+	case MatchLimit:
+		// nft leaves out the burst when it is its default.
+		if m.Burst == DefaultLimitBurst {
+			return fmt.Sprintf("limit rate %d/second", m.Rate)
+		}
+		return fmt.Sprintf("limit rate %d/second burst %d packets", m.Rate, m.Burst)
 	}
 	return "?" + string(m.Kind)
 }

@@ -325,7 +325,17 @@ const (
 	MatchL4Proto MatchKind = "l4proto"
 	// MatchCtMark: `ct mark & MarkMask == Mark`.
 	MatchCtMark MatchKind = "ct mark"
+	// MatchLimit: `limit rate Rate/second burst Burst packets`, a token bucket that
+	// holds while the packet rate is under the limit (the kernel's nft_limit).
+	MatchLimit MatchKind = "limit"
 )
+
+// MaxLogPrefixLen is the longest log prefix: the kernel keeps NF_LOG_PREFIXLEN (128)
+// bytes including the terminating NUL.
+const MaxLogPrefixLen = 127
+
+// DefaultLimitBurst is the burst nft assumes (and omits when printing) for a packet limit.
+const DefaultLimitBurst = 5
 
 // Match is one condition of a rule; all conditions of a rule must hold.
 type Match struct {
@@ -342,17 +352,29 @@ type Match struct {
 	Proto uint8
 	// Mark and MarkMask for MatchCtMark.
 	Mark, MarkMask uint32
+	// Rate (packets per second) and Burst (packets) for MatchLimit.
+	Rate  uint64
+	Burst uint32
 }
 
-// Rule is a list of matches followed by an optional counter and a verdict, or by a
-// verdict-map dispatch (VMap) which is terminal when an element matches and falls
-// through otherwise.
+// Rule is a list of matches followed by an optional log statement, an optional counter
+// and a verdict, or by a verdict-map dispatch (VMap) which is terminal when an element
+// matches and falls through otherwise.
 type Rule struct {
 	Matches []Match
+	// Log sends the packet to an nflog group; it is not a verdict, evaluation goes on.
+	Log     *Log
 	Counter bool
 	Verdict Verdict
 	VMap    *VMap
 	Comment string
+}
+
+// Log is `log prefix "Prefix" group Group`: the packet is copied to userspace through
+// nfnetlink_log group Group with Prefix attached.
+type Log struct {
+	Group  uint16
+	Prefix string
 }
 
 // VMap is `Fields vmap @Map`.
@@ -654,12 +676,23 @@ func validateRule(r Rule, chains map[string]*Chain, sets map[string]*Set) error 
 				return fmt.Errorf("unknown family %d", m.Family)
 			}
 		case MatchL4Proto:
+		case MatchLimit:
+			// The kernel turns a zero burst into its default, which would not read back
+			// as written.
+			if m.Rate == 0 || m.Burst == 0 {
+				return fmt.Errorf("limit needs a positive rate and burst (rate %d, burst %d)", m.Rate, m.Burst)
+			}
 		case MatchCtMark:
 			if m.MarkMask == 0 || m.Mark&^m.MarkMask != 0 {
 				return fmt.Errorf("ct mark 0x%x outside its mask 0x%x", m.Mark, m.MarkMask)
 			}
 		default:
 			return fmt.Errorf("unknown match kind %q", m.Kind)
+		}
+	}
+	if r.Log != nil {
+		if err := validateLogPrefix(r.Log.Prefix); err != nil {
+			return err
 		}
 	}
 	if r.VMap != nil {
@@ -669,13 +702,27 @@ func validateRule(r Rule, chains map[string]*Chain, sets map[string]*Set) error 
 		return validateLookup(r.VMap.Fields, r.VMap.Map, sets, true)
 	}
 	if r.Verdict.Kind == VerdictNone {
-		// A rule without a verdict only counts; allowed but must count something.
-		if !r.Counter {
-			return fmt.Errorf("rule has neither a verdict nor a counter")
+		// A rule without a verdict only counts or logs; allowed but must do something.
+		if !r.Counter && r.Log == nil {
+			return fmt.Errorf("rule has neither a verdict, a counter nor a log")
 		}
 		return nil
 	}
 	return validateVerdict(r.Verdict, chains)
+}
+
+// validateLogPrefix keeps a log prefix within the kernel's length and printable without
+// escapes, so that Render's quoting matches nft's.
+func validateLogPrefix(p string) error {
+	if len(p) > MaxLogPrefixLen {
+		return fmt.Errorf("log prefix longer than %d bytes", MaxLogPrefixLen)
+	}
+	for _, r := range p {
+		if r < 0x20 || r > 0x7e || r == '"' || r == '\\' {
+			return fmt.Errorf("log prefix %q: character %q not allowed", p, r)
+		}
+	}
+	return nil
 }
 
 // CtStateBits are the kernel's conntrack state bits (NF_CT_STATE_*), shared by the

@@ -356,6 +356,9 @@ func (t *evaluation) matches(ms []ruleset.Match) bool {
 			if t.pkt.CtMark&m.MarkMask != m.Mark {
 				return false
 			}
+		case ruleset.MatchLimit:
+			// A trace is one packet: it is always within the rate. The rules that use a
+			// limit (logging) have no verdict, so the result does not depend on it.
 		case ruleset.MatchLookup:
 			s := t.set(m.Set)
 			if s == nil {

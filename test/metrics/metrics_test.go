@@ -147,8 +147,9 @@ func TestVerdictCounters(t *testing.T) {
 	defer cancel()
 	c, err := lab.StartCluster(ctx, lab.ClusterOptions{
 		Nodes: 2, Topology: lab.Routed, AgentBinary: agent, Progress: testWriter{t},
-		// The lab starts agents with metrics off; a later flag wins.
-		AgentArgs: []string{"--metrics-bind-address", metricsAddr},
+		// The lab starts agents with metrics off; a later flag wins. --log-denied: the
+		// denied probe below must also give one "denied connection" log line.
+		AgentArgs: []string{"--metrics-bind-address", metricsAddr, "--log-denied"},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -236,6 +237,27 @@ func TestVerdictCounters(t *testing.T) {
 		t.Fatalf("intruder -> server: %+v, %v; want denied", r, err)
 	}
 	afterDeny := s.mustScrape(ctx)
+	// --log-denied: node2's agent decodes the dropped SYN from nflog into one line naming
+	// both pods, the port and the isolating policy.
+	wantLog := []string{`"msg":"denied connection"`, `"src":"` + ns + `/intruder"`, `"dst":"` + ns + `/server"`,
+		fmt.Sprintf(`"port":%d`, port), `"policies":["` + ns + `/allow-client"]`}
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		found := false
+		for _, line := range strings.Split(c.AgentLog("node2"), "\n") {
+			ok := true
+			for _, w := range wantLog {
+				ok = ok && strings.Contains(line, w)
+			}
+			found = found || ok
+		}
+		if found {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line with %q in node2's agent log:\n%s", wantLog, c.AgentLog("node2"))
+		}
+		time.Sleep(100 * time.Millisecond) // polling a log file: no event to wait on
+	}
 	// Allowed: the client's connection is accepted by rule 1 (its first packet; the
 	// rest of the connection is accepted as established before any policy rule).
 	if r, err := c.Probe(ctx, client, to, "tcp", 5*time.Second); err != nil || !r.OK {

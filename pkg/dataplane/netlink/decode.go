@@ -560,6 +560,10 @@ func parseExprs(raw []rawExpr) ([]expr.Any, error) {
 			e = &expr.Bitwise{}
 		case "counter":
 			e = &expr.Counter{}
+		case "limit":
+			e = &expr.Limit{}
+		case "log":
+			e = &expr.Log{}
 		case "immediate":
 			imm := &expr.Immediate{}
 			if err := expr.Unmarshal(family, r.data, imm); err != nil {
@@ -610,6 +614,7 @@ func payloadField(p *expr.Payload) (ruleset.Field, bool) {
 // the matches in order, including the nfproto guards the encoder may have added.
 type decodedRule struct {
 	conds   []ruleset.Match
+	log     *ruleset.Log
 	counter bool
 	vmap    *ruleset.VMap
 	verdict ruleset.Verdict
@@ -735,6 +740,25 @@ func exprsToRule(exprs []expr.Any) (decodedRule, error) {
 				return d, err
 			}
 			i += 3
+		case *expr.Limit:
+			if e.Type != expr.LimitTypePkts || e.Unit != expr.LimitTimeSecond || e.Over {
+				return d, fmt.Errorf("limit type %d unit %d over %v", e.Type, e.Unit, e.Over)
+			}
+			if d.log != nil || d.counter {
+				return d, fmt.Errorf("limit after a statement")
+			}
+			if err := cond(ruleset.Match{Kind: ruleset.MatchLimit, Rate: e.Rate, Burst: e.Burst}); err != nil {
+				return d, err
+			}
+			i++
+		case *expr.Log:
+			// Only the group and the prefix are ours; anything else (level, flags,
+			// snaplen) fails the re-encoding check.
+			if d.log != nil || d.counter || len(fields) > 0 || e.Key&(1<<unix.NFTA_LOG_GROUP) == 0 {
+				return d, fmt.Errorf("misplaced log or log without group")
+			}
+			d.log = &ruleset.Log{Group: e.Group, Prefix: string(e.Data)}
+			i++
 		case *expr.Counter:
 			if d.counter || len(fields) > 0 {
 				return d, fmt.Errorf("misplaced counter")
@@ -813,8 +837,8 @@ func normalizeExprs(in []expr.Any) []expr.Any {
 	return out
 }
 
-// undecodable is how a rule we did not write comes back: it has no verdict and no
-// counter, which no valid IR rule lacks (Validate refuses it), so it never equals a
+// undecodable is how a rule we did not write comes back: it has no verdict, no counter
+// and no log, which no valid IR rule lacks (Validate refuses it), so it never equals a
 // desired rule and the diff rewrites its chain.
 func undecodable(raw []rawExpr, why error) ruleset.Rule {
 	names := make([]string, len(raw))
@@ -848,7 +872,7 @@ func decodeRule(raw rawRule) ruleset.Rule {
 	for _, g := range hints.guards {
 		guards[g] = true
 	}
-	r := ruleset.Rule{Counter: d.counter, VMap: d.vmap, Verdict: d.verdict, Comment: comment}
+	r := ruleset.Rule{Log: d.log, Counter: d.counter, VMap: d.vmap, Verdict: d.verdict, Comment: comment}
 	for i, m := range d.conds {
 		if guards[i] && m.Kind == ruleset.MatchNFProto {
 			continue
@@ -858,8 +882,8 @@ func decodeRule(raw rawRule) ruleset.Rule {
 		}
 		r.Matches = append(r.Matches, m)
 	}
-	if !r.Counter && r.VMap == nil && r.Verdict.Kind == ruleset.VerdictNone {
-		// Not an IR rule (Validate wants a verdict or a counter).
+	if !r.Counter && r.Log == nil && r.VMap == nil && r.Verdict.Kind == ruleset.VerdictNone {
+		// Not an IR rule (Validate wants a verdict, a counter or a log).
 		return undecodable(raw.exprs, fmt.Errorf("rule does nothing"))
 	}
 	enc, _, err := encodeRule(r)

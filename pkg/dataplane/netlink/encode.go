@@ -591,10 +591,20 @@ func encodeRule(r ruleset.Rule) ([]expr.Any, []byte, error) {
 				&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
 					Mask: binary.NativeEndian.AppendUint32(nil, m.MarkMask), Xor: make([]byte, 4)},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binary.NativeEndian.AppendUint32(nil, m.Mark)})
+		case ruleset.MatchLimit:
+			out = append(out, &expr.Limit{Type: expr.LimitTypePkts, Rate: m.Rate, Unit: expr.LimitTimeSecond, Burst: m.Burst})
 		default:
 			return nil, nil, fmt.Errorf("match %d: unsupported kind %q", i, m.Kind)
 		}
 		pos++
+	}
+	if r.Log != nil {
+		l := &expr.Log{Key: 1 << unix.NFTA_LOG_GROUP, Group: r.Log.Group}
+		if r.Log.Prefix != "" {
+			l.Key |= 1 << unix.NFTA_LOG_PREFIX
+			l.Data = []byte(r.Log.Prefix)
+		}
+		out = append(out, l)
 	}
 	if r.Counter {
 		out = append(out, &expr.Counter{})
@@ -690,6 +700,10 @@ func exprName(e expr.Any) string {
 		return "bitwise"
 	case *expr.Counter:
 		return "counter"
+	case *expr.Limit:
+		return "limit"
+	case *expr.Log:
+		return "log"
 	case *expr.Verdict:
 		return "immediate"
 	case *expr.Immediate:

@@ -1,0 +1,81 @@
+package controllers
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/nftpolicy/nftpolicy/pkg/compiler"
+	"github.com/nftpolicy/nftpolicy/pkg/model"
+	"github.com/nftpolicy/nftpolicy/pkg/nflog"
+	"github.com/nftpolicy/nftpolicy/pkg/tracer"
+)
+
+// TestDescribeDenied: a packet logged with the prefix of an isolation chain becomes a
+// line naming both pods (or the address of a non-pod), the port and exactly the
+// policies that isolate the destination; packets with other prefixes are ignored. The
+// prefix is the one the compiler puts in the chain the tracer says drops the packet.
+func TestDescribeDenied(t *testing.T) {
+	pod := func(ns, name, ip string, l map[string]string) *model.Pod {
+		return &model.Pod{Namespace: ns, Name: name, NodeName: "n1", Labels: l, Phase: corev1.PodRunning, IPs: []netip.Addr{netip.MustParseAddr(ip)}}
+	}
+	sel := metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}}
+	snap := &model.Snapshot{NodeName: "n1",
+		Pods: []*model.Pod{
+			pod("app", "db", "10.0.0.2", map[string]string{"app": "db"}),
+			pod("app", "web", "10.0.0.3", map[string]string{"app": "web"}),
+		},
+		Namespaces: map[string]*model.Namespace{"app": {Name: "app"}},
+		Policies: []*networkingv1.NetworkPolicy{
+			{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "deny-all"}, Spec: networkingv1.NetworkPolicySpec{PodSelector: sel}},
+			{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "also"}, Spec: networkingv1.NetworkPolicySpec{PodSelector: sel,
+				Ingress: []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{CIDR: "192.0.2.0/24"}}}}}}},
+		},
+	}
+	rs := compiler.Compile(snap, compiler.Options{LogDenied: true}).Ruleset
+	pods := map[netip.Addr]string{netip.MustParseAddr("10.0.0.2"): "app/db", netip.MustParseAddr("10.0.0.3"): "app/web"}
+
+	for _, tc := range []struct {
+		src, want string
+	}{
+		{"10.0.0.3", "src=app/web dst=app/db proto=tcp port=5432 direction=ingress policies=[app/also app/deny-all]"},
+		{"198.51.100.7", "src=198.51.100.7 dst=app/db proto=tcp port=5432 direction=ingress policies=[app/also app/deny-all]"},
+	} {
+		src, dst := netip.MustParseAddr(tc.src), netip.MustParseAddr("10.0.0.2")
+		tr := tracer.Trace(rs, tracer.Packet{Src: src, Dst: dst, Proto: 6, DPort: 5432})
+		if tr.Allowed() {
+			t.Fatalf("%s -> db allowed: %v", tc.src, tr.Steps)
+		}
+		chain := tr.Last().Chain
+		kv, ok := describeDenied(nflog.Packet{Prefix: compiler.DenyLogPrefix(chain), Src: src, Dst: dst, Proto: 6, SPort: 40000, DPort: 5432}, rs, pods)
+		if !ok {
+			t.Fatalf("prefix of %s not recognised", chain)
+		}
+		var parts []string
+		for i := 0; i+1 < len(kv); i += 2 {
+			if kv[i] == "chain" {
+				if kv[i+1] != chain {
+					t.Errorf("chain %v, want %s", kv[i+1], chain)
+				}
+				continue
+			}
+			parts = append(parts, fmt.Sprintf("%v=%v", kv[i], kv[i+1]))
+		}
+		if got := strings.Join(parts, " "); got != tc.want {
+			t.Errorf("line\n %s\nwant\n %s", got, tc.want)
+		}
+	}
+	if _, ok := describeDenied(nflog.Packet{Prefix: "something else "}, rs, pods); ok {
+		t.Error("a foreign prefix was described")
+	}
+	// Before the first sync there is no ruleset: the line is still written, without policies.
+	kv, ok := describeDenied(nflog.Packet{Prefix: "isolate-eg-0123 ", Src: netip.MustParseAddr("10.0.0.2"), Dst: netip.MustParseAddr("10.0.0.9"), Proto: 17, DPort: 53}, nil, pods)
+	if !ok || fmt.Sprint(kv[:10]) != "[src app/db dst 10.0.0.9 proto udp port 53 direction egress]" {
+		t.Errorf("got %v", kv)
+	}
+}
