@@ -277,7 +277,7 @@ func TestChart(t *testing.T) {
 		}
 		wantArgs := []string{
 			"--node-name=$(NODE_NAME)", "--health-probe-bind-address=:9091", "--metrics-bind-address=:9090",
-			"--resync-period=1m", "--revoke-established=true", "--table=nftpolicy", "-v=0",
+			"--resync-period=1m", "--revoke-established=true", "--log-denied=false", "--table=nftpolicy", "-v=0",
 		}
 		if !slices.Equal(ctr.Args, wantArgs) {
 			t.Errorf("args = %q, want %q", ctr.Args, wantArgs)
@@ -302,7 +302,7 @@ func TestChart(t *testing.T) {
 		ctr := checkAgent(t, ds)
 		wantArgs := []string{
 			"--node-name=$(NODE_NAME)", "--health-probe-bind-address=:19091", "--metrics-bind-address=:19090",
-			"--resync-period=30s", "--revoke-established=false", "--table=nftpolicy_test", "-v=2", "--kubeconfig=",
+			"--resync-period=30s", "--revoke-established=false", "--log-denied=true", "--table=nftpolicy_test", "-v=2", "--kubeconfig=",
 		}
 		if !slices.Equal(ctr.Args, wantArgs) {
 			t.Errorf("args = %q, want %q", ctr.Args, wantArgs)
