@@ -13,6 +13,14 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+
 	"github.com/nftpolicy/nftpolicy/test/lab"
 )
 
@@ -31,6 +39,50 @@ func buildCLI(t *testing.T) string {
 		t.Fatalf("building nftpolicy: %v\n%s", err, out)
 	}
 	return bin
+}
+
+// runIn runs the CLI in the node's network namespace and returns its output and exit
+// status.
+func runIn(ctx context.Context, t *testing.T, node *lab.ClusterNode, args ...string) (string, int) {
+	t.Helper()
+	out, err := node.NS.Command(ctx, args...).CombinedOutput()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return string(out), 0
+	case errors.As(err, &ee):
+		return string(out), ee.ExitCode()
+	}
+	t.Fatalf("%v: %v\n%s", args, err, out)
+	return "", -1
+}
+
+// dumpManifests writes the cluster's namespaces, pods and policies, as the API server
+// holds them, to one multi-document YAML file (what `kubectl get -o yaml` would give).
+func dumpManifests(ctx context.Context, t *testing.T, c *lab.Cluster) string {
+	t.Helper()
+	var docs []string
+	add := func(list client.ObjectList, kind string) {
+		if err := c.Client().List(ctx, list); err != nil {
+			t.Fatal(err)
+		}
+		if err := meta.EachListItem(list, func(o runtime.Object) error {
+			o.GetObjectKind().SetGroupVersionKind(schema.GroupVersionKind{Group: map[string]string{"NetworkPolicy": "networking.k8s.io"}[kind], Version: "v1", Kind: kind})
+			b, err := yaml.Marshal(o)
+			docs = append(docs, string(b))
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	add(&corev1.NamespaceList{}, "Namespace")
+	add(&corev1.PodList{}, "Pod")
+	add(&networkingv1.NetworkPolicyList{}, "NetworkPolicy")
+	path := filepath.Join(t.TempDir(), "cluster.yaml")
+	if err := os.WriteFile(path, []byte(strings.Join(docs, "---\n")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // explainIn runs `nftpolicy explain` in the node's network namespace and returns its
@@ -148,6 +200,13 @@ func TestExplainLab(t *testing.T) {
 		t.Errorf("probe client -> backend: %+v %v, explain said denied", r, err)
 	}
 
+	// render --diff from the cluster's manifests against the node's live table: the
+	// agent programmed exactly what render prints.
+	manifests := dumpManifests(ctx, t, c)
+	if out, rc := runIn(ctx, t, backendNode, bin, "render", "--node", backendNode.Name, "-f", manifests, "--diff"); rc != 0 {
+		t.Errorf("render --diff against the agent's table: exit %d, want 0\n%s", rc, out)
+	}
+
 	// Drift: remove the backend's element from the ingress dispatch map by hand. The
 	// kernel then no longer isolates the backend, and explain --node must say so.
 	if b, err := backendNode.NS.Exec(ctx, "nft", "delete", "element", "inet", "nftpolicy", "ingress-pods-v4",
@@ -168,6 +227,11 @@ func TestExplainLab(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("drifted: output lacks %q", want)
 		}
+	}
+	out, rc = runIn(ctx, t, backendNode, bin, "render", "--node", backendNode.Name, "-f", manifests, "--diff")
+	t.Logf("render --diff, drifted kernel:\n%s", out)
+	if rc != 1 || !strings.Contains(out, "ingress-pods-v4") || !strings.Contains(out, sc.Backend.IPv4.String()) {
+		t.Errorf("render --diff after the drift: exit %d, want 1 naming the missing element of ingress-pods-v4\n%s", rc, out)
 	}
 	// The drift is real: the client now gets through.
 	if r, err := c.Probe(ctx, sc.Client, to, "tcp", 0); err != nil || !r.OK {
