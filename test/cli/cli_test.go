@@ -89,17 +89,7 @@ func dumpManifests(ctx context.Context, t *testing.T, c *lab.Cluster) string {
 // output and exit status.
 func explainIn(ctx context.Context, t *testing.T, node *lab.ClusterNode, bin, kubeconfig string, args ...string) (string, int) {
 	t.Helper()
-	cmd := node.NS.Command(ctx, append([]string{bin, "explain", "--kubeconfig", kubeconfig}, args...)...)
-	out, err := cmd.CombinedOutput()
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-		return string(out), 0
-	case errors.As(err, &ee):
-		return string(out), ee.ExitCode()
-	}
-	t.Fatalf("nftpolicy explain %v: %v\n%s", args, err, out)
-	return "", -1
+	return runIn(ctx, t, node, append([]string{bin, "explain", "--kubeconfig", kubeconfig}, args...)...)
 }
 
 func TestExplainLab(t *testing.T) {
