@@ -238,11 +238,7 @@ func (c *Cluster) createPod(ctx context.Context, spec PodSpec, objectOnly bool) 
 		if spec.HostNetwork {
 			p.NS = node.NS
 		} else {
-			var wire func(*Pod) error = (*Pod).wireRouted
-			if c.opts.Topology == BridgeVXLAN {
-				wire = c.bridgeWiring(node)
-			}
-			lp, err := c.lab.addPod(node.node, spec.Namespace+"."+spec.Name, p.IPv4, p.IPv6, wire)
+			lp, err := c.addNetwork(node, p)
 			if err != nil {
 				return nil, err
 			}
@@ -534,4 +530,13 @@ func (c *Cluster) SetPodPhase(ctx context.Context, p *ClusterPod, phase corev1.P
 		return fmt.Errorf("set phase of pod %s: %w", p.Key(), err)
 	}
 	return nil
+}
+
+// addNetwork gives the pod its network namespace, wired the way the topology wires pods.
+func (c *Cluster) addNetwork(node *ClusterNode, p *ClusterPod) (*Pod, error) {
+	var wire func(*Pod) error = (*Pod).wireRouted
+	if c.opts.Topology == BridgeVXLAN {
+		wire = c.bridgeWiring(node)
+	}
+	return c.lab.addPod(node.node, p.Namespace+"."+p.Name, p.IPv4, p.IPv6, wire)
 }

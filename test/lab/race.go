@@ -59,11 +59,7 @@ func (c *Cluster) StagePod(ctx context.Context, spec PodSpec) (_ *StagedPod, err
 	if err := c.assignAddrs(p, spec); err != nil {
 		return nil, err
 	}
-	var wire func(*Pod) error = (*Pod).wireRouted
-	if c.opts.Topology == BridgeVXLAN {
-		wire = c.bridgeWiring(node)
-	}
-	lp, err := c.lab.addPod(node.node, spec.Namespace+"."+spec.Name, p.IPv4, p.IPv6, wire)
+	lp, err := c.addNetwork(node, p)
 	if err != nil {
 		return nil, err
 	}
