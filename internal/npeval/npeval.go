@@ -258,7 +258,8 @@ func parseCIDR(s string) (netip.Prefix, bool) {
 
 // portMatches: protocol (TCP by default) and, when given, the port: a number, a range up
 // to endPort, or a name resolved on the destination pod. An invalid entry (unknown
-// protocol, a number out of 1-65535, a bad range, endPort with a name) matches nothing.
+// protocol, a number out of 1-65535, a bad range, endPort with a name or without a
+// port — the API server refuses both) matches nothing.
 func portMatches(p networkingv1.NetworkPolicyPort, dst *model.Pod, c Conn) bool {
 	proto := corev1.ProtocolTCP
 	if p.Protocol != nil {
@@ -273,7 +274,7 @@ func portMatches(p networkingv1.NetworkPolicyPort, dst *model.Pod, c Conn) bool 
 		return false
 	}
 	if p.Port == nil {
-		return true
+		return p.EndPort == nil
 	}
 	if p.Port.Type == intstr.String {
 		if p.EndPort != nil || dst == nil {

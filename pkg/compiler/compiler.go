@@ -579,6 +579,11 @@ func (c *compilation) parsePorts(np *networkingv1.NetworkPolicy, field string, p
 			continue
 		}
 		switch {
+		case pp.Port == nil && pp.EndPort != nil:
+			// The API server refuses this; an object that bypassed validation gets
+			// nothing rather than a guess.
+			c.problem(np, pfield+".endPort", fmt.Errorf("endPort %d without a port", *pp.EndPort))
+			continue
 		case pp.Port == nil:
 			numeric = append(numeric, portRange{proto: pn, from: 0, to: 65535})
 		case pp.Port.Type == 1: // intstr.String: a named port

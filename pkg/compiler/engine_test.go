@@ -15,6 +15,7 @@ import (
 
 	"github.com/nftpolicy/nftpolicy/pkg/model"
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
+	"github.com/nftpolicy/nftpolicy/pkg/tracer"
 )
 
 // randomWorld drives the Engine and a plain snapshot through the same random events.
@@ -338,6 +339,28 @@ func TestSCTPUnsupported(t *testing.T) {
 			if len(got) != 1 || got[0].Field != "spec.ingress[0].ports[1].protocol" || !errors.Is(got[0].Err, ErrUnsupported) {
 				t.Errorf("without SCTP: problems %v, want one on spec.ingress[0].ports[1].protocol", got)
 			}
+		}
+	}
+}
+
+// TestEndPortWithoutPort: the API server refuses endPort without port; an object that
+// bypassed validation is a Problem on that field, and the entry allows nothing (it is
+// not read as "every port").
+func TestEndPortWithoutPort(t *testing.T) {
+	tcp, end := corev1.ProtocolTCP, int32(90)
+	np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "p"},
+		Spec: networkingv1.NetworkPolicySpec{Ingress: []networkingv1.NetworkPolicyIngressRule{{
+			Ports: []networkingv1.NetworkPolicyPort{{Protocol: &tcp, EndPort: &end}}}}}}
+	pod := &model.Pod{Namespace: "a", Name: "web", NodeName: "n1", Phase: corev1.PodRunning,
+		IPs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}}
+	res := Compile(&model.Snapshot{NodeName: "n1", Pods: []*model.Pod{pod}, Policies: []*networkingv1.NetworkPolicy{np}}, Options{})
+	if len(res.Problems) != 1 || res.Problems[0].Field != "spec.ingress[0].ports[0].endPort" {
+		t.Fatalf("problems %v, want one on spec.ingress[0].ports[0].endPort", res.Problems)
+	}
+	for _, port := range []uint16{80, 90, 443} {
+		pkt := tracer.Packet{Src: netip.MustParseAddr("192.0.2.1"), Dst: pod.IPs[0], Proto: ruleset.ProtoTCP, DPort: port}
+		if tracer.Trace(res.Ruleset, pkt).Allowed() {
+			t.Errorf("port %d allowed by an invalid entry", port)
 		}
 	}
 }
