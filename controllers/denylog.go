@@ -10,24 +10,23 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nftpolicy/nftpolicy/pkg/compiler"
-	"github.com/nftpolicy/nftpolicy/pkg/model"
 	"github.com/nftpolicy/nftpolicy/pkg/nflog"
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
 )
 
-// notePodAddrs records which pod owns each address, for the denied-connection log: the
-// listener runs on its own goroutine and must not touch the engine. Called after each
-// applied sync, with the sync lock held, only when LogDenied is set.
-func (s *Syncer) notePodAddrs() {
-	m := map[netip.Addr]string{}
-	s.engine.EachPod(func(p *model.Pod) {
-		for _, ip := range p.IPs {
-			if _, taken := m[ip]; !taken {
-				m[ip] = p.Key()
-			}
-		}
-	})
-	s.podsByAddr.Store(&m)
+// podAt returns the key of the pod owning an address, "" when none does. The listener
+// runs on its own goroutine, so it takes the sync lock for the lookup: logged packets
+// are rate-limited, and a lookup is one map access in the engine's index.
+func (s *Syncer) podAt(a netip.Addr) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.engine == nil {
+		return ""
+	}
+	if p := s.engine.OwnerOf(a); p != nil {
+		return p.Key()
+	}
+	return ""
 }
 
 // RunDenyLog receives the packets the isolation chains log (compiler.Options.LogDenied)
@@ -47,11 +46,7 @@ func (s *Syncer) RunDenyLog(ctx context.Context, group uint16) error {
 			return nil
 		}
 		for _, p := range pkts {
-			var pods map[netip.Addr]string
-			if m := s.podsByAddr.Load(); m != nil {
-				pods = *m
-			}
-			if kv, ok := describeDenied(p, s.Applied(), pods); ok {
+			if kv, ok := describeDenied(p, s.Applied(), s.podAt); ok {
 				log.Info("denied connection", kv...)
 			}
 		}
@@ -70,13 +65,13 @@ func (s *Syncer) RunDenyLog(ctx context.Context, group uint16) error {
 // destination (the pod's ns/name, or the address when no pod owns it), protocol and
 // destination port, and the policies isolating the pod, read from the jump rules of
 // the isolation chain the prefix names. ok is false for packets that are not ours.
-func describeDenied(p nflog.Packet, applied *ruleset.Ruleset, pods map[netip.Addr]string) (kv []any, ok bool) {
+func describeDenied(p nflog.Packet, applied *ruleset.Ruleset, podAt func(netip.Addr) string) (kv []any, ok bool) {
 	chain, ok := compiler.IsolationChainOf(p.Prefix)
 	if !ok {
 		return nil, false
 	}
 	who := func(a netip.Addr) string {
-		if key, ok := pods[a]; ok {
+		if key := podAt(a); key != "" {
 			return key
 		}
 		return a.String()

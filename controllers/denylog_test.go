@@ -52,7 +52,7 @@ func TestDescribeDenied(t *testing.T) {
 			t.Fatalf("%s -> db allowed: %v", tc.src, tr.Steps)
 		}
 		chain := tr.Last().Chain
-		kv, ok := describeDenied(nflog.Packet{Prefix: compiler.DenyLogPrefix(chain), Src: src, Dst: dst, Proto: 6, SPort: 40000, DPort: 5432}, rs, pods)
+		kv, ok := describeDenied(nflog.Packet{Prefix: compiler.DenyLogPrefix(chain), Src: src, Dst: dst, Proto: 6, SPort: 40000, DPort: 5432}, rs, func(a netip.Addr) string { return pods[a] })
 		if !ok {
 			t.Fatalf("prefix of %s not recognised", chain)
 		}
@@ -70,11 +70,11 @@ func TestDescribeDenied(t *testing.T) {
 			t.Errorf("line\n %s\nwant\n %s", got, tc.want)
 		}
 	}
-	if _, ok := describeDenied(nflog.Packet{Prefix: "something else "}, rs, pods); ok {
+	if _, ok := describeDenied(nflog.Packet{Prefix: "something else "}, rs, func(a netip.Addr) string { return pods[a] }); ok {
 		t.Error("a foreign prefix was described")
 	}
 	// Before the first sync there is no ruleset: the line is still written, without policies.
-	kv, ok := describeDenied(nflog.Packet{Prefix: "isolate-eg-0123 ", Src: netip.MustParseAddr("10.0.0.2"), Dst: netip.MustParseAddr("10.0.0.9"), Proto: 17, DPort: 53}, nil, pods)
+	kv, ok := describeDenied(nflog.Packet{Prefix: "isolate-eg-0123 ", Src: netip.MustParseAddr("10.0.0.2"), Dst: netip.MustParseAddr("10.0.0.9"), Proto: 17, DPort: 53}, nil, func(a netip.Addr) string { return pods[a] })
 	if !ok || fmt.Sprint(kv[:10]) != "[src app/db dst 10.0.0.9 proto udp port 53 direction egress]" {
 		t.Errorf("got %v", kv)
 	}

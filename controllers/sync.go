@@ -91,7 +91,6 @@ type Syncer struct {
 	// (compiler.Options.LogDenied); RunDenyLog reports what it logs.
 	LogDenied bool
 
-	podsByAddr atomic.Pointer[map[netip.Addr]string] // owner pod of each address (denylog.go)
 	ready      atomic.Bool
 	applied    atomic.Pointer[ruleset.Ruleset] // the ruleset in the kernel (Applied)
 	nodeEvents eventLimiter                    // Node Events already sent (nodeevents.go)
@@ -241,9 +240,6 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 	}
 	syncDuration.WithLabelValues(kind).Observe(time.Since(compiled).Seconds())
 	s.noteApplied(res.Ruleset)
-	if s.LogDenied {
-		s.notePodAddrs()
-	}
 	if verify {
 		s.lastVerify = time.Now()
 	}

@@ -611,3 +611,7 @@ func (e *Engine) Sizes() (pods, namespaces, policies int) {
 	}
 	return len(e.pods), len(e.namespaces), policies
 }
+
+// OwnerOf returns the pod owning an address (model.IPOwners' rule), nil when no eligible
+// pod claims it.
+func (e *Engine) OwnerOf(a netip.Addr) *model.Pod { return model.Owner(e.claims[a]) }
