@@ -292,7 +292,11 @@ func (s *Syncer) update(ctx context.Context, dirty map[dirtyKey]bool, resync boo
 		case kindPod:
 			var p corev1.Pod
 			if err = s.Client.Get(ctx, key, &p, client.UnsafeDisableDeepCopy); err == nil {
-				s.engine.SetPod(model.PodFromAPI(&p))
+				// Events the first sync already covered (the initial list arrives as
+				// create events, some after it) change nothing: skip them cheaply.
+				if cur := s.engine.Pod(p.Namespace, p.Name); cur == nil || cur.Version != p.ResourceVersion || p.ResourceVersion == "" {
+					s.engine.SetPod(model.PodFromAPI(&p))
+				}
 			} else if apierrors.IsNotFound(err) {
 				s.engine.DeletePod(k.namespace, k.name)
 				err = nil
@@ -308,7 +312,9 @@ func (s *Syncer) update(ctx context.Context, dirty map[dirtyKey]bool, resync boo
 		case kindPolicy:
 			np := &networkingv1.NetworkPolicy{}
 			if err = s.Client.Get(ctx, key, np, client.UnsafeDisableDeepCopy); err == nil {
-				s.engine.SetPolicy(np)
+				if cur := s.engine.Policy(np.Namespace, np.Name); cur == nil || cur.ResourceVersion != np.ResourceVersion || np.ResourceVersion == "" {
+					s.engine.SetPolicy(np)
+				}
 			} else if apierrors.IsNotFound(err) {
 				s.engine.DeletePolicy(k.namespace, k.name)
 				err = nil
