@@ -7,7 +7,9 @@ package testns
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"runtime"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -41,4 +43,29 @@ func New(t testing.TB) int {
 	}
 	t.Cleanup(func() { unix.Close(r.fd) })
 	return r.fd
+}
+
+// Exec runs a command inside the namespace (nsenter on an inherited copy of the
+// descriptor) and returns its output. It skips the test when nsenter or the command is
+// not installed.
+func Exec(t testing.TB, nsFd int, name string, args ...string) (string, error) {
+	t.Helper()
+	for _, tool := range []string{"nsenter", name} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("kernel test: %s not installed", tool)
+		}
+	}
+	dup, err := unix.Dup(nsFd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(dup), "netns")
+	defer f.Close()
+	cmd := exec.Command("nsenter", append([]string{"--net=/proc/self/fd/3", name}, args...)...)
+	cmd.ExtraFiles = []*os.File{f}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
 }

@@ -3,10 +3,7 @@ package nflog
 import (
 	"fmt"
 	"net/netip"
-	"os"
-	"os/exec"
 	"runtime"
-	"strings"
 	"testing"
 	"time"
 
@@ -15,24 +12,11 @@ import (
 	"github.com/nftpolicy/nftpolicy/internal/testns"
 )
 
-// inNS runs a command inside the namespace through nsenter.
+// inNS runs a command inside the namespace and fails the test if it fails.
 func inNS(t *testing.T, nsFd int, name string, args ...string) {
 	t.Helper()
-	for _, tool := range []string{"nsenter", name} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("kernel test: %s not installed", tool)
-		}
-	}
-	dup, err := unix.Dup(nsFd)
-	if err != nil {
+	if _, err := testns.Exec(t, nsFd, name, args...); err != nil {
 		t.Fatal(err)
-	}
-	f := os.NewFile(uintptr(dup), "netns")
-	defer f.Close()
-	cmd := exec.Command("nsenter", append([]string{"--net=/proc/self/fd/3", name}, args...)...)
-	cmd.ExtraFiles = []*os.File{f}
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
 	}
 }
 

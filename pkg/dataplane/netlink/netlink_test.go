@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"runtime"
 	"strings"
 	"syscall"
@@ -28,27 +27,10 @@ import (
 // newNetNS returns a throwaway network namespace (see internal/testns).
 func newNetNS(t *testing.T) int { return testns.New(t) }
 
-// inNS runs a command inside the namespace (nsenter on the inherited descriptor).
+// inNS runs a command inside the namespace.
 func inNS(t *testing.T, nsFd int, name string, args ...string) (string, error) {
 	t.Helper()
-	for _, tool := range []string{"nsenter", name} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("kernel test: %s not installed", tool)
-		}
-	}
-	dup, err := unix.Dup(nsFd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := os.NewFile(uintptr(dup), "netns")
-	defer f.Close()
-	cmd := exec.Command("nsenter", append([]string{"--net=/proc/self/fd/3", name}, args...)...)
-	cmd.ExtraFiles = []*os.File{f}
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out), nil
+	return testns.Exec(t, nsFd, name, args...)
 }
 
 func nft(t *testing.T, nsFd int, args ...string) string {
