@@ -7,11 +7,8 @@
 package deploy
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,10 +22,11 @@ import (
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
+
+	"github.com/nftpolicy/nftpolicy/test/chart"
 )
 
 const fieldOwner = client.FieldOwner("nftpolicy-deploy-test")
@@ -89,39 +87,12 @@ func startAPIServer(t *testing.T) client.Client {
 // helmTemplate renders the chart with helm template and the given extra arguments.
 func helmTemplate(t *testing.T, helm string, args ...string) []*unstructured.Unstructured {
 	t.Helper()
-	chart := filepath.Join(repoRoot(t), "config", "helm", "nftpolicy")
-	cmdArgs := append([]string{"template", "nftpolicy", chart, "--namespace", "kube-system"}, args...)
-	var stderr bytes.Buffer
-	cmd := exec.Command(helm, cmdArgs...)
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("helm %s: %v\n%s", strings.Join(cmdArgs, " "), err, stderr.String())
-	}
-	return decode(t, out)
+	return chart.Template(t, helm, repoRoot(t), "kube-system", args...)
 }
 
 func decode(t *testing.T, manifests []byte) []*unstructured.Unstructured {
 	t.Helper()
-	var objs []*unstructured.Unstructured
-	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(manifests), 4096)
-	for {
-		u := &unstructured.Unstructured{}
-		if err := dec.Decode(&u.Object); err != nil {
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			t.Fatalf("decoding manifests: %v", err)
-		}
-		if len(u.Object) == 0 {
-			continue
-		}
-		objs = append(objs, u)
-	}
-	if len(objs) == 0 {
-		t.Fatal("no objects rendered")
-	}
-	return objs
+	return chart.Decode(t, manifests)
 }
 
 // applyDryRun applies every object with server-side apply and dry-run: the API server

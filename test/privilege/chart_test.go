@@ -11,9 +11,6 @@
 package privilege
 
 import (
-	"bytes"
-	"errors"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,8 +23,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
+
+	helmchart "github.com/nftpolicy/nftpolicy/test/chart"
 )
 
 // releaseNamespace is where the README installs the chart (helm install --namespace
@@ -70,28 +68,8 @@ type chart struct {
 func renderChart(t testing.TB) *chart {
 	t.Helper()
 	helm := helmBinary(t)
-	args := []string{"template", "nftpolicy", filepath.Join(repoRoot(t), "config", "helm", "nftpolicy"), "--namespace", releaseNamespace}
-	var stderr bytes.Buffer
-	cmd := exec.Command(helm, args...)
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("helm %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
-	}
-	c := &chart{}
-	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(out), 4096)
-	for {
-		u := &unstructured.Unstructured{}
-		if err := dec.Decode(&u.Object); err != nil {
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			t.Fatalf("decoding the rendered chart: %v", err)
-		}
-		if len(u.Object) == 0 {
-			continue
-		}
-		c.objs = append(c.objs, u)
+	c := &chart{objs: helmchart.Template(t, helm, repoRoot(t), releaseNamespace)}
+	for _, u := range c.objs {
 		var into any
 		switch u.GetKind() {
 		case "DaemonSet":
