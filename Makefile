@@ -20,9 +20,12 @@ CHART       := config/helm/nftpolicy
 IMAGE         ?= docker.io/nftpolicy/agent:dev
 IMAGE_ARCHIVE := _out/image/nftpolicy-agent.oci.tar
 
+# Every rule is listed, not only those with a "## " comment: a target added without one
+# shows up as such instead of going missing.
 .PHONY: help
-help: ## Show this help.
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+help: ## Show this help: every target, with its ## comment.
+	@awk '/^[a-zA-Z0-9_-]+:([^=]|$$)/ { t = $$0; sub(/:.*/, "", t); d = "(no description: add a ## comment)"; \
+	  if (index($$0, "## ")) { d = $$0; sub(/^[^#]*## /, "", d) } printf "  \033[36m%-18s\033[0m %s\n", t, d }' $(MAKEFILE_LIST)
 
 .PHONY: build
 build: ## Build the agent into bin/nftpolicy-agent and the CLI into bin/nftpolicy.
@@ -51,16 +54,25 @@ vet: ## gofmt and go vet.
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
+# The list of pure packages is computed so that it cannot go stale: every way this tree
+# reaches the kernel (netlink sockets, network namespaces, conntrack, NFLOG) goes through
+# golang.org/x/sys/unix, so a package whose test binary does not depend on it needs
+# neither root nor the kernel. Packages without tests have no .test entry.
 .PHONY: unit
-unit: ## Pure unit tests (compiler, tracer, ruleset); no root needed.
-	$(GO) test $(GO_TEST_FLAGS) ./pkg/compiler/... ./pkg/ruleset/... ./pkg/tracer/... ./pkg/model/...
+unit: ## Tests of every pure package under pkg/ and internal/ (computed: those whose tests do not reach the kernel); no root needed.
+	@set -o pipefail; \
+	pkgs=$$($(GO) list -test -f '{{.ImportPath}}{{range .Deps}} {{.}}{{end}}' ./pkg/... ./internal/... | \
+	  awk '$$1 ~ /\.test$$/ && !/ golang\.org\/x\/sys\/unix( |$$)/ { sub(/\.test$$/, "", $$1); print $$1 }') || exit 1; \
+	if [ -z "$$pkgs" ]; then echo "unit: found no pure package" >&2; exit 1; fi; \
+	echo "$(GO) test $(GO_TEST_FLAGS)" $$pkgs; \
+	$(GO) test $(GO_TEST_FLAGS) $$pkgs
 
 .PHONY: test
 test: deps envtest-assets build vet chart image ## Every test: unit, envtest, kernel (netns) and end-to-end; installs what it needs.
 	$(GO) test $(GO_TEST_FLAGS) ./...
 
 .PHONY: test-reliability
-test-reliability: deps envtest-assets build ## Long reliability tests on the lab (root): restarts under a prober, API server outage, drift, coexistence, revocation, pod lifecycle races (README "Reliability").
+test-reliability: deps envtest-assets build ## Long reliability tests on the lab (root): restarts under a prober, API server outage, drift, coexistence, revocation, pod lifecycle races (docs/reliability.md).
 	NFTPOLICY_RELIABILITY=1 $(GO) test $(GO_TEST_FLAGS) -p 1 ./test/reliability/...
 
 # ---- the lab: a cluster stand-in made of network namespaces (test/lab, cmd/nftpolicy-lab) ----
@@ -87,7 +99,7 @@ lab-down: lab-build ## Remove every lab leftover of this machine: namespaces, pr
 lab-test: deps envtest-assets build ## The lab's own tests (test/lab; root): both topologies, ClusterIPs, cleanup, crash cleanup.
 	$(GO) test $(GO_TEST_FLAGS) ./test/lab/...
 
-# ---- benchmarks (test/bench, cmd/nftpolicy-bench; README "Performance") ----
+# ---- benchmarks (test/bench, cmd/nftpolicy-bench; docs/performance.md) ----
 BENCH_ARGS ?=
 
 .PHONY: bench
@@ -136,6 +148,6 @@ conformance-down: ## Tear down a conformance cluster a crashed run left behind.
 	@hack/conformance/cluster.sh down
 
 .PHONY: clean
-clean: ## Remove build outputs (keeps the cached control plane in bin/k8s).
-	rm -f $(BIN)/nftpolicy-agent $(LAB) $(BIN)/nftpolicy-bench
+clean: ## Remove build outputs: the binaries of build, lab-build, bench and image, and _out/. Keeps the cached tools built from the module proxy (bin/k8s, bin/helm, bin/conformance).
+	rm -f $(BIN)/nftpolicy-agent $(BIN)/nftpolicy $(LAB) $(BIN)/nftpolicy-bench $(BIN)/image
 	rm -rf _out
