@@ -1,0 +1,128 @@
+package netlink
+
+import (
+	"fmt"
+	"reflect"
+	"strings"
+
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
+	"golang.org/x/sys/unix"
+)
+
+// The round-trip check: a dumped rule is accepted as the IR rule it reads as only when
+// encoding that rule gives back exactly the kernel's expressions.
+
+// canonReg maps a register number to the kernel's internal 32-bit register index. The
+// kernel dumps a 32-bit register that starts a 128-bit one under the 128-bit name
+// (NFT_REG32_00 comes back as NFT_REG_1), so registers compare by index.
+func canonReg(r uint32) uint32 {
+	if r <= unix.NFT_REG_4 {
+		return r * 4
+	}
+	return r - reg32First + 4
+}
+
+// normalizeExprs clears what the kernel fills in or leaves out on its own (counter
+// values, set IDs) and canonicalizes registers, so that encoded and dumped expressions
+// compare equal.
+func normalizeExprs(in []expr.Any) []expr.Any {
+	out := make([]expr.Any, len(in))
+	for i, e := range in {
+		switch v := e.(type) {
+		case *expr.Counter:
+			out[i] = &expr.Counter{}
+		case *expr.Lookup:
+			c := *v
+			c.SetID = 0
+			c.SourceRegister = canonReg(c.SourceRegister)
+			c.DestRegister = canonReg(c.DestRegister)
+			out[i] = &c
+		case *expr.Meta:
+			c := *v
+			c.Register = canonReg(c.Register)
+			out[i] = &c
+		case *expr.Payload:
+			c := *v
+			c.DestRegister = canonReg(c.DestRegister)
+			c.SourceRegister = canonReg(c.SourceRegister)
+			out[i] = &c
+		case *expr.Cmp:
+			c := *v
+			c.Register = canonReg(c.Register)
+			out[i] = &c
+		case *expr.Ct:
+			c := *v
+			c.Register = canonReg(c.Register)
+			out[i] = &c
+		case *expr.Bitwise:
+			c := *v
+			c.SourceRegister = canonReg(c.SourceRegister)
+			c.DestRegister = canonReg(c.DestRegister)
+			out[i] = &c
+		default:
+			out[i] = e
+		}
+	}
+	return out
+}
+
+// undecodable is how a rule we did not write comes back: it has no verdict, no counter
+// and no log, which no valid IR rule lacks (Validate refuses it), so it never equals a
+// desired rule and the diff rewrites its chain.
+func undecodable(raw []rawExpr, why error) ruleset.Rule {
+	names := make([]string, len(raw))
+	for i, e := range raw {
+		names[i] = e.name
+	}
+	c := fmt.Sprintf("undecodable: [%s]: %v", strings.Join(names, " "), why)
+	if len(c) > ruleset.MaxCommentLen {
+		c = c[:ruleset.MaxCommentLen]
+	}
+	return ruleset.Rule{Comment: c}
+}
+
+// decodeRule turns a kernel rule back into the IR rule it was encoded from. The result
+// is accepted only if encoding it gives back exactly the kernel's expressions.
+func decodeRule(raw rawRule) ruleset.Rule {
+	exprs, err := parseExprs(raw.exprs)
+	if err != nil {
+		return undecodable(raw.exprs, err)
+	}
+	d, err := exprsToRule(exprs)
+	if err != nil {
+		return undecodable(raw.exprs, err)
+	}
+	comment, _ := userdata.GetString(raw.udata, udataRuleComment)
+	var hints ruleHints
+	if h := userdata.Get(raw.udata, udataRuleHints); h != nil {
+		hints = parseHints(string(h))
+	}
+	guards := map[int]bool{}
+	for _, g := range hints.guards {
+		guards[g] = true
+	}
+	r := ruleset.Rule{Log: d.log, Counter: d.counter, VMap: d.vmap, Verdict: d.verdict, Comment: comment}
+	for i, m := range d.conds {
+		if guards[i] && m.Kind == ruleset.MatchNFProto {
+			continue
+		}
+		if order, ok := hints.ctOrder[i]; ok && m.Kind == ruleset.MatchCtState && sameStates(order, m.CtStates) {
+			m.CtStates = order
+		}
+		r.Matches = append(r.Matches, m)
+	}
+	if !r.Counter && r.Log == nil && r.VMap == nil && r.Verdict.Kind == ruleset.VerdictNone {
+		// Not an IR rule (Validate wants a verdict, a counter or a log).
+		return undecodable(raw.exprs, fmt.Errorf("rule does nothing"))
+	}
+	enc, _, err := encodeRule(r)
+	if err != nil {
+		return undecodable(raw.exprs, err)
+	}
+	if !reflect.DeepEqual(normalizeExprs(enc), normalizeExprs(exprs)) {
+		return undecodable(raw.exprs, fmt.Errorf("not in the form this dataplane writes"))
+	}
+	return r
+}
