@@ -8,8 +8,9 @@ import (
 
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
-	"github.com/nftpolicy/nftpolicy/pkg/dataplane/netlink/nfnl"
 	"golang.org/x/sys/unix"
+
+	"github.com/nftpolicy/nftpolicy/pkg/dataplane/netlink/nfnl"
 )
 
 // RuleCounter is what the kernel holds for one rule of the table: its counter (when

@@ -5,14 +5,13 @@ import (
 	"fmt"
 	"sort"
 
-	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
 	"golang.org/x/sys/unix"
+
+	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
 )
 
 // Lifting kernel objects back to the IR: sets with their elements, and chains (rules
 // are read by grammar.go and checked by roundtrip.go).
-
-// ---- kernel objects -> IR ----
 
 var keyTypeByMagic = map[uint32]ruleset.KeyType{}
 

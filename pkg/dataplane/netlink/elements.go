@@ -4,12 +4,12 @@ import (
 	"fmt"
 	"slices"
 
-	nl "github.com/mdlayher/netlink"
-
 	"github.com/google/nftables/userdata"
+	nl "github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+
 	"github.com/nftpolicy/nftpolicy/pkg/dataplane/netlink/nfnl"
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
-	"golang.org/x/sys/unix"
 )
 
 // Lifting IR set elements to the kernel's elements and their NEWSETELEM/DELSETELEM

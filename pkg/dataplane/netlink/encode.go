@@ -4,13 +4,13 @@ import (
 	"fmt"
 	"math"
 
-	nl "github.com/mdlayher/netlink"
-
 	"github.com/google/nftables"
 	"github.com/google/nftables/userdata"
+	nl "github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+
 	"github.com/nftpolicy/nftpolicy/pkg/dataplane/netlink/nfnl"
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
-	"golang.org/x/sys/unix"
 )
 
 // Lifting IR objects to nf_tables messages: tables, chains and sets (their

@@ -6,8 +6,9 @@ import (
 	"strings"
 
 	"github.com/google/nftables/expr"
-	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
 	"golang.org/x/sys/unix"
+
+	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
 )
 
 // The expression grammar: reading the expression list of a dumped rule as the IR rule

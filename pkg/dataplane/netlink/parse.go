@@ -4,12 +4,12 @@ import (
 	"encoding/binary"
 	"syscall"
 
-	nl "github.com/mdlayher/netlink"
-
 	"github.com/google/nftables/userdata"
+	nl "github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+
 	"github.com/nftpolicy/nftpolicy/pkg/dataplane/netlink/nfnl"
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
-	"golang.org/x/sys/unix"
 )
 
 // Wire parsing: the attributes of the nf_tables objects a dump returns, into raw*

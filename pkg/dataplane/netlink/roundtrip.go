@@ -7,8 +7,9 @@ import (
 
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
-	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
 	"golang.org/x/sys/unix"
+
+	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
 )
 
 // The round-trip check: a dumped rule is accepted as the IR rule it reads as only when

@@ -5,13 +5,13 @@ import (
 	"fmt"
 	"slices"
 
-	nl "github.com/mdlayher/netlink"
-
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
+	nl "github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+
 	"github.com/nftpolicy/nftpolicy/pkg/dataplane/netlink/nfnl"
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
-	"golang.org/x/sys/unix"
 )
 
 // Lifting IR rules to nf_tables expressions (the expression vocabulary the dataplane
