@@ -389,15 +389,8 @@ func normalizeMsg(w *wireMsg, isNft bool) {
 			switch a.typ {
 			case unix.NFTA_RULE_EXPRESSIONS:
 				w.attrs[i].kids = normalizeExprList(a.kids, isNft)
-			case unix.NFTA_RULE_USERDATA:
-				if !isNft {
-					// Ours only: the hints TLV (see hints.go). nft skips user data TLV
-					// types it does not know when it lists the rule.
-					w.attrs[i].data = dropTLV(a.data, byte(udataRuleHints))
-				}
 			}
 		}
-		w.attrs = slices.DeleteFunc(w.attrs, func(a attr) bool { return a.typ == unix.NFTA_RULE_USERDATA && len(a.data) == 0 })
 	}
 	sortAttrs(w.attrs)
 }

@@ -1,8 +1,10 @@
 package netlink
 
 import (
+	"cmp"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/google/nftables/expr"
@@ -86,8 +88,8 @@ func payloadField(p *expr.Payload) (ruleset.Field, bool) {
 	return "", false
 }
 
-// decodedRule is a rule read from expressions, before the hints are applied: conds are
-// the matches in order, including the nfproto guards the encoder may have added.
+// decodedRule is a rule read from expressions, before it is made canonical: conds are
+// the matches in order, including the nfproto guard the encoder may have added.
 type decodedRule struct {
 	conds   []ruleset.Match
 	log     *ruleset.Log
@@ -142,10 +144,15 @@ func exprsToRule(exprs []expr.Any) (decodedRule, error) {
 				default:
 					return d, fmt.Errorf("nfproto %d", c.Data[0])
 				}
+				i += 2
+				if d.log != nil || d.counter {
+					// Explicit matches come before the statements: a check after them is
+					// the guard of the verdict map (the re-encoding check confirms it).
+					continue
+				}
 				if err := cond(ruleset.Match{Kind: ruleset.MatchNFProto, Family: fam}); err != nil {
 					return d, err
 				}
-				i += 2
 			case expr.MetaKeyL4PROTO:
 				if c, ok := cmpAt(i+1, e.Register, expr.CmpOpEq, 1); ok && len(fields) == 0 {
 					if err := cond(ruleset.Match{Kind: ruleset.MatchL4Proto, Proto: c.Data[0]}); err != nil {
@@ -257,4 +264,22 @@ func exprsToRule(exprs []expr.Any) (decodedRule, error) {
 		return d, fmt.Errorf("load without lookup")
 	}
 	return d, nil
+}
+
+// canonicalCtStates lists the states of a mask in canonical order, or nil when the mask
+// has bits that are not states.
+func canonicalCtStates(mask uint32) []string {
+	var names []string
+	var seen uint32
+	for name, bit := range ruleset.CtStateBits {
+		if mask&bit != 0 {
+			names = append(names, name)
+			seen |= bit
+		}
+	}
+	if seen != mask {
+		return nil
+	}
+	slices.SortFunc(names, func(a, b string) int { return cmp.Compare(ruleset.CtStateBits[a], ruleset.CtStateBits[b]) })
+	return names
 }

@@ -95,25 +95,14 @@ func decodeRule(raw rawRule) ruleset.Rule {
 	if err != nil {
 		return undecodable(raw.exprs, err)
 	}
+	// Only the comment is read from the userdata. Rules written by earlier versions
+	// also carry a private TLV (type 0xf0, "hints") that said which nfproto checks were
+	// implicit and in which order ct states were given; the canonical form makes it
+	// unnecessary, and it is ignored.
 	comment, _ := userdata.GetString(raw.udata, udataRuleComment)
-	var hints ruleHints
-	if h := userdata.Get(raw.udata, udataRuleHints); h != nil {
-		hints = parseHints(string(h))
-	}
-	guards := map[int]bool{}
-	for _, g := range hints.guards {
-		guards[g] = true
-	}
-	r := ruleset.Rule{Log: d.log, Counter: d.counter, VMap: d.vmap, Verdict: d.verdict, Comment: comment}
-	for i, m := range d.conds {
-		if guards[i] && m.Kind == ruleset.MatchNFProto {
-			continue
-		}
-		if order, ok := hints.ctOrder[i]; ok && m.Kind == ruleset.MatchCtState && sameStates(order, m.CtStates) {
-			m.CtStates = order
-		}
-		r.Matches = append(r.Matches, m)
-	}
+	// Every nfproto check reads as an explicit match; the canonical form drops the one
+	// that stands where the encoder puts its implicit guard.
+	r, _ := ruleset.CanonicalRule(ruleset.Rule{Matches: d.conds, Log: d.log, Counter: d.counter, VMap: d.vmap, Verdict: d.verdict, Comment: comment})
 	if !r.Counter && r.Log == nil && r.VMap == nil && r.Verdict.Kind == ruleset.VerdictNone {
 		// Not an IR rule (Validate wants a verdict, a counter or a log).
 		return undecodable(raw.exprs, fmt.Errorf("rule does nothing"))

@@ -3,7 +3,6 @@ package netlink
 import (
 	"encoding/binary"
 	"fmt"
-	"slices"
 
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
@@ -86,7 +85,14 @@ func nfprotoMatch(f ruleset.Family) []expr.Any {
 	}
 }
 
-// encodeRule turns an IR rule into expressions and the rule's userdata.
+// encodeRule turns an IR rule into expressions and the rule's userdata (its comment).
+//
+// In an inet table a payload load of an IPv4 or IPv6 header field needs a
+// `meta nfproto` check before it, which nft adds implicitly: so does encodeRule, in
+// front of the loads of the first lookup reading a field of that family, unless the
+// rule matches the family explicitly. An explicit match in that very place encodes the
+// same; ruleset.CanonicalRule makes the two one IR rule, so the rule read back needs
+// nothing beyond its expressions (no private userdata).
 func encodeRule(r ruleset.Rule) ([]expr.Any, []byte, error) {
 	explicit := map[ruleset.Family]bool{}
 	for _, m := range r.Matches {
@@ -96,8 +102,6 @@ func encodeRule(r ruleset.Rule) ([]expr.Any, []byte, error) {
 	}
 	guarded := map[ruleset.Family]bool{}
 	var out []expr.Any
-	hints := ruleHints{ctOrder: map[int][]string{}}
-	pos := 0
 	guard := func(fields []ruleset.Field) {
 		for _, f := range fields {
 			fam := f.Family()
@@ -106,8 +110,6 @@ func encodeRule(r ruleset.Rule) ([]expr.Any, []byte, error) {
 			}
 			guarded[fam] = true
 			out = append(out, nfprotoMatch(fam)...)
-			hints.guards = append(hints.guards, pos)
-			pos++
 		}
 	}
 	lookup := func(fields []ruleset.Field, l *expr.Lookup) error {
@@ -151,9 +153,6 @@ func encodeRule(r ruleset.Rule) ([]expr.Any, []byte, error) {
 			if len(m.CtStates) == 0 {
 				return nil, nil, fmt.Errorf("match %d: ct state without states", i)
 			}
-			if !slices.Equal(m.CtStates, canonicalCtStates(mask)) {
-				hints.ctOrder[pos] = slices.Clone(m.CtStates)
-			}
 			// The conntrack state is a host-endian u32 in the register.
 			out = append(out,
 				&expr.Ct{Key: expr.CtKeySTATE, Register: reg1},
@@ -172,7 +171,6 @@ func encodeRule(r ruleset.Rule) ([]expr.Any, []byte, error) {
 		default:
 			return nil, nil, fmt.Errorf("match %d: unsupported kind %q", i, m.Kind)
 		}
-		pos++
 	}
 	if r.Log != nil {
 		l := &expr.Log{Key: 1 << unix.NFTA_LOG_GROUP, Group: r.Log.Group}
@@ -206,11 +204,8 @@ func encodeRule(r ruleset.Rule) ([]expr.Any, []byte, error) {
 	if r.Comment != "" {
 		ud = userdata.AppendString(ud, udataRuleComment, r.Comment)
 	}
-	if h := hints.encode(); h != "" {
-		ud = userdata.Append(ud, udataRuleHints, []byte(h))
-	}
 	if len(ud) > 255 {
-		return nil, nil, fmt.Errorf("comment and hints take %d bytes of userdata, more than 255", len(ud))
+		return nil, nil, fmt.Errorf("comment takes %d bytes of userdata, more than 255", len(ud))
 	}
 	return out, ud, nil
 }

@@ -36,8 +36,4 @@ const (
 	udataElemFlags    = userdata.NFTNL_UDATA_SET_ELEM_FLAGS   // NFTNL_UDATA_SET_ELEM_FLAGS
 	udataElemOpen     = 1                                     // NFTNL_SET_ELEM_F_INTERVAL_OPEN
 	byteorderBig      = 2                                     // BYTEORDER_BIG_ENDIAN in nft
-	// udataRuleHints is ours: what the expressions of a rule cannot say about the IR
-	// rule they came from (see ruleHints). nft ignores rule userdata types it does not
-	// know; libnftnl uses 0 and 1 only.
-	udataRuleHints userdata.Type = 0xf0
 )
