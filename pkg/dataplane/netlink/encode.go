@@ -97,19 +97,21 @@ func msgAddChain(table string, c *ruleset.Chain) (nfnl.Message, error) {
 	return nfnl.NewMessage(family, unix.NFT_MSG_NEWCHAIN, nl.Create, a, what, nil)
 }
 
-func msgDelChain(table, name string) (nfnl.Message, error) {
+// msgNamed is a request that names one object of the table and nothing else.
+func msgNamed(typ int, tableAttr, nameAttr uint16, table, name, what string) (nfnl.Message, error) {
 	a := &nfnl.Attrs{}
-	a.PutString(unix.NFTA_CHAIN_TABLE, table)
-	a.PutString(unix.NFTA_CHAIN_NAME, name)
-	return nfnl.NewMessage(family, unix.NFT_MSG_DELCHAIN, 0, a, fmt.Sprintf("delete chain %q", name), nil)
+	a.PutString(tableAttr, table)
+	a.PutString(nameAttr, name)
+	return nfnl.NewMessage(family, typ, 0, a, fmt.Sprintf("%s %q", what, name), nil)
+}
+
+func msgDelChain(table, name string) (nfnl.Message, error) {
+	return msgNamed(unix.NFT_MSG_DELCHAIN, unix.NFTA_CHAIN_TABLE, unix.NFTA_CHAIN_NAME, table, name, "delete chain")
 }
 
 // msgFlushChain deletes all rules of a chain (DELRULE without a handle).
 func msgFlushChain(table, name string) (nfnl.Message, error) {
-	a := &nfnl.Attrs{}
-	a.PutString(unix.NFTA_RULE_TABLE, table)
-	a.PutString(unix.NFTA_RULE_CHAIN, name)
-	return nfnl.NewMessage(family, unix.NFT_MSG_DELRULE, 0, a, fmt.Sprintf("flush chain %q", name), nil)
+	return msgNamed(unix.NFT_MSG_DELRULE, unix.NFTA_RULE_TABLE, unix.NFTA_RULE_CHAIN, table, name, "flush chain")
 }
 
 // setFlags are the kernel set flags of an IR set. NFT_SET_CONCAT goes only with interval
@@ -168,8 +170,5 @@ func msgAddSet(table string, s *ruleset.Set, id uint32) (nfnl.Message, error) {
 }
 
 func msgDelSet(table, name string) (nfnl.Message, error) {
-	a := &nfnl.Attrs{}
-	a.PutString(unix.NFTA_SET_TABLE, table)
-	a.PutString(unix.NFTA_SET_NAME, name)
-	return nfnl.NewMessage(family, unix.NFT_MSG_DELSET, 0, a, fmt.Sprintf("delete set %q", name), nil)
+	return msgNamed(unix.NFT_MSG_DELSET, unix.NFTA_SET_TABLE, unix.NFTA_SET_NAME, table, name, "delete set")
 }

@@ -28,16 +28,7 @@ func asDumped(t *testing.T, exprs []expr.Any) []rawExpr {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var r rawExpr
-		for ad.Next() {
-			switch ad.Type() {
-			case unix.NFTA_EXPR_NAME:
-				r.name = ad.String()
-			case unix.NFTA_EXPR_DATA:
-				r.data = ad.Bytes()
-			}
-		}
-		out = append(out, r)
+		out = append(out, parseExpr(ad))
 	}
 	return out
 }

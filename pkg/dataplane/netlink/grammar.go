@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"encoding/binary"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 
@@ -16,33 +17,44 @@ import (
 // The expression grammar: reading the expression list of a dumped rule as the IR rule
 // encodeRule would have written it.
 
+// exprKinds is the expression vocabulary of the dataplane: the kernel's name of every
+// expression encodeRule writes, and the google/nftables type that marshals it (a
+// verdict is an "immediate" writing the verdict register).
+var exprKinds = map[string]func() expr.Any{
+	"meta":      func() expr.Any { return &expr.Meta{} },
+	"cmp":       func() expr.Any { return &expr.Cmp{} },
+	"payload":   func() expr.Any { return &expr.Payload{} },
+	"lookup":    func() expr.Any { return &expr.Lookup{} },
+	"ct":        func() expr.Any { return &expr.Ct{} },
+	"bitwise":   func() expr.Any { return &expr.Bitwise{} },
+	"counter":   func() expr.Any { return &expr.Counter{} },
+	"limit":     func() expr.Any { return &expr.Limit{} },
+	"log":       func() expr.Any { return &expr.Log{} },
+	"immediate": func() expr.Any { return &expr.Verdict{} },
+}
+
+// exprName is the kernel's name of an expression (for error messages).
+func exprName(e expr.Any) string {
+	for name, newExpr := range exprKinds {
+		if reflect.TypeOf(newExpr()) == reflect.TypeOf(e) {
+			return name
+		}
+	}
+	return fmt.Sprintf("%T", e)
+}
+
 // parseExprs decodes the expressions we emit; any other expression makes the rule
 // undecodable (google/nftables silently drops expressions it does not know, so the
 // names are checked here).
 func parseExprs(raw []rawExpr) ([]expr.Any, error) {
 	out := make([]expr.Any, 0, len(raw))
 	for _, r := range raw {
-		var e expr.Any
-		switch r.name {
-		case "meta":
-			e = &expr.Meta{}
-		case "cmp":
-			e = &expr.Cmp{}
-		case "payload":
-			e = &expr.Payload{}
-		case "lookup":
-			e = &expr.Lookup{}
-		case "ct":
-			e = &expr.Ct{}
-		case "bitwise":
-			e = &expr.Bitwise{}
-		case "counter":
-			e = &expr.Counter{}
-		case "limit":
-			e = &expr.Limit{}
-		case "log":
-			e = &expr.Log{}
-		case "immediate":
+		newExpr, ok := exprKinds[r.name]
+		if !ok {
+			return nil, fmt.Errorf("expression %q", r.name)
+		}
+		if r.name == "immediate" {
+			// Only a verdict: an immediate into a data register is not ours.
 			imm := &expr.Immediate{}
 			if err := expr.Unmarshal(family, r.data, imm); err != nil {
 				return nil, fmt.Errorf("immediate: %w", err)
@@ -50,10 +62,8 @@ func parseExprs(raw []rawExpr) ([]expr.Any, error) {
 			if imm.Register != regVerdict {
 				return nil, fmt.Errorf("immediate to register %d", imm.Register)
 			}
-			e = &expr.Verdict{}
-		default:
-			return nil, fmt.Errorf("expression %q", r.name)
 		}
+		e := newExpr()
 		if err := expr.Unmarshal(family, r.data, e); err != nil {
 			return nil, fmt.Errorf("%s: %w", r.name, err)
 		}
@@ -67,23 +77,10 @@ func payloadField(p *expr.Payload) (ruleset.Field, bool) {
 	if p.OperationType != expr.PayloadLoad {
 		return "", false
 	}
-	type k struct {
-		base     expr.PayloadBase
-		off, len uint32
-	}
-	switch (k{p.Base, p.Offset, p.Len}) {
-	case k{expr.PayloadBaseNetworkHeader, 12, 4}:
-		return ruleset.FieldIPv4Saddr, true
-	case k{expr.PayloadBaseNetworkHeader, 16, 4}:
-		return ruleset.FieldIPv4Daddr, true
-	case k{expr.PayloadBaseNetworkHeader, 8, 16}:
-		return ruleset.FieldIPv6Saddr, true
-	case k{expr.PayloadBaseNetworkHeader, 24, 16}:
-		return ruleset.FieldIPv6Daddr, true
-	case k{expr.PayloadBaseTransportHeader, 2, 2}:
-		return ruleset.FieldDPort, true
-	case k{expr.PayloadBaseTransportHeader, 0, 1}:
-		return ruleset.FieldICMPv6Type, true
+	for f, loc := range payloadFields {
+		if loc == (payloadLoc{p.Base, p.Offset, p.Len}) {
+			return f, true
+		}
 	}
 	return "", false
 }

@@ -275,14 +275,7 @@ func parseRule(m syscall.NetlinkMessage) (rawRule, error) {
 				for lad.Next() {
 					var e rawExpr
 					lad.Nested(func(ead *nl.AttributeDecoder) error {
-						for ead.Next() {
-							switch ead.Type() {
-							case unix.NFTA_EXPR_NAME:
-								e.name = ead.String()
-							case unix.NFTA_EXPR_DATA:
-								e.data = ead.Bytes()
-							}
-						}
+						e = parseExpr(ead)
 						return nil
 					})
 					r.exprs = append(r.exprs, e)
@@ -292,4 +285,18 @@ func parseRule(m syscall.NetlinkMessage) (rawRule, error) {
 		}
 	}
 	return r, ad.Err()
+}
+
+// parseExpr reads one expression of a rule: NFTA_EXPR_NAME and NFTA_EXPR_DATA.
+func parseExpr(ad *nl.AttributeDecoder) rawExpr {
+	var e rawExpr
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_EXPR_NAME:
+			e.name = ad.String()
+		case unix.NFTA_EXPR_DATA:
+			e.data = ad.Bytes()
+		}
+	}
+	return e
 }

@@ -35,38 +35,32 @@ func normalizeExprs(in []expr.Any) []expr.Any {
 		case *expr.Counter:
 			out[i] = &expr.Counter{}
 		case *expr.Lookup:
-			c := *v
-			c.SetID = 0
-			c.SourceRegister = canonReg(c.SourceRegister)
-			c.DestRegister = canonReg(c.DestRegister)
-			out[i] = &c
+			out[i] = canonRegs(v, func(c *expr.Lookup) []*uint32 { c.SetID = 0; return []*uint32{&c.SourceRegister, &c.DestRegister} })
 		case *expr.Meta:
-			c := *v
-			c.Register = canonReg(c.Register)
-			out[i] = &c
+			out[i] = canonRegs(v, func(c *expr.Meta) []*uint32 { return []*uint32{&c.Register} })
 		case *expr.Payload:
-			c := *v
-			c.DestRegister = canonReg(c.DestRegister)
-			c.SourceRegister = canonReg(c.SourceRegister)
-			out[i] = &c
+			out[i] = canonRegs(v, func(c *expr.Payload) []*uint32 { return []*uint32{&c.DestRegister, &c.SourceRegister} })
 		case *expr.Cmp:
-			c := *v
-			c.Register = canonReg(c.Register)
-			out[i] = &c
+			out[i] = canonRegs(v, func(c *expr.Cmp) []*uint32 { return []*uint32{&c.Register} })
 		case *expr.Ct:
-			c := *v
-			c.Register = canonReg(c.Register)
-			out[i] = &c
+			out[i] = canonRegs(v, func(c *expr.Ct) []*uint32 { return []*uint32{&c.Register} })
 		case *expr.Bitwise:
-			c := *v
-			c.SourceRegister = canonReg(c.SourceRegister)
-			c.DestRegister = canonReg(c.DestRegister)
-			out[i] = &c
+			out[i] = canonRegs(v, func(c *expr.Bitwise) []*uint32 { return []*uint32{&c.SourceRegister, &c.DestRegister} })
 		default:
 			out[i] = e
 		}
 	}
 	return out
+}
+
+// canonRegs returns a copy of *e with the registers regs points at (and whatever else
+// regs clears) canonicalized.
+func canonRegs[T any](e *T, regs func(*T) []*uint32) *T {
+	c := *e
+	for _, r := range regs(&c) {
+		*r = canonReg(*r)
+	}
+	return &c
 }
 
 // undecodable is how a rule we did not write comes back: it has no verdict, no counter

@@ -29,28 +29,33 @@ const (
 
 var nfprotoOf = map[ruleset.Family]byte{ruleset.IPv4: unix.NFPROTO_IPV4, ruleset.IPv6: unix.NFPROTO_IPV6}
 
+// payloadLoc is where a packet field lies: header, offset and length in bytes.
+type payloadLoc struct {
+	base     expr.PayloadBase
+	off, len uint32
+}
+
+// payloadFields are the IR fields read from the packet (FieldL4Proto is meta data),
+// both ways: fieldLoad writes them, payloadField reads them back.
+var payloadFields = map[ruleset.Field]payloadLoc{
+	ruleset.FieldIPv4Saddr:  {expr.PayloadBaseNetworkHeader, 12, 4},
+	ruleset.FieldIPv4Daddr:  {expr.PayloadBaseNetworkHeader, 16, 4},
+	ruleset.FieldIPv6Saddr:  {expr.PayloadBaseNetworkHeader, 8, 16},
+	ruleset.FieldIPv6Daddr:  {expr.PayloadBaseNetworkHeader, 24, 16},
+	ruleset.FieldDPort:      {expr.PayloadBaseTransportHeader, 2, 2},
+	ruleset.FieldICMPv6Type: {expr.PayloadBaseTransportHeader, 0, 1},
+}
+
 // fieldLoad is the expression that loads a packet field into reg.
 func fieldLoad(f ruleset.Field, reg uint32) (expr.Any, error) {
-	p := func(base expr.PayloadBase, off, n uint32) expr.Any {
-		return &expr.Payload{DestRegister: reg, Base: base, Offset: off, Len: n}
-	}
-	switch f {
-	case ruleset.FieldIPv4Saddr:
-		return p(expr.PayloadBaseNetworkHeader, 12, 4), nil
-	case ruleset.FieldIPv4Daddr:
-		return p(expr.PayloadBaseNetworkHeader, 16, 4), nil
-	case ruleset.FieldIPv6Saddr:
-		return p(expr.PayloadBaseNetworkHeader, 8, 16), nil
-	case ruleset.FieldIPv6Daddr:
-		return p(expr.PayloadBaseNetworkHeader, 24, 16), nil
-	case ruleset.FieldDPort:
-		return p(expr.PayloadBaseTransportHeader, 2, 2), nil
-	case ruleset.FieldICMPv6Type:
-		return p(expr.PayloadBaseTransportHeader, 0, 1), nil
-	case ruleset.FieldL4Proto:
+	if f == ruleset.FieldL4Proto {
 		return &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg}, nil
 	}
-	return nil, fmt.Errorf("unsupported field %q", f)
+	loc, ok := payloadFields[f]
+	if !ok {
+		return nil, fmt.Errorf("unsupported field %q", f)
+	}
+	return &expr.Payload{DestRegister: reg, Base: loc.base, Offset: loc.off, Len: loc.len}, nil
 }
 
 // fieldLoads loads the fields of a lookup and returns the source register of the key.
@@ -269,32 +274,4 @@ func msgAddRule(table, chain string, idx int, r ruleset.Rule) (nfnl.Message, err
 	}
 	// NLM_F_APPEND: at the end of the chain, in the order given.
 	return nfnl.NewMessage(family, unix.NFT_MSG_NEWRULE, nl.Create|nl.HeaderFlags(unix.NLM_F_APPEND), a, what, spans)
-}
-
-func exprName(e expr.Any) string {
-	switch e.(type) {
-	case *expr.Meta:
-		return "meta"
-	case *expr.Cmp:
-		return "cmp"
-	case *expr.Payload:
-		return "payload"
-	case *expr.Lookup:
-		return "lookup"
-	case *expr.Ct:
-		return "ct"
-	case *expr.Bitwise:
-		return "bitwise"
-	case *expr.Counter:
-		return "counter"
-	case *expr.Limit:
-		return "limit"
-	case *expr.Log:
-		return "log"
-	case *expr.Verdict:
-		return "immediate"
-	case *expr.Immediate:
-		return "immediate"
-	}
-	return fmt.Sprintf("%T", e)
 }
