@@ -12,7 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Conn is one NETLINK_NETFILTER socket, opened for one Apply, Read or Delete. It speaks
+// Conn is one NETLINK_NETFILTER socket, meant to live for one operation (package
+// netlink opens one per Apply, Read or Delete, bound to its context). It speaks
 // the batch protocol the way nft does (see the package doc for why not google/nftables'
 // Conn): one sendmsg per batch, an ACK requested only for the last message, and errors
 // mapped back to the object that caused them. A Conn is not safe for concurrent use.
@@ -33,7 +34,8 @@ type Config struct {
 	// SockBuf is the size of the socket buffers in bytes (both directions); the send
 	// buffer grows further for a batch larger than this.
 	SockBuf int
-	// Timeout bounds the wait for replies when the context has no deadline.
+	// Timeout bounds the wait for replies when the context has no deadline; it must be
+	// positive then.
 	Timeout time.Duration
 }
 
@@ -42,6 +44,13 @@ type Config struct {
 func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	dl, ok := ctx.Deadline()
+	if !ok {
+		if cfg.Timeout <= 0 {
+			return nil, errors.New("open netlink socket: no deadline: the context has none and Config.Timeout is not positive")
+		}
+		dl = time.Now().Add(cfg.Timeout)
 	}
 	c, err := nl.Dial(unix.NETLINK_NETFILTER, &nl.Config{NetNS: cfg.NetNS})
 	if err != nil {
@@ -58,15 +67,11 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 	}
 	// Replies are queued by the time sendmsg returns, so waiting long means something is
 	// wrong; never wait forever when the caller gave no deadline.
-	dl, ok := ctx.Deadline()
-	if !ok {
-		dl = time.Now().Add(cfg.Timeout)
-	}
 	_ = c.SetDeadline(dl)
 	// Cancellation interrupts a pending receive. If that happens after a batch was
-	// sent, the batch may or may not have been committed: the caller treats it as a
-	// failure, and a failure makes the next Apply replace the table, which is right
-	// either way.
+	// sent, the batch may or may not have been committed: SendBatch reports a failure,
+	// and the caller must not assume either outcome (package netlink replaces the
+	// table on its next Apply, which is right either way).
 	cn.stop = context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
 	return cn, nil
 }

@@ -204,3 +204,12 @@ func TestConnInKernel(t *testing.T) {
 		t.Fatalf("dump chains: %d chains, interrupted %v, %v", len(chains), intr, err)
 	}
 }
+
+// Without a deadline from the context or the Config, Dial refuses rather than let a
+// lost reply block forever.
+func TestDialNeedsDeadline(t *testing.T) {
+	if c, err := Dial(context.Background(), Config{}); err == nil {
+		c.Close()
+		t.Fatal("Dial without any deadline succeeded")
+	}
+}
