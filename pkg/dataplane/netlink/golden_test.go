@@ -297,9 +297,10 @@ func compareWire(t *testing.T, ours, nfts []syscall.NetlinkMessage, normalize fu
 }
 
 // Normalization. What legitimately differs between nft's messages and ours is listed
-// here, each with why; everything else must be byte-equal. The normalizations apply
-// to both sides unless they say otherwise, so a difference they remove can hide nothing
-// of ours that nft does not have too.
+// here, each with why; everything else must be byte-equal. Each normalization says
+// whether it applies to both sides or to one. One applied to nft's side only removes
+// what we never send or adds what we always send, so any change of ours still shows;
+// one applied to ours only removes what google/nftables adds and nft leaves out.
 
 // sortAttrs orders the attributes of every nest by type, stably. The kernel parses the
 // attributes of a nest into a table indexed by type (nla_parse_nested), so the order of
