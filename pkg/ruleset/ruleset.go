@@ -416,13 +416,20 @@ type Ruleset struct {
 	Sets   []*Set
 }
 
-// Normalize sorts chains, sets and elements so that equal rulesets are deeply equal and
-// render identically.
+// Normalize sorts chains, sets and elements and puts every rule in its canonical form
+// (CanonicalRule) so that equal rulesets are deeply equal and render identically.
 func (rs *Ruleset) Normalize() {
 	sort.Slice(rs.Chains, func(i, j int) bool { return rs.Chains[i].Name < rs.Chains[j].Name })
 	sort.Slice(rs.Sets, func(i, j int) bool { return rs.Sets[i].Name < rs.Sets[j].Name })
 	for _, s := range rs.Sets {
 		s.SortElements()
+	}
+	for _, c := range rs.Chains {
+		for i := range c.Rules {
+			if r, changed := CanonicalRule(c.Rules[i]); changed {
+				c.Rules[i] = r
+			}
+		}
 	}
 }
 

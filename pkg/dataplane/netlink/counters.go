@@ -9,6 +9,8 @@ import (
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
+
+	"github.com/nftpolicy/nftpolicy/pkg/dataplane/netlink/nfnl"
 )
 
 // RuleCounter is what the kernel holds for one rule of the table: its counter (when
@@ -35,7 +37,7 @@ func (d *Dataplane) Counters(ctx context.Context) (map[string][]RuleCounter, err
 	if err != nil {
 		return nil, fmt.Errorf("read counters of nftables table inet %s: %w", d.table, err)
 	}
-	defer c.close()
+	defer c.Close()
 	for range readAttempts {
 		out, interrupted, err := d.countersOnce(c)
 		if err != nil {
@@ -48,10 +50,10 @@ func (d *Dataplane) Counters(ctx context.Context) (map[string][]RuleCounter, err
 	return nil, fmt.Errorf("read counters of nftables table inet %s: the ruleset kept changing (%d attempts)", d.table, readAttempts)
 }
 
-func (d *Dataplane) countersOnce(c *conn) (map[string][]RuleCounter, bool, error) {
-	a := &attrs{}
-	a.str(unix.NFTA_RULE_TABLE, d.table)
-	msgs, interrupted, err := c.request(unix.NFT_MSG_GETRULE, true, a)
+func (d *Dataplane) countersOnce(c *nfnl.Conn) (map[string][]RuleCounter, bool, error) {
+	a := &nfnl.Attrs{}
+	a.PutString(unix.NFTA_RULE_TABLE, d.table)
+	msgs, interrupted, err := c.Request(family, unix.NFT_MSG_GETRULE, true, a)
 	if errors.Is(err, syscall.ENOENT) {
 		return map[string][]RuleCounter{}, false, nil
 	}

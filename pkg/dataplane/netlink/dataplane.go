@@ -12,7 +12,7 @@
 // another table.
 //
 // Expressions are built with github.com/google/nftables/expr; the netlink messages
-// themselves are encoded here (see conn.go for why).
+// themselves are encoded here and sent by package nfnl (see its doc for why).
 package netlink
 
 import (
@@ -29,6 +29,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nftpolicy/nftpolicy/pkg/dataplane"
+	"github.com/nftpolicy/nftpolicy/pkg/dataplane/netlink/nfnl"
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
 )
 
@@ -110,7 +111,7 @@ func New(opts ...Option) (*Dataplane, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nftables dataplane: %w", err)
 	}
-	defer c.close()
+	defer c.Close()
 	if _, err := getGen(c); err != nil {
 		return nil, fmt.Errorf("nftables dataplane: query nf_tables generation: %w", err)
 	}
@@ -120,7 +121,7 @@ func New(opts ...Option) (*Dataplane, error) {
 // Table is the name of the inet table the dataplane owns.
 func (d *Dataplane) Table() string { return d.table }
 
-func (d *Dataplane) dial(ctx context.Context) (*conn, error) {
+func (d *Dataplane) dial(ctx context.Context) (*nfnl.Conn, error) {
 	fd := d.nsFd
 	if d.nsPath != "" {
 		f, err := os.Open(d.nsPath)
@@ -131,7 +132,7 @@ func (d *Dataplane) dial(ctx context.Context) (*conn, error) {
 		defer f.Close()
 		fd = int(f.Fd())
 	}
-	return dialConn(ctx, fd, d.sockBuf)
+	return nfnl.Dial(ctx, nfnl.Config{NetNS: fd, SockBuf: d.sockBuf, Timeout: defaultTimeout})
 }
 
 // Apply makes the table equal to desired in one transaction.
@@ -184,7 +185,7 @@ func (d *Dataplane) apply(ctx context.Context, desired *ruleset.Ruleset, opts da
 	if err != nil {
 		return res, fmt.Errorf("apply nftables ruleset to table inet %s: %w", d.table, err)
 	}
-	defer c.close()
+	defer c.Close()
 
 	base := d.last
 	full := opts.Full || d.last == nil
@@ -209,7 +210,7 @@ func (d *Dataplane) apply(ctx context.Context, desired *ruleset.Ruleset, opts da
 		full = full || kernel == nil
 	}
 
-	var msgs []message
+	var msgs []nfnl.Message
 	phase := "replace table"
 	if !full {
 		ch := readDiff
@@ -237,7 +238,7 @@ func (d *Dataplane) apply(ctx context.Context, desired *ruleset.Ruleset, opts da
 	if err != nil {
 		return dataplane.Result{}, fmt.Errorf("apply nftables ruleset to table inet %s: encode (%s): %w", d.table, phase, err)
 	}
-	if err := c.sendBatch(msgs); err != nil {
+	if err := c.SendBatch(msgs); err != nil {
 		return dataplane.Result{}, fmt.Errorf("apply nftables ruleset to table inet %s: %s (%d objects in %d messages): %w",
 			d.table, phase, res.Ops, len(msgs), err)
 	}
@@ -264,8 +265,8 @@ func (d *Dataplane) patch(ctx context.Context, desired *ruleset.Ruleset, ch *rul
 	if err != nil {
 		return res, fmt.Errorf("apply nftables ruleset to table inet %s: %w", d.table, err)
 	}
-	defer c.close()
-	if err := c.sendBatch(msgs); err != nil {
+	defer c.Close()
+	if err := c.SendBatch(msgs); err != nil {
 		return res, fmt.Errorf("apply nftables ruleset to table inet %s: update table (%d objects in %d messages): %w",
 			d.table, res.Ops, len(msgs), err)
 	}
@@ -284,11 +285,11 @@ func (d *Dataplane) nextSetID() uint32 {
 
 // batchBuilder collects messages and the first encoding error.
 type batchBuilder struct {
-	msgs []message
+	msgs []nfnl.Message
 	err  error
 }
 
-func (b *batchBuilder) add(m message, err error) {
+func (b *batchBuilder) add(m nfnl.Message, err error) {
 	if err != nil {
 		if b.err == nil {
 			b.err = err
@@ -298,9 +299,9 @@ func (b *batchBuilder) add(m message, err error) {
 	b.msgs = append(b.msgs, m)
 }
 
-func (b *batchBuilder) addAll(ms []message, err error) {
+func (b *batchBuilder) addAll(ms []nfnl.Message, err error) {
 	if err != nil {
-		b.add(message{}, err)
+		b.add(nfnl.Message{}, err)
 		return
 	}
 	b.msgs = append(b.msgs, ms...)
@@ -309,7 +310,7 @@ func (b *batchBuilder) addAll(ms []message, err error) {
 // fullBatch replaces the table. Chains come before the sets because a verdict map
 // element that jumps to a chain needs the chain to exist; rules come last because they
 // reference both.
-func (d *Dataplane) fullBatch(rs *ruleset.Ruleset) ([]message, error) {
+func (d *Dataplane) fullBatch(rs *ruleset.Ruleset) ([]nfnl.Message, error) {
 	var b batchBuilder
 	b.add(msgAddTable(d.table))
 	b.add(msgDelTable(d.table))
@@ -333,7 +334,7 @@ func (d *Dataplane) fullBatch(rs *ruleset.Ruleset) ([]message, error) {
 // incrementalBatch sends a diff in the order documented on ruleset.Changes, with one
 // refinement: the elements of new sets are added after the new chains (step 1 creates
 // the sets empty), since a verdict map element can jump to a chain that is new too.
-func (d *Dataplane) incrementalBatch(old, want *ruleset.Ruleset, ch *ruleset.Changes) ([]message, error) {
+func (d *Dataplane) incrementalBatch(old, want *ruleset.Ruleset, ch *ruleset.Changes) ([]nfnl.Message, error) {
 	var b batchBuilder
 	ids := map[string]uint32{}
 	for _, s := range ch.AddSets { // (1)
@@ -407,7 +408,7 @@ func (d *Dataplane) Read(ctx context.Context) (*ruleset.Ruleset, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read nftables table inet %s: %w", d.table, err)
 	}
-	defer c.close()
+	defer c.Close()
 	rs, err := d.read(c)
 	if err != nil {
 		return nil, fmt.Errorf("read nftables table inet %s: %w", d.table, err)
@@ -424,12 +425,12 @@ func (d *Dataplane) Delete(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("delete nftables table inet %s: %w", d.table, err)
 	}
-	defer c.close()
+	defer c.Close()
 	m, err := msgDelTable(d.table)
 	if err != nil {
 		return err
 	}
-	if err := c.sendBatch([]message{m}); err != nil {
+	if err := c.SendBatch([]nfnl.Message{m}); err != nil {
 		if errors.Is(err, unix.ENOENT) {
 			return nil
 		}
@@ -439,13 +440,13 @@ func (d *Dataplane) Delete(ctx context.Context) error {
 	return nil
 }
 
-func getGen(c *conn) (uint32, error) {
-	replies, _, err := c.request(unix.NFT_MSG_GETGEN, false, &attrs{})
+func getGen(c *nfnl.Conn) (uint32, error) {
+	replies, _, err := c.Request(family, unix.NFT_MSG_GETGEN, false, &nfnl.Attrs{})
 	if err != nil {
 		return 0, err
 	}
 	for _, m := range replies {
-		ad, err := decoder(m)
+		ad, err := nfnl.MessageDecoder(m)
 		if err != nil {
 			return 0, err
 		}
@@ -461,7 +462,7 @@ func getGen(c *conn) (uint32, error) {
 // read dumps the table. The table, its sets, their elements, the chains and the rules
 // are separate dumps; the nf_tables generation before and after tells whether anything
 // changed in between, in which case the read is repeated.
-func (d *Dataplane) read(c *conn) (*ruleset.Ruleset, error) {
+func (d *Dataplane) read(c *nfnl.Conn) (*ruleset.Ruleset, error) {
 	for range readAttempts {
 		gen, err := getGen(c)
 		if err != nil {
@@ -482,10 +483,10 @@ func (d *Dataplane) read(c *conn) (*ruleset.Ruleset, error) {
 	return nil, fmt.Errorf("the ruleset kept changing while it was read (%d attempts)", readAttempts)
 }
 
-func (d *Dataplane) readOnce(c *conn) (*ruleset.Ruleset, bool, error) {
-	a := &attrs{}
-	a.str(unix.NFTA_TABLE_NAME, d.table)
-	replies, _, err := c.request(unix.NFT_MSG_GETTABLE, false, a)
+func (d *Dataplane) readOnce(c *nfnl.Conn) (*ruleset.Ruleset, bool, error) {
+	a := &nfnl.Attrs{}
+	a.PutString(unix.NFTA_TABLE_NAME, d.table)
+	replies, _, err := c.Request(family, unix.NFT_MSG_GETTABLE, false, a)
 	if errors.Is(err, syscall.ENOENT) {
 		return nil, false, nil
 	}
@@ -507,9 +508,9 @@ func (d *Dataplane) readOnce(c *conn) (*ruleset.Ruleset, bool, error) {
 	}
 	anyInterrupted := false
 
-	a = &attrs{}
-	a.str(unix.NFTA_SET_TABLE, d.table)
-	setMsgs, intr, err := c.request(unix.NFT_MSG_GETSET, true, a)
+	a = &nfnl.Attrs{}
+	a.PutString(unix.NFTA_SET_TABLE, d.table)
+	setMsgs, intr, err := c.Request(family, unix.NFT_MSG_GETSET, true, a)
 	if err != nil {
 		return nil, false, fmt.Errorf("dump sets: %w", err)
 	}
@@ -523,10 +524,10 @@ func (d *Dataplane) readOnce(c *conn) (*ruleset.Ruleset, bool, error) {
 		if raw.table != d.table || raw.flags&unix.NFT_SET_ANONYMOUS != 0 {
 			continue
 		}
-		a := &attrs{}
-		a.str(unix.NFTA_SET_ELEM_LIST_TABLE, d.table)
-		a.str(unix.NFTA_SET_ELEM_LIST_SET, raw.name)
-		elemMsgs, intr, err := c.request(unix.NFT_MSG_GETSETELEM, true, a)
+		a := &nfnl.Attrs{}
+		a.PutString(unix.NFTA_SET_ELEM_LIST_TABLE, d.table)
+		a.PutString(unix.NFTA_SET_ELEM_LIST_SET, raw.name)
+		elemMsgs, intr, err := c.Request(family, unix.NFT_MSG_GETSETELEM, true, a)
 		if err != nil {
 			return nil, false, fmt.Errorf("dump elements of set %q: %w", raw.name, err)
 		}
@@ -542,9 +543,9 @@ func (d *Dataplane) readOnce(c *conn) (*ruleset.Ruleset, bool, error) {
 		rs.Sets = append(rs.Sets, decodeSet(raw, elems))
 	}
 
-	a = &attrs{}
-	a.str(unix.NFTA_CHAIN_TABLE, d.table)
-	chainMsgs, intr, err := c.request(unix.NFT_MSG_GETCHAIN, true, a)
+	a = &nfnl.Attrs{}
+	a.PutString(unix.NFTA_CHAIN_TABLE, d.table)
+	chainMsgs, intr, err := c.Request(family, unix.NFT_MSG_GETCHAIN, true, a)
 	if err != nil {
 		return nil, false, fmt.Errorf("dump chains: %w", err)
 	}
@@ -564,9 +565,9 @@ func (d *Dataplane) readOnce(c *conn) (*ruleset.Ruleset, bool, error) {
 		rs.Chains = append(rs.Chains, ch)
 	}
 
-	a = &attrs{}
-	a.str(unix.NFTA_RULE_TABLE, d.table)
-	ruleMsgs, intr, err := c.request(unix.NFT_MSG_GETRULE, true, a)
+	a = &nfnl.Attrs{}
+	a.PutString(unix.NFTA_RULE_TABLE, d.table)
+	ruleMsgs, intr, err := c.Request(family, unix.NFT_MSG_GETRULE, true, a)
 	if err != nil {
 		return nil, false, fmt.Errorf("dump rules: %w", err)
 	}
