@@ -41,8 +41,8 @@ type ApplyOptions struct {
 	// touch, instead of validating and diffing the whole ruleset: the cost of an Apply
 	// depends on the change, not on the size of the ruleset. Otherwise they are
 	// ignored and the dataplane computes the diff itself. Rulesets passed with Changes
-	// must not be modified afterwards (the dataplane keeps desired as the base of the
-	// next diff).
+	// must be normalized (the compiler's are) and must not be modified afterwards (the
+	// dataplane keeps desired as it is, as the base of the next diff).
 	Changes        *ruleset.Changes
 	BaseGeneration Generation
 }
