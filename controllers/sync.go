@@ -45,8 +45,8 @@ import (
 
 // FlowTable lists conntrack entries and sets their marks (pkg/dataplane/conntrack).
 type FlowTable interface {
-	Flows() ([]revoke.Flow, error)
-	SetMark(flows []revoke.Flow, mask, value uint32) (int, error)
+	Flows() ([]dataplane.Flow, error)
+	SetMark(flows []dataplane.Flow, mask, value uint32) (int, error)
 }
 
 // syncRequest is the one key every event maps to: the workqueue deduplicates it, so a
@@ -98,10 +98,11 @@ type Syncer struct {
 	lastVerify time.Time
 	reported   map[string]bool // problems already reported as Events
 
-	// engine is the incremental compiler (nil until the first sync); out the ruleset of
-	// its last Flush, the base of the changes of the next.
+	// engine is the incremental compiler (nil until the first sync); gen the dataplane
+	// Generation of the Apply of its last Flush (zero when that Apply failed), the base
+	// of the changes of the next.
 	engine *compiler.Engine
-	out    *ruleset.Ruleset
+	gen    dataplane.Generation
 	// dirty are the objects changed since the last sync (guarded by dirtyMu: event
 	// handlers run concurrently with a sync).
 	dirtyMu sync.Mutex
@@ -220,13 +221,12 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 		return reconcile.Result{}, fmt.Errorf("reading the cache: %w", err)
 	}
 	res, changes := s.engine.Flush()
-	base := s.out
-	s.out = res.Ruleset
 	s.report(res.Problems)
 	compiled := time.Now()
 
-	opts := dataplane.ApplyOptions{ReadBack: verify, Changes: changes, Base: base}
+	opts := dataplane.ApplyOptions{ReadBack: verify, Changes: changes, BaseGeneration: s.gen}
 	out, err := s.Dataplane.Apply(ctx, res.Ruleset, opts)
+	s.gen = out.Generation
 	syncDuration.WithLabelValues(phaseCompute).Observe(compiled.Sub(start).Seconds())
 	if err != nil {
 		syncFailures.Inc()

@@ -10,14 +10,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/nftpolicy/nftpolicy/pkg/compiler"
-	"github.com/nftpolicy/nftpolicy/pkg/dataplane/netlink"
+	"github.com/nftpolicy/nftpolicy/pkg/dataplane"
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
 )
 
 // CounterReader reads the kernel counters of the table's rules, per chain in rule
-// order (*netlink.Dataplane).
+// order (dataplane.Dataplane).
 type CounterReader interface {
-	Counters(ctx context.Context) (map[string][]netlink.RuleCounter, error)
+	Counters(ctx context.Context) (map[string][]dataplane.RuleCounter, error)
 }
 
 var (
@@ -137,7 +137,7 @@ var chainDirs = []struct{ pol, isolate, dir string }{
 // The rule comments the compiler writes carry the attribution: "ns/name ingress rule 3"
 // on every accept rule of a policy chain, and "ns/name" on each jump of an isolation
 // chain, whose final counted drop is attributed to every policy it jumps to.
-func attribute(rs *ruleset.Ruleset, kernel map[string][]netlink.RuleCounter) verdicts {
+func attribute(rs *ruleset.Ruleset, kernel map[string][]dataplane.RuleCounter) verdicts {
 	v := verdicts{allowed: map[ruleKey]packetsBytes{}, dropped: map[policyDir]uint64{}, policies: map[string]bool{}}
 	for _, ch := range rs.Chains {
 		for _, cd := range chainDirs {
@@ -189,7 +189,7 @@ func attribute(rs *ruleset.Ruleset, kernel map[string][]netlink.RuleCounter) ver
 }
 
 // lineUp returns the kernel rules of the chain when they are the applied ones.
-func lineUp(ch *ruleset.Chain, kc []netlink.RuleCounter) ([]netlink.RuleCounter, bool) {
+func lineUp(ch *ruleset.Chain, kc []dataplane.RuleCounter) ([]dataplane.RuleCounter, bool) {
 	if len(kc) != len(ch.Rules) {
 		return nil, false
 	}

@@ -3,7 +3,7 @@ package controllers
 import (
 	"testing"
 
-	"github.com/nftpolicy/nftpolicy/pkg/dataplane/netlink"
+	"github.com/nftpolicy/nftpolicy/pkg/dataplane"
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
 )
 
@@ -28,10 +28,10 @@ func TestAttribute(t *testing.T) {
 			{Verdict: ruleset.Jump("pol-eg-cccc-ns.c"), Comment: "ns/c"},
 			{Counter: true, Verdict: ruleset.Drop, Comment: "drop: no rule of ns/c allows it"}}},
 	}}
-	rc := func(p, b uint64, c string) netlink.RuleCounter {
-		return netlink.RuleCounter{Packets: p, Bytes: b, Counted: true, Comment: c}
+	rc := func(p, b uint64, c string) dataplane.RuleCounter {
+		return dataplane.RuleCounter{Packets: p, Bytes: b, Counted: true, Comment: c}
 	}
-	kernel := map[string][]netlink.RuleCounter{
+	kernel := map[string][]dataplane.RuleCounter{
 		"pol-in-aaaa-ns.a": {rc(1, 60, "ns/a ingress rule 0"), rc(2, 80, "ns/a ingress rule 0"), rc(5, 300, "ns/a ingress rule 1 named ports")},
 		"pol-in-bbbb-ns.b": {rc(7, 700, "ns/b ingress rule 0")},
 		// Rewritten in the kernel already: another rule at this position.

@@ -14,6 +14,9 @@
 // keeps both directions tied to the original initiator. When a later change allows the
 // flow again, the mark is cleared and the connection resumes.
 //
+// The entries are dataplane.Flow values (pkg/dataplane/conntrack lists them); this
+// package is pure and never touches the kernel.
+//
 // The verdict comes from the packet tracer, the same oracle the compiler is tested with,
 // so revocation can never disagree with the rules in the kernel.
 package revoke
@@ -21,35 +24,14 @@ package revoke
 import (
 	"net/netip"
 
+	"github.com/nftpolicy/nftpolicy/pkg/dataplane"
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
 	"github.com/nftpolicy/nftpolicy/pkg/tracer"
 )
 
-// Tuple is one direction of a conntrack entry.
-type Tuple struct {
-	Src, Dst     netip.Addr
-	SPort, DPort uint16
-}
-
-// Flow is a conntrack entry.
-type Flow struct {
-	Proto uint8
-	// Orig is the direction of the first packet, as it arrived (before DNAT).
-	Orig Tuple
-	// Reply is the expected reply; its source is the real destination after DNAT
-	// (a Service ClusterIP resolved to a pod), which is what the filter hooks saw.
-	Reply Tuple
-	Zone  uint16
-	// Mark is the entry's conntrack mark.
-	Mark uint32
-	// Closed is set for TCP entries in TIME_WAIT or CLOSE: the connection is over, so
-	// there is nothing to revoke or restore (a new SYN on the tuple replaces the entry).
-	Closed bool
-}
-
-// Packet is the first packet of the flow as the filter hooks saw it: destination NAT
+// firstPacket is the first packet of flow f as the filter hooks saw it: destination NAT
 // (prerouting/output) has happened, source NAT (postrouting) has not.
-func (f Flow) Packet(local func(netip.Addr) bool) tracer.Packet {
+func firstPacket(f dataplane.Flow, local func(netip.Addr) bool) tracer.Packet {
 	p := tracer.Packet{Src: f.Orig.Src, Dst: f.Reply.Src, Proto: f.Proto, DPort: f.Reply.SPort, Hook: ruleset.HookForward}
 	switch {
 	case local(p.Src):
@@ -68,13 +50,13 @@ type Marks struct {
 
 // Decision lists the entries to mark revoked and the revoked ones to clear.
 type Decision struct {
-	Revoke, Restore []Flow
+	Revoke, Restore []dataplane.Flow
 }
 
 // Decide judges every TCP, UDP and SCTP entry as a new connection under the ruleset
 // tr traces. local reports whether an address belongs to this node (it decides the
 // hook a flow used).
-func Decide(tr *tracer.Tracer, flows []Flow, local func(netip.Addr) bool, marks Marks) Decision {
+func Decide(tr *tracer.Tracer, flows []dataplane.Flow, local func(netip.Addr) bool, marks Marks) Decision {
 	var d Decision
 	for _, f := range flows {
 		// Policy speaks of TCP, UDP and SCTP ports; other protocols (ICMP echo) are only
@@ -86,7 +68,7 @@ func Decide(tr *tracer.Tracer, flows []Flow, local func(netip.Addr) bool, marks 
 			continue
 		}
 		revoked := f.Mark&marks.Mask == marks.Revoked
-		allowed := tr.Allowed(f.Packet(local))
+		allowed := tr.Allowed(firstPacket(f, local))
 		switch {
 		case !allowed && !revoked:
 			d.Revoke = append(d.Revoke, f)

@@ -9,6 +9,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/nftpolicy/nftpolicy/pkg/compiler"
+	"github.com/nftpolicy/nftpolicy/pkg/dataplane"
 	"github.com/nftpolicy/nftpolicy/pkg/model"
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
 	"github.com/nftpolicy/nftpolicy/pkg/tracer"
@@ -42,19 +43,19 @@ func backendOnlyFromFrontend() *ruleset.Ruleset {
 	return compiler.Compile(snap, compiler.Options{}).Ruleset
 }
 
-func direct(proto uint8, src, dst netip.Addr, sport, dport uint16) Flow {
-	return Flow{Proto: proto, Orig: Tuple{Src: src, Dst: dst, SPort: sport, DPort: dport}, Reply: Tuple{Src: dst, Dst: src, SPort: dport, DPort: sport}}
+func direct(proto uint8, src, dst netip.Addr, sport, dport uint16) dataplane.Flow {
+	return dataplane.Flow{Proto: proto, Orig: dataplane.Tuple{Src: src, Dst: dst, SPort: sport, DPort: dport}, Reply: dataplane.Tuple{Src: dst, Dst: src, SPort: dport, DPort: sport}}
 }
 
 func TestDenied(t *testing.T) {
 	rs := backendOnlyFromFrontend()
 	// A connection to a Service: the entry's original destination is the ClusterIP,
 	// the reply comes from the backend pod the DNAT chose.
-	viaService := Flow{Proto: ruleset.ProtoTCP, Orig: Tuple{Src: other, Dst: svcIP, SPort: 40000, DPort: 80},
-		Reply: Tuple{Src: backend, Dst: other, SPort: 8080, DPort: 40000}}
+	viaService := dataplane.Flow{Proto: ruleset.ProtoTCP, Orig: dataplane.Tuple{Src: other, Dst: svcIP, SPort: 40000, DPort: 80},
+		Reply: dataplane.Tuple{Src: backend, Dst: other, SPort: 8080, DPort: 40000}}
 	viaServiceAllowed := viaService
 	viaServiceAllowed.Orig.Src, viaServiceAllowed.Reply.Dst = frontend, frontend
-	flows := []Flow{
+	flows := []dataplane.Flow{
 		direct(ruleset.ProtoTCP, other, backend, 40001, 80),    // denied
 		direct(ruleset.ProtoUDP, other, backend, 40002, 53),    // denied
 		direct(ruleset.ProtoTCP, frontend, backend, 40003, 80), // allowed
@@ -77,7 +78,7 @@ func TestDenied(t *testing.T) {
 
 	local := func(a netip.Addr) bool { return a == nodeIP }
 	d := Decide(tracer.New(rs), flows, local, marks)
-	check := func(what string, got, want []Flow) {
+	check := func(what string, got, want []dataplane.Flow) {
 		t.Helper()
 		if len(got) != len(want) {
 			t.Fatalf("%s: %d flows, want %d: %+v", what, len(got), len(want), got)
@@ -88,6 +89,6 @@ func TestDenied(t *testing.T) {
 			}
 		}
 	}
-	check("revoke", d.Revoke, []Flow{flows[0], flows[1], viaService})
-	check("restore", d.Restore, []Flow{comeback})
+	check("revoke", d.Revoke, []dataplane.Flow{flows[0], flows[1], viaService})
+	check("restore", d.Restore, []dataplane.Flow{comeback})
 }

@@ -10,7 +10,7 @@ import (
 	ct "github.com/ti-mo/conntrack"
 	"golang.org/x/sys/unix"
 
-	"github.com/nftpolicy/nftpolicy/pkg/revoke"
+	"github.com/nftpolicy/nftpolicy/pkg/dataplane"
 )
 
 // TCP conntrack states (enum tcp_conntrack in the kernel) of connections that are over.
@@ -26,7 +26,7 @@ type Table struct {
 }
 
 // Flows lists every entry.
-func (t *Table) Flows() ([]revoke.Flow, error) {
+func (t *Table) Flows() ([]dataplane.Flow, error) {
 	c, err := ct.Dial(&netlink.Config{NetNS: t.NetNS})
 	if err != nil {
 		return nil, fmt.Errorf("opening conntrack netlink socket: %w", err)
@@ -36,13 +36,13 @@ func (t *Table) Flows() ([]revoke.Flow, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dumping conntrack entries: %w", err)
 	}
-	out := make([]revoke.Flow, 0, len(flows))
+	out := make([]dataplane.Flow, 0, len(flows))
 	for _, f := range flows {
-		out = append(out, revoke.Flow{
+		out = append(out, dataplane.Flow{
 			Proto: f.TupleOrig.Proto.Protocol,
-			Orig: revoke.Tuple{Src: f.TupleOrig.IP.SourceAddress, Dst: f.TupleOrig.IP.DestinationAddress,
+			Orig: dataplane.Tuple{Src: f.TupleOrig.IP.SourceAddress, Dst: f.TupleOrig.IP.DestinationAddress,
 				SPort: f.TupleOrig.Proto.SourcePort, DPort: f.TupleOrig.Proto.DestinationPort},
-			Reply: revoke.Tuple{Src: f.TupleReply.IP.SourceAddress, Dst: f.TupleReply.IP.DestinationAddress,
+			Reply: dataplane.Tuple{Src: f.TupleReply.IP.SourceAddress, Dst: f.TupleReply.IP.DestinationAddress,
 				SPort: f.TupleReply.Proto.SourcePort, DPort: f.TupleReply.Proto.DestinationPort},
 			Zone:   f.Zone,
 			Mark:   f.Mark,
@@ -56,7 +56,7 @@ func (t *Table) Flows() ([]revoke.Flow, error) {
 // bits (other software may use them). value must be non-zero: netlink updates cannot
 // write a zero mark. An entry already gone (it timed out or was closed) is skipped. It
 // returns how many entries it updated.
-func (t *Table) SetMark(flows []revoke.Flow, mask, value uint32) (int, error) {
+func (t *Table) SetMark(flows []dataplane.Flow, mask, value uint32) (int, error) {
 	if len(flows) == 0 {
 		return 0, nil
 	}

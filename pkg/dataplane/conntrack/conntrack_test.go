@@ -9,7 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nftpolicy/nftpolicy/internal/testns"
-	"github.com/nftpolicy/nftpolicy/pkg/revoke"
+	"github.com/nftpolicy/nftpolicy/pkg/dataplane"
 )
 
 func TestListAndMark(t *testing.T) {
@@ -57,9 +57,9 @@ func TestListAndMark(t *testing.T) {
 		}
 	}
 	// A vanished entry is skipped, not an error.
-	gone := revoke.Flow{Proto: unix.IPPROTO_UDP, Orig: revoke.Tuple{Src: netip.MustParseAddr("10.9.9.9"), Dst: netip.MustParseAddr("10.9.9.8"), SPort: 1, DPort: 2},
-		Reply: revoke.Tuple{Src: netip.MustParseAddr("10.9.9.8"), Dst: netip.MustParseAddr("10.9.9.9"), SPort: 2, DPort: 1}}
-	if n, err := table.SetMark([]revoke.Flow{gone}, 0x30000000, 0x20000000); err != nil || n != 0 {
+	gone := dataplane.Flow{Proto: unix.IPPROTO_UDP, Orig: dataplane.Tuple{Src: netip.MustParseAddr("10.9.9.9"), Dst: netip.MustParseAddr("10.9.9.8"), SPort: 1, DPort: 2},
+		Reply: dataplane.Tuple{Src: netip.MustParseAddr("10.9.9.8"), Dst: netip.MustParseAddr("10.9.9.9"), SPort: 2, DPort: 1}}
+	if n, err := table.SetMark([]dataplane.Flow{gone}, 0x30000000, 0x20000000); err != nil || n != 0 {
 		t.Errorf("SetMark on a missing entry: %d, %v", n, err)
 	}
 	// A TCP entry in TIME_WAIT is listed as closed.

@@ -1,7 +1,11 @@
-// Package fake is an in-memory Dataplane for controller tests. It is a real model, not a
-// recorder: it validates every ruleset as the kernel would (a rule referencing a missing
-// set or chain is refused), applies diffs the way the netlink implementation sends them,
-// and counts the operations so tests can check that an incremental change stays small.
+// Package fake is an in-memory Dataplane for controller tests: the real
+// dataplane.Planner over an in-memory kernel, so tests exercise the same decisions
+// (replace, the caller's changes, diff, read-back and repair, reset after a failure) as
+// the agent. The kernel is a real model, not a recorder: it refuses what nf_tables
+// would refuse (an object added twice, an element or chain deleted that does not
+// exist, a rule left referencing a missing set or chain), applies each transaction the
+// way the netlink backend sends it, and the fake counts operations so tests can check
+// that an incremental change stays small.
 package fake
 
 import (
@@ -10,149 +14,219 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/go-logr/logr"
+
 	"github.com/nftpolicy/nftpolicy/pkg/dataplane"
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
 )
 
-// Dataplane is the in-memory fake.
+// Dataplane is the in-memory fake of table inet nftpolicy.
 type Dataplane struct {
-	mu      sync.Mutex
-	table   *ruleset.Ruleset // what the "kernel" holds
-	applied *ruleset.Ruleset // what the last successful Apply wrote
-	source  *ruleset.Ruleset // the ruleset passed to it
-	// Patches counts Applies that took the caller's changes; MismatchedPatches those
-	// whose changes did not lead to the desired ruleset (a bug in the caller).
-	Patches, MismatchedPatches int
-	// failNext makes the next Apply fail without changing the table.
-	failNext error
+	*dataplane.Planner
+	k *kernel
 
-	Applies, FullApplies, Ops int
+	mu                                 sync.Mutex
+	applies, fullApplies, ops, patches int
 }
 
 var _ dataplane.Dataplane = (*Dataplane)(nil)
 
-// New returns an empty fake.
-func New() *Dataplane { return &Dataplane{} }
+// New returns a fake whose kernel has no table yet.
+func New() *Dataplane {
+	k := &kernel{}
+	return &Dataplane{Planner: dataplane.NewPlanner(k, logr.Discard()), k: k}
+}
 
-// Apply validates desired and applies it like the kernel would.
-func (d *Dataplane) Apply(_ context.Context, desired *ruleset.Ruleset, opts dataplane.ApplyOptions) (dataplane.Result, error) {
+// Apply is dataplane.Planner's Apply, counted.
+func (d *Dataplane) Apply(ctx context.Context, desired *ruleset.Ruleset, opts dataplane.ApplyOptions) (dataplane.Result, error) {
+	res, err := d.Planner.Apply(ctx, desired, opts)
+	if err != nil {
+		return res, err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if err := desired.Validate(); err != nil {
-		d.applied, d.source = nil, nil
-		return dataplane.Result{}, err
+	d.applies++
+	d.ops += res.Ops
+	if res.Full {
+		d.fullApplies++
 	}
-	if d.failNext != nil {
-		err := d.failNext
-		d.failNext = nil
-		d.applied, d.source = nil, nil // as the netlink dataplane: the next apply is a full one
-		return dataplane.Result{}, err
+	if res.Patched {
+		d.patches++
 	}
-	base := d.applied
-	var res dataplane.Result
-	if ch := opts.Changes; ch != nil && !ch.NeedsReplace && !opts.Full && !opts.ReadBack && d.applied != nil && opts.Base != nil && opts.Base == d.source {
-		// As the netlink dataplane: send the caller's changes. Unlike it, check that they
-		// really turn the last ruleset into desired, so tests catch a wrong change.
-		if err := ch.ValidateAgainst(desired); err != nil {
-			d.applied, d.source = nil, nil
-			return dataplane.Result{}, err
-		}
-		if err := applicable(d.table, ch); err != nil {
-			d.applied, d.source = nil, nil // as the kernel refusing the batch
-			return dataplane.Result{}, err
-		}
-		next := ch.Apply(d.table, desired)
-		if !equal(ch.Apply(d.applied, desired), desired) {
-			d.MismatchedPatches++
-		}
-		d.Patches++
-		d.table, d.applied, d.source = next, next.Clone(), desired
-		d.Applies++
-		res.Ops, res.Patched = ch.Ops(), true
-		d.Ops += res.Ops
-		return res, nil
-	}
-	if opts.ReadBack {
-		if !equal(d.table, d.applied) {
-			res.Drift = true
-		}
-		base = d.table
-	}
-	ch := ruleset.Diff(base, desired)
-	if opts.Full {
-		ch.NeedsReplace = true
-	}
-	if ch.NeedsReplace {
-		d.FullApplies++
-		res.Full = true
-		st := desired.Stats()
-		res.Ops = st.Chains + st.Rules + st.Sets + st.Elements
-	} else {
-		res.Ops = ch.Ops()
-	}
-	d.table = ch.Apply(base, desired)
-	d.applied = d.table.Clone()
-	d.source = desired
-	d.Applies++
-	d.Ops += res.Ops
 	return res, nil
-}
-
-// Read returns a copy of the table.
-func (d *Dataplane) Read(context.Context) (*ruleset.Ruleset, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.table == nil {
-		return nil, nil
-	}
-	return d.table.Clone(), nil
-}
-
-// Delete removes the table.
-func (d *Dataplane) Delete(context.Context) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.table = nil
-	d.applied, d.source = nil, nil
-	return nil
 }
 
 // Table returns a copy of what the fake kernel holds (nil when there is no table).
 func (d *Dataplane) Table() *ruleset.Ruleset {
-	rs, _ := d.Read(context.Background())
+	rs, _ := d.k.Read(context.Background())
 	return rs
 }
 
 // Mutate changes the fake kernel's table behind the agent's back, to simulate drift.
+// Rule counters restart, as they do when someone rewrites the table by hand.
 func (d *Dataplane) Mutate(f func(rs *ruleset.Ruleset) *ruleset.Ruleset) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.table = f(d.table)
+	d.k.mu.Lock()
+	defer d.k.mu.Unlock()
+	d.k.table = f(d.k.table)
+	d.k.counters = nil
 }
 
-// FailNextApply makes the next Apply return err.
+// FailNextApply makes the kernel refuse the next transaction (a replace or an update)
+// with err, leaving its table as it is: the Apply that sends it fails, and the planner
+// replaces the table on the next. An Apply with nothing to send sends no transaction
+// and does not consume the failure.
 func (d *Dataplane) FailNextApply(err error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.k.mu.Lock()
+	defer d.k.mu.Unlock()
 	if err == nil {
 		err = errors.New("injected failure")
 	}
-	d.failNext = err
+	d.k.failNext = err
 }
 
-// PatchCounts returns the number of applies that took the caller's changes, and of
-// those whose changes did not produce the desired ruleset.
+// SetCounter sets the counter of rule index (0-based, in chain order) of chain, as
+// traffic would. Counters restart when the chain is rewritten or the table replaced.
+func (d *Dataplane) SetCounter(chain string, index int, packets, bytes uint64) error {
+	d.k.mu.Lock()
+	defer d.k.mu.Unlock()
+	var c *ruleset.Chain
+	if d.k.table != nil {
+		c = d.k.table.Chain(chain)
+	}
+	if c == nil || index < 0 || index >= len(c.Rules) || !c.Rules[index].Counter {
+		return fmt.Errorf("chain %q has no rule %d with a counter", chain, index)
+	}
+	if d.k.counters == nil {
+		d.k.counters = map[string]map[int]counter{}
+	}
+	if d.k.counters[chain] == nil {
+		d.k.counters[chain] = map[int]counter{}
+	}
+	d.k.counters[chain][index] = counter{packets, bytes}
+	return nil
+}
+
+// PatchCounts returns the number of applies that took the caller's changes, and the
+// number of transactions whose changes did not turn the ruleset the planner believed
+// the kernel held into the desired one (a bug in the caller's changes or in the diff).
 func (d *Dataplane) PatchCounts() (patches, mismatched int) {
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.Patches, d.MismatchedPatches
+	patches = d.patches
+	d.mu.Unlock()
+	d.k.mu.Lock()
+	defer d.k.mu.Unlock()
+	return patches, d.k.mismatched
 }
 
-// Counts returns the number of applies, full applies and operations so far.
+// Counts returns the number of successful applies, full applies and operations so far.
 func (d *Dataplane) Counts() (applies, full, ops int) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.Applies, d.FullApplies, d.Ops
+	return d.applies, d.fullApplies, d.ops
+}
+
+// kernel is the in-memory dataplane.Backend.
+type kernel struct {
+	mu    sync.Mutex
+	table *ruleset.Ruleset // nil: no table
+	// failNext makes the next transaction fail.
+	failNext error
+	// mismatched counts updates whose changes did not lead from old to want.
+	mismatched int
+	// counters are the packets and bytes tests set, per chain and rule index.
+	counters map[string]map[int]counter
+}
+
+type counter struct{ packets, bytes uint64 }
+
+var _ dataplane.Backend = (*kernel)(nil)
+
+// Table implements dataplane.Backend.
+func (k *kernel) Table() string { return dataplane.DefaultTable }
+
+// Replace implements dataplane.Backend.
+func (k *kernel) Replace(_ context.Context, rs *ruleset.Ruleset) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.takeFailure(); err != nil {
+		return err
+	}
+	k.table = rs.Clone()
+	k.counters = nil
+	return nil
+}
+
+// Update implements dataplane.Backend: ch is applied to the table the kernel holds,
+// which is old unless it drifted.
+func (k *kernel) Update(_ context.Context, old, want *ruleset.Ruleset, ch *ruleset.Changes) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.takeFailure(); err != nil {
+		return err
+	}
+	if err := applicable(k.table, ch); err != nil {
+		return err
+	}
+	next := ch.Apply(k.table, want)
+	if err := next.Validate(); err != nil {
+		return fmt.Errorf("the transaction leaves the table invalid: %w", err)
+	}
+	if !equal(ch.Apply(old, want), want) {
+		k.mismatched++
+	}
+	k.table = next
+	for _, cs := range [][]*ruleset.Chain{ch.RewriteChains, ch.DelChains} {
+		for _, c := range cs {
+			delete(k.counters, c.Name) // flushed: the counters go with the rules
+		}
+	}
+	return nil
+}
+
+func (k *kernel) takeFailure() error {
+	err := k.failNext
+	k.failNext = nil
+	return err
+}
+
+// Read implements dataplane.Backend.
+func (k *kernel) Read(context.Context) (*ruleset.Ruleset, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.table == nil {
+		return nil, nil
+	}
+	return k.table.Clone(), nil
+}
+
+// Delete implements dataplane.Backend.
+func (k *kernel) Delete(context.Context) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.table, k.counters = nil, nil
+	return nil
+}
+
+// Counters implements dataplane.Backend: the comments come from the table, the counts
+// from SetCounter. As in the kernel's rule dump, chains without rules are absent.
+func (k *kernel) Counters(context.Context) (map[string][]dataplane.RuleCounter, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	out := map[string][]dataplane.RuleCounter{}
+	if k.table == nil {
+		return out, nil
+	}
+	for _, c := range k.table.Chains {
+		for i, r := range c.Rules {
+			rc := dataplane.RuleCounter{Counted: r.Counter, Comment: r.Comment}
+			if r.Counter {
+				n := k.counters[c.Name][i]
+				rc.Packets, rc.Bytes = n.packets, n.bytes
+			}
+			out[c.Name] = append(out[c.Name], rc)
+		}
+	}
+	return out, nil
 }
 
 func equal(a, b *ruleset.Ruleset) bool {

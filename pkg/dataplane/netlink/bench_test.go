@@ -47,7 +47,8 @@ func BenchmarkPatch(b *testing.B) {
 				e.SetPod(pod(fmt.Sprintf("p%d", i), "n2", ip, "client"))
 			}
 			res, ch := e.Flush()
-			if _, err := d.Apply(context.Background(), res.Ruleset, dataplane.ApplyOptions{Changes: ch}); err != nil {
+			out, err := d.Apply(context.Background(), res.Ruleset, dataplane.ApplyOptions{Changes: ch})
+			if err != nil {
 				b.Fatal(err)
 			}
 			extra := netip.MustParseAddr("10.200.0.1")
@@ -58,9 +59,8 @@ func BenchmarkPatch(b *testing.B) {
 				} else {
 					e.DeletePod("x", "extra")
 				}
-				prev := res.Ruleset
 				res, ch = e.Flush()
-				out, err := d.Apply(context.Background(), res.Ruleset, dataplane.ApplyOptions{Changes: ch, Base: prev})
+				out, err = d.Apply(context.Background(), res.Ruleset, dataplane.ApplyOptions{Changes: ch, BaseGeneration: out.Generation})
 				if err != nil || !out.Patched || out.Ops != 1 {
 					b.Fatalf("apply: %+v %v", out, err)
 				}

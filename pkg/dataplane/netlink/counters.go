@@ -10,67 +10,59 @@ import (
 	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
 
+	"github.com/nftpolicy/nftpolicy/pkg/dataplane"
 	"github.com/nftpolicy/nftpolicy/pkg/dataplane/netlink/nfnl"
 )
 
-// RuleCounter is what the kernel holds for one rule of the table: its counter (when
-// the rule has one) and its comment, which callers use to check that the rule is the
-// one they expect at that position.
-type RuleCounter struct {
-	Packets, Bytes uint64
-	// Counted is false for a rule without a counter expression.
-	Counted bool
-	Comment string
-}
-
-// Counters returns, per chain of the table, every rule in chain order with its
-// counter. It is one GETRULE dump of the table; of each rule only the chain, the
-// comment and the counter expression are decoded, so it costs a few microseconds per
-// rule and is cheap enough for every metrics scrape. A missing table gives an empty
-// map.
+// Counters implements dataplane.Backend: per chain of the table, every rule in chain
+// order with its counter. It is one GETRULE dump of the table; of each rule only the
+// chain, the comment and the counter expression are decoded, so it costs a few
+// microseconds per rule and is cheap enough for every metrics scrape. A missing table
+// gives an empty map.
 //
-// It does not take the Apply lock: a scrape never waits for a ruleset commit. A dump
+// It opens a socket of its own and the Planner does not serialize it with Apply: a
+// scrape never waits for a ruleset commit. A dump
 // that saw the ruleset change (NLM_F_DUMP_INTR) is repeated, so the rules of a chain
 // are all from one generation.
-func (d *Dataplane) Counters(ctx context.Context) (map[string][]RuleCounter, error) {
-	c, err := d.dial(ctx)
+func (k *kernel) Counters(ctx context.Context) (map[string][]dataplane.RuleCounter, error) {
+	c, err := k.dial(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("read counters of nftables table inet %s: %w", d.table, err)
+		return nil, err
 	}
 	defer c.Close()
 	for range readAttempts {
-		out, interrupted, err := d.countersOnce(c)
+		out, interrupted, err := k.countersOnce(c)
 		if err != nil {
-			return nil, fmt.Errorf("read counters of nftables table inet %s: %w", d.table, err)
+			return nil, err
 		}
 		if !interrupted {
 			return out, nil
 		}
 	}
-	return nil, fmt.Errorf("read counters of nftables table inet %s: the ruleset kept changing (%d attempts)", d.table, readAttempts)
+	return nil, fmt.Errorf("the ruleset kept changing (%d attempts)", readAttempts)
 }
 
-func (d *Dataplane) countersOnce(c *nfnl.Conn) (map[string][]RuleCounter, bool, error) {
+func (k *kernel) countersOnce(c *nfnl.Conn) (map[string][]dataplane.RuleCounter, bool, error) {
 	a := &nfnl.Attrs{}
-	a.PutString(unix.NFTA_RULE_TABLE, d.table)
+	a.PutString(unix.NFTA_RULE_TABLE, k.table)
 	msgs, interrupted, err := c.Request(family, unix.NFT_MSG_GETRULE, true, a)
 	if errors.Is(err, syscall.ENOENT) {
-		return map[string][]RuleCounter{}, false, nil
+		return map[string][]dataplane.RuleCounter{}, false, nil
 	}
 	if err != nil {
 		return nil, false, fmt.Errorf("dump rules: %w", err)
 	}
-	out := map[string][]RuleCounter{}
+	out := map[string][]dataplane.RuleCounter{}
 	for _, m := range msgs {
 		raw, err := parseRule(m)
 		if err != nil {
 			return nil, false, fmt.Errorf("dump rules: %w", err)
 		}
 		// Older kernels ignore the table attribute of a dump request.
-		if raw.table != d.table {
+		if raw.table != k.table {
 			continue
 		}
-		rc := RuleCounter{}
+		rc := dataplane.RuleCounter{}
 		rc.Comment, _ = userdata.GetString(raw.udata, udataRuleComment)
 		for _, e := range raw.exprs {
 			if e.name != "counter" {

@@ -58,7 +58,7 @@ func TestCounters(t *testing.T) {
 	send(3000, 3, false)
 	send(9, 2, true)
 
-	check := func(stage string, want map[string][]RuleCounter) {
+	check := func(stage string, want map[string][]dataplane.RuleCounter) {
 		t.Helper()
 		got, err := d.Counters(ctx)
 		if err != nil {
@@ -81,7 +81,7 @@ func TestCounters(t *testing.T) {
 		}
 	}
 	const pkt = 36
-	check("after traffic", map[string][]RuleCounter{
+	check("after traffic", map[string][]dataplane.RuleCounter{
 		"out":   {{Comment: "udp"}},
 		"check": {{Packets: 3, Bytes: 3 * pkt, Counted: true, Comment: "denied"}, {Packets: 2, Bytes: 2 * pkt, Counted: true, Comment: "passed"}},
 		"idle":  {{Counted: true, Comment: "never reached"}},
@@ -95,7 +95,7 @@ func TestCounters(t *testing.T) {
 	}
 	send(3000, 1, true)
 	send(3001, 1, false)
-	check("after a set change", map[string][]RuleCounter{
+	check("after a set change", map[string][]dataplane.RuleCounter{
 		"out":   {{Comment: "udp"}},
 		"check": {{Packets: 4, Bytes: 4 * pkt, Counted: true, Comment: "denied"}, {Packets: 3, Bytes: 3 * pkt, Counted: true, Comment: "passed"}},
 		"idle":  {{Counted: true, Comment: "never reached"}},

@@ -17,8 +17,8 @@ import (
 
 // TestPatchFromEngine drives the kernel with the changes the incremental compiler
 // computes (ApplyOptions.Changes): pod churn, relabels, policies added and removed.
-// After each step the kernel must hold exactly the engine's ruleset; a Base that is
-// not the last applied ruleset, or a read-back, falls back to the full diff.
+// After each step the kernel must hold exactly the engine's ruleset; a BaseGeneration
+// that is not the last Apply's, or a read-back, falls back to the full diff.
 func TestPatchFromEngine(t *testing.T) {
 	ns := newNetNS(t)
 	d := newDataplane(t, ns)
@@ -41,15 +41,11 @@ func TestPatchFromEngine(t *testing.T) {
 	e.SetPod(pod("web-1", "n1", "10.0.0.1", "web"))
 	e.SetPod(pod("client-1", "n2", "10.0.1.1", "client"))
 
-	var base = (*compiler.Result)(nil)
+	var gen dataplane.Generation // of the Apply of the engine's last Flush
 	step := func(what string, wantPatch bool) {
 		t.Helper()
 		res, ch := e.Flush()
-		opts := dataplane.ApplyOptions{Changes: ch}
-		if base != nil {
-			opts.Base = base.Ruleset
-		}
-		out, err := d.Apply(context.Background(), res.Ruleset, opts)
+		out, err := d.Apply(context.Background(), res.Ruleset, dataplane.ApplyOptions{Changes: ch, BaseGeneration: gen})
 		if err != nil {
 			t.Fatalf("%s: %v", what, err)
 		}
@@ -57,7 +53,7 @@ func TestPatchFromEngine(t *testing.T) {
 			t.Errorf("%s: %+v; want patched %v with the engine's %d ops", what, out, wantPatch, ch.Ops())
 		}
 		requireKernel(t, d, res.Ruleset)
-		base = res
+		gen = out.Generation
 	}
 	step("first", false)
 	for i := range 20 {
@@ -74,14 +70,15 @@ func TestPatchFromEngine(t *testing.T) {
 	e.DeletePolicy("x", "web")
 	step("policy deleted", true)
 
-	// Changes against a ruleset the dataplane did not apply last are not trusted.
+	// Changes against a generation the dataplane did not apply last are not trusted.
 	e.SetPod(pod("client-5", "n2", "10.0.1.5", "other"))
 	res, ch := e.Flush()
-	if out, err := d.Apply(context.Background(), res.Ruleset, dataplane.ApplyOptions{Changes: ch, Base: res.Ruleset}); err != nil || out.Patched {
-		t.Fatalf("changes against a foreign base: %+v, %v", out, err)
+	out, err := d.Apply(context.Background(), res.Ruleset, dataplane.ApplyOptions{Changes: ch, BaseGeneration: gen - 1})
+	if err != nil || out.Patched {
+		t.Fatalf("changes against a stale generation: %+v, %v", out, err)
 	}
 	requireKernel(t, d, res.Ruleset)
-	base = res
+	gen = out.Generation
 
 	// Drift is found by a read-back even when changes are passed.
 	flushed := ""
@@ -93,7 +90,7 @@ func TestPatchFromEngine(t *testing.T) {
 	nft(t, ns, "flush", "set", "inet", "nftpolicy", flushed)
 	e.SetPod(pod("client-6", "n2", "10.0.1.6", "other"))
 	res, ch = e.Flush()
-	out, err := d.Apply(context.Background(), res.Ruleset, dataplane.ApplyOptions{Changes: ch, Base: base.Ruleset, ReadBack: true})
+	out, err = d.Apply(context.Background(), res.Ruleset, dataplane.ApplyOptions{Changes: ch, BaseGeneration: gen, ReadBack: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,18 +100,18 @@ func TestPatchFromEngine(t *testing.T) {
 	requireKernel(t, d, res.Ruleset)
 
 	// The periodic read-back with nothing changed: one diff finds and repairs drift.
-	base = res
+	gen = out.Generation
 	nft(t, ns, "flush", "set", "inet", "nftpolicy", flushed)
 	res, ch = e.Flush()
 	if !ch.Empty() {
 		t.Fatalf("nothing changed, yet %d ops", ch.Ops())
 	}
-	out, err = d.Apply(context.Background(), res.Ruleset, dataplane.ApplyOptions{Changes: ch, Base: base.Ruleset, ReadBack: true})
+	out, err = d.Apply(context.Background(), res.Ruleset, dataplane.ApplyOptions{Changes: ch, BaseGeneration: gen, ReadBack: true})
 	if err != nil || !out.Drift || out.Ops == 0 {
 		t.Fatalf("read-back without changes: %+v, %v", out, err)
 	}
 	requireKernel(t, d, res.Ruleset)
-	out, err = d.Apply(context.Background(), res.Ruleset, dataplane.ApplyOptions{Changes: ch, Base: res.Ruleset, ReadBack: true})
+	out, err = d.Apply(context.Background(), res.Ruleset, dataplane.ApplyOptions{Changes: ch, BaseGeneration: out.Generation, ReadBack: true})
 	if err != nil || out.Drift || out.Ops != 0 {
 		t.Fatalf("read-back of an intact table: %+v, %v", out, err)
 	}
