@@ -23,7 +23,7 @@ var (
 	})
 	revokedFlows = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "nftpolicy_revoked_flows_total",
-		Help: "Established conntrack entries deleted because a new ruleset denies them.",
+		Help: "Established conntrack entries marked revoked (their packets dropped) because a new ruleset denies them.",
 	})
 	rulesetSize = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "nftpolicy_ruleset_size",

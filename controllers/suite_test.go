@@ -56,6 +56,11 @@ var _ = BeforeSuite(func() {
 	}
 	logf.SetLogger(zap.New(zap.WriteTo(GinkgoWriter), zap.UseDevMode(true)))
 	testEnv = &envtest.Environment{}
+	// Policies created before Kubernetes 1.36 may hold CIDRs (leading zeros) that strict
+	// IP validation, on by default since, refuses and the compiler cannot parse; the API
+	// server keeps accepting them in such policies, and this one, with the validation
+	// off, accepts them in new ones (reporter_envtest_test.go).
+	testEnv.ControlPlane.GetAPIServer().Configure().Append("feature-gates", "StrictIPCIDRValidation=false")
 	cfg, err := testEnv.Start()
 	Expect(err).NotTo(HaveOccurred())
 

@@ -59,8 +59,11 @@ var syncRequest = reconcile.Request{NamespacedName: types.NamespacedName{Name: "
 // those objects from the cache and feeds them to the incremental compiler
 // (compiler.Engine), which returns the new ruleset and the changes from the previous
 // one; the dataplane sends only those. So a sync costs what the change costs, not what
-// the cluster costs. The first sync, and one every ResyncPeriod, rebuild the engine
-// from a full read of the cache and compare the kernel with it (drift repair).
+// the cluster costs. The engine is created once, by the first sync, from a walk of the
+// informer stores, and never rebuilt: every ResyncPeriod a sync walks the stores again
+// and compares them with the engine (objects whose resourceVersion the engine holds are
+// skipped, the others set, those the stores no longer hold deleted: a safety net for
+// anything an event could have missed), and reads the kernel back to repair drift.
 type Syncer struct {
 	Client    client.Reader
 	Dataplane dataplane.Dataplane
@@ -68,7 +71,7 @@ type Syncer struct {
 	// Table is the nftables table name (compiler default when empty).
 	Table string
 	// ResyncPeriod is how often the kernel is read back and drift repaired, and the
-	// compiled state rebuilt from the whole cache (0: never).
+	// engine compared with the whole cache (0: never; see resync).
 	ResyncPeriod time.Duration
 	// Flows, when set, is the node's conntrack table: after every ruleset change the
 	// established flows the new ruleset denies are marked revoked and dropped, so
@@ -97,6 +100,9 @@ type Syncer struct {
 	mu         sync.Mutex
 	lastVerify time.Time
 	reported   map[string]bool // problems already reported as Events
+	// validated are the problems compiler.Validate finds in each policy that has any,
+	// whether or not this node compiles it (reporter.go).
+	validated map[types.NamespacedName][]compiler.Problem
 
 	// engine is the incremental compiler (nil until the first sync); gen the dataplane
 	// Generation of the Apply of its last Flush (zero when that Apply failed), the base
@@ -125,13 +131,18 @@ type dirtyKey struct {
 }
 
 // SetupWithManager registers the watches. Only the cache is read; nothing is written
-// to the API server except Events.
+// to the API server except Events. Nodes only decide which agent reports the problems
+// of policies no node compiles (reporter.go): their events enqueue a sync and mark
+// nothing changed.
 func (s *Syncer) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("nftpolicy").
 		Watches(&networkingv1.NetworkPolicy{}, s.track(kindPolicy)).
 		Watches(&corev1.Pod{}, s.track(kindPod), builder.WithPredicates(predicate.Funcs{UpdateFunc: podUpdateMatters})).
 		Watches(&corev1.Namespace{}, s.track(kindNamespace), builder.WithPredicates(predicate.Funcs{UpdateFunc: namespaceUpdateMatters})).
+		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
+			return []reconcile.Request{syncRequest}
+		}), builder.WithPredicates(predicate.Funcs{UpdateFunc: nodeReadinessChanged})).
 		// One worker: the engine and the table are one state.
 		WithOptions(controller.Options{MaxConcurrentReconciles: 1}).
 		Complete(s)
@@ -274,12 +285,11 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 }
 
 // update brings the engine up to date: by reading only the objects that changed, or,
-// when resync is set, by comparing the whole cache with the engine (a safety net for
-// anything an event could have missed; objects whose resourceVersion is unchanged
-// cost a map lookup).
+// when resync is set (and on the first sync, which creates the engine), by comparing
+// the whole cache with the engine (see resync).
 func (s *Syncer) update(ctx context.Context, dirty map[dirtyKey]bool, resync bool) error {
 	if s.engine == nil {
-		s.engine = compiler.NewEngine(s.NodeName, compiler.Options{Table: s.Table, Revocation: s.Flows != nil, SCTPUnsupported: s.SCTPUnsupported, LogDenied: s.LogDenied})
+		s.engine = compiler.NewEngine(s.NodeName, s.compilerOptions())
 		resync = true
 	}
 	if resync {
@@ -313,10 +323,10 @@ func (s *Syncer) update(ctx context.Context, dirty map[dirtyKey]bool, resync boo
 			np := &networkingv1.NetworkPolicy{}
 			if err = s.Client.Get(ctx, key, np, client.UnsafeDisableDeepCopy); err == nil {
 				if cur := s.engine.Policy(np.Namespace, np.Name); cur == nil || cur.ResourceVersion != np.ResourceVersion || np.ResourceVersion == "" {
-					s.engine.SetPolicy(np)
+					s.setPolicy(np)
 				}
 			} else if apierrors.IsNotFound(err) {
-				s.engine.DeletePolicy(k.namespace, k.name)
+				s.deletePolicy(k.namespace, k.name)
 				err = nil
 			}
 		}
@@ -327,7 +337,13 @@ func (s *Syncer) update(ctx context.Context, dirty map[dirtyKey]bool, resync boo
 	return nil
 }
 
-// resync makes the engine hold exactly what the cache holds.
+// resync makes the engine hold exactly what the cache holds, without rebuilding it: it
+// walks the informer stores and sets only what differs — namespaces whose labels
+// changed (SetNamespace compares them), policies and pods whose resourceVersion the
+// engine does not hold (a pod whose update the event filter dropped as irrelevant only
+// has its version noted) — and deletes what the stores no longer hold. The engine's
+// indexes and compiled structure stay, so an unchanged cluster costs a lookup per
+// object and a Flush with no changes.
 func (s *Syncer) resync(ctx context.Context) error {
 	e := s.engine
 	var nsNames []string
@@ -343,7 +359,7 @@ func (s *Syncer) resync(ctx context.Context) error {
 		np := o.(*networkingv1.NetworkPolicy)
 		seen[types.NamespacedName{Namespace: np.Namespace, Name: np.Name}] = true
 		if cur := e.Policy(np.Namespace, np.Name); cur == nil || cur.ResourceVersion != np.ResourceVersion || np.ResourceVersion == "" {
-			e.SetPolicy(np)
+			s.setPolicy(np)
 		}
 	}); err != nil {
 		return err
@@ -355,7 +371,7 @@ func (s *Syncer) resync(ctx context.Context) error {
 		}
 	})
 	for _, k := range gone {
-		e.DeletePolicy(k.Namespace, k.Name)
+		s.deletePolicy(k.Namespace, k.Name)
 	}
 	clear(seen)
 	if err := s.each(ctx, &corev1.Pod{}, &corev1.PodList{}, func(o client.Object) {
@@ -464,31 +480,63 @@ func (s *Syncer) revoke(rs *ruleset.Ruleset) error {
 
 // report logs each problem and records it as a Warning Event on the policy, once per
 // distinct problem: a sync runs on every pod event, and the same complaint repeated on
-// every one of them would flood the API server.
+// every one of them would flood the API server. problems are this node's compile's;
+// on the reporter the problems of policies no node compiles are added (reporter.go).
 func (s *Syncer) report(problems []compiler.Problem) {
+	ctx := context.Background()
 	current := map[string]bool{}
-	sort.Slice(problems, func(i, j int) bool { return problems[i].Error() < problems[j].Error() })
+	sortProblems(problems)
 	for _, p := range problems {
-		msg := p.Error()
-		current[msg] = true
-		if s.reported[msg] {
-			continue
-		}
-		s.Log.Error(p.Err, "policy cannot be fully compiled; the rest is enforced", "kind", p.Kind, "namespace", p.Namespace, "name", p.Name, "field", p.Field)
-		if s.Recorder == nil || p.Kind != "NetworkPolicy" {
-			continue
-		}
-		var np networkingv1.NetworkPolicy
-		if err := s.Client.Get(context.Background(), types.NamespacedName{Namespace: p.Namespace, Name: p.Name}, &np, client.UnsafeDisableDeepCopy); err != nil {
-			continue // gone already
-		}
-		ref := &corev1.ObjectReference{Kind: "NetworkPolicy", APIVersion: "networking.k8s.io/v1",
-			Namespace: np.Namespace, Name: np.Name, UID: np.UID, ResourceVersion: np.ResourceVersion}
-		reason := "CompileError"
-		if errors.Is(p.Err, compiler.ErrUnsupported) {
-			reason = "Unsupported"
-		}
-		s.Recorder.Eventf(ref, nil, corev1.EventTypeWarning, reason, "Compile", "%s: %v (node %s)", p.Field, p.Err, s.NodeName)
+		s.reportProblem(ctx, p, false, current)
+	}
+	uncompiled, err := s.uncompiledProblems(ctx, problems)
+	if err != nil {
+		// Not reported now; they stay out of current, so the next sync tries again.
+		s.Log.Error(err, "finding the problems of policies no node compiles")
+	}
+	sortProblems(uncompiled)
+	for _, p := range uncompiled {
+		s.reportProblem(ctx, p, true, current)
 	}
 	s.reported = current
+}
+
+func sortProblems(ps []compiler.Problem) {
+	sort.Slice(ps, func(i, j int) bool { return ps[i].Error() < ps[j].Error() })
+}
+
+// reportProblem logs and records p unless it was reported by the previous report, and
+// notes it in current. uncompiled tells a problem of a policy no node compiles, which
+// this node reports as the reporter. Such a problem and the same one from this node's
+// compile share a key, so a policy whose pods come to this node is not reported again.
+func (s *Syncer) reportProblem(ctx context.Context, p compiler.Problem, uncompiled bool, current map[string]bool) {
+	msg := p.Error()
+	current[msg] = true
+	if s.reported[msg] {
+		return
+	}
+	if uncompiled {
+		s.Log.Error(p.Err, "policy compiled on no node is invalid; reported by this node, the first Ready one", "kind", p.Kind, "namespace", p.Namespace, "name", p.Name, "field", p.Field)
+	} else {
+		s.Log.Error(p.Err, "policy cannot be fully compiled; the rest is enforced", "kind", p.Kind, "namespace", p.Namespace, "name", p.Name, "field", p.Field)
+	}
+	if s.Recorder == nil || p.Kind != "NetworkPolicy" {
+		return
+	}
+	var np networkingv1.NetworkPolicy
+	if err := s.Client.Get(ctx, types.NamespacedName{Namespace: p.Namespace, Name: p.Name}, &np, client.UnsafeDisableDeepCopy); err != nil {
+		return // gone already
+	}
+	ref := &corev1.ObjectReference{Kind: "NetworkPolicy", APIVersion: "networking.k8s.io/v1",
+		Namespace: np.Namespace, Name: np.Name, UID: np.UID, ResourceVersion: np.ResourceVersion}
+	reason := "CompileError"
+	if errors.Is(p.Err, compiler.ErrUnsupported) {
+		reason = "Unsupported"
+	}
+	if uncompiled {
+		s.Recorder.Eventf(ref, nil, corev1.EventTypeWarning, reason, "Validate",
+			"%s: %v (no node compiles this policy: it selects no pod on a Ready node; reported by node %s, the first Ready node)", p.Field, p.Err, s.NodeName)
+		return
+	}
+	s.Recorder.Eventf(ref, nil, corev1.EventTypeWarning, reason, "Compile", "%s: %v (node %s)", p.Field, p.Err, s.NodeName)
 }

@@ -55,3 +55,23 @@ func TrimNamespace(obj any) (any, error) {
 		Name: ns.Name, UID: ns.UID, ResourceVersion: ns.ResourceVersion, Labels: ns.Labels,
 	}}, nil
 }
+
+// TrimNode is the cache transform for Nodes: it keeps a node's name and the status of
+// its Ready condition, all the agent reads (the first Ready node by name reports the
+// problems of policies no node compiles: reporter.go). A node's status, images and
+// addresses are kilobytes; the trimmed node is a few dozen bytes.
+func TrimNode(obj any) (any, error) {
+	n, ok := obj.(*corev1.Node)
+	if !ok {
+		return obj, nil
+	}
+	out := &corev1.Node{TypeMeta: n.TypeMeta, ObjectMeta: metav1.ObjectMeta{Name: n.Name, UID: n.UID, ResourceVersion: n.ResourceVersion}}
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			// Only type and status: heartbeat times change without changing readiness.
+			out.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: c.Status}}
+			break
+		}
+	}
+	return out, nil
+}

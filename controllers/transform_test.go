@@ -48,3 +48,38 @@ func TestTrimPodKeepsWhatEnforcementReads(t *testing.T) {
 		}
 	}
 }
+
+// TestTrimNodeKeepsNameAndReadiness: the trimmed node keeps its name and readiness and
+// nothing else; heartbeats (new condition times) trim to the same readiness; trimming
+// twice changes nothing; a node without a Ready condition is not Ready.
+func TestTrimNodeKeepsNameAndReadiness(t *testing.T) {
+	now := metav1.Now()
+	full := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: "node-a", ResourceVersion: "9", Labels: map[string]string{"zone": "z"}, Annotations: map[string]string{"big": "x"}},
+		Spec:       corev1.NodeSpec{PodCIDR: "10.244.1.0/24"},
+		Status: corev1.NodeStatus{
+			Conditions: []corev1.NodeCondition{
+				{Type: corev1.NodeMemoryPressure, Status: corev1.ConditionFalse},
+				{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: now, Reason: "KubeletReady", Message: "kubelet is posting ready status"},
+			},
+			Images:    []corev1.ContainerImage{{Names: []string{"registry/image:tag"}, SizeBytes: 1 << 20}},
+			Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.168.0.1"}},
+		},
+	}
+	once, _ := TrimNode(full)
+	twice, _ := TrimNode(once)
+	want := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a", ResourceVersion: "9"},
+		Status: corev1.NodeStatus{Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}}}}
+	for i, got := range []any{once, twice} {
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("trimmed %d times: %+v, want %+v", i+1, got, want)
+		}
+		if !nodeReady(got.(*corev1.Node)) {
+			t.Errorf("trimmed %d times: not Ready", i+1)
+		}
+	}
+	bare, _ := TrimNode(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "new"}})
+	if nodeReady(bare.(*corev1.Node)) {
+		t.Error("a node without a Ready condition is Ready")
+	}
+}

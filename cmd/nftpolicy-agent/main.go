@@ -121,6 +121,7 @@ func run(args []string) error {
 			ByObject: map[client.Object]cache.ByObject{
 				&corev1.Pod{}:       {Transform: controllers.TrimPod},
 				&corev1.Namespace{}: {Transform: controllers.TrimNamespace},
+				&corev1.Node{}:      {Transform: controllers.TrimNode},
 			},
 		},
 	})

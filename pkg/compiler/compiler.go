@@ -700,3 +700,24 @@ func truncate(s string, n int) string {
 	}
 	return s[:n-3] + "..."
 }
+
+// Validate returns the Problems compiling np reports on any node where it selects a pod:
+// those of parsing it, and those of the rules of each direction it applies to. None of
+// them depends on pods or namespaces (a policy's chain is compiled once, whichever
+// local pods it selects), so Validate needs neither; an agent uses it to report the
+// problems of policies that no node compiles (controllers/reporter.go). Problems come
+// in Compile's order and with its text.
+func Validate(np *networkingv1.NetworkPolicy, opts Options) []Problem {
+	p, problems := parsePolicy(np, opts)
+	if p == nil {
+		return problems
+	}
+	// An empty universe: compiling a policy's chain reads only the node's name.
+	c := newCompilation(newSnapshotUniverse(&model.Snapshot{}, opts), opts)
+	for _, dir := range []Direction{Ingress, Egress} {
+		if p.applies(dir) {
+			c.compilePolicy(p, dir)
+		}
+	}
+	return append(problems, c.problems...)
+}

@@ -381,7 +381,10 @@ func (e *env) checkRefused(ctx context.Context, t *testing.T) {
 			return err
 		}},
 		{"delete a namespace", func() error { return sa.CoreV1().Namespaces().Delete(ctx, rbacNS, metav1.DeleteOptions{}) }},
-		{"get a node", func() error { _, err := sa.CoreV1().Nodes().Get(ctx, "node1", metav1.GetOptions{}); return err }},
+		{"patch a node", func() error {
+			_, err := sa.CoreV1().Nodes().Patch(ctx, "node1", types.MergePatchType, mergePatch, metav1.PatchOptions{})
+			return err
+		}},
 		{"list services", func() error { _, err := sa.CoreV1().Services("").List(ctx, metav1.ListOptions{}); return err }},
 		{"list events", func() error { _, err := sa.CoreV1().Events("").List(ctx, metav1.ListOptions{}); return err }},
 		{"delete an event", func() error { return sa.CoreV1().Events(rbacNS).Delete(ctx, ev.Name, metav1.DeleteOptions{}) }},
@@ -446,6 +449,10 @@ func (e *env) checkAllowed(ctx context.Context, t *testing.T) {
 			return err
 		}},
 		{"watch networkpolicies", func() error { return watch(sa.NetworkingV1().NetworkPolicies("").Watch(ctx, metav1.ListOptions{})) }},
+		// Node readiness decides which agent reports policies no node compiles.
+		{"get a node", func() error { _, err := sa.CoreV1().Nodes().Get(ctx, "node1", metav1.GetOptions{}); return err }},
+		{"list nodes", func() error { _, err := sa.CoreV1().Nodes().List(ctx, metav1.ListOptions{}); return err }},
+		{"watch nodes", func() error { return watch(sa.CoreV1().Nodes().Watch(ctx, metav1.ListOptions{})) }},
 		{"create and patch an Event", func() error {
 			ev, err := sa.CoreV1().Events(testNS).Create(ctx, coreEvent(testNS, "server"), metav1.CreateOptions{})
 			if err != nil {

@@ -1,0 +1,179 @@
+package controllers
+
+// Problems of policies that no node compiles.
+//
+// A policy's rules are compiled only on the nodes where it selects a pod, so a policy
+// that selects none (typically: its namespace has no pods) is compiled nowhere and its
+// rules' problems would reach no one. Every agent therefore validates every policy when
+// it changes (compiler.Validate, kept in Syncer.validated), and one agent reports the
+// problems of the policies that no node compiles: the agent on the node that sorts first
+// by name among the Ready nodes, the reporter. Every agent reads the same Nodes, so
+// they agree on the reporter without talking to each other.
+//
+// Who reports what, in the steady state:
+//   - Problems of parsing a policy (its podSelector, policyTypes, SCTP ports on a kernel
+//     without SCTP): every agent, whether or not it compiles the policy, as before. The
+//     SCTP one is a fact about each node's kernel.
+//   - Problems of a policy's rules: each agent on a node where the policy selects a pod
+//     that is eligible and owns an address (the nodes that compile it), as before. When
+//     no Ready node is such a node, the reporter reports them as well, once; it leaves
+//     out whatever its own compile reports (the parse problems), so no agent reports a
+//     problem twice.
+//
+// Each report is one Warning Event per distinct problem while the problem lasts
+// (Syncer.report); the same problem after the set of reporting nodes changed is
+// reported again by the new node. When the reporter goes NotReady or its Node is
+// deleted, the Node event makes every agent sync; the next Ready node by name becomes
+// the reporter, reports the problems of the uncompiled policies (which it had not
+// reported) and every later one. A policy that gains a pod on a Ready node is reported
+// by that node from then on, and the reporter stops covering it.
+//
+// Counting only pods on Ready nodes loses nothing when a node dies with its agent; a
+// NotReady node whose agent still runs goes on reporting what it compiles, so such a
+// problem may be reported by it and by the reporter until the node is Ready again. The
+// rule assumes an agent on every Ready node (the chart's DaemonSet tolerates every
+// taint): when the first Ready node runs no agent, nobody reports uncompiled policies.
+
+import (
+	"context"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+
+	"github.com/nftpolicy/nftpolicy/pkg/compiler"
+)
+
+// compilerOptions are the options of the engine and of Validate alike, so that a
+// policy validated here is reported with the text its compile would give.
+func (s *Syncer) compilerOptions() compiler.Options {
+	return compiler.Options{Table: s.Table, Revocation: s.Flows != nil, SCTPUnsupported: s.SCTPUnsupported, LogDenied: s.LogDenied}
+}
+
+// setPolicy hands a new or changed policy to the engine and validates it.
+func (s *Syncer) setPolicy(np *networkingv1.NetworkPolicy) {
+	s.engine.SetPolicy(np)
+	key := types.NamespacedName{Namespace: np.Namespace, Name: np.Name}
+	problems := compiler.Validate(np, s.compilerOptions())
+	if len(problems) == 0 {
+		delete(s.validated, key)
+		return
+	}
+	if s.validated == nil {
+		s.validated = map[types.NamespacedName][]compiler.Problem{}
+	}
+	s.validated[key] = problems
+}
+
+// deletePolicy removes a policy from the engine and its problems with it.
+func (s *Syncer) deletePolicy(namespace, name string) {
+	s.engine.DeletePolicy(namespace, name)
+	delete(s.validated, types.NamespacedName{Namespace: namespace, Name: name})
+}
+
+// nodeReady reports whether the node's Ready condition is True.
+func nodeReady(n *corev1.Node) bool {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// nodeReadinessChanged passes the Node updates that can change the reporter or whether
+// a policy is compiled on a Ready node: a change of readiness. Status heartbeats, the
+// bulk of Node updates, do not pass.
+func nodeReadinessChanged(e event.UpdateEvent) bool {
+	o, ok1 := e.ObjectOld.(*corev1.Node)
+	n, ok2 := e.ObjectNew.(*corev1.Node)
+	return !ok1 || !ok2 || nodeReady(o) != nodeReady(n)
+}
+
+// readyNodes returns the Ready nodes of the cache and the first of them by name (the
+// reporter; "" when no node is Ready).
+func (s *Syncer) readyNodes(ctx context.Context) (map[string]bool, string, error) {
+	ready := map[string]bool{}
+	first := ""
+	err := s.each(ctx, &corev1.Node{}, &corev1.NodeList{}, func(o client.Object) {
+		if n := o.(*corev1.Node); nodeReady(n) {
+			ready[n.Name] = true
+			if first == "" || n.Name < first {
+				first = n.Name
+			}
+		}
+	})
+	return ready, first, err
+}
+
+// uncompiledProblems returns, when this agent is the reporter, the problems of the
+// policies that select no pod on a Ready node, less those in reported (what this
+// node's own compile reports); nil on the other agents.
+func (s *Syncer) uncompiledProblems(ctx context.Context, reported []compiler.Problem) ([]compiler.Problem, error) {
+	if len(s.validated) == 0 || s.engine == nil {
+		return nil, nil
+	}
+	ready, first, err := s.readyNodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if first != s.NodeName {
+		return nil, nil
+	}
+	known := make(map[string]bool, len(reported))
+	for _, p := range reported {
+		known[p.Error()] = true
+	}
+	var out []compiler.Problem
+	for key, problems := range s.validated {
+		compiled, err := s.compiledOnReadyNode(ctx, key, ready)
+		if err != nil {
+			return nil, err
+		}
+		if compiled {
+			continue
+		}
+		for _, p := range problems {
+			if !known[p.Error()] {
+				out = append(out, p)
+			}
+		}
+	}
+	return out, nil
+}
+
+// compiledOnReadyNode reports whether the policy selects, on a Ready node, a pod that
+// the compiler puts in that node's ruleset (eligible and owning an address): then
+// that node compiles the policy and reports its problems. Only the policy's namespace
+// is read (the cache indexes pods by namespace).
+func (s *Syncer) compiledOnReadyNode(ctx context.Context, key types.NamespacedName, ready map[string]bool) (bool, error) {
+	np := s.engine.Policy(key.Namespace, key.Name)
+	if np == nil {
+		return false, nil
+	}
+	sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
+	if err != nil {
+		return false, nil // a selector that does not parse selects nothing: compiled nowhere
+	}
+	var pods corev1.PodList
+	if err := s.Client.List(ctx, &pods, client.InNamespace(key.Namespace), client.UnsafeDisableDeepCopy); err != nil {
+		return false, fmt.Errorf("listing the pods of namespace %s: %w", key.Namespace, err)
+	}
+	for i := range pods.Items {
+		p := s.engine.Pod(key.Namespace, pods.Items[i].Name)
+		if p == nil || !ready[p.NodeName] || !sel.Matches(labels.Set(p.Labels)) {
+			continue
+		}
+		for _, ip := range p.IPs {
+			if s.engine.OwnerOf(ip) == p {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
+}
