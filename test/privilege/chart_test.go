@@ -1,4 +1,4 @@
-// Package privilege proves the agent runs with least privilege (issue #6 item 7): the
+// Package privilege proves the agent runs with least privilege: the
 // lab agent talks to the API server as the Helm chart's own ServiceAccount, bound to
 // the chart's own ClusterRole, and enforces; that identity is refused everything the
 // agent does not need; and the agent works with exactly the capabilities the chart's

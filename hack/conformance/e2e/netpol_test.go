@@ -1,6 +1,6 @@
 // Package netpol is the upstream Kubernetes e2e suite with only the NetworkPolicy
 // specs linked in: hack/conformance/build.sh compiles it with `go test -c` in a
-// throwaway module that requires k8s.io/kubernetes (see README.md, "Conformance").
+// throwaway module that requires k8s.io/kubernetes (see docs/conformance.md).
 // The flag handling is that of k8s.io/kubernetes/test/e2e/e2e_test.go; the test
 // sources are cut down to test/e2e/network/netpol, which keeps the binary (and its
 // build) small.

@@ -1,4 +1,4 @@
-// Package control holds the control-plane reliability tests of issue #6: agent
+// Package control holds the control-plane reliability tests of the agent:
 // restarts (SIGKILL, SIGTERM, a roll to a new binary), an API server outage, drift of
 // the kernel table and coexistence with other nftables tables — each while a prober
 // checks every few milliseconds that no connection gets a verdict the policies do not
