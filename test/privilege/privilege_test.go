@@ -3,8 +3,10 @@ package privilege
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -20,6 +22,7 @@ import (
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -47,6 +50,9 @@ const (
 	echoPort = 9000
 	// agentMetricsAddr is the agent's metrics endpoint inside node1's namespace.
 	agentMetricsAddr = "127.0.0.1:19090"
+	// metricsScraper is bound to the chart's metrics-reader ClusterRole;
+	// metricsNobody has no role at all.
+	metricsScraper, metricsNobody = "metrics-scraper", "metrics-nobody"
 	// agentTable is the agent's default nftables table.
 	agentTable = "nftpolicy"
 	// enforceTimeout bounds every wait for the agent to act; the machine is shared
@@ -102,15 +108,18 @@ func (w testWriter) Write(b []byte) (int, error) {
 // env is what the subtests share: a lab cluster with no agent of its own, the chart's
 // RBAC applied, a token of the chart's ServiceAccount and the pods to probe.
 type env struct {
-	c          *lab.Cluster
-	agentBin   string
-	chart      *chart
-	admin      kubernetes.Interface
-	sa         kubernetes.Interface // the chart's ServiceAccount, by its token
-	saConfig   *rest.Config
-	saUser     string
-	kubeconfig string // the ServiceAccount's kubeconfig, for the agent
-	node1      *lab.ClusterNode
+	c        *lab.Cluster
+	agentBin string
+	chart    *chart
+	admin    kubernetes.Interface
+	sa       kubernetes.Interface // the chart's ServiceAccount, by its token
+	saConfig *rest.Config
+	saUser   string
+	// Bearer tokens for the agent's /metrics: of a ServiceAccount bound to the
+	// chart's metrics-reader role, and of one with no role.
+	scraperToken, nobodyToken string
+	kubeconfig                string // the ServiceAccount's kubeconfig, for the agent
+	node1                     *lab.ClusterNode
 
 	server, client *lab.ClusterPod // server on node1 (enforced), client on node2
 	echo           net.Listener    // in the server's namespace
@@ -148,6 +157,7 @@ func TestLeastPrivilege(t *testing.T) {
 	t.Run("the agent enforces as the ServiceAccount", func(t *testing.T) { e.checkAgentAsServiceAccount(ctx, t) })
 	t.Run("the agent enforces and revokes with only the chart's capabilities", func(t *testing.T) { e.checkChartCapabilities(ctx, t) })
 	t.Run("the agent fails clearly without capabilities", func(t *testing.T) { e.checkNoCapabilities(ctx, t) })
+	t.Run("the agent's metrics need a token bound to metrics-reader", func(t *testing.T) { e.checkMetricsAccess(ctx, t) })
 }
 
 // setup applies the chart's RBAC objects, gets a token for its ServiceAccount, writes
@@ -171,17 +181,11 @@ func (e *env) setup(ctx context.Context, t *testing.T) {
 	}
 
 	sa := e.chart.serviceAccount
-	tr, err := e.admin.CoreV1().ServiceAccounts(sa.Namespace).CreateToken(ctx, sa.Name, &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr(int64(3600))},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("TokenRequest for %s/%s: %v", sa.Namespace, sa.Name, err)
-	}
 	// Only the server and its CA are taken from the admin's configuration: no client
 	// certificate, so the token is the only credential.
 	e.saConfig = &rest.Config{
 		Host:            adminCfg.Host,
-		BearerToken:     tr.Status.Token,
+		BearerToken:     e.token(ctx, t, sa.Namespace, sa.Name),
 		TLSClientConfig: rest.TLSClientConfig{CAData: adminCfg.CAData, CAFile: adminCfg.CAFile},
 		QPS:             -1,
 	}
@@ -211,6 +215,7 @@ func (e *env) setup(ctx context.Context, t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	e.setupScrapers(ctx, t)
 	if e.server, err = e.c.CreatePod(ctx, lab.PodSpec{Namespace: testNS, Name: "server", Node: "node1",
 		Labels: map[string]string{"app": "server"}, Ports: lab.TCPUDPPorts(80)}); err != nil {
 		t.Fatal(err)
@@ -223,6 +228,58 @@ func (e *env) setup(ctx context.Context, t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// token returns a bearer token of the ServiceAccount ns/name, valid for an hour.
+func (e *env) token(ctx context.Context, t *testing.T, ns, name string) string {
+	t.Helper()
+	tr, err := e.admin.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr(int64(3600))},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("TokenRequest for %s/%s: %v", ns, name, err)
+	}
+	return tr.Status.Token
+}
+
+// setupScrapers creates two ServiceAccounts in rbacNS, binds one to the chart's
+// metrics-reader ClusterRole and takes a token of each; it returns once the API server
+// authorizes the bound one for GET /metrics, so that no scrape can be refused (and
+// the refusal cached by the agent) before RBAC caught up.
+func (e *env) setupScrapers(ctx context.Context, t *testing.T) {
+	t.Helper()
+	for _, name := range []string{metricsScraper, metricsNobody} {
+		if _, err := e.admin.CoreV1().ServiceAccounts(rbacNS).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
+			t.Fatalf("create ServiceAccount %s/%s: %v", rbacNS, name, err)
+		}
+	}
+	reader := e.chart.metricsReader.Name
+	if _, err := e.admin.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "privilege-" + metricsScraper},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: reader},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: metricsScraper, Namespace: rbacNS}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("bind %s to ClusterRole %s: %v", metricsScraper, reader, err)
+	}
+	e.scraperToken = e.token(ctx, t, rbacNS, metricsScraper)
+	e.nobodyToken = e.token(ctx, t, rbacNS, metricsNobody)
+	user := "system:serviceaccount:" + rbacNS + ":" + metricsScraper
+	if err := poll(ctx, enforceTimeout, 100*time.Millisecond, func() error {
+		sar, err := e.admin.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+			User: user, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + rbacNS, "system:authenticated"},
+			NonResourceAttributes: &authorizationv1.NonResourceAttributes{Path: "/metrics", Verb: "get"},
+		}}, metav1.CreateOptions{})
+		if err != nil {
+			return errStop{err}
+		}
+		if !sar.Status.Allowed {
+			return fmt.Errorf("%s may not GET /metrics yet", user)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s is bound to ClusterRole %s; %s/%s has no role", user, reader, rbacNS, metricsNobody)
+}
 
 // writeKubeconfig writes a kubeconfig holding only cfg's server, CA and bearer token.
 func writeKubeconfig(t *testing.T, cfg *rest.Config) string {
@@ -508,7 +565,8 @@ type agentRun struct {
 }
 
 // startAgent starts the agent in node1's namespace as the chart's ServiceAccount,
-// behind wrapper (e.g. setpriv ...), with the metrics endpoint on. It does not wait.
+// behind wrapper (e.g. setpriv ...), with the metrics endpoint on (secure, the
+// binary's default as the chart's). It does not wait.
 func (e *env) startAgent(t *testing.T, wrapper ...string) *agentRun {
 	t.Helper()
 	e.agentSeq++
@@ -552,12 +610,17 @@ func (a *agentRun) log() string {
 	return string(b)
 }
 
+// nsHTTPClient reaches addresses inside ns. It accepts any server certificate — the
+// agent's metrics certificate is self-signed by default — and offers HTTP/2, which the
+// agent must decline.
 func nsHTTPClient(ns *lab.Netns) *http.Client {
 	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		DisableKeepAlives: true,
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			return ns.DialContext(ctx, network, addr)
 		},
+		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true},
+		ForceAttemptHTTP2: true,
 	}}
 }
 
@@ -594,17 +657,34 @@ func (a *agentRun) waitReady(ctx context.Context, t *testing.T) {
 	t.Logf("agent ready in %v", time.Since(start).Round(time.Millisecond))
 }
 
-// metric scrapes one unlabelled counter or gauge from the agent's /metrics.
-func (a *agentRun) metric(ctx context.Context, name string) (float64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+agentMetricsAddr+"/metrics", nil)
+// scrape GETs the agent's /metrics over scheme (http or https), with token as the
+// bearer token unless it is empty.
+func (a *agentRun) scrape(ctx context.Context, scheme, token string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://"+agentMetricsAddr+"/metrics", nil)
 	if err != nil {
-		return 0, err
+		return nil, err
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := a.http.Do(req)
 	if err != nil {
-		return 0, fmt.Errorf("scrape: %w", err)
+		return nil, fmt.Errorf("scrape %s: %w", req.URL, err)
+	}
+	return resp, nil
+}
+
+// metric scrapes one unlabelled counter or gauge from the agent's /metrics, as the
+// metrics-reader scraper.
+func (a *agentRun) metric(ctx context.Context, name string) (float64, error) {
+	resp, err := a.scrape(ctx, "https", a.e.scraperToken)
+	if err != nil {
+		return 0, err
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("scrape: %s", resp.Status)
+	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
@@ -967,4 +1047,74 @@ func (e *env) checkNoCapabilities(ctx context.Context, t *testing.T) {
 	if r, err := e.c.Probe(ctx, e.client, e.server.AddrPort(lab.IPv4, 80), "tcp", 0); err != nil || !r.OK {
 		t.Errorf("client -> server with a deny-all policy and no working agent: ok=%v err=%v %v (something else enforces?)", r.OK, r.Err, err)
 	}
+}
+
+// checkMetricsAccess runs the agent as the chart's ServiceAccount with the chart's
+// capabilities and checks its metrics endpoint: TLS only, HTTP/1.1 only; no token, a
+// token the API server does not know, a token without the metrics-reader role and the
+// agent's own token are refused (401, 401, 403, 403); the token bound to
+// metrics-reader gets the metrics. The TokenReviews and SubjectAccessReviews behind
+// these answers are made with the chart's ClusterRole: none fails.
+func (e *env) checkMetricsAccess(ctx context.Context, t *testing.T) {
+	a := e.startAgent(t, setprivArgs(e.chart.addedCaps(t))...)
+	a.waitReady(ctx, t)
+
+	// Plain HTTP reaches a TLS server: Go's answers 400 and serves nothing else.
+	resp, err := a.scrape(ctx, "http", e.scraperToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := readBody(resp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusBadRequest || strings.Contains(body, "nftpolicy_") {
+		t.Errorf("plain HTTP GET /metrics: %s, want 400 and no metrics:\n%s", resp.Status, truncate(body, 300))
+	}
+	t.Logf("plain HTTP: %s (%s)", resp.Status, truncate(strings.TrimSpace(body), 80))
+
+	for _, tc := range []struct {
+		who, token string
+		want       int
+	}{
+		{"anonymous", "", http.StatusUnauthorized},
+		{"an unknown token", "not-a-token", http.StatusUnauthorized},
+		{"a ServiceAccount without the role", e.nobodyToken, http.StatusForbidden},
+		{"the agent's own ServiceAccount", e.saConfig.BearerToken, http.StatusForbidden},
+		{"the metrics-reader ServiceAccount", e.scraperToken, http.StatusOK},
+	} {
+		resp, err := a.scrape(ctx, "https", tc.token)
+		if err != nil {
+			t.Errorf("%s: %v", tc.who, err)
+			continue
+		}
+		body, err := readBody(resp)
+		if err != nil {
+			t.Errorf("%s: %v", tc.who, err)
+			continue
+		}
+		if resp.ProtoMajor != 1 {
+			t.Errorf("%s: the agent negotiated %s, want HTTP/1.1 only", tc.who, resp.Proto)
+		}
+		if resp.StatusCode != tc.want {
+			t.Errorf("%s: GET /metrics answers %s, want %d:\n%s", tc.who, resp.Status, tc.want, truncate(body, 300))
+			continue
+		}
+		hasMetrics := strings.Contains(body, "nftpolicy_sync_duration_seconds_count")
+		if hasMetrics != (tc.want == http.StatusOK) {
+			t.Errorf("%s: %s, metrics in the body: %v:\n%s", tc.who, resp.Status, hasMetrics, truncate(body, 300))
+			continue
+		}
+		t.Logf("%s: %s over %s, %d bytes", tc.who, resp.Status, resp.Proto, len(body))
+	}
+	checkLogClean(t, a.log())
+}
+
+func readBody(resp *http.Response) (string, error) {
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", fmt.Errorf("read the answer of %s: %w", resp.Request.URL, err)
+	}
+	return string(b), nil
 }
