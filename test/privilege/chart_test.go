@@ -3,7 +3,9 @@
 // the chart's own ClusterRole, and enforces; that identity is refused everything the
 // agent does not need; and the agent works with exactly the capabilities the chart's
 // DaemonSet grants (CAP_NET_ADMIN, conntrack revocation included) and fails clearly
-// with none.
+// with none. Its metrics endpoint, secure by default, answers only a token bound to
+// the chart's metrics-reader ClusterRole (issue #11 item 10), over HTTPS, with the
+// certificate it is given when it is given one.
 //
 // Run (as root, with bin/k8s and bin/helm built):
 //

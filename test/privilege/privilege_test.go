@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -34,6 +35,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	certutil "k8s.io/client-go/util/cert"
 
 	"golang.org/x/sys/unix"
 
@@ -158,6 +160,7 @@ func TestLeastPrivilege(t *testing.T) {
 	t.Run("the agent enforces and revokes with only the chart's capabilities", func(t *testing.T) { e.checkChartCapabilities(ctx, t) })
 	t.Run("the agent fails clearly without capabilities", func(t *testing.T) { e.checkNoCapabilities(ctx, t) })
 	t.Run("the agent's metrics need a token bound to metrics-reader", func(t *testing.T) { e.checkMetricsAccess(ctx, t) })
+	t.Run("the agent serves the metrics certificate it is given", func(t *testing.T) { e.checkMetricsCertificate(ctx, t) })
 }
 
 // setup applies the chart's RBAC objects, gets a token for its ServiceAccount, writes
@@ -576,16 +579,18 @@ type agentRun struct {
 
 // startAgent starts the agent in node1's namespace as the chart's ServiceAccount,
 // behind wrapper (e.g. setpriv ...), with the metrics endpoint on (secure, the
-// binary's default as the chart's). It does not wait.
-func (e *env) startAgent(t *testing.T, wrapper ...string) *agentRun {
+// binary's default as the chart's) and extra arguments. It does not wait.
+func (e *env) startAgent(t *testing.T, wrapper []string, extra ...string) *agentRun {
 	t.Helper()
 	e.agentSeq++
 	name := fmt.Sprintf("privilege-agent-%d", e.agentSeq)
-	a := &agentRun{e: e, logFile: filepath.Join(e.c.LogDir(), name+".log"), http: nsHTTPClient(e.node1.NS)}
+	// The agent's metrics certificate is self-signed by default: accept any.
+	a := &agentRun{e: e, logFile: filepath.Join(e.c.LogDir(), name+".log"), http: nsHTTPClient(e.node1.NS, &tls.Config{InsecureSkipVerify: true})}
 	args := append(append([]string{}, wrapper...), e.agentBin,
 		"--kubeconfig", e.kubeconfig, "--node-name", e.node1.Name,
 		"--health-probe-bind-address", lab.AgentHealthAddr,
 		"--metrics-bind-address", agentMetricsAddr)
+	args = append(args, extra...)
 	p, err := e.c.Lab().StartProcess(e.node1.NS, name, a.logFile, args...)
 	if err != nil {
 		t.Fatalf("start the agent: %v", err)
@@ -620,16 +625,15 @@ func (a *agentRun) log() string {
 	return string(b)
 }
 
-// nsHTTPClient reaches addresses inside ns. It accepts any server certificate — the
-// agent's metrics certificate is self-signed by default — and offers HTTP/2, which the
-// agent must decline.
-func nsHTTPClient(ns *lab.Netns) *http.Client {
+// nsHTTPClient reaches addresses inside ns, with tlsConfig for HTTPS. It offers
+// HTTP/2, which the agent must decline.
+func nsHTTPClient(ns *lab.Netns, tlsConfig *tls.Config) *http.Client {
 	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		DisableKeepAlives: true,
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			return ns.DialContext(ctx, network, addr)
 		},
-		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true},
+		TLSClientConfig:   tlsConfig,
 		ForceAttemptHTTP2: true,
 	}}
 }
@@ -904,7 +908,7 @@ func checkLogClean(t *testing.T, log string) {
 // checkAgentAsServiceAccount runs the agent with the ServiceAccount's kubeconfig (and
 // the test's full capabilities) and checks it enforces with no refusal in its log.
 func (e *env) checkAgentAsServiceAccount(ctx context.Context, t *testing.T) {
-	a := e.startAgent(t)
+	a := e.startAgent(t, nil)
 	a.waitReady(ctx, t)
 	e.checkEnforces(ctx, t, a, false)
 	checkLogClean(t, a.log())
@@ -966,7 +970,7 @@ func setprivArgs(caps []string) []string {
 func (e *env) checkChartCapabilities(ctx context.Context, t *testing.T) {
 	caps := e.chart.addedCaps(t)
 	want := capMask(t, caps)
-	a := e.startAgent(t, setprivArgs(caps)...)
+	a := e.startAgent(t, setprivArgs(caps))
 	a.waitReady(ctx, t)
 	got, err := procCaps(a.proc.Pid())
 	if err != nil {
@@ -1000,7 +1004,7 @@ var notPermitted = regexp.MustCompile(`(?i)operation not permitted|permission de
 // checkNoCapabilities runs the agent with no capability at all: it must not become
 // ready, must program nothing, and must say why (nftables, not permitted).
 func (e *env) checkNoCapabilities(ctx context.Context, t *testing.T) {
-	a := e.startAgent(t, setprivArgs(nil)...)
+	a := e.startAgent(t, setprivArgs(nil))
 	var line string
 	err := poll(ctx, enforceTimeout, 200*time.Millisecond, func() error {
 		for _, l := range strings.Split(a.log(), "\n") {
@@ -1066,19 +1070,9 @@ func (e *env) checkNoCapabilities(ctx context.Context, t *testing.T) {
 // metrics-reader gets the metrics. The TokenReviews and SubjectAccessReviews behind
 // these answers are made with the chart's ClusterRole: none fails.
 func (e *env) checkMetricsAccess(ctx context.Context, t *testing.T) {
-	a := e.startAgent(t, setprivArgs(e.chart.addedCaps(t))...)
+	a := e.startAgent(t, setprivArgs(e.chart.addedCaps(t)))
 	a.waitReady(ctx, t)
-	// The metrics server starts beside the controller, not before readiness: wait
-	// for it to answer at all.
-	if err := poll(ctx, enforceTimeout, 50*time.Millisecond, func() error {
-		resp, err := a.scrape(ctx, "https", "")
-		if err == nil {
-			resp.Body.Close()
-		}
-		return err
-	}); err != nil {
-		t.Fatalf("the metrics endpoint does not answer: %v", err)
-	}
+	a.waitMetrics(ctx, t)
 	// Plain HTTP to the TLS server: Go's answers 400 and closes, which can reset the
 	// connection before the client reads it all; either way, no metrics.
 	if resp, err := a.scrape(ctx, "http", e.scraperToken); err != nil {
@@ -1151,4 +1145,51 @@ func readBody(resp *http.Response) (string, error) {
 		return "", fmt.Errorf("read the answer of %s: %w", resp.Request.URL, err)
 	}
 	return string(b), nil
+}
+
+// waitMetrics waits until the metrics endpoint answers at all: the metrics server
+// starts beside the controller, not before readiness.
+func (a *agentRun) waitMetrics(ctx context.Context, t *testing.T) {
+	t.Helper()
+	if err := poll(ctx, enforceTimeout, 50*time.Millisecond, func() error {
+		resp, err := a.scrape(ctx, "https", "")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err
+	}); err != nil {
+		t.Fatalf("the metrics endpoint does not answer: %v", err)
+	}
+}
+
+// checkMetricsCertificate runs the agent with --metrics-cert-dir (where the chart
+// mounts metrics.certSecret) and checks that a client trusting only that
+// certificate's CA, and naming the server as the certificate does, reads the metrics:
+// the agent serves the given certificate, not its self-signed fallback.
+func (e *env) checkMetricsCertificate(ctx context.Context, t *testing.T) {
+	const serverName = "nftpolicy-agent-metrics"
+	certPEM, keyPEM, err := certutil.GenerateSelfSignedCertKey(serverName, []net.IP{net.IPv4(127, 0, 0, 1)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for name, b := range map[string][]byte{"tls.crt": certPEM, "tls.key": keyPEM} {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(certPEM) {
+		t.Fatal("no certificate in the generated PEM")
+	}
+	a := e.startAgent(t, setprivArgs(e.chart.addedCaps(t)), "--metrics-cert-dir", dir)
+	a.http = nsHTTPClient(e.node1.NS, &tls.Config{RootCAs: pool, ServerName: serverName})
+	a.waitReady(ctx, t)
+	a.waitMetrics(ctx, t)
+	v, err := a.metric(ctx, "nftpolicy_revoked_flows_total")
+	if err != nil {
+		t.Fatalf("scrape with the certificate verified: %v", err)
+	}
+	t.Logf("scraped over TLS verified against the given certificate (%s): nftpolicy_revoked_flows_total %v", serverName, v)
+	checkLogClean(t, a.log())
 }
