@@ -6,12 +6,14 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime/debug"
 	"time"
 
@@ -28,6 +30,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/nftpolicy/nftpolicy/controllers"
@@ -40,6 +43,7 @@ type options struct {
 	kubeconfig   string
 	nodeName     string
 	metricsAddr  string
+	metrics      metricsTLS
 	probeAddr    string
 	resyncPeriod time.Duration
 	table        string
@@ -63,10 +67,14 @@ func run(args []string) error {
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "Path to a kubeconfig; empty uses the in-cluster configuration.")
 	fs.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"), "Name of this node; pods with spec.nodeName equal to it are enforced here (default $NODE_NAME).")
 	fs.StringVar(&o.metricsAddr, "metrics-bind-address", ":9090", "Address of the Prometheus metrics endpoint; \"0\" disables it.")
+	fs.BoolVar(&o.metrics.secure, "metrics-secure", true, "Serve /metrics over HTTPS, and only to clients whose bearer token the API server authenticates (TokenReview) and authorizes for GET on the non-resource URL /metrics (SubjectAccessReview; the agent's identity needs create on both). false serves plain HTTP to anyone who reaches the address.")
+	fs.StringVar(&o.metrics.certDir, "metrics-cert-dir", "", "Directory holding the metrics server's certificate and key (--metrics-cert-name, --metrics-cert-key), reloaded when they change; empty uses a self-signed certificate generated in memory at start.")
+	fs.StringVar(&o.metrics.certName, "metrics-cert-name", "tls.crt", "File name of the metrics server's certificate in --metrics-cert-dir.")
+	fs.StringVar(&o.metrics.keyName, "metrics-cert-key", "tls.key", "File name of the metrics server's private key in --metrics-cert-dir.")
 	fs.StringVar(&o.probeAddr, "health-probe-bind-address", ":9091", "Address of the /healthz and /readyz endpoints; \"0\" disables them.")
 	fs.DurationVar(&o.resyncPeriod, "resync-period", time.Minute, "How often the kernel table is read back and drift repaired; 0 disables it.")
 	fs.StringVar(&o.table, "table", compiler.DefaultTable, "Name of the nftables table (family inet) the agent owns.")
-	fs.BoolVar(&o.revoke, "revoke-established", true, "Stop established connections that a policy change denies (delete their conntrack entries).")
+	fs.BoolVar(&o.revoke, "revoke-established", true, "Stop established connections that a policy change denies: their conntrack entries get the revoked mark, which the ruleset drops in both directions, and lose it when a later change allows them again.")
 	fs.IntVar(&o.verbosity, "v", 0, "Log verbosity: 0 info, 1 every sync, 2 and more debug.")
 	fs.IntVar(&o.gcPercent, "gc-percent", 25, "Go GC target percentage (GOGC) once the first ruleset is applied. The agent holds a large, stable cache and allocates little once synced, so a low value keeps its memory near the live heap at little CPU cost (startup, which decodes the whole cluster, runs with Go's default 100); the GOGC environment variable overrides it, and GOMEMLIMIT (set by the Helm chart from the memory limit) bounds it.")
 	fs.BoolVar(&o.logDenied, "log-denied", false, "Log the first packets of denied connections (rate-limited, through nflog group 100) as \"denied connection\" lines naming the pods, port and isolating policies.")
@@ -107,13 +115,17 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	metricsOpts, err := o.metrics.serverOptions(o.metricsAddr)
+	if err != nil {
+		return err
+	}
 	scheme := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
 		return err
 	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 scheme,
-		Metrics:                metricsserver.Options{BindAddress: o.metricsAddr},
+		Metrics:                metricsOpts,
 		HealthProbeBindAddress: o.probeAddr,
 		PprofBindAddress:       o.pprofAddr,
 		Cache: cache.Options{
@@ -190,6 +202,48 @@ func run(args []string) error {
 	}
 	log.Info("stopped; the nftables table stays in force")
 	return nil
+}
+
+// metricsTLS is how the metrics endpoint is served.
+type metricsTLS struct {
+	secure                     bool
+	certDir, certName, keyName string
+}
+
+// serverOptions returns the metrics server's options for addr. The agent runs in the
+// node's network namespace, so its endpoint is reachable by every pod that can reach
+// the node, and it names every namespace and policy: by default only a client the API
+// server authenticates and authorizes for GET /metrics may read it, over TLS (the
+// kubebuilder convention).
+func (m metricsTLS) serverOptions(addr string) (metricsserver.Options, error) {
+	opts := metricsserver.Options{BindAddress: addr}
+	if !m.secure {
+		if m.certDir != "" {
+			return opts, errors.New("--metrics-cert-dir needs --metrics-secure")
+		}
+		return opts, nil
+	}
+	opts.SecureServing = true
+	opts.FilterProvider = filters.WithAuthenticationAndAuthorization
+	// HTTP/1.1 only, as kubebuilder's scaffold does by default: HTTP/2's stream
+	// handling has been the vector of denial-of-service attacks (Rapid Reset,
+	// CVE-2023-44487), and a scrape gains nothing from it.
+	opts.TLSOpts = []func(*tls.Config){func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }}
+	if m.certDir == "" {
+		// controller-runtime falls back to a self-signed certificate, kept in memory
+		// (the chart's root filesystem is read-only).
+		return opts, nil
+	}
+	// controller-runtime silently falls back to a self-signed certificate when the
+	// files are missing; a certificate the operator asked for must not be replaced
+	// behind their back.
+	for _, name := range []string{m.certName, m.keyName} {
+		if _, err := os.Stat(filepath.Join(m.certDir, name)); err != nil {
+			return opts, fmt.Errorf("metrics TLS (--metrics-cert-dir): %w", err)
+		}
+	}
+	opts.CertDir, opts.CertName, opts.KeyName = m.certDir, m.certName, m.keyName
+	return opts, nil
 }
 
 // localAddrs returns the addresses assigned to this node's interfaces (the agent runs

@@ -265,6 +265,10 @@ func (e *env) startAgentSeq(ctx context.Context, node *lab.ClusterNode, seq int,
 		"--kubeconfig", e.c.Kubeconfig(), "--node-name", node.Name,
 		"--health-probe-bind-address", agentHealthAddr,
 		"--metrics-bind-address", agentMetricsAddr,
+		// Plain HTTP on the namespace's loopback: a secure endpoint would add a
+		// TokenReview and a SubjectAccessReview to the API server's load the bench
+		// measures, and the figures are the metrics, not their transport.
+		"--metrics-secure=false",
 	}, e.opts.AgentArgs...)
 	args = append(args, extra...)
 	// The lab appends to log files, and the figures are read back from this one: start

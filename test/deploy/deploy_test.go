@@ -2,8 +2,9 @@
 // (rendered with bin/helm) and the kustomize bases under config/. Every rendered object
 // is applied with server-side apply and dry-run to a real kube-apiserver (envtest), so
 // schema, defaulting and validation are the API server's own; the agent's DaemonSet is
-// checked for what the agent needs and nothing more; and the ClusterRole is applied and
-// asked, through SubjectAccessReviews, exactly what the agent's ServiceAccount may do.
+// checked for what the agent needs and nothing more; and the ClusterRoles are applied
+// and asked, through SubjectAccessReviews, exactly what the agent's ServiceAccount and
+// a scraper bound to the metrics-reader role may do.
 package deploy
 
 import (
@@ -21,6 +22,8 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -129,18 +132,34 @@ func findObject(t *testing.T, objs []*unstructured.Unstructured, kind string) *u
 	return nil
 }
 
+// findNamed returns the object of the kind and name.
+func findNamed(t *testing.T, objs []*unstructured.Unstructured, kind, name string) *unstructured.Unstructured {
+	t.Helper()
+	for _, u := range objs {
+		if u.GetKind() == kind && u.GetName() == name {
+			return u
+		}
+	}
+	t.Fatalf("no %s/%s in %v", kind, name, kinds(objs))
+	return nil
+}
+
 // find decodes the object of the kind strictly: a misspelt field fails here even
 // before the API server sees it.
 func find[T any](t *testing.T, objs []*unstructured.Unstructured, kind string) *T {
 	t.Helper()
-	u := findObject(t, objs, kind)
+	return decodeStrict[T](t, findObject(t, objs, kind))
+}
+
+func decodeStrict[T any](t *testing.T, u *unstructured.Unstructured) *T {
+	t.Helper()
 	data, err := yaml.Marshal(u.Object)
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := new(T)
 	if err := yaml.UnmarshalStrict(data, out); err != nil {
-		t.Fatalf("%s %s does not decode strictly: %v", kind, u.GetName(), err)
+		t.Fatalf("%s %s does not decode strictly: %v", u.GetKind(), u.GetName(), err)
 	}
 	return out
 }
@@ -235,7 +254,7 @@ func TestChart(t *testing.T) {
 
 	t.Run("defaults", func(t *testing.T) {
 		objs := helmTemplate(t, helm)
-		want := []string{"ClusterRole/nftpolicy-agent", "ClusterRoleBinding/nftpolicy-agent", "DaemonSet/nftpolicy-agent", "ServiceAccount/nftpolicy-agent"}
+		want := []string{"ClusterRole/nftpolicy-agent", "ClusterRole/nftpolicy-metrics-reader", "ClusterRoleBinding/nftpolicy-agent", "DaemonSet/nftpolicy-agent", "ServiceAccount/nftpolicy-agent"}
 		if got := kinds(objs); !slices.Equal(got, want) {
 			t.Errorf("rendered %v, want %v", got, want)
 		}
@@ -247,7 +266,7 @@ func TestChart(t *testing.T) {
 			t.Errorf("DaemonSet %s/%s runs as %q", ds.Namespace, ds.Name, ds.Spec.Template.Spec.ServiceAccountName)
 		}
 		wantArgs := []string{
-			"--node-name=$(NODE_NAME)", "--health-probe-bind-address=:9091", "--metrics-bind-address=:9090",
+			"--node-name=$(NODE_NAME)", "--health-probe-bind-address=:9091", "--metrics-bind-address=:9090", "--metrics-secure=true",
 			"--resync-period=1m", "--revoke-established=true", "--log-denied=false", "--table=nftpolicy", "-v=0",
 		}
 		if !slices.Equal(ctr.Args, wantArgs) {
@@ -257,14 +276,18 @@ func TestChart(t *testing.T) {
 			t.Errorf("image %s (%s), want nftpolicy/agent:<appVersion> (IfNotPresent)", ctr.Image, ctr.ImagePullPolicy)
 		}
 		ann := ds.Spec.Template.Annotations
-		if ann["prometheus.io/scrape"] != "true" || ann["prometheus.io/port"] != "9090" {
+		if ann["prometheus.io/scrape"] != "true" || ann["prometheus.io/port"] != "9090" || ann["prometheus.io/scheme"] != "https" {
 			t.Errorf("scrape annotations = %v", ann)
+		}
+		if len(ds.Spec.Template.Spec.Volumes) != 0 || len(ctr.VolumeMounts) != 0 {
+			t.Errorf("volumes %v, mounts %v: the default self-signed metrics certificate needs none", ds.Spec.Template.Spec.Volumes, ctr.VolumeMounts)
 		}
 	})
 
 	t.Run("every value set", func(t *testing.T) {
 		objs := helmTemplate(t, helm, "--values", filepath.Join("testdata", "all-values.yaml"))
-		want := []string{"ClusterRole/np-agent", "ClusterRoleBinding/np-agent", "DaemonSet/np-agent", "Service/np-agent-metrics", "ServiceAccount/np-sa", "ServiceMonitor/np-agent"}
+		want := []string{"ClusterRole/np-agent", "ClusterRole/np-metrics-reader", "ClusterRoleBinding/np-agent", "ClusterRoleBinding/np-metrics-reader",
+			"DaemonSet/np-agent", "Service/np-agent-metrics", "ServiceAccount/np-sa", "ServiceMonitor/np-agent"}
 		if got := kinds(objs); !slices.Equal(got, want) {
 			t.Errorf("rendered %v, want %v", got, want)
 		}
@@ -273,7 +296,7 @@ func TestChart(t *testing.T) {
 		ctr := checkAgent(t, ds)
 		wantArgs := []string{
 			"--node-name=$(NODE_NAME)", "--health-probe-bind-address=:19091", "--metrics-bind-address=:19090",
-			"--resync-period=30s", "--revoke-established=false", "--log-denied=true", "--table=nftpolicy_test", "-v=2", "--kubeconfig=",
+			"--metrics-secure=true", "--metrics-cert-dir=/etc/nftpolicy/metrics-certs", "--resync-period=30s", "--revoke-established=false", "--log-denied=true", "--table=nftpolicy_test", "-v=2", "--kubeconfig=",
 		}
 		if !slices.Equal(ctr.Args, wantArgs) {
 			t.Errorf("args = %q, want %q", ctr.Args, wantArgs)
@@ -287,10 +310,26 @@ func TestChart(t *testing.T) {
 		if got := ctr.Resources.Limits.Memory().String(); got != "300Mi" {
 			t.Errorf("memory limit %s, want 300Mi", got)
 		}
-		crb := findObject(t, objs, "ClusterRoleBinding")
+		crb := findNamed(t, objs, "ClusterRoleBinding", "np-agent")
 		subjects, _, _ := unstructured.NestedSlice(crb.Object, "subjects")
 		if len(subjects) != 1 || subjects[0].(map[string]any)["name"] != "np-sa" {
 			t.Errorf("ClusterRoleBinding subjects %v, want the ServiceAccount np-sa", subjects)
+		}
+		reader := findNamed(t, objs, "ClusterRoleBinding", "np-metrics-reader")
+		if ref, _, _ := unstructured.NestedString(reader.Object, "roleRef", "name"); ref != "np-metrics-reader" {
+			t.Errorf("metrics-reader binding refers to %q", ref)
+		}
+		subjects, _, _ = unstructured.NestedSlice(reader.Object, "subjects")
+		if len(subjects) != 1 || subjects[0].(map[string]any)["name"] != "prometheus" || subjects[0].(map[string]any)["namespace"] != "monitoring" {
+			t.Errorf("metrics-reader binding subjects %v, want metrics.readerSubjects (monitoring/prometheus)", subjects)
+		}
+		// The certificate Secret is mounted where --metrics-cert-dir points, read-only.
+		vols := ds.Spec.Template.Spec.Volumes
+		if len(vols) != 1 || vols[0].Secret == nil || vols[0].Secret.SecretName != "np-metrics-tls" {
+			t.Fatalf("volumes %+v, want the Secret np-metrics-tls", vols)
+		}
+		if len(ctr.VolumeMounts) != 1 || ctr.VolumeMounts[0].Name != vols[0].Name || ctr.VolumeMounts[0].MountPath != "/etc/nftpolicy/metrics-certs" || !ctr.VolumeMounts[0].ReadOnly {
+			t.Errorf("volume mounts %+v, want %s read-only at /etc/nftpolicy/metrics-certs", ctr.VolumeMounts, vols[0].Name)
 		}
 	})
 
@@ -310,16 +349,36 @@ func TestChart(t *testing.T) {
 		if _, ok := ds.Spec.Template.Annotations["prometheus.io/scrape"]; ok {
 			t.Error("scrape annotations with metrics off")
 		}
-		for _, u := range objs {
-			if u.GetKind() == "ServiceMonitor" || u.GetKind() == "Service" {
-				t.Errorf("%s rendered with metrics off", u.GetKind())
+		for _, a := range ctr.Args {
+			if strings.HasPrefix(a, "--metrics-secure") {
+				t.Errorf("args %q: %s with metrics off", ctr.Args, a)
 			}
 		}
+		for _, u := range objs {
+			if u.GetKind() == "ServiceMonitor" || u.GetKind() == "Service" || u.GetName() == "nftpolicy-metrics-reader" {
+				t.Errorf("%s %s rendered with metrics off", u.GetKind(), u.GetName())
+			}
+		}
+		checkRules(t, objs, false)
 	})
 
+	const scraper = "system:serviceaccount:monitoring:metrics-scraper"
 	t.Run("RBAC allows exactly what the agent needs", func(t *testing.T) {
-		objs := helmTemplate(t, helm)
-		checkRBAC(t, c, objs, "system:serviceaccount:kube-system:nftpolicy-agent")
+		// The defaults, plus a binding of the metrics-reader role to a scraper.
+		objs := helmTemplate(t, helm, "--set-json", `metrics.readerSubjects=[{"kind":"ServiceAccount","name":"metrics-scraper","namespace":"monitoring"}]`)
+		checkRules(t, objs, true)
+		applyRBAC(t, c, objs)
+		checkAccess(t, c, "system:serviceaccount:kube-system:nftpolicy-agent", agentAccess(true))
+		checkAccess(t, c, scraper, readerAccess())
+	})
+
+	t.Run("RBAC with plain metrics", func(t *testing.T) {
+		// Applied over the previous subtest's objects: the agent's role loses the
+		// reviews (the reader role and binding are not rendered, so stay).
+		objs := helmTemplate(t, helm, "--set", "metrics.secure=false")
+		checkRules(t, objs, false)
+		applyRBAC(t, c, objs)
+		checkAccess(t, c, "system:serviceaccount:kube-system:nftpolicy-agent", agentAccess(false))
 	})
 
 	t.Run("lint", func(t *testing.T) {
@@ -335,9 +394,9 @@ func TestChart(t *testing.T) {
 	})
 }
 
-// checkRBAC applies the rendered RBAC objects for real, then asks the API server
-// whether user may do what the agent does — and may not do anything more.
-func checkRBAC(t *testing.T, c client.Client, objs []*unstructured.Unstructured, user string) {
+// applyRBAC applies the rendered RBAC objects for real (server-side apply: a rule
+// no longer rendered is removed).
+func applyRBAC(t *testing.T, c client.Client, objs []*unstructured.Unstructured) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -349,56 +408,157 @@ func checkRBAC(t *testing.T, c client.Client, objs []*unstructured.Unstructured,
 			}
 		}
 	}
-	type access struct {
-		group, resource, verb string
-		allowed               bool
+}
+
+// access is one request a user may or may not make: on a resource (group, resource
+// or resource/subresource) or, with path set, on a non-resource URL.
+type access struct {
+	group, resource, path, verb string
+	allowed                     bool
+}
+
+func (a access) String() string {
+	if a.path != "" {
+		return a.verb + " " + a.path
 	}
+	return a.verb + " " + a.resource + "." + a.group
+}
+
+// agentAccess is what the agent's ServiceAccount must and must not be allowed to do.
+// With secureMetrics its metrics endpoint reviews every scraper's token and access
+// (and so needs create on tokenreviews and subjectaccessreviews); the agent never
+// reads /metrics itself.
+func agentAccess(secureMetrics bool) []access {
 	var cases []access
 	for _, r := range []struct{ group, resource string }{{"", "pods"}, {"", "namespaces"}, {"networking.k8s.io", "networkpolicies"}, {"", "nodes"}} {
 		for _, v := range []string{"get", "list", "watch"} {
-			cases = append(cases, access{r.group, r.resource, v, true})
+			cases = append(cases, access{group: r.group, resource: r.resource, verb: v, allowed: true})
 		}
 		for _, v := range []string{"create", "update", "patch", "delete"} {
-			cases = append(cases, access{r.group, r.resource, v, false})
+			cases = append(cases, access{group: r.group, resource: r.resource, verb: v})
 		}
 	}
 	for _, g := range []string{"", "events.k8s.io"} {
-		cases = append(cases, access{g, "events", "create", true}, access{g, "events", "patch", true},
-			access{g, "events", "delete", false}, access{g, "events", "list", false})
+		cases = append(cases, access{group: g, resource: "events", verb: "create", allowed: true}, access{group: g, resource: "events", verb: "patch", allowed: true},
+			access{group: g, resource: "events", verb: "delete"}, access{group: g, resource: "events", verb: "list"})
 	}
 	cases = append(cases,
-		access{"", "secrets", "get", false}, access{"", "secrets", "list", false},
-		access{"", "configmaps", "list", false},
-		access{"", "services", "list", false}, access{"", "pods/exec", "create", false},
-		access{"discovery.k8s.io", "endpointslices", "list", false},
-		access{"rbac.authorization.k8s.io", "clusterroles", "escalate", false},
+		access{group: "authentication.k8s.io", resource: "tokenreviews", verb: "create", allowed: secureMetrics},
+		access{group: "authorization.k8s.io", resource: "subjectaccessreviews", verb: "create", allowed: secureMetrics},
+		access{group: "authorization.k8s.io", resource: "subjectaccessreviews", verb: "list"},
+		access{group: "", resource: "secrets", verb: "get"}, access{group: "", resource: "secrets", verb: "list"},
+		access{group: "", resource: "configmaps", verb: "list"},
+		access{group: "", resource: "services", verb: "list"}, access{group: "", resource: "pods/exec", verb: "create"},
+		access{group: "", resource: "serviceaccounts/token", verb: "create"},
+		access{group: "discovery.k8s.io", resource: "endpointslices", verb: "list"},
+		access{group: "rbac.authorization.k8s.io", resource: "clusterroles", verb: "escalate"},
+		access{path: "/metrics", verb: "get"},
 	)
-	// RBAC takes effect once the authorizer's informers see the new objects: poll the
-	// first allowed case before judging.
-	deadline := time.Now().Add(30 * time.Second)
-	for !allowed(t, c, user, cases[0].group, cases[0].resource, cases[0].verb) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s is still not allowed to %s %s after 30s", user, cases[0].verb, cases[0].resource)
-		}
-		time.Sleep(100 * time.Millisecond)
+	return cases
+}
+
+// readerAccess is what a user bound to the metrics-reader role may do: GET /metrics,
+// nothing more.
+func readerAccess() []access {
+	return []access{
+		{path: "/metrics", verb: "get", allowed: true},
+		{path: "/metrics", verb: "post"},
+		{path: "/debug/pprof/", verb: "get"},
+		{path: "/logs", verb: "get"},
+		{group: "", resource: "pods", verb: "list"},
+		{group: "", resource: "secrets", verb: "get"},
+		{group: "authentication.k8s.io", resource: "tokenreviews", verb: "create"},
 	}
-	for _, a := range cases {
-		if got := allowed(t, c, user, a.group, a.resource, a.verb); got != a.allowed {
-			t.Errorf("%s may %s %s.%s: %v, want %v", user, a.verb, a.resource, a.group, got, a.allowed)
+}
+
+// checkRules checks the agent's ClusterRole has the reviews of secure metrics exactly
+// when they are on, and that the metrics-reader role, when rendered, grants GET on
+// /metrics and nothing else.
+func checkRules(t *testing.T, objs []*unstructured.Unstructured, secureMetrics bool) {
+	t.Helper()
+	var agentRole, reader *rbacv1.ClusterRole
+	for _, u := range objs {
+		if u.GetKind() != "ClusterRole" {
+			continue
+		}
+		r := decodeStrict[rbacv1.ClusterRole](t, u)
+		if strings.HasSuffix(r.Name, "-metrics-reader") {
+			reader = r
+		} else {
+			agentRole = r
+		}
+	}
+	if agentRole == nil {
+		t.Fatalf("no agent ClusterRole in %v", kinds(objs))
+	}
+	reviews := 0
+	for _, r := range agentRole.Rules {
+		if slices.Contains(r.Resources, "tokenreviews") || slices.Contains(r.Resources, "subjectaccessreviews") {
+			reviews++
+			if !slices.Equal(r.Verbs, []string{"create"}) || len(r.Resources) != 1 {
+				t.Errorf("agent ClusterRole rule %+v: want create on one review resource", r)
+			}
+		}
+	}
+	if want := map[bool]int{true: 2, false: 0}[secureMetrics]; reviews != want {
+		t.Errorf("agent ClusterRole has %d review rules, want %d (secure metrics %v): %+v", reviews, want, secureMetrics, agentRole.Rules)
+	}
+	if (reader != nil) != secureMetrics {
+		t.Errorf("metrics-reader ClusterRole rendered: %v, want %v", reader != nil, secureMetrics)
+	}
+	if reader != nil {
+		want := []rbacv1.PolicyRule{{NonResourceURLs: []string{"/metrics"}, Verbs: []string{"get"}}}
+		if !equality.Semantic.DeepEqual(reader.Rules, want) {
+			t.Errorf("metrics-reader rules %+v, want %+v", reader.Rules, want)
 		}
 	}
 }
 
-func allowed(t *testing.T, c client.Client, user, group, resource, verb string) bool {
+// checkAccess asks the API server, with SubjectAccessReviews, whether user may make
+// each request, and fails on every answer that is not the expected one. RBAC takes
+// effect once the authorizer's informers see the applied objects: the answers are
+// polled until they all match or 30 seconds pass.
+func checkAccess(t *testing.T, c client.Client, user string, cases []access) {
 	t.Helper()
-	res, sub, _ := strings.Cut(resource, "/")
-	sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
-		User:   user,
-		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"},
-		ResourceAttributes: &authorizationv1.ResourceAttributes{
-			Namespace: "default", Group: group, Resource: res, Subresource: sub, Verb: verb,
-		},
-	}}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var wrong []string
+		for _, a := range cases {
+			if got := allowed(t, c, user, a); got != a.allowed {
+				wrong = append(wrong, fmt.Sprintf("%s may %s: %v, want %v", user, a, got, a.allowed))
+			}
+		}
+		if len(wrong) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			for _, w := range wrong {
+				t.Error(w)
+			}
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// allowed asks whether user (a ServiceAccount's, with the groups the API server gives
+// it) may make the request a.
+func allowed(t *testing.T, c client.Client, user string, a access) bool {
+	t.Helper()
+	groups := []string{"system:authenticated"}
+	if rest, ok := strings.CutPrefix(user, "system:serviceaccount:"); ok {
+		ns, _, _ := strings.Cut(rest, ":")
+		groups = append(groups, "system:serviceaccounts", "system:serviceaccounts:"+ns)
+	}
+	sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{User: user, Groups: groups}}
+	if a.path != "" {
+		sar.Spec.NonResourceAttributes = &authorizationv1.NonResourceAttributes{Path: a.path, Verb: a.verb}
+	} else {
+		res, sub, _ := strings.Cut(a.resource, "/")
+		sar.Spec.ResourceAttributes = &authorizationv1.ResourceAttributes{
+			Namespace: "default", Group: a.group, Resource: res, Subresource: sub, Verb: a.verb,
+		}
+	}
 	if err := c.Create(context.Background(), sar); err != nil {
 		t.Fatalf("SubjectAccessReview: %v", err)
 	}
@@ -411,15 +571,20 @@ func allowed(t *testing.T, c client.Client, user, group, resource, verb string) 
 func TestKustomizeBases(t *testing.T) {
 	c := startAPIServer(t)
 	objs := kustomizeResources(t, filepath.Join(repoRoot(t), "config", "default"))
-	want := []string{"ClusterRole/nftpolicy-agent", "ClusterRoleBinding/nftpolicy-agent", "DaemonSet/nftpolicy-agent", "ServiceAccount/nftpolicy-agent"}
+	want := []string{"ClusterRole/nftpolicy-agent", "ClusterRole/nftpolicy-metrics-reader", "ClusterRoleBinding/nftpolicy-agent", "DaemonSet/nftpolicy-agent", "ServiceAccount/nftpolicy-agent"}
 	if got := kinds(objs); !slices.Equal(got, want) {
 		t.Errorf("config/default has %v, want %v", got, want)
 	}
 	applyDryRun(t, c, objs)
 	ds := find[appsv1.DaemonSet](t, objs, "DaemonSet")
-	checkAgent(t, ds)
+	ctr := checkAgent(t, ds)
 	checkToleratesAll(t, ds)
-	checkRBAC(t, c, objs, "system:serviceaccount:kube-system:nftpolicy-agent")
+	if !slices.Contains(ctr.Args, "--metrics-secure=true") {
+		t.Errorf("args %q do not serve metrics securely", ctr.Args)
+	}
+	checkRules(t, objs, true)
+	applyRBAC(t, c, objs)
+	checkAccess(t, c, "system:serviceaccount:kube-system:nftpolicy-agent", agentAccess(true))
 }
 
 // kustomizeResources reads a kustomization that only lists resources (files or other

@@ -42,10 +42,14 @@ func (c *Cluster) Agent(node string) *Process {
 // StartAgent starts the agent in node's namespace
 //
 //	ip netns exec <node> <agent> --kubeconfig <file> --node-name <node>
-//	  --health-probe-bind-address 127.0.0.1:19091 --metrics-bind-address 0 <AgentArgs...>
+//	  --health-probe-bind-address 127.0.0.1:19091 --metrics-bind-address 0
+//	  --metrics-secure=false <AgentArgs...>
 //
 // and waits until its /readyz answers 200 (the first ruleset is in the
-// kernel). It fails if the agent is already running.
+// kernel). It fails if the agent is already running. A test that turns metrics on
+// (--metrics-bind-address in AgentArgs) reads them in plain HTTP: the endpoint is on
+// the loopback of a namespace the lab made, and what is under test is the metrics, not
+// their transport (test/privilege tests the secure endpoint).
 func (c *Cluster) StartAgent(ctx context.Context, node string) error {
 	if c.opts.AgentBinary == "" {
 		return fmt.Errorf("start agent on %s: the cluster has no agent binary (ClusterOptions.AgentBinary)", node)
@@ -71,6 +75,7 @@ func (c *Cluster) StartAgent(ctx context.Context, node string) error {
 		"--node-name", node,
 		"--health-probe-bind-address", AgentHealthAddr,
 		"--metrics-bind-address", "0",
+		"--metrics-secure=false",
 	}, c.opts.AgentArgs...)
 	p, err := c.lab.StartProcess(n.NS, agentProcessName(node), c.AgentLogFile(node), args...)
 	if err != nil {

@@ -147,7 +147,8 @@ func TestVerdictCounters(t *testing.T) {
 	defer cancel()
 	c, err := lab.StartCluster(ctx, lab.ClusterOptions{
 		Nodes: 2, Topology: lab.Routed, AgentBinary: agent, Progress: testWriter{t},
-		// The lab starts agents with metrics off; a later flag wins. --log-denied: the
+		// The lab starts agents with metrics off (and plain HTTP, --metrics-secure=false,
+		// for whoever turns them on); a later flag wins. --log-denied: the
 		// denied probe below must also give one "denied connection" log line.
 		AgentArgs: []string{"--metrics-bind-address", metricsAddr, "--log-denied"},
 	})

@@ -3,7 +3,9 @@
 // the chart's own ClusterRole, and enforces; that identity is refused everything the
 // agent does not need; and the agent works with exactly the capabilities the chart's
 // DaemonSet grants (CAP_NET_ADMIN, conntrack revocation included) and fails clearly
-// with none.
+// with none. Its metrics endpoint, secure by default, answers only a token bound to
+// the chart's metrics-reader ClusterRole (issue #11 item 10), over HTTPS, with the
+// certificate it is given when it is given one.
 //
 // Run (as root, with bin/k8s and bin/helm built):
 //
@@ -58,7 +60,8 @@ func helmBinary(t testing.TB) string {
 type chart struct {
 	objs           []*unstructured.Unstructured
 	daemonSet      *appsv1.DaemonSet
-	clusterRole    *rbacv1.ClusterRole
+	clusterRole    *rbacv1.ClusterRole // the agent's
+	metricsReader  *rbacv1.ClusterRole // for scrapers of the agent's /metrics
 	binding        *rbacv1.ClusterRoleBinding
 	serviceAccount *corev1.ServiceAccount
 }
@@ -76,8 +79,13 @@ func renderChart(t testing.TB) *chart {
 			c.daemonSet = &appsv1.DaemonSet{}
 			into = c.daemonSet
 		case "ClusterRole":
-			c.clusterRole = &rbacv1.ClusterRole{}
-			into = c.clusterRole
+			r := &rbacv1.ClusterRole{}
+			if strings.HasSuffix(u.GetName(), "-metrics-reader") {
+				c.metricsReader = r
+			} else {
+				c.clusterRole = r
+			}
+			into = r
 		case "ClusterRoleBinding":
 			c.binding = &rbacv1.ClusterRoleBinding{}
 			into = c.binding
@@ -95,14 +103,15 @@ func renderChart(t testing.TB) *chart {
 			t.Fatalf("%s %s does not decode strictly: %v", u.GetKind(), u.GetName(), err)
 		}
 	}
-	if c.daemonSet == nil || c.clusterRole == nil || c.binding == nil || c.serviceAccount == nil {
-		t.Fatalf("the default rendering lacks a DaemonSet, ClusterRole, ClusterRoleBinding or ServiceAccount: %d objects", len(c.objs))
+	if c.daemonSet == nil || c.clusterRole == nil || c.metricsReader == nil || c.binding == nil || c.serviceAccount == nil {
+		t.Fatalf("the default rendering lacks a DaemonSet, the agent's or the metrics-reader ClusterRole, a ClusterRoleBinding or a ServiceAccount: %d objects", len(c.objs))
 	}
 	return c
 }
 
-// rbacObjects returns exactly the rendered ClusterRole, ClusterRoleBinding and
-// ServiceAccount, as rendered, for applying to the lab's API server.
+// rbacObjects returns exactly the rendered ClusterRoles (the agent's and
+// metrics-reader), ClusterRoleBinding and ServiceAccount, as rendered, for applying to
+// the lab's API server.
 func (c *chart) rbacObjects() []*unstructured.Unstructured {
 	var out []*unstructured.Unstructured
 	for _, u := range c.objs {
@@ -198,9 +207,9 @@ func TestChartSecurityContext(t *testing.T) {
 	}) || len(c.binding.Subjects) != 1 {
 		t.Errorf("binding subjects = %+v, want only ServiceAccount %s/%s", c.binding.Subjects, c.serviceAccount.Namespace, c.serviceAccount.Name)
 	}
-	for _, r := range c.clusterRole.Rules {
+	for _, r := range append(slices.Clone(c.clusterRole.Rules), c.metricsReader.Rules...) {
 		for _, v := range r.Verbs {
-			if v == "*" || slices.Contains(r.Resources, "*") || slices.Contains(r.APIGroups, "*") {
+			if v == "*" || slices.Contains(r.Resources, "*") || slices.Contains(r.APIGroups, "*") || slices.Contains(r.NonResourceURLs, "*") {
 				t.Errorf("ClusterRole rule %+v uses a wildcard", r)
 			}
 		}

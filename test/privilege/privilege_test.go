@@ -3,8 +3,11 @@ package privilege
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -20,6 +23,7 @@ import (
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -31,6 +35,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	certutil "k8s.io/client-go/util/cert"
 
 	"golang.org/x/sys/unix"
 
@@ -47,6 +52,9 @@ const (
 	echoPort = 9000
 	// agentMetricsAddr is the agent's metrics endpoint inside node1's namespace.
 	agentMetricsAddr = "127.0.0.1:19090"
+	// metricsScraper is bound to the chart's metrics-reader ClusterRole;
+	// metricsNobody has no role at all.
+	metricsScraper, metricsNobody = "metrics-scraper", "metrics-nobody"
 	// agentTable is the agent's default nftables table.
 	agentTable = "nftpolicy"
 	// enforceTimeout bounds every wait for the agent to act; the machine is shared
@@ -102,15 +110,18 @@ func (w testWriter) Write(b []byte) (int, error) {
 // env is what the subtests share: a lab cluster with no agent of its own, the chart's
 // RBAC applied, a token of the chart's ServiceAccount and the pods to probe.
 type env struct {
-	c          *lab.Cluster
-	agentBin   string
-	chart      *chart
-	admin      kubernetes.Interface
-	sa         kubernetes.Interface // the chart's ServiceAccount, by its token
-	saConfig   *rest.Config
-	saUser     string
-	kubeconfig string // the ServiceAccount's kubeconfig, for the agent
-	node1      *lab.ClusterNode
+	c        *lab.Cluster
+	agentBin string
+	chart    *chart
+	admin    kubernetes.Interface
+	sa       kubernetes.Interface // the chart's ServiceAccount, by its token
+	saConfig *rest.Config
+	saUser   string
+	// Bearer tokens for the agent's /metrics: of a ServiceAccount bound to the
+	// chart's metrics-reader role, and of one with no role.
+	scraperToken, nobodyToken string
+	kubeconfig                string // the ServiceAccount's kubeconfig, for the agent
+	node1                     *lab.ClusterNode
 
 	server, client *lab.ClusterPod // server on node1 (enforced), client on node2
 	echo           net.Listener    // in the server's namespace
@@ -148,6 +159,8 @@ func TestLeastPrivilege(t *testing.T) {
 	t.Run("the agent enforces as the ServiceAccount", func(t *testing.T) { e.checkAgentAsServiceAccount(ctx, t) })
 	t.Run("the agent enforces and revokes with only the chart's capabilities", func(t *testing.T) { e.checkChartCapabilities(ctx, t) })
 	t.Run("the agent fails clearly without capabilities", func(t *testing.T) { e.checkNoCapabilities(ctx, t) })
+	t.Run("the agent's metrics need a token bound to metrics-reader", func(t *testing.T) { e.checkMetricsAccess(ctx, t) })
+	t.Run("the agent serves the metrics certificate it is given", func(t *testing.T) { e.checkMetricsCertificate(ctx, t) })
 }
 
 // setup applies the chart's RBAC objects, gets a token for its ServiceAccount, writes
@@ -171,17 +184,11 @@ func (e *env) setup(ctx context.Context, t *testing.T) {
 	}
 
 	sa := e.chart.serviceAccount
-	tr, err := e.admin.CoreV1().ServiceAccounts(sa.Namespace).CreateToken(ctx, sa.Name, &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr(int64(3600))},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("TokenRequest for %s/%s: %v", sa.Namespace, sa.Name, err)
-	}
 	// Only the server and its CA are taken from the admin's configuration: no client
 	// certificate, so the token is the only credential.
 	e.saConfig = &rest.Config{
 		Host:            adminCfg.Host,
-		BearerToken:     tr.Status.Token,
+		BearerToken:     e.token(ctx, t, sa.Namespace, sa.Name),
 		TLSClientConfig: rest.TLSClientConfig{CAData: adminCfg.CAData, CAFile: adminCfg.CAFile},
 		QPS:             -1,
 	}
@@ -211,6 +218,7 @@ func (e *env) setup(ctx context.Context, t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	e.setupScrapers(ctx, t)
 	if e.server, err = e.c.CreatePod(ctx, lab.PodSpec{Namespace: testNS, Name: "server", Node: "node1",
 		Labels: map[string]string{"app": "server"}, Ports: lab.TCPUDPPorts(80)}); err != nil {
 		t.Fatal(err)
@@ -223,6 +231,58 @@ func (e *env) setup(ctx context.Context, t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// token returns a bearer token of the ServiceAccount ns/name, valid for an hour.
+func (e *env) token(ctx context.Context, t *testing.T, ns, name string) string {
+	t.Helper()
+	tr, err := e.admin.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr(int64(3600))},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("TokenRequest for %s/%s: %v", ns, name, err)
+	}
+	return tr.Status.Token
+}
+
+// setupScrapers creates two ServiceAccounts in rbacNS, binds one to the chart's
+// metrics-reader ClusterRole and takes a token of each; it returns once the API server
+// authorizes the bound one for GET /metrics, so that no scrape can be refused (and
+// the refusal cached by the agent) before RBAC caught up.
+func (e *env) setupScrapers(ctx context.Context, t *testing.T) {
+	t.Helper()
+	for _, name := range []string{metricsScraper, metricsNobody} {
+		if _, err := e.admin.CoreV1().ServiceAccounts(rbacNS).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
+			t.Fatalf("create ServiceAccount %s/%s: %v", rbacNS, name, err)
+		}
+	}
+	reader := e.chart.metricsReader.Name
+	if _, err := e.admin.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "privilege-" + metricsScraper},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: reader},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: metricsScraper, Namespace: rbacNS}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("bind %s to ClusterRole %s: %v", metricsScraper, reader, err)
+	}
+	e.scraperToken = e.token(ctx, t, rbacNS, metricsScraper)
+	e.nobodyToken = e.token(ctx, t, rbacNS, metricsNobody)
+	user := "system:serviceaccount:" + rbacNS + ":" + metricsScraper
+	if err := poll(ctx, enforceTimeout, 100*time.Millisecond, func() error {
+		sar, err := e.admin.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+			User: user, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + rbacNS, "system:authenticated"},
+			NonResourceAttributes: &authorizationv1.NonResourceAttributes{Path: "/metrics", Verb: "get"},
+		}}, metav1.CreateOptions{})
+		if err != nil {
+			return errStop{err}
+		}
+		if !sar.Status.Allowed {
+			return fmt.Errorf("%s may not GET /metrics yet", user)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s is bound to ClusterRole %s; %s/%s has no role", user, reader, rbacNS, metricsNobody)
+}
 
 // writeKubeconfig writes a kubeconfig holding only cfg's server, CA and bearer token.
 func writeKubeconfig(t *testing.T, cfg *rest.Config) string {
@@ -419,8 +479,8 @@ func (e *env) checkRefused(ctx context.Context, t *testing.T) {
 }
 
 // checkAllowed does, with the ServiceAccount's token, what the agent does: list and
-// watch the three kinds it caches, and create and patch Events (core and
-// events.k8s.io, which client-go's recorders use).
+// watch the three kinds it caches, create and patch Events (core and events.k8s.io,
+// which client-go's recorders use), and review a scraper's token and access.
 func (e *env) checkAllowed(ctx context.Context, t *testing.T) {
 	sa := e.sa
 	watch := func(w interface{ Stop() }, err error) error {
@@ -459,6 +519,16 @@ func (e *env) checkAllowed(ctx context.Context, t *testing.T) {
 				return err
 			}
 			_, err = sa.CoreV1().Events(testNS).Patch(ctx, ev.Name, types.MergePatchType, []byte(`{"count":2}`), metav1.PatchOptions{})
+			return err
+		}},
+		{"create a TokenReview (the metrics endpoint authenticates a scraper)", func() error {
+			_, err := sa.AuthenticationV1().TokenReviews().Create(ctx, &authenticationv1.TokenReview{Spec: authenticationv1.TokenReviewSpec{Token: e.nobodyToken}}, metav1.CreateOptions{})
+			return err
+		}},
+		{"create a SubjectAccessReview (the metrics endpoint authorizes a scraper)", func() error {
+			_, err := sa.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+				User: "system:serviceaccount:" + rbacNS + ":" + metricsNobody, NonResourceAttributes: &authorizationv1.NonResourceAttributes{Path: "/metrics", Verb: "get"},
+			}}, metav1.CreateOptions{})
 			return err
 		}},
 		{"create and patch an events.k8s.io Event", func() error {
@@ -515,16 +585,19 @@ type agentRun struct {
 }
 
 // startAgent starts the agent in node1's namespace as the chart's ServiceAccount,
-// behind wrapper (e.g. setpriv ...), with the metrics endpoint on. It does not wait.
-func (e *env) startAgent(t *testing.T, wrapper ...string) *agentRun {
+// behind wrapper (e.g. setpriv ...), with the metrics endpoint on (secure, the
+// binary's default as the chart's) and extra arguments. It does not wait.
+func (e *env) startAgent(t *testing.T, wrapper []string, extra ...string) *agentRun {
 	t.Helper()
 	e.agentSeq++
 	name := fmt.Sprintf("privilege-agent-%d", e.agentSeq)
-	a := &agentRun{e: e, logFile: filepath.Join(e.c.LogDir(), name+".log"), http: nsHTTPClient(e.node1.NS)}
+	// The agent's metrics certificate is self-signed by default: accept any.
+	a := &agentRun{e: e, logFile: filepath.Join(e.c.LogDir(), name+".log"), http: nsHTTPClient(e.node1.NS, &tls.Config{InsecureSkipVerify: true})}
 	args := append(append([]string{}, wrapper...), e.agentBin,
 		"--kubeconfig", e.kubeconfig, "--node-name", e.node1.Name,
 		"--health-probe-bind-address", lab.AgentHealthAddr,
 		"--metrics-bind-address", agentMetricsAddr)
+	args = append(args, extra...)
 	p, err := e.c.Lab().StartProcess(e.node1.NS, name, a.logFile, args...)
 	if err != nil {
 		t.Fatalf("start the agent: %v", err)
@@ -559,12 +632,16 @@ func (a *agentRun) log() string {
 	return string(b)
 }
 
-func nsHTTPClient(ns *lab.Netns) *http.Client {
+// nsHTTPClient reaches addresses inside ns, with tlsConfig for HTTPS. It offers
+// HTTP/2, which the agent must decline.
+func nsHTTPClient(ns *lab.Netns, tlsConfig *tls.Config) *http.Client {
 	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		DisableKeepAlives: true,
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			return ns.DialContext(ctx, network, addr)
 		},
+		TLSClientConfig:   tlsConfig,
+		ForceAttemptHTTP2: true,
 	}}
 }
 
@@ -601,17 +678,34 @@ func (a *agentRun) waitReady(ctx context.Context, t *testing.T) {
 	t.Logf("agent ready in %v", time.Since(start).Round(time.Millisecond))
 }
 
-// metric scrapes one unlabelled counter or gauge from the agent's /metrics.
-func (a *agentRun) metric(ctx context.Context, name string) (float64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+agentMetricsAddr+"/metrics", nil)
+// scrape GETs the agent's /metrics over scheme (http or https), with token as the
+// bearer token unless it is empty.
+func (a *agentRun) scrape(ctx context.Context, scheme, token string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://"+agentMetricsAddr+"/metrics", nil)
 	if err != nil {
-		return 0, err
+		return nil, err
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := a.http.Do(req)
 	if err != nil {
-		return 0, fmt.Errorf("scrape: %w", err)
+		return nil, fmt.Errorf("scrape %s: %w", req.URL, err)
+	}
+	return resp, nil
+}
+
+// metric scrapes one unlabelled counter or gauge from the agent's /metrics, as the
+// metrics-reader scraper.
+func (a *agentRun) metric(ctx context.Context, name string) (float64, error) {
+	resp, err := a.scrape(ctx, "https", a.e.scraperToken)
+	if err != nil {
+		return 0, err
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("scrape: %s", resp.Status)
+	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
@@ -821,7 +915,7 @@ func checkLogClean(t *testing.T, log string) {
 // checkAgentAsServiceAccount runs the agent with the ServiceAccount's kubeconfig (and
 // the test's full capabilities) and checks it enforces with no refusal in its log.
 func (e *env) checkAgentAsServiceAccount(ctx context.Context, t *testing.T) {
-	a := e.startAgent(t)
+	a := e.startAgent(t, nil)
 	a.waitReady(ctx, t)
 	e.checkEnforces(ctx, t, a, false)
 	checkLogClean(t, a.log())
@@ -883,7 +977,7 @@ func setprivArgs(caps []string) []string {
 func (e *env) checkChartCapabilities(ctx context.Context, t *testing.T) {
 	caps := e.chart.addedCaps(t)
 	want := capMask(t, caps)
-	a := e.startAgent(t, setprivArgs(caps)...)
+	a := e.startAgent(t, setprivArgs(caps))
 	a.waitReady(ctx, t)
 	got, err := procCaps(a.proc.Pid())
 	if err != nil {
@@ -917,7 +1011,7 @@ var notPermitted = regexp.MustCompile(`(?i)operation not permitted|permission de
 // checkNoCapabilities runs the agent with no capability at all: it must not become
 // ready, must program nothing, and must say why (nftables, not permitted).
 func (e *env) checkNoCapabilities(ctx context.Context, t *testing.T) {
-	a := e.startAgent(t, setprivArgs(nil)...)
+	a := e.startAgent(t, setprivArgs(nil))
 	var line string
 	err := poll(ctx, enforceTimeout, 200*time.Millisecond, func() error {
 		for _, l := range strings.Split(a.log(), "\n") {
@@ -974,4 +1068,135 @@ func (e *env) checkNoCapabilities(ctx context.Context, t *testing.T) {
 	if r, err := e.c.Probe(ctx, e.client, e.server.AddrPort(lab.IPv4, 80), "tcp", 0); err != nil || !r.OK {
 		t.Errorf("client -> server with a deny-all policy and no working agent: ok=%v err=%v %v (something else enforces?)", r.OK, r.Err, err)
 	}
+}
+
+// checkMetricsAccess runs the agent as the chart's ServiceAccount with the chart's
+// capabilities and checks its metrics endpoint: TLS only, HTTP/1.1 only; no token, a
+// token without the metrics-reader role and the agent's own token are refused (401,
+// 403, 403), and so is a token the API server does not know; the token bound to
+// metrics-reader gets the metrics. The TokenReviews and SubjectAccessReviews behind
+// these answers are made with the chart's ClusterRole: none fails.
+func (e *env) checkMetricsAccess(ctx context.Context, t *testing.T) {
+	a := e.startAgent(t, setprivArgs(e.chart.addedCaps(t)))
+	a.waitReady(ctx, t)
+	a.waitMetrics(ctx, t)
+	// Plain HTTP to the TLS server: Go's answers 400 and closes, which can reset the
+	// connection before the client reads it all; either way, no metrics.
+	if resp, err := a.scrape(ctx, "http", e.scraperToken); err != nil {
+		t.Logf("plain HTTP: %v", err)
+	} else {
+		body, err := readBody(resp)
+		if resp.StatusCode == http.StatusOK || strings.Contains(body, "nftpolicy_") {
+			t.Errorf("plain HTTP GET /metrics: %s, want no metrics:\n%s", resp.Status, truncate(body, 300))
+		}
+		t.Logf("plain HTTP: %s (%s; read: %v)", resp.Status, truncate(strings.TrimSpace(body), 80), err)
+	}
+
+	for _, tc := range []struct {
+		who, token string
+		want       int
+	}{
+		{"anonymous", "", http.StatusUnauthorized},
+		{"a ServiceAccount without the role", e.nobodyToken, http.StatusForbidden},
+		{"the agent's own ServiceAccount", e.saConfig.BearerToken, http.StatusForbidden},
+		{"the metrics-reader ServiceAccount", e.scraperToken, http.StatusOK},
+	} {
+		resp, err := a.scrape(ctx, "https", tc.token)
+		if err != nil {
+			t.Errorf("%s: %v", tc.who, err)
+			continue
+		}
+		body, err := readBody(resp)
+		if err != nil {
+			t.Errorf("%s: %v", tc.who, err)
+			continue
+		}
+		if resp.ProtoMajor != 1 {
+			t.Errorf("%s: the agent negotiated %s, want HTTP/1.1 only", tc.who, resp.Proto)
+		}
+		if resp.StatusCode != tc.want {
+			t.Errorf("%s: GET /metrics answers %s, want %d:\n%s", tc.who, resp.Status, tc.want, truncate(body, 300))
+			continue
+		}
+		hasMetrics := strings.Contains(body, "nftpolicy_sync_duration_seconds_count")
+		if hasMetrics != (tc.want == http.StatusOK) {
+			t.Errorf("%s: %s, metrics in the body: %v:\n%s", tc.who, resp.Status, hasMetrics, truncate(body, 300))
+			continue
+		}
+		t.Logf("%s: %s over %s, %d bytes", tc.who, resp.Status, resp.Proto, len(body))
+	}
+	checkLogClean(t, a.log())
+
+	// A token the API server does not know is refused too. controller-runtime's filter
+	// answers it 500 "Authentication failed" and logs an error (the token
+	// authenticator reports an unauthenticated token as an error), hence last, after
+	// the log check, and only "refused" is asserted.
+	resp, err := a.scrape(ctx, "https", "not-a-token")
+	if err != nil {
+		t.Fatalf("an unknown token: %v", err)
+	}
+	body, err := readBody(resp)
+	if err != nil {
+		t.Fatalf("an unknown token: %v", err)
+	}
+	if resp.StatusCode == http.StatusOK || strings.Contains(body, "nftpolicy_") {
+		t.Errorf("an unknown token: GET /metrics answers %s with metrics", resp.Status)
+	}
+	t.Logf("an unknown token: %s (%s)", resp.Status, strings.TrimSpace(body))
+}
+
+func readBody(resp *http.Response) (string, error) {
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", fmt.Errorf("read the answer of %s: %w", resp.Request.URL, err)
+	}
+	return string(b), nil
+}
+
+// waitMetrics waits until the metrics endpoint answers at all: the metrics server
+// starts beside the controller, not before readiness.
+func (a *agentRun) waitMetrics(ctx context.Context, t *testing.T) {
+	t.Helper()
+	if err := poll(ctx, enforceTimeout, 50*time.Millisecond, func() error {
+		resp, err := a.scrape(ctx, "https", "")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err
+	}); err != nil {
+		t.Fatalf("the metrics endpoint does not answer: %v", err)
+	}
+}
+
+// checkMetricsCertificate runs the agent with --metrics-cert-dir (where the chart
+// mounts metrics.certSecret) and checks that a client trusting only that
+// certificate's CA, and naming the server as the certificate does, reads the metrics:
+// the agent serves the given certificate, not its self-signed fallback.
+func (e *env) checkMetricsCertificate(ctx context.Context, t *testing.T) {
+	const serverName = "nftpolicy-agent-metrics"
+	certPEM, keyPEM, err := certutil.GenerateSelfSignedCertKey(serverName, []net.IP{net.IPv4(127, 0, 0, 1)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for name, b := range map[string][]byte{"tls.crt": certPEM, "tls.key": keyPEM} {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(certPEM) {
+		t.Fatal("no certificate in the generated PEM")
+	}
+	a := e.startAgent(t, setprivArgs(e.chart.addedCaps(t)), "--metrics-cert-dir", dir)
+	a.http = nsHTTPClient(e.node1.NS, &tls.Config{RootCAs: pool, ServerName: serverName})
+	a.waitReady(ctx, t)
+	a.waitMetrics(ctx, t)
+	v, err := a.metric(ctx, "nftpolicy_revoked_flows_total")
+	if err != nil {
+		t.Fatalf("scrape with the certificate verified: %v", err)
+	}
+	t.Logf("scraped over TLS verified against the given certificate (%s): nftpolicy_revoked_flows_total %v", serverName, v)
+	checkLogClean(t, a.log())
 }

@@ -43,6 +43,9 @@ func startAgent(c *lab.Cluster, node *lab.ClusterNode, bin string) (*agentRun, e
 		"--kubeconfig", c.Kubeconfig(), "--node-name", node.Name,
 		"--health-probe-bind-address", lab.AgentHealthAddr,
 		"--metrics-bind-address", agentMetricsAddr,
+		// Plain HTTP on the namespace's loopback: these tests read the metrics, and
+		// test/privilege tests the secure endpoint.
+		"--metrics-secure=false",
 		"--resync-period", resyncPeriod.String(),
 	}
 	a := &agentRun{node: node, bin: bin, http: nsHTTPClient(node.NS)}

@@ -50,3 +50,18 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Scheme of the metrics endpoint (metrics.secure). */}}
+{{- define "nftpolicy.metricsScheme" -}}
+{{- if .Values.metrics.secure }}https{{ else }}http{{ end -}}
+{{- end -}}
+
+{{/* Where the metrics.certSecret is mounted (--metrics-cert-dir). */}}
+{{- define "nftpolicy.metricsCertDir" -}}
+/etc/nftpolicy/metrics-certs
+{{- end -}}
+
+{{/* Name of the ClusterRole that may read the agents' /metrics. */}}
+{{- define "nftpolicy.metricsReaderName" -}}
+{{- printf "%s-metrics-reader" (include "nftpolicy.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
