@@ -105,34 +105,28 @@ func (c *cluster) compile(node string) *Result {
 	return res
 }
 
-// endpoint is a pod (ns/name), a node's host ("node:n1") or a bare address.
-type endpoint struct {
-	ip   netip.Addr
-	node string // node the endpoint lives on; "" for outside the cluster
-	host bool   // the node itself
-}
-
-func (c *cluster) endpoint(ref string, family ruleset.Family) endpoint {
+// endpoint resolves a pod (ns/name), a node's host ("node:n1") or a bare address.
+func (c *cluster) endpoint(ref string, family ruleset.Family) tracer.Endpoint {
 	if len(ref) > 5 && ref[:5] == "node:" {
 		n := ref[5:]
 		ip := c.nodeIPs[n][0]
 		if family == ruleset.IPv6 {
 			ip = c.nodeIPs[n][1]
 		}
-		return endpoint{ip: ip, node: n, host: true}
+		return tracer.Endpoint{Addr: ip, Node: n, Host: true}
 	}
 	if a, err := netip.ParseAddr(ref); err == nil {
 		for _, p := range c.pods {
 			for _, ip := range p.IPs {
 				if ip == a && p.Eligible() {
 					if p.HostNetwork {
-						return endpoint{ip: a, node: p.NodeName, host: true}
+						return tracer.Endpoint{Addr: a, Node: p.NodeName, Host: true}
 					}
-					return endpoint{ip: a, node: p.NodeName}
+					return tracer.Endpoint{Addr: a, Node: p.NodeName}
 				}
 			}
 		}
-		return endpoint{ip: a}
+		return tracer.Endpoint{Addr: a}
 	}
 	p := c.find(ref)
 	if p.HostNetwork {
@@ -140,11 +134,11 @@ func (c *cluster) endpoint(ref string, family ruleset.Family) endpoint {
 	}
 	for _, ip := range p.IPs {
 		if ip.Is4() == (family == ruleset.IPv4) {
-			return endpoint{ip: ip, node: p.NodeName}
+			return tracer.Endpoint{Addr: ip, Node: p.NodeName}
 		}
 	}
 	c.t.Fatalf("pod %s has no %s address", ref, family)
-	return endpoint{}
+	return tracer.Endpoint{}
 }
 
 // verdict judges a new connection from → to. Each node on the path evaluates it
@@ -152,20 +146,14 @@ func (c *cluster) endpoint(ref string, family ruleset.Family) endpoint {
 func (c *cluster) verdict(from, to string, proto corev1.Protocol, dport uint16, family ruleset.Family) (bool, []tracer.Result) {
 	src, dst := c.endpoint(from, family), c.endpoint(to, family)
 	pn, _ := ProtocolNumber(proto)
-	pkt := tracer.Packet{Src: src.ip, Dst: dst.ip, Proto: pn, DPort: dport}
+	j, _ := tracer.Judge(src, dst, tracer.Packet{Proto: pn, DPort: dport}, func(node string) (*tracer.Tracer, error) {
+		return tracer.New(c.compile(node).Ruleset), nil
+	})
 	var results []tracer.Result
-	judge := func(node string, hook ruleset.Hook) bool {
-		p := pkt
-		p.Hook = hook
-		r := tracer.Trace(c.compile(node).Ruleset, p)
-		results = append(results, r)
-		return r.Allowed()
+	for _, h := range j.Hops {
+		results = append(results, h.Result)
 	}
-	ok := true
-	for _, hop := range tracer.Hops(tracer.Endpoint{Addr: src.ip, Node: src.node, Host: src.host}, tracer.Endpoint{Addr: dst.ip, Node: dst.node, Host: dst.host}) {
-		ok = judge(hop.Node, hop.Hook) && ok
-	}
-	return ok, results
+	return j.Allowed(), results
 }
 
 // probe is one expected verdict.

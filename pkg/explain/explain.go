@@ -156,16 +156,17 @@ func Explain(snap *model.Snapshot, req Request, opts compiler.Options) (*Explana
 	from := Endpoint{Pod: src, Addr: srcAddr}
 	dst.Addr = dstAddr
 
-	ex := &Explanation{From: from, To: dst, Protocol: req.Protocol, Port: req.Port, Allowed: true,
+	ex := &Explanation{From: from, To: dst, Protocol: req.Protocol, Port: req.Port,
 		Egress:  Side{Direction: compiler.Egress, Endpoint: from.Name(), Node: src.NodeName},
 		Ingress: Side{Direction: compiler.Ingress, Endpoint: dst.Name()}}
 	if dst.Pod != nil {
 		ex.Ingress.Node = dst.Pod.NodeName
 	}
 	seen := map[string]bool{}
-	for _, h := range tracer.Hops(from.tracer(), dst.tracer()) {
+	rulesets := map[string]*ruleset.Ruleset{}
+	compile := func(node string) (*tracer.Tracer, error) {
 		s := *snap
-		s.NodeName = h.Node
+		s.NodeName = node
 		res := compiler.Compile(&s, opts)
 		for _, p := range res.Problems {
 			if k := p.Error(); !seen[k] {
@@ -173,12 +174,17 @@ func Explain(snap *model.Snapshot, req Request, opts compiler.Options) (*Explana
 				ex.Problems = append(ex.Problems, p)
 			}
 		}
-		pkt := tracer.Packet{Src: srcAddr, Dst: dstAddr, Proto: protoNum, DPort: req.Port, Hook: h.Hook}
-		hop := Hop{Hop: h, Packet: pkt, Ruleset: res.Ruleset, Trace: tracer.Trace(res.Ruleset, pkt)}
+		rulesets[node] = res.Ruleset
+		return tracer.New(res.Ruleset), nil
+	}
+	j, err := tracer.Judge(from.tracer(), dst.tracer(), tracer.Packet{Proto: protoNum, DPort: req.Port}, compile)
+	if err != nil {
+		return nil, err
+	}
+	ex.Allowed = j.Allowed()
+	for _, h := range j.Hops {
+		hop := Hop{Hop: h.Hop, Packet: h.Packet, Ruleset: rulesets[h.Node], Trace: h.Result}
 		ex.Hops = append(ex.Hops, hop)
-		if !hop.Trace.Allowed() {
-			ex.Allowed = false
-		}
 		if h.Node == ex.Egress.Node {
 			ex.Egress.read(hop)
 		}
