@@ -389,7 +389,7 @@ func (e *Engine) Flush() (*Result, *ruleset.Changes) {
 		}
 	}
 
-	rs := &ruleset.Ruleset{Table: cur.table}
+	rs := &ruleset.Ruleset{Table: cur.table, Owners: cur.ownerTable()}
 	for name, s := range cur.sets {
 		ps := cur.podSets[name]
 		if ps == nil {

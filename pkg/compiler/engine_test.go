@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand"
 	"net/netip"
+	"reflect"
 	"sort"
 	"testing"
 
@@ -198,12 +199,12 @@ func problemStrings(ps []Problem) []string {
 }
 
 // TestEngineMatchesCompile: after any sequence of changes the engine's ruleset is
-// Compile's for the same state, and its changes turn the previous ruleset into it.
+// Compile's for the same state, owners included, and its changes turn the previous ruleset into it.
 func TestEngineMatchesCompile(t *testing.T) {
 	for seed := int64(1); seed <= 60; seed++ {
 		w := &randomWorld{r: rand.New(rand.NewSource(seed)), pods: map[string]*model.Pod{},
 			namespaces: map[string]*model.Namespace{}, policies: map[string]*networkingv1.NetworkPolicy{}}
-		opts := Options{Revocation: seed%2 == 0}
+		opts := Options{Revocation: seed%2 == 0, LogDenied: seed%3 == 0}
 		e := NewEngine("node-0", opts)
 		var prev *ruleset.Ruleset
 		var log []string
@@ -219,6 +220,12 @@ func TestEngineMatchesCompile(t *testing.T) {
 			}
 			if err := res.Ruleset.Validate(); err != nil {
 				t.Fatalf("seed %d: invalid ruleset: %v", seed, err)
+			}
+			if !reflect.DeepEqual(res.Ruleset.Owners, want.Ruleset.Owners) {
+				t.Fatalf("seed %d after %v: owners differ\nengine:  %s\ncompile: %s", seed, log, describeOwners(res.Ruleset.Owners), describeOwners(want.Ruleset.Owners))
+			}
+			if err := checkOwners(res.Ruleset); err != nil {
+				t.Fatalf("seed %d after %v: %v\n%s", seed, log, err, ruleset.Render(res.Ruleset))
 			}
 			if got, exp := problemStrings(res.Problems), problemStrings(want.Problems); fmt.Sprint(got) != fmt.Sprint(exp) {
 				t.Fatalf("seed %d: problems\n%v\nwant\n%v", seed, got, exp)

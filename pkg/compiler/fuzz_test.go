@@ -3,6 +3,7 @@ package compiler
 import (
 	"fmt"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -356,6 +357,13 @@ func checkCluster(t *testing.T, c *fuzzCluster) {
 		if d := ruleset.Diff(res.Ruleset, eres.Ruleset); !d.Empty() {
 			t.Fatalf("node %s: Engine and Compile differ\n%s\n--- Compile\n%s\n--- Engine\n%s", node, describeFuzzCluster(c),
 				ruleset.Render(res.Ruleset), ruleset.Render(eres.Ruleset))
+		}
+		if !reflect.DeepEqual(res.Ruleset.Owners, eres.Ruleset.Owners) {
+			t.Fatalf("node %s: Engine and Compile owners differ\n%s\nCompile: %s\nEngine:  %s", node, describeFuzzCluster(c),
+				describeOwners(res.Ruleset.Owners), describeOwners(eres.Ruleset.Owners))
+		}
+		if err := checkOwners(res.Ruleset); err != nil {
+			t.Fatalf("node %s: %v\n%s\n%s", node, err, describeFuzzCluster(c), ruleset.Render(res.Ruleset))
 		}
 		if a, b := distinctProblems(res.Problems), distinctProblems(eres.Problems); !slices.Equal(a, b) {
 			t.Fatalf("node %s: problems differ\nCompile: %q\nEngine:  %q", node, a, b)

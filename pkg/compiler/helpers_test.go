@@ -2,7 +2,10 @@ package compiler
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -102,7 +105,81 @@ func (c *cluster) compile(node string) *Result {
 	if err := res.Ruleset.Validate(); err != nil {
 		c.t.Fatalf("compiled ruleset for %s is invalid: %v\n%s", node, err, ruleset.Render(res.Ruleset))
 	}
+	if err := checkOwners(res.Ruleset); err != nil {
+		c.t.Fatalf("compiled ruleset for %s: %v\n%s", node, err, ruleset.Render(res.Ruleset))
+	}
 	return res
+}
+
+// checkOwners checks that rs.Owners describes rs exactly: one owner per chain, rule and
+// set; allow rules accept and belong to their chain's policy; an isolation chain jumps
+// to the chains of its policies in order and ends in its drop; each set's role fits it.
+func checkOwners(rs *ruleset.Ruleset) error {
+	o := rs.Owners
+	if o == nil {
+		return fmt.Errorf("no owners")
+	}
+	if len(o.Chains) != len(rs.Chains) || len(o.Sets) != len(rs.Sets) {
+		return fmt.Errorf("owners of %d chains and %d sets, the ruleset has %d and %d", len(o.Chains), len(o.Sets), len(rs.Chains), len(rs.Sets))
+	}
+	for _, ch := range rs.Chains {
+		co := o.Chain(ch.Name)
+		if co == nil || len(co.Rules) != len(ch.Rules) || co.Direction == "" {
+			return fmt.Errorf("chain %s: owner %+v does not describe its %d rules", ch.Name, co, len(ch.Rules))
+		}
+		var jumped []ruleset.PolicyRef
+		for i, r := range ch.Rules {
+			ro := co.Rules[i]
+			ok := true
+			switch ro.Role {
+			case ruleset.RoleAllow:
+				ok = co.Role == ruleset.RolePolicy && r.Verdict == ruleset.Accept && len(co.Policies) == 1 && ro.Policy == co.Policies[0]
+			case ruleset.RolePolicyJump:
+				target := o.Chain(r.Verdict.Chain)
+				ok = co.Role == ruleset.RoleIsolation && r.Verdict.Kind == ruleset.VerdictJump && target != nil &&
+					target.Role == ruleset.RolePolicy && target.Direction == co.Direction && target.Policies[0] == ro.Policy
+				jumped = append(jumped, ro.Policy)
+			case ruleset.RoleIsolationDrop:
+				ok = co.Role == ruleset.RoleIsolation && r.Verdict == ruleset.Drop && i == len(ch.Rules)-1
+			case ruleset.RoleDenyLog:
+				ok = co.Role == ruleset.RoleIsolation && r.Log != nil
+			case ruleset.RoleDispatch:
+				ok = co.Role == ruleset.RoleBase && r.VMap != nil && o.Set(r.VMap.Map) != nil && o.Set(r.VMap.Map).Direction == co.Direction
+			case ruleset.RoleEstablished, ruleset.RoleNeighbourDiscovery, ruleset.RoleRevoked:
+				ok = co.Role == ruleset.RoleBase
+			default:
+				ok = false
+			}
+			if !ok {
+				return fmt.Errorf("chain %s rule %d (%s): owner %+v in a %s chain", ch.Name, i, ruleset.FormatRule(r), ro, co.Role)
+			}
+		}
+		if co.Role == ruleset.RoleIsolation && fmt.Sprint(jumped) != fmt.Sprint(co.Policies) {
+			return fmt.Errorf("isolation chain %s jumps to %v, owned by %v", ch.Name, jumped, co.Policies)
+		}
+	}
+	for _, s := range rs.Sets {
+		so := o.Set(s.Name)
+		if so == nil || (so.Role == ruleset.RoleDispatch) != s.IsMap {
+			return fmt.Errorf("set %s: owner %+v", s.Name, so)
+		}
+	}
+	return nil
+}
+
+// describeOwners prints owners for a failure message.
+func describeOwners(o *ruleset.Owners) string {
+	if o == nil {
+		return "<nil>"
+	}
+	var b strings.Builder
+	for _, name := range slices.Sorted(maps.Keys(o.Chains)) {
+		fmt.Fprintf(&b, "\n  chain %s: %+v", name, *o.Chains[name])
+	}
+	for _, name := range slices.Sorted(maps.Keys(o.Sets)) {
+		fmt.Fprintf(&b, "\n  set %s: %+v", name, *o.Sets[name])
+	}
+	return b.String()
 }
 
 // endpoint resolves a pod (ns/name), a node's host ("node:n1") or a bare address.

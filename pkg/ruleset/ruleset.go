@@ -14,8 +14,9 @@ import (
 )
 
 // Limits we hold names and comments to. The kernel allows 256 bytes for names
-// (NFT_NAME_MAXLEN) and for user data (comments); we stay well below so that an nft
-// listing stays readable and so that the userdata has room for our rule identity tag.
+// (NFT_NAME_MAXLEN) and for user data (a comment and whatever else the dataplane
+// stores beside it); we stay well below so that an nft listing stays readable. A long
+// policy name is cut short in names and comments; Owners keeps it whole.
 const (
 	MaxNameLen    = 64
 	MaxCommentLen = 128
@@ -414,6 +415,10 @@ type Ruleset struct {
 	Table  string
 	Chains []*Chain
 	Sets   []*Set
+	// Owners says whom each chain, rule and set of a compiled ruleset serves; nil for a
+	// ruleset read from the kernel. It is not part of the table: Diff, Validate and the
+	// dataplane ignore it, and Clone shares it (owners are never modified).
+	Owners *Owners
 }
 
 // Normalize sorts chains, sets and elements so that equal rulesets are deeply equal and
