@@ -144,13 +144,21 @@ func (o Options) denyLogRule(chain string) ruleset.Rule {
 // within the kernel's 127-byte prefix.
 func DenyLogPrefix(chain string) string { return chain + " " }
 
-// IsolationChainOf returns the isolation chain a LogDenied prefix names.
-func IsolationChainOf(prefix string) (string, bool) {
+// IsolationChainOf returns the isolation chain a LogDenied prefix names and the
+// direction it judges. The prefix is all the kernel hands back with a logged packet,
+// so it is decoded here, next to isolationChain which names the chains; the policies
+// the chain isolates with are in the compiled ruleset's Owners.
+func IsolationChainOf(prefix string) (string, Direction, bool) {
 	chain, ok := strings.CutSuffix(prefix, " ")
-	if !ok || !strings.HasPrefix(chain, "isolate-") {
-		return "", false
+	if !ok {
+		return "", "", false
 	}
-	return chain, true
+	for _, dir := range []Direction{Ingress, Egress} {
+		if strings.HasPrefix(chain, isolationChainPrefix(dir)) {
+			return chain, dir, true
+		}
+	}
+	return "", "", false
 }
 
 // ErrUnsupported marks Problems of features the node lacks, as opposed to invalid input.
@@ -482,6 +490,9 @@ func (c *compilation) addDispatch(dir Direction, ip netip.Addr, chain string) {
 	m.Elements = append(m.Elements, ruleset.Element{Key: []ruleset.Range{ruleset.Addr(ip)}, Verdict: &v})
 }
 
+// isolationChainPrefix starts the names of the isolation chains of a direction.
+func isolationChainPrefix(dir Direction) string { return "isolate-" + short(dir) + "-" }
+
 // isolationChain returns the chain shared by every pod isolated by exactly these
 // policies: it tries each policy's chain (an accept there is final) and then drops.
 func (c *compilation) isolationChain(dir Direction, policyChains []string, pols []*policy) string {
@@ -489,7 +500,7 @@ func (c *compilation) isolationChain(dir Direction, policyChains []string, pols 
 	for i, p := range pols {
 		keys[i] = p.key
 	}
-	name := "isolate-" + short(dir) + "-" + shortHash(strings.Join(keys, ","))
+	name := isolationChainPrefix(dir) + shortHash(strings.Join(keys, ","))
 	if _, ok := c.chains[name]; ok {
 		return name
 	}

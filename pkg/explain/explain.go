@@ -89,8 +89,8 @@ type Side struct {
 	// Isolated: policies select the endpoint for this direction, listed in Policies.
 	Isolated bool
 	Policies []string
-	// Allowed is this side's verdict; AllowedBy the comment of the rule that accepted
-	// ("ns/name ingress rule 0"), DeniedBy that of the rule that dropped.
+	// Allowed is this side's verdict; AllowedBy the policy rule that accepted
+	// ("ns/name ingress rule 0"), DeniedBy the comment of the rule that dropped.
 	Allowed   bool
 	AllowedBy string
 	DeniedBy  string
@@ -229,42 +229,30 @@ func pickAddrs(src *model.Pod, dst Endpoint, fam ruleset.Family) (netip.Addr, ne
 	return netip.Addr{}, netip.Addr{}, fmt.Errorf("%s and %s have no address of a common family", src.Key(), dst.Name())
 }
 
-// direction tells which direction a chain of the compiled ruleset belongs to.
-func direction(chain string) compiler.Direction {
-	switch {
-	case strings.HasPrefix(chain, "egress-"), strings.HasPrefix(chain, "isolate-eg-"), strings.HasPrefix(chain, "pol-eg-"):
-		return compiler.Egress
-	case strings.HasPrefix(chain, "ingress-"), strings.HasPrefix(chain, "isolate-in-"), strings.HasPrefix(chain, "pol-in-"):
-		return compiler.Ingress
-	}
-	return ""
-}
-
-// read takes this side's part of a hop's trace: the verdict-map dispatch to an isolation
-// chain (whose jump rules name the isolating policies), the policy rule that accepted,
-// or the isolation chain's final drop.
+// read takes this side's part of a hop's trace, through the owners of the hop's
+// compiled ruleset: the dispatch to an isolation chain (which names the isolating
+// policies), the policy rule that accepted, or the isolation chain's final drop.
 func (s *Side) read(h Hop) {
 	s.Allowed = true
+	owners := h.Ruleset.Owners
 	for _, st := range h.Trace.Steps {
-		if direction(st.Chain) != s.Direction {
+		co := owners.Chain(st.Chain)
+		if co == nil || co.Direction != s.Direction {
 			continue
 		}
 		s.Judged = true
-		if target, ok := strings.CutPrefix(st.Verdict, "jump "); ok && strings.HasPrefix(target, "isolate-") {
+		ro, _ := owners.Rule(st.Chain, st.Rule)
+		if target := owners.Chain(st.Target); ro.Role == ruleset.RoleDispatch && target != nil && target.Role == ruleset.RoleIsolation {
 			s.Isolated = true
 			s.Policies = nil
-			if c := h.Ruleset.Chain(target); c != nil {
-				for _, r := range c.Rules {
-					if r.Verdict.Kind == ruleset.VerdictJump {
-						s.Policies = append(s.Policies, r.Comment)
-					}
-				}
+			for _, p := range target.Policies {
+				s.Policies = append(s.Policies, p.String())
 			}
 		}
 		switch st.Verdict {
 		case "accept":
-			if strings.HasPrefix(st.Chain, "pol-") {
-				s.AllowedBy = st.Comment
+			if ro.Role == ruleset.RoleAllow {
+				s.AllowedBy = fmt.Sprintf("%s %s rule %d", ro.Policy, co.Direction, ro.Rule)
 			}
 		case "drop":
 			s.Allowed = false

@@ -89,10 +89,8 @@ func compareHop(h Hop, live *ruleset.Ruleset) []string {
 		add(st.Chain)
 		// A chain jumped to whose rules all failed to match has no step of its own,
 		// yet its lookups decided the verdict.
-		for _, p := range []string{"jump ", "goto "} {
-			if target, ok := strings.CutPrefix(st.Verdict, p); ok {
-				add(target)
-			}
+		if st.Target != "" {
+			add(st.Target)
 		}
 	}
 	checkedSets := map[string]bool{}

@@ -53,6 +53,8 @@ type Step struct {
 	// Verdict is what the step did: accept, drop, jump <chain>, return, or "" for a
 	// matching rule without a verdict (a counter).
 	Verdict string
+	// Target is the chain a jump or goto went to.
+	Target string
 }
 
 func (s Step) String() string {
@@ -310,7 +312,7 @@ func (t *evaluation) chain(c *ruleset.Chain, depth int) ruleset.VerdictKind {
 			v = r.Verdict
 		}
 		t.step(func() Step {
-			return Step{Chain: c.Name, Rule: i, Text: ruleset.FormatRule(r), Comment: r.Comment, Verdict: v.String()}
+			return Step{Chain: c.Name, Rule: i, Text: ruleset.FormatRule(r), Comment: r.Comment, Verdict: v.String(), Target: v.Chain}
 		})
 		switch v.Kind {
 		case ruleset.VerdictAccept, ruleset.VerdictDrop:
