@@ -26,7 +26,9 @@ func TestAttribute(t *testing.T) {
 	allow := func(p ruleset.PolicyRef, i int) ruleset.RuleOwner {
 		return ruleset.RuleOwner{Role: ruleset.RoleAllow, Policy: p, Rule: i}
 	}
-	jump := func(p ruleset.PolicyRef) ruleset.RuleOwner { return ruleset.RuleOwner{Role: ruleset.RolePolicyJump, Policy: p} }
+	jump := func(p ruleset.PolicyRef) ruleset.RuleOwner {
+		return ruleset.RuleOwner{Role: ruleset.RolePolicyJump, Policy: p}
+	}
 	drop := ruleset.RuleOwner{Role: ruleset.RoleIsolationDrop}
 	rs := &ruleset.Ruleset{Chains: []*ruleset.Chain{
 		{Name: "pol-in-aaaa-ns.a", Rules: []ruleset.Rule{acc("ns/a ingress rule 0"), acc("ns/a ingress rule 0"), acc("ns/a ingress rule 1")}},
