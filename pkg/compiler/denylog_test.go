@@ -155,7 +155,7 @@ func TestLogDeniedOptions(t *testing.T) {
 	if !found {
 		t.Fatal("no log rule")
 	}
-	eng, _ := NewEngineFrom(c.snapshot("n1"), opts).Flush()
+	eng, _ := newEngineFrom(c.snapshot("n1"), opts).Flush()
 	if d := ruleset.Diff(res.Ruleset, eng.Ruleset); !d.Empty() {
 		t.Fatalf("engine differs from Compile:\nengine:\n%s\ncompile:\n%s", ruleset.Render(eng.Ruleset), ruleset.Render(res.Ruleset))
 	}

@@ -79,21 +79,6 @@ func NewEngine(node string, opts Options) *Engine {
 	}
 }
 
-// NewEngineFrom returns an engine holding the snapshot.
-func NewEngineFrom(snap *model.Snapshot, opts Options) *Engine {
-	e := NewEngine(snap.NodeName, opts)
-	for _, ns := range snap.Namespaces {
-		e.SetNamespace(ns)
-	}
-	for _, np := range snap.Policies {
-		e.SetPolicy(np)
-	}
-	for _, p := range snap.Pods {
-		e.SetPod(p)
-	}
-	return e
-}
-
 // SetPod adds or replaces a pod (keyed by namespace/name). The engine keeps p: the
 // caller must not modify it afterwards.
 func (e *Engine) SetPod(p *model.Pod) { e.changePods(p.Key(), p) }

@@ -353,7 +353,7 @@ func checkCluster(t *testing.T, c *fuzzCluster) {
 		if err := res.Ruleset.Validate(); err != nil {
 			t.Fatalf("node %s: invalid ruleset: %v\n%s\n%s", node, err, describeFuzzCluster(c), ruleset.Render(res.Ruleset))
 		}
-		eres, _ := NewEngineFrom(snap, Options{Revocation: true}).Flush()
+		eres, _ := newEngineFrom(snap, Options{Revocation: true}).Flush()
 		if d := ruleset.Diff(res.Ruleset, eres.Ruleset); !d.Empty() {
 			t.Fatalf("node %s: Engine and Compile differ\n%s\n--- Compile\n%s\n--- Engine\n%s", node, describeFuzzCluster(c),
 				ruleset.Render(res.Ruleset), ruleset.Render(eres.Ruleset))

@@ -388,3 +388,19 @@ func nsOf(key string) string {
 	}
 	return key
 }
+
+// newEngineFrom returns an engine holding the snapshot, fed object by object as the
+// agent feeds its engine from the informer caches.
+func newEngineFrom(snap *model.Snapshot, opts Options) *Engine {
+	e := NewEngine(snap.NodeName, opts)
+	for _, ns := range snap.Namespaces {
+		e.SetNamespace(ns)
+	}
+	for _, np := range snap.Policies {
+		e.SetPolicy(np)
+	}
+	for _, p := range snap.Pods {
+		e.SetPod(p)
+	}
+	return e
+}

@@ -16,27 +16,15 @@ func (rs *Ruleset) Validate() error {
 	}
 	chains := map[string]*Chain{}
 	for _, c := range rs.Chains {
-		if err := checkName("chain", c.Name); err != nil {
+		if err := checkObject("chain", c.Name, c.Comment, chains); err != nil {
 			return err
-		}
-		if _, dup := chains[c.Name]; dup {
-			return fmt.Errorf("chain %q defined twice", c.Name)
-		}
-		if len(c.Comment) > MaxCommentLen {
-			return fmt.Errorf("chain %q: comment longer than %d", c.Name, MaxCommentLen)
 		}
 		chains[c.Name] = c
 	}
 	sets := map[string]*Set{}
 	for _, s := range rs.Sets {
-		if err := checkName("set", s.Name); err != nil {
+		if err := checkObject("set", s.Name, s.Comment, sets); err != nil {
 			return err
-		}
-		if _, dup := sets[s.Name]; dup {
-			return fmt.Errorf("set %q defined twice", s.Name)
-		}
-		if len(s.Comment) > MaxCommentLen {
-			return fmt.Errorf("set %q: comment longer than %d", s.Name, MaxCommentLen)
 		}
 		sets[s.Name] = s
 		if err := validateSet(s, chains); err != nil {
@@ -49,6 +37,21 @@ func (rs *Ruleset) Validate() error {
 				return fmt.Errorf("chain %q rule %d: %w", c.Name, i, err)
 			}
 		}
+	}
+	return nil
+}
+
+// checkObject checks the name and comment of a chain or set, and that no object of its
+// kind in seen has its name.
+func checkObject[T any](kind, name, comment string, seen map[string]T) error {
+	if err := checkName(kind, name); err != nil {
+		return err
+	}
+	if _, dup := seen[name]; dup {
+		return fmt.Errorf("%s %q defined twice", kind, name)
+	}
+	if len(comment) > MaxCommentLen {
+		return fmt.Errorf("%s %q: comment longer than %d", kind, name, MaxCommentLen)
 	}
 	return nil
 }
