@@ -208,7 +208,7 @@ type emitted struct {
 	chains      map[string]*ruleset.Chain
 	podSets     map[string]*podSet
 	chainOwners map[string]*ruleset.ChainOwner
-	// setOwners holds each set's role (and a dispatch map's direction); owners() adds
+	// setOwners holds each set's role (and a dispatch map's direction); ownerTable adds
 	// the policy rules that look it up.
 	setOwners map[string]ruleset.SetOwner
 	problems  []Problem
