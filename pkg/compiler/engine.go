@@ -349,7 +349,8 @@ func (e *Engine) hasLocalPodsIn(ns string) bool {
 // Flush returns the ruleset for the current state and the changes from the ruleset of
 // the previous Flush (NeedsReplace on the first). The returned ruleset is normalized
 // and never modified afterwards: the next Flush builds new objects for whatever
-// changes and shares the rest.
+// changes and shares the rest. Its Owners depend on the structure alone: built anew
+// when the structure is, shared with the previous Flush's otherwise.
 func (e *Engine) Flush() (*Result, *ruleset.Changes) {
 	prev := e.structure
 	if e.dirty || prev == nil {

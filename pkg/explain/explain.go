@@ -2,9 +2,9 @@
 // why?" from the same compiler and tracer the agent uses: it compiles the ruleset of
 // every node that judges the connection (tracer.Hops: the source's node, then the
 // destination's), traces the connection's first packet through each, and reads the
-// path back as policy terms — which policies isolate each side, which rule of which
-// policy allows the connection, or that none of the isolating policies has a rule
-// allowing it. CheckKernel compares what the verdict depends on with a table read from
+// path back as policy terms through the compiled ruleset's Owners — which policies
+// isolate each side, which rule of which policy allows the connection, or that none of
+// the isolating policies has a rule allowing it. CheckKernel compares what the verdict depends on with a table read from
 // a kernel (drift). The package is pure: no kernel, no API client.
 package explain
 

@@ -2,6 +2,11 @@
 // maps, base and regular chains and their rules. The compiler produces it, the tracer
 // evaluates packets through it, the dataplane turns it into netlink messages, and Render
 // prints it in nft syntax. It has no kernel dependency.
+//
+// Beside the table, a compiled ruleset carries its Owners (owners.go): the role of each
+// chain, rule and set and the NetworkPolicies it serves, which the metrics, the
+// denied-connection log and explain read instead of parsing names and comments.
+// Validation is in validate.go, diffs in diff.go, nft text in render.go.
 package ruleset
 
 import (
