@@ -1,11 +1,12 @@
 // Package explain answers "may this pod reach that pod (or address) on this port, and
 // why?" from the same compiler and tracer the agent uses: it compiles the ruleset of
-// every node that judges the connection (tracer.Hops: the source's node, then the
-// destination's), traces the connection's first packet through each, and reads the
-// path back as policy terms through the compiled ruleset's Owners — which policies
+// every node that judges the connection and traces the connection's first packet
+// through each (tracer.Judge: the source's node, then the destination's), and reads
+// the path back as policy terms through the compiled ruleset's Owners — which policies
 // isolate each side, which rule of which policy allows the connection, or that none of
-// the isolating policies has a rule allowing it. CheckKernel compares what the verdict depends on with a table read from
-// a kernel (drift). The package is pure: no kernel, no API client.
+// the isolating policies has a rule allowing it. CheckKernel compares what the verdict
+// depends on with a table read from a kernel (drift). The package is pure: no kernel,
+// no API client.
 package explain
 
 import (
