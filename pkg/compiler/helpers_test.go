@@ -219,7 +219,7 @@ func (c *cluster) endpoint(ref string, family ruleset.Family) tracer.Endpoint {
 }
 
 // verdict judges a new connection from → to. Each node on the path evaluates it
-// (tracer.Hops).
+// (tracer.Judge).
 func (c *cluster) verdict(from, to string, proto corev1.Protocol, dport uint16, family ruleset.Family) (bool, []tracer.Result) {
 	src, dst := c.endpoint(from, family), c.endpoint(to, family)
 	pn, _ := ProtocolNumber(proto)
