@@ -144,7 +144,7 @@ func checkOwners(rs *ruleset.Ruleset) error {
 			case ruleset.RoleDenyLog:
 				ok = co.Role == ruleset.RoleIsolation && r.Log != nil
 			case ruleset.RoleDispatch:
-				ok = co.Role == ruleset.RoleBase && r.VMap != nil && o.Set(r.VMap.Map) != nil && o.Set(r.VMap.Map).Direction == co.Direction
+				ok = co.Role == ruleset.RoleBase && r.VMap != nil && o.Sets[r.VMap.Map] != nil && o.Sets[r.VMap.Map].Direction == co.Direction
 			case ruleset.RoleEstablished, ruleset.RoleNeighbourDiscovery, ruleset.RoleRevoked:
 				ok = co.Role == ruleset.RoleBase
 			default:
@@ -159,7 +159,7 @@ func checkOwners(rs *ruleset.Ruleset) error {
 		}
 	}
 	for _, s := range rs.Sets {
-		so := o.Set(s.Name)
+		so := o.Sets[s.Name]
 		if so == nil || (so.Role == ruleset.RoleDispatch) != s.IsMap {
 			return fmt.Errorf("set %s: owner %+v", s.Name, so)
 		}

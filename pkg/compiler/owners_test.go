@@ -66,7 +66,7 @@ func TestOwners(t *testing.T) {
 
 	var ports []string
 	for _, s := range rs.Sets {
-		if so := rs.Owners.Set(s.Name); (so.Role == ruleset.RolePorts || so.Role == ruleset.RolePodPeers) && !strings.HasSuffix(s.Name, "-v6") {
+		if so := rs.Owners.Sets[s.Name]; (so.Role == ruleset.RolePorts || so.Role == ruleset.RolePodPeers) && !strings.HasSuffix(s.Name, "-v6") {
 			ports = append(ports, fmt.Sprintf("%s %v", so.Role, so.Rules))
 		}
 	}

@@ -117,11 +117,3 @@ func (o *Owners) Rule(chain string, i int) (RuleOwner, bool) {
 	}
 	return c.Rules[i], true
 }
-
-// Set returns the owner of a set, nil when there is none (or o is nil).
-func (o *Owners) Set(name string) *SetOwner {
-	if o == nil {
-		return nil
-	}
-	return o.Sets[name]
-}
