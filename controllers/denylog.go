@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -63,10 +62,11 @@ func (s *Syncer) RunDenyLog(ctx context.Context, group uint16) error {
 
 // describeDenied turns a logged packet into the key-values of its log line: source and
 // destination (the pod's ns/name, or the address when no pod owns it), protocol and
-// destination port, and the policies isolating the pod, read from the jump rules of
-// the isolation chain the prefix names. ok is false for packets that are not ours.
+// destination port, the direction and the policies isolating the pod, read from the
+// owners of the isolation chain the prefix names in the applied ruleset. ok is false
+// for packets that are not ours.
 func describeDenied(p nflog.Packet, applied *ruleset.Ruleset, podAt func(netip.Addr) string) (kv []any, ok bool) {
-	chain, ok := compiler.IsolationChainOf(p.Prefix)
+	chain, dir, ok := compiler.IsolationChainOf(p.Prefix)
 	if !ok {
 		return nil, false
 	}
@@ -78,21 +78,15 @@ func describeDenied(p nflog.Packet, applied *ruleset.Ruleset, podAt func(netip.A
 	}
 	var policies []string
 	if applied != nil {
-		if ch := applied.Chain(chain); ch != nil {
-			for _, r := range ch.Rules {
-				if r.Verdict.Kind == ruleset.VerdictJump {
-					policies = append(policies, r.Comment)
-				}
+		if co := applied.Owners.Chain(chain); co != nil {
+			for _, ref := range co.Policies {
+				policies = append(policies, ref.String())
 			}
 		}
-	}
-	direction := "ingress"
-	if strings.HasPrefix(chain, "isolate-eg-") {
-		direction = "egress"
 	}
 	kv = []any{"src", who(p.Src), "dst", who(p.Dst), "proto", ruleset.ProtoName(p.Proto)}
 	if p.DPort != 0 {
 		kv = append(kv, "port", int(p.DPort))
 	}
-	return append(kv, "direction", direction, "policies", policies, "chain", chain), true
+	return append(kv, "direction", string(dir), "policies", policies, "chain", chain), true
 }

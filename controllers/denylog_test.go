@@ -79,3 +79,25 @@ func TestDescribeDenied(t *testing.T) {
 		t.Errorf("got %v", kv)
 	}
 }
+
+// A packet denied by policies whose namespace and name are at the API's limits (63 and
+// 253 characters), cut short in the chain's comments, is logged with them whole.
+func TestDescribeDeniedLongNames(t *testing.T) {
+	ns, name := strings.Repeat("n", 63), strings.Repeat("p", 253)
+	rs := longNamesRuleset(t, ns, name, true)
+	src, dst := netip.MustParseAddr("198.51.100.7"), netip.MustParseAddr("10.0.0.2")
+	tr := tracer.Trace(rs, tracer.Packet{Src: src, Dst: dst, Proto: 6, DPort: 80})
+	if tr.Allowed() {
+		t.Fatalf("allowed: %v", tr.Steps)
+	}
+	kv, ok := describeDenied(nflog.Packet{Prefix: compiler.DenyLogPrefix(tr.Last().Chain), Src: src, Dst: dst, Proto: 6, DPort: 80}, rs,
+		func(netip.Addr) string { return "" })
+	if !ok {
+		t.Fatalf("prefix of %s not recognised", tr.Last().Chain)
+	}
+	want := fmt.Sprint([]any{"src", "198.51.100.7", "dst", "10.0.0.2", "proto", "tcp", "port", 80, "direction", "ingress",
+		"policies", []string{ns + "/other", ns + "/" + name}})
+	if got := fmt.Sprint(kv[:12]); got != want {
+		t.Errorf("line\n %s\nwant\n %s", got, want)
+	}
+}

@@ -3,7 +3,6 @@ package controllers
 import (
 	"context"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -40,8 +39,8 @@ var (
 
 // VerdictCollector exposes the per-policy verdict counters and the ruleset gauges. At
 // scrape time it dumps the kernel's rule counters (one netlink dump, no per-packet
-// work in userspace) and attributes each counted rule to its policy through the
-// ruleset the Syncer last applied. Label cardinality is bounded by the policies of
+// work in userspace) and attributes each counted rule to its policy through the owners
+// of the ruleset the Syncer last applied. Label cardinality is bounded by the policies of
 // this node: (namespace, policy, direction, rule index).
 type VerdictCollector struct {
 	Counters CounterReader
@@ -119,69 +118,50 @@ type packetsBytes struct{ packets, bytes uint64 }
 type verdicts struct {
 	allowed  map[ruleKey]packetsBytes
 	dropped  map[policyDir]uint64
-	policies map[string]bool // policy keys ns/name in force
+	policies map[ruleset.PolicyRef]bool // policies in force
 }
 
-// Chain name prefixes of the compiler's policy and isolation chains (see
-// pkg/compiler: pol-<in|eg>-<hash>-<ns>.<name>, isolate-<in|eg>-<hash>).
-var chainDirs = []struct{ pol, isolate, dir string }{
-	{"pol-in-", "isolate-in-", string(compiler.Ingress)},
-	{"pol-eg-", "isolate-eg-", string(compiler.Egress)},
-}
-
-// attribute maps the kernel counters onto policies. A kernel chain is used only when
-// its rules line up with the applied chain's (same count, same comments): between a
-// commit and the Syncer noting it the two can differ for a moment, and a count must
-// never be attributed to the wrong rule.
+// attribute maps the kernel counters onto policies through the owners of the applied
+// ruleset (the kernel's table has none: chains are matched by name, rules by
+// position). A kernel chain is used only when its rules line up with the applied
+// chain's (same count, same comments): between a commit and the Syncer noting it the
+// two can differ for a moment, and a count must never be attributed to the wrong rule.
 //
-// The rule comments the compiler writes carry the attribution: "ns/name ingress rule 3"
-// on every accept rule of a policy chain, and "ns/name" on each jump of an isolation
-// chain, whose final counted drop is attributed to every policy it jumps to.
+// Allow rules are attributed to the policy rule they compile (several allow rules of
+// one policy rule are summed), the drop ending an isolation chain to every policy the
+// chain isolates with.
 func attribute(rs *ruleset.Ruleset, kernel map[string][]dataplane.RuleCounter) verdicts {
-	v := verdicts{allowed: map[ruleKey]packetsBytes{}, dropped: map[policyDir]uint64{}, policies: map[string]bool{}}
+	v := verdicts{allowed: map[ruleKey]packetsBytes{}, dropped: map[policyDir]uint64{}, policies: map[ruleset.PolicyRef]bool{}}
 	for _, ch := range rs.Chains {
-		for _, cd := range chainDirs {
-			switch {
-			case strings.HasPrefix(ch.Name, cd.isolate):
-				var keys []string
-				for _, r := range ch.Rules {
-					if r.Verdict.Kind == ruleset.VerdictJump && strings.Contains(r.Comment, "/") {
-						keys = append(keys, r.Comment)
-						v.policies[r.Comment] = true
-					}
+		co := rs.Owners.Chain(ch.Name)
+		if co == nil || (co.Role != ruleset.RoleIsolation && co.Role != ruleset.RolePolicy) {
+			continue
+		}
+		dir := string(co.Direction)
+		if co.Role == ruleset.RoleIsolation {
+			for _, p := range co.Policies {
+				v.policies[p] = true
+			}
+		}
+		kc, ok := lineUp(ch, kernel[ch.Name])
+		if !ok {
+			continue
+		}
+		for i, ro := range co.Rules {
+			if !ch.Rules[i].Counter || !kc[i].Counted {
+				continue
+			}
+			switch ro.Role {
+			case ruleset.RoleIsolationDrop:
+				for _, p := range co.Policies {
+					v.dropped[policyDir{p.Namespace, p.Name, dir}] += kc[i].Packets
 				}
-				kc, ok := lineUp(ch, kernel[ch.Name])
-				if !ok {
-					continue
-				}
-				for i, r := range ch.Rules {
-					if !r.Counter || r.Verdict.Kind != ruleset.VerdictDrop || !kc[i].Counted {
-						continue
-					}
-					for _, k := range keys {
-						ns, name, _ := strings.Cut(k, "/")
-						v.dropped[policyDir{ns, name, cd.dir}] += kc[i].Packets
-					}
-				}
-			case strings.HasPrefix(ch.Name, cd.pol):
-				kc, ok := lineUp(ch, kernel[ch.Name])
-				if !ok {
-					continue
-				}
-				for i, r := range ch.Rules {
-					if !r.Counter || !kc[i].Counted {
-						continue
-					}
-					ns, name, idx, ok := parseRuleComment(r.Comment, cd.dir)
-					if !ok {
-						continue
-					}
-					k := ruleKey{ns, name, cd.dir, idx}
-					pb := v.allowed[k]
-					pb.packets += kc[i].Packets
-					pb.bytes += kc[i].Bytes
-					v.allowed[k] = pb
-				}
+			case ruleset.RoleAllow:
+				k := ruleKey{ro.Policy.Namespace, ro.Policy.Name, dir, strconv.Itoa(ro.Rule)}
+				pb := v.allowed[k]
+				pb.packets += kc[i].Packets
+				pb.bytes += kc[i].Bytes
+				v.allowed[k] = pb
 			}
 		}
 	}
@@ -199,24 +179,6 @@ func lineUp(ch *ruleset.Chain, kc []dataplane.RuleCounter) ([]dataplane.RuleCoun
 		}
 	}
 	return kc, true
-}
-
-// parseRuleComment reads "ns/name <dir> rule <n>[ named ports]". Comments the compiler
-// had to truncate (a namespace and name together longer than about 100 characters)
-// lose the rule index and are not attributed.
-func parseRuleComment(c, dir string) (ns, name, idx string, ok bool) {
-	sep := " " + dir + " rule "
-	i := strings.LastIndex(c, sep)
-	if i < 0 {
-		return "", "", "", false
-	}
-	key, rest := c[:i], c[i+len(sep):]
-	idx, _, _ = strings.Cut(rest, " ")
-	if _, err := strconv.Atoi(idx); err != nil {
-		return "", "", "", false
-	}
-	ns, name, ok = strings.Cut(key, "/")
-	return ns, name, idx, ok && ns != "" && name != ""
 }
 
 // Applied returns the ruleset of the last successful apply (nil before the first):

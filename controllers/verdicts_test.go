@@ -1,20 +1,37 @@
 package controllers
 
 import (
+	"net/netip"
+	"strings"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/nftpolicy/nftpolicy/pkg/compiler"
 	"github.com/nftpolicy/nftpolicy/pkg/dataplane"
+	"github.com/nftpolicy/nftpolicy/pkg/model"
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
 )
 
-// Counts are attributed through the applied ruleset: accept rules by their policy rule
-// comment (summed over the rules one policy rule compiles to), isolation drops to
-// every policy the chain jumps to, and a chain whose kernel rules do not line up with
-// the applied ones (being rewritten) contributes nothing.
+// Counts are attributed through the owners of the applied ruleset: accept rules to the
+// policy rule they compile (summed over the rules one policy rule compiles to),
+// isolation drops to every policy the chain isolates with, and a chain whose kernel
+// rules do not line up with the applied ones (being rewritten) contributes nothing.
 func TestAttribute(t *testing.T) {
 	acc := func(c string) ruleset.Rule { return ruleset.Rule{Counter: true, Verdict: ruleset.Accept, Comment: c} }
+	a, b, c := ruleset.PolicyRef{Namespace: "ns", Name: "a"}, ruleset.PolicyRef{Namespace: "ns", Name: "b"}, ruleset.PolicyRef{Namespace: "ns", Name: "c"}
+	allow := func(p ruleset.PolicyRef, i int) ruleset.RuleOwner {
+		return ruleset.RuleOwner{Role: ruleset.RoleAllow, Policy: p, Rule: i}
+	}
+	jump := func(p ruleset.PolicyRef) ruleset.RuleOwner {
+		return ruleset.RuleOwner{Role: ruleset.RolePolicyJump, Policy: p}
+	}
+	drop := ruleset.RuleOwner{Role: ruleset.RoleIsolationDrop}
 	rs := &ruleset.Ruleset{Chains: []*ruleset.Chain{
-		{Name: "pol-in-aaaa-ns.a", Rules: []ruleset.Rule{acc("ns/a ingress rule 0"), acc("ns/a ingress rule 0"), acc("ns/a ingress rule 1 named ports")}},
+		{Name: "pol-in-aaaa-ns.a", Rules: []ruleset.Rule{acc("ns/a ingress rule 0"), acc("ns/a ingress rule 0"), acc("ns/a ingress rule 1")}},
 		{Name: "pol-in-bbbb-ns.b", Rules: []ruleset.Rule{acc("ns/b ingress rule 0")}},
 		{Name: "pol-eg-cccc-ns.c", Rules: []ruleset.Rule{acc("ns/c egress rule 0")}},
 		{Name: "isolate-in-1111", Rules: []ruleset.Rule{
@@ -27,12 +44,19 @@ func TestAttribute(t *testing.T) {
 		{Name: "isolate-eg-3333", Rules: []ruleset.Rule{
 			{Verdict: ruleset.Jump("pol-eg-cccc-ns.c"), Comment: "ns/c"},
 			{Counter: true, Verdict: ruleset.Drop, Comment: "drop: no rule of ns/c allows it"}}},
-	}}
+	}, Owners: &ruleset.Owners{Chains: map[string]*ruleset.ChainOwner{
+		"pol-in-aaaa-ns.a": {Role: ruleset.RolePolicy, Direction: ruleset.Ingress, Policies: []ruleset.PolicyRef{a}, Rules: []ruleset.RuleOwner{allow(a, 0), allow(a, 0), allow(a, 1)}},
+		"pol-in-bbbb-ns.b": {Role: ruleset.RolePolicy, Direction: ruleset.Ingress, Policies: []ruleset.PolicyRef{b}, Rules: []ruleset.RuleOwner{allow(b, 0)}},
+		"pol-eg-cccc-ns.c": {Role: ruleset.RolePolicy, Direction: ruleset.Egress, Policies: []ruleset.PolicyRef{c}, Rules: []ruleset.RuleOwner{allow(c, 0)}},
+		"isolate-in-1111":  {Role: ruleset.RoleIsolation, Direction: ruleset.Ingress, Policies: []ruleset.PolicyRef{a, b}, Rules: []ruleset.RuleOwner{jump(a), jump(b), drop}},
+		"isolate-in-2222":  {Role: ruleset.RoleIsolation, Direction: ruleset.Ingress, Policies: []ruleset.PolicyRef{a}, Rules: []ruleset.RuleOwner{jump(a), drop}},
+		"isolate-eg-3333":  {Role: ruleset.RoleIsolation, Direction: ruleset.Egress, Policies: []ruleset.PolicyRef{c}, Rules: []ruleset.RuleOwner{jump(c), drop}},
+	}}}
 	rc := func(p, b uint64, c string) dataplane.RuleCounter {
 		return dataplane.RuleCounter{Packets: p, Bytes: b, Counted: true, Comment: c}
 	}
 	kernel := map[string][]dataplane.RuleCounter{
-		"pol-in-aaaa-ns.a": {rc(1, 60, "ns/a ingress rule 0"), rc(2, 80, "ns/a ingress rule 0"), rc(5, 300, "ns/a ingress rule 1 named ports")},
+		"pol-in-aaaa-ns.a": {rc(1, 60, "ns/a ingress rule 0"), rc(2, 80, "ns/a ingress rule 0"), rc(5, 300, "ns/a ingress rule 1")},
 		"pol-in-bbbb-ns.b": {rc(7, 700, "ns/b ingress rule 0")},
 		// Rewritten in the kernel already: another rule at this position.
 		"pol-eg-cccc-ns.c": {rc(9, 900, "ns/c egress rule 4")},
@@ -46,6 +70,70 @@ func TestAttribute(t *testing.T) {
 		{"ns", "a", "ingress", "1"}: {5, 300},
 		{"ns", "b", "ingress", "0"}: {7, 700},
 	}
+	checkVerdicts(t, v, wantAllowed, map[policyDir]uint64{{"ns", "a", "ingress"}: 13, {"ns", "b", "ingress"}: 10, {"ns", "c", "egress"}: 4}, 3)
+
+	// A ruleset without owners (read from a kernel) attributes nothing.
+	if v := attribute(&ruleset.Ruleset{Chains: rs.Chains}, kernel); len(v.allowed)+len(v.dropped)+len(v.policies) != 0 {
+		t.Errorf("attributed without owners: %+v", v)
+	}
+}
+
+// A policy whose namespace and name are at the API's limits (63 and 253 characters),
+// whose chain names and rule comments the compiler cuts short, is attributed under its
+// whole namespace and name, rule by rule, in a ruleset the compiler built.
+func TestAttributeLongNames(t *testing.T) {
+	ns, name := strings.Repeat("n", 63), strings.Repeat("p", 253)
+	v := attribute(longNamesRuleset(t, ns, name, false), nil)
+	if len(v.policies) != 2 || !v.policies[ruleset.PolicyRef{Namespace: ns, Name: name}] {
+		t.Errorf("policies in force = %v, want the long one and %s/other", v.policies, ns)
+	}
+	rs := longNamesRuleset(t, ns, name, false)
+	// The kernel's counters of the same table: every counted rule counted 1 packet.
+	kernel := map[string][]dataplane.RuleCounter{}
+	for _, ch := range rs.Chains {
+		for _, r := range ch.Rules {
+			kernel[ch.Name] = append(kernel[ch.Name], dataplane.RuleCounter{Packets: 1, Bytes: 100, Counted: r.Counter, Comment: r.Comment})
+		}
+	}
+	v = attribute(rs, kernel)
+	// Rule 0 allows TCP and UDP from two peer kinds: pods (IPv4, IPv6) and an ipBlock
+	// (IPv4): three allow rules; rule 1 one per family.
+	checkVerdicts(t, v, map[ruleKey]packetsBytes{
+		{ns, name, "ingress", "0"}: {3, 300},
+		{ns, name, "ingress", "1"}: {2, 200},
+	}, map[policyDir]uint64{{ns, name, "ingress"}: 1, {ns, "other", "ingress"}: 1}, 2)
+}
+
+// longNamesRuleset compiles, for node n1, the pod db in namespace ns isolated by the
+// policy name (two ingress rules) and by "other" (no rules).
+func longNamesRuleset(t *testing.T, ns, name string, logDenied bool) *ruleset.Ruleset {
+	t.Helper()
+	sel := metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}}
+	port := intstr.FromInt32(5432)
+	snap := &model.Snapshot{NodeName: "n1",
+		Pods: []*model.Pod{
+			{Namespace: ns, Name: "db", NodeName: "n1", Labels: map[string]string{"app": "db"}, Phase: corev1.PodRunning, IPs: []netip.Addr{netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("fd00::2")}},
+			{Namespace: ns, Name: "web", NodeName: "n2", Labels: map[string]string{"app": "web"}, Phase: corev1.PodRunning, IPs: []netip.Addr{netip.MustParseAddr("10.0.0.3")}},
+		},
+		Namespaces: map[string]*model.Namespace{ns: {Name: ns}},
+		Policies: []*networkingv1.NetworkPolicy{
+			{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: networkingv1.NetworkPolicySpec{PodSelector: sel,
+				Ingress: []networkingv1.NetworkPolicyIngressRule{
+					{From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{}}, {IPBlock: &networkingv1.IPBlock{CIDR: "192.0.2.0/24"}}}},
+					{Ports: []networkingv1.NetworkPolicyPort{{Port: &port}}, From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{}}}},
+				}}},
+			{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "other"}, Spec: networkingv1.NetworkPolicySpec{PodSelector: sel}},
+		},
+	}
+	res := compiler.Compile(snap, compiler.Options{LogDenied: logDenied})
+	if len(res.Problems) > 0 {
+		t.Fatalf("problems: %v", res.Problems)
+	}
+	return res.Ruleset
+}
+
+func checkVerdicts(t *testing.T, v verdicts, wantAllowed map[ruleKey]packetsBytes, wantDropped map[policyDir]uint64, policies int) {
+	t.Helper()
 	if len(v.allowed) != len(wantAllowed) {
 		t.Errorf("allowed = %v, want %v", v.allowed, wantAllowed)
 	}
@@ -54,7 +142,6 @@ func TestAttribute(t *testing.T) {
 			t.Errorf("allowed %v = %v, want %v", k, v.allowed[k], w)
 		}
 	}
-	wantDropped := map[policyDir]uint64{{"ns", "a", "ingress"}: 13, {"ns", "b", "ingress"}: 10, {"ns", "c", "egress"}: 4}
 	if len(v.dropped) != len(wantDropped) {
 		t.Errorf("dropped = %v, want %v", v.dropped, wantDropped)
 	}
@@ -63,10 +150,7 @@ func TestAttribute(t *testing.T) {
 			t.Errorf("dropped %v = %v, want %v", k, v.dropped[k], w)
 		}
 	}
-	if len(v.policies) != 3 {
-		t.Errorf("policies in force = %v, want ns/a, ns/b, ns/c", v.policies)
-	}
-	if _, _, _, ok := parseRuleComment("ns/a-very-long-name-cut ingress rul...", "ingress"); ok {
-		t.Error("a truncated comment was attributed")
+	if len(v.policies) != policies {
+		t.Errorf("policies in force = %v, want %d", v.policies, policies)
 	}
 }

@@ -91,7 +91,7 @@ func BenchmarkDiffOneLabelChange(b *testing.B) {
 func BenchmarkEngineChange(b *testing.B) {
 	for _, sz := range benchSizes {
 		snap := synthetic(sz.pods, sz.policies, sz.nodes)
-		e := NewEngineFrom(snap, Options{})
+		e := newEngineFrom(snap, Options{})
 		e.Flush()
 		local := snap.Pods[0] // on node-0
 		remote := snap.Pods[1]

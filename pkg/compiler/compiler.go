@@ -31,14 +31,11 @@ package compiler
 import (
 	"crypto/sha256"
 	"encoding/base32"
-	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
 
-	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/nftpolicy/nftpolicy/pkg/model"
@@ -66,14 +63,15 @@ const (
 )
 
 // Direction is ingress or egress.
-type Direction string
+type Direction = ruleset.Direction
 
 const (
-	Ingress Direction = "ingress"
-	Egress  Direction = "egress"
+	Ingress = ruleset.Ingress
+	Egress  = ruleset.Egress
 )
 
-func (d Direction) short() string {
+// short is the direction in chain names.
+func short(d Direction) string {
 	if d == Ingress {
 		return "in"
 	}
@@ -143,28 +141,21 @@ func (o Options) denyLogRule(chain string) ruleset.Rule {
 // within the kernel's 127-byte prefix.
 func DenyLogPrefix(chain string) string { return chain + " " }
 
-// IsolationChainOf returns the isolation chain a LogDenied prefix names.
-func IsolationChainOf(prefix string) (string, bool) {
+// IsolationChainOf returns the isolation chain a LogDenied prefix names and the
+// direction it judges. The prefix is all the kernel hands back with a logged packet,
+// so it is decoded here, next to isolationChain which names the chains; the policies
+// the chain isolates with are in the compiled ruleset's Owners.
+func IsolationChainOf(prefix string) (string, Direction, bool) {
 	chain, ok := strings.CutSuffix(prefix, " ")
-	if !ok || !strings.HasPrefix(chain, "isolate-") {
-		return "", false
+	if !ok {
+		return "", "", false
 	}
-	return chain, true
-}
-
-// ErrUnsupported marks Problems of features the node lacks, as opposed to invalid input.
-var ErrUnsupported = errors.New("unsupported on this node")
-
-// Problem is an input the compiler could not use: the object and field it came from and
-// why. The rest of the snapshot is compiled regardless.
-type Problem struct {
-	Kind, Namespace, Name string
-	Field                 string
-	Err                   error
-}
-
-func (p Problem) Error() string {
-	return fmt.Sprintf("%s %s/%s: %s: %v", p.Kind, p.Namespace, p.Name, p.Field, p.Err)
+	for _, dir := range []Direction{Ingress, Egress} {
+		if strings.HasPrefix(chain, isolationChainPrefix(dir)) {
+			return chain, dir, true
+		}
+	}
+	return "", "", false
 }
 
 // Result is the compiled ruleset and what could not be compiled.
@@ -191,14 +182,12 @@ func Compile(snap *model.Snapshot, opts Options) *Result {
 // whole cluster (Compile) or keeps them up to date pod by pod (Engine): the structure
 // depends only on the policies and this node's pods, so it is cheap to rebuild.
 type compilation struct {
-	u        universe
-	opts     Options
-	table    string
-	problems []Problem
-
-	sets    map[string]*ruleset.Set
-	chains  map[string]*ruleset.Chain
-	podSets map[string]*podSet
+	u     universe
+	opts  Options
+	table string
+	emitted
+	// owners is the Owners table of the structure, built on first use.
+	owners *ruleset.Owners
 
 	// fragments are the compiled chains of policies, by parsed policy and direction:
 	// reused from the previous compilation (prevFragments) while the policy is the
@@ -212,13 +201,60 @@ type fragmentKey struct {
 	dir Direction
 }
 
+// emitted is what a compilation adds to the ruleset: chains, sets and their owners,
+// and the problems met on the way.
+type emitted struct {
+	sets        map[string]*ruleset.Set
+	chains      map[string]*ruleset.Chain
+	podSets     map[string]*podSet
+	chainOwners map[string]*ruleset.ChainOwner
+	// setOwners holds each set's role (and a dispatch map's direction); ownerTable adds
+	// the policy rules that look it up.
+	setOwners map[string]ruleset.SetOwner
+	problems  []Problem
+}
+
+func newEmitted() emitted {
+	return emitted{sets: map[string]*ruleset.Set{}, chains: map[string]*ruleset.Chain{}, podSets: map[string]*podSet{},
+		chainOwners: map[string]*ruleset.ChainOwner{}, setOwners: map[string]ruleset.SetOwner{}}
+}
+
+// merge adds what f emitted; sets shared between policies have one definition per name.
+func (e *emitted) merge(f *emitted) {
+	for n, x := range f.chains {
+		e.chains[n] = x
+		e.chainOwners[n] = f.chainOwners[n]
+	}
+	for n, x := range f.sets {
+		if _, ok := e.sets[n]; !ok {
+			e.sets[n] = x
+			e.setOwners[n] = f.setOwners[n]
+		}
+	}
+	for n, x := range f.podSets {
+		if _, ok := e.podSets[n]; !ok {
+			e.podSets[n] = x
+		}
+	}
+	e.problems = append(e.problems, f.problems...)
+}
+
+// addChain adds a chain and its owner.
+func (e *emitted) addChain(ch *ruleset.Chain, owner *ruleset.ChainOwner) {
+	e.chains[ch.Name] = ch
+	e.chainOwners[ch.Name] = owner
+}
+
+// addSet adds a set and its role.
+func (e *emitted) addSet(s *ruleset.Set, owner ruleset.SetOwner) {
+	e.sets[s.Name] = s
+	e.setOwners[s.Name] = owner
+}
+
 // fragment is what compiling one policy in one direction adds to the ruleset.
 type fragment struct {
-	chain    string
-	chains   map[string]*ruleset.Chain
-	sets     map[string]*ruleset.Set
-	podSets  map[string]*podSet
-	problems []Problem
+	chain string
+	emitted
 }
 
 func newCompilation(u universe, opts Options) *compilation {
@@ -230,9 +266,7 @@ func newCompilation(u universe, opts Options) *compilation {
 		u:         u,
 		opts:      opts,
 		table:     table,
-		sets:      map[string]*ruleset.Set{},
-		chains:    map[string]*ruleset.Chain{},
-		podSets:   map[string]*podSet{},
+		emitted:   newEmitted(),
 		fragments: map[fragmentKey]*fragment{},
 	}
 }
@@ -247,34 +281,21 @@ func (c *compilation) policyChain(p *policy, dir Direction) string {
 	f := c.prevFragments[k]
 	if f == nil {
 		// Compile into empty maps to capture exactly what this policy adds.
-		sets, chains, podSets, problems := c.sets, c.chains, c.podSets, c.problems
-		c.sets, c.chains, c.podSets, c.problems = map[string]*ruleset.Set{}, map[string]*ruleset.Chain{}, map[string]*podSet{}, nil
+		saved := c.emitted
+		c.emitted = newEmitted()
 		f = &fragment{}
 		f.chain = c.compilePolicy(p, dir)
-		f.sets, f.chains, f.podSets, f.problems = c.sets, c.chains, c.podSets, c.problems
-		c.sets, c.chains, c.podSets, c.problems = sets, chains, podSets, problems
+		f.emitted = c.emitted
+		c.emitted = saved
 	}
 	c.fragments[k] = f
-	for n, x := range f.chains {
-		c.chains[n] = x
-	}
-	for n, x := range f.sets {
-		if _, ok := c.sets[n]; !ok { // shared sets have one definition per name
-			c.sets[n] = x
-		}
-	}
-	for n, x := range f.podSets {
-		if _, ok := c.podSets[n]; !ok {
-			c.podSets[n] = x
-		}
-	}
-	c.problems = append(c.problems, f.problems...)
+	c.merge(&f.emitted)
 	return f.chain
 }
 
 // ruleset returns the compiled ruleset, normalized.
 func (c *compilation) ruleset() *ruleset.Ruleset {
-	rs := &ruleset.Ruleset{Table: c.table}
+	rs := &ruleset.Ruleset{Table: c.table, Owners: c.ownerTable()}
 	for _, s := range c.sets {
 		rs.Sets = append(rs.Sets, s)
 	}
@@ -286,18 +307,10 @@ func (c *compilation) ruleset() *ruleset.Ruleset {
 }
 
 // addPodSet registers a set whose elements come from pods.
-func (c *compilation) addPodSet(s *ruleset.Set, ps *podSet) {
+func (c *compilation) addPodSet(s *ruleset.Set, role ruleset.Role, ps *podSet) {
 	ps.keyTyp = s.Key
-	c.sets[s.Name] = s
+	c.addSet(s, ruleset.SetOwner{Role: role})
 	c.podSets[s.Name] = ps
-}
-
-// policy is a policy with its parsed selector and effective policy types.
-type policy struct {
-	np              *networkingv1.NetworkPolicy
-	key             string
-	selector        labels.Selector
-	ingress, egress bool
 }
 
 func (c *compilation) run() {
@@ -306,63 +319,24 @@ func (c *compilation) run() {
 	// Which policies isolate each local pod, per direction.
 	for _, dir := range []Direction{Ingress, Egress} {
 		for _, pod := range c.u.localPods() {
-			var chains, keys []string
+			var chains []string
+			var pols []*policy
 			for _, p := range c.u.policiesIn(pod.Namespace) {
 				if !p.applies(dir) || !p.selector.Matches(labels.Set(pod.Labels)) {
 					continue
 				}
 				chains = append(chains, c.policyChain(p, dir))
-				keys = append(keys, p.key)
+				pols = append(pols, p)
 			}
 			if len(chains) == 0 {
 				continue
 			}
-			isolate := c.isolationChain(dir, chains, keys)
+			isolate := c.isolationChain(dir, chains, pols)
 			for _, ip := range c.u.ownedIPs(pod) {
 				c.addDispatch(dir, ip, isolate)
 			}
 		}
 	}
-}
-
-func (p *policy) applies(dir Direction) bool {
-	if dir == Ingress {
-		return p.ingress
-	}
-	return p.egress
-}
-
-func (c *compilation) problem(np *networkingv1.NetworkPolicy, field string, err error) {
-	c.problems = append(c.problems, policyProblem(np, field, err))
-}
-
-// parsePolicy resolves the policy's selector and policyTypes. When policyTypes is empty
-// the API defaults apply: Ingress always, Egress when egress rules are present.
-func parsePolicy(np *networkingv1.NetworkPolicy, opts Options) (*policy, []Problem) {
-	var problems []Problem
-	if opts.SCTPUnsupported {
-		problems = sctpProblems(np)
-	}
-	sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
-	if err != nil {
-		return nil, append(problems, policyProblem(np, "spec.podSelector", err))
-	}
-	p := &policy{np: np, key: np.Namespace + "/" + np.Name, selector: sel}
-	if len(np.Spec.PolicyTypes) == 0 {
-		p.ingress = true
-		p.egress = len(np.Spec.Egress) > 0
-	}
-	for i, t := range np.Spec.PolicyTypes {
-		switch t {
-		case networkingv1.PolicyTypeIngress:
-			p.ingress = true
-		case networkingv1.PolicyTypeEgress:
-			p.egress = true
-		default:
-			problems = append(problems, policyProblem(np, fmt.Sprintf("spec.policyTypes[%d]", i), fmt.Errorf("unknown policy type %q", t)))
-		}
-	}
-	return p, problems
 }
 
 func (c *compilation) addBaseChains(revocation bool) {
@@ -389,36 +363,42 @@ func (c *compilation) addBaseChains(revocation bool) {
 		Verdict: ruleset.Accept,
 		Comment: "IPv6 neighbour discovery",
 	}
-	c.sets[SetNeighbourDiscovery] = &ruleset.Set{Name: SetNeighbourDiscovery, Key: []ruleset.KeyType{ruleset.KeyICMPv6},
+	ndSet := &ruleset.Set{Name: SetNeighbourDiscovery, Key: []ruleset.KeyType{ruleset.KeyICMPv6},
 		Comment: "ICMPv6 neighbour discovery message types"}
 	for t := uint8(133); t <= 137; t++ {
-		c.sets[SetNeighbourDiscovery].Elements = append(c.sets[SetNeighbourDiscovery].Elements, ruleset.Element{Key: []ruleset.Range{ruleset.Single([]byte{t})}})
+		ndSet.Elements = append(ndSet.Elements, ruleset.Element{Key: []ruleset.Range{ruleset.Single([]byte{t})}})
 	}
-	dispatch := func(dir Direction) []ruleset.Rule {
+	c.addSet(ndSet, ruleset.SetOwner{Role: ruleset.RoleNeighbourDiscovery})
+	dispatch := func(dir Direction) ([]ruleset.Rule, *ruleset.ChainOwner) {
 		f4, f6, m4, m6 := ruleset.FieldIPv4Saddr, ruleset.FieldIPv6Saddr, MapEgressV4, MapEgressV6
 		if dir == Ingress {
 			f4, f6, m4, m6 = ruleset.FieldIPv4Daddr, ruleset.FieldIPv6Daddr, MapIngressV4, MapIngressV6
 		}
+		owner := &ruleset.ChainOwner{Role: ruleset.RoleBase, Direction: dir}
+		if revoked != nil {
+			owner.Rules = append(owner.Rules, ruleset.RuleOwner{Role: ruleset.RoleRevoked})
+		}
+		owner.Rules = append(owner.Rules, ruleset.RuleOwner{Role: ruleset.RoleEstablished}, ruleset.RuleOwner{Role: ruleset.RoleNeighbourDiscovery},
+			ruleset.RuleOwner{Role: ruleset.RoleDispatch}, ruleset.RuleOwner{Role: ruleset.RoleDispatch})
 		return append(append([]ruleset.Rule(nil), revoked...),
 			ct, nd,
 			ruleset.Rule{VMap: &ruleset.VMap{Fields: []ruleset.Field{f4}, Map: m4}, Comment: "local pods isolated for " + string(dir)},
 			ruleset.Rule{VMap: &ruleset.VMap{Fields: []ruleset.Field{f6}, Map: m6}, Comment: "local pods isolated for " + string(dir)},
-		)
+		), owner
 	}
-	c.chains[ChainEgressForward] = &ruleset.Chain{
-		Name: ChainEgressForward, Comment: "egress of local pods to other hosts and pods",
-		Base:  &ruleset.BaseChain{Hook: ruleset.HookForward, Priority: PriorityEgress},
-		Rules: dispatch(Egress),
-	}
-	c.chains[ChainEgressInput] = &ruleset.Chain{
-		Name: ChainEgressInput, Comment: "egress of local pods to this node",
-		Base:  &ruleset.BaseChain{Hook: ruleset.HookInput, Priority: PriorityEgress},
-		Rules: dispatch(Egress),
-	}
-	c.chains[ChainIngressForward] = &ruleset.Chain{
-		Name: ChainIngressForward, Comment: "ingress of local pods",
-		Base:  &ruleset.BaseChain{Hook: ruleset.HookForward, Priority: PriorityIngress},
-		Rules: dispatch(Ingress),
+	for _, b := range []struct {
+		name, comment string
+		hook          ruleset.Hook
+		dir           Direction
+		priority      int
+	}{
+		{ChainEgressForward, "egress of local pods to other hosts and pods", ruleset.HookForward, Egress, PriorityEgress},
+		{ChainEgressInput, "egress of local pods to this node", ruleset.HookInput, Egress, PriorityEgress},
+		{ChainIngressForward, "ingress of local pods", ruleset.HookForward, Ingress, PriorityIngress},
+	} {
+		rules, owner := dispatch(b.dir)
+		c.addChain(&ruleset.Chain{Name: b.name, Comment: b.comment,
+			Base: &ruleset.BaseChain{Hook: b.hook, Priority: b.priority}, Rules: rules}, owner)
 	}
 	for _, m := range []struct {
 		name string
@@ -426,8 +406,9 @@ func (c *compilation) addBaseChains(revocation bool) {
 		dir  Direction
 	}{{MapEgressV4, ruleset.KeyIPv4Addr, Egress}, {MapEgressV6, ruleset.KeyIPv6Addr, Egress},
 		{MapIngressV4, ruleset.KeyIPv4Addr, Ingress}, {MapIngressV6, ruleset.KeyIPv6Addr, Ingress}} {
-		c.sets[m.name] = &ruleset.Set{Name: m.name, Key: []ruleset.KeyType{m.key}, IsMap: true,
-			Comment: "local pod IP to the chain of the policies isolating it for " + string(m.dir)}
+		c.addSet(&ruleset.Set{Name: m.name, Key: []ruleset.KeyType{m.key}, IsMap: true,
+			Comment: "local pod IP to the chain of the policies isolating it for " + string(m.dir)},
+			ruleset.SetOwner{Role: ruleset.RoleDispatch, Direction: m.dir})
 	}
 }
 
@@ -441,42 +422,59 @@ func (c *compilation) addDispatch(dir Direction, ip netip.Addr, chain string) {
 	m.Elements = append(m.Elements, ruleset.Element{Key: []ruleset.Range{ruleset.Addr(ip)}, Verdict: &v})
 }
 
+// isolationChainPrefix starts the names of the isolation chains of a direction.
+func isolationChainPrefix(dir Direction) string { return "isolate-" + short(dir) + "-" }
+
 // isolationChain returns the chain shared by every pod isolated by exactly these
 // policies: it tries each policy's chain (an accept there is final) and then drops.
-func (c *compilation) isolationChain(dir Direction, policyChains, policyKeys []string) string {
-	name := "isolate-" + dir.short() + "-" + shortHash(strings.Join(policyKeys, ","))
+func (c *compilation) isolationChain(dir Direction, policyChains []string, pols []*policy) string {
+	keys := make([]string, len(pols))
+	for i, p := range pols {
+		keys[i] = p.key
+	}
+	name := isolationChainPrefix(dir) + shortHash(strings.Join(keys, ","))
 	if _, ok := c.chains[name]; ok {
 		return name
 	}
-	ch := &ruleset.Chain{Name: name, Comment: truncate("isolated for "+string(dir)+" by "+strings.Join(policyKeys, ", "), ruleset.MaxCommentLen)}
+	ch := &ruleset.Chain{Name: name, Comment: truncate("isolated for "+string(dir)+" by "+strings.Join(keys, ", "), ruleset.MaxCommentLen)}
+	owner := &ruleset.ChainOwner{Role: ruleset.RoleIsolation, Direction: dir}
 	for i, pc := range policyChains {
-		ch.Rules = append(ch.Rules, ruleset.Rule{Verdict: ruleset.Jump(pc), Comment: truncate(policyKeys[i], ruleset.MaxCommentLen)})
+		ch.Rules = append(ch.Rules, ruleset.Rule{Verdict: ruleset.Jump(pc), Comment: truncate(keys[i], ruleset.MaxCommentLen)})
+		owner.Policies = append(owner.Policies, pols[i].ref)
+		owner.Rules = append(owner.Rules, ruleset.RuleOwner{Role: ruleset.RolePolicyJump, Policy: pols[i].ref})
 	}
 	if c.opts.LogDenied {
 		ch.Rules = append(ch.Rules, c.opts.denyLogRule(name))
+		owner.Rules = append(owner.Rules, ruleset.RuleOwner{Role: ruleset.RoleDenyLog})
 	}
 	ch.Rules = append(ch.Rules, ruleset.Rule{Counter: true, Verdict: ruleset.Drop,
-		Comment: truncate("drop: no rule of "+strings.Join(policyKeys, ", ")+" allows it", ruleset.MaxCommentLen)})
-	c.chains[name] = ch
+		Comment: truncate("drop: no rule of "+strings.Join(keys, ", ")+" allows it", ruleset.MaxCommentLen)})
+	owner.Rules = append(owner.Rules, ruleset.RuleOwner{Role: ruleset.RoleIsolationDrop})
+	c.addChain(ch, owner)
 	return name
 }
 
 // compilePolicy adds the chain holding the rules of one policy in one direction.
 func (c *compilation) compilePolicy(p *policy, dir Direction) string {
-	name := truncate("pol-"+dir.short()+"-"+shortHash(p.key)+"-"+p.np.Namespace+"."+p.np.Name, ruleset.MaxNameLen)
+	name := truncate("pol-"+short(dir)+"-"+shortHash(p.key)+"-"+p.np.Namespace+"."+p.np.Name, ruleset.MaxNameLen)
 	ch := &ruleset.Chain{Name: name, Comment: truncate(string(dir)+" rules of "+p.key, ruleset.MaxCommentLen)}
-	c.chains[name] = ch
+	owner := &ruleset.ChainOwner{Role: ruleset.RolePolicy, Direction: dir, Policies: []ruleset.PolicyRef{p.ref}}
+	add := func(i int, rules []ruleset.Rule) {
+		ch.Rules = append(ch.Rules, rules...)
+		for range rules {
+			owner.Rules = append(owner.Rules, ruleset.RuleOwner{Role: ruleset.RoleAllow, Policy: p.ref, Rule: i})
+		}
+	}
 	if dir == Ingress {
 		for i, r := range p.np.Spec.Ingress {
-			field := fmt.Sprintf("spec.ingress[%d]", i)
-			ch.Rules = append(ch.Rules, c.compileRule(p, dir, i, field, r.From, r.Ports)...)
+			add(i, c.compileRule(p, dir, i, fmt.Sprintf("spec.ingress[%d]", i), r.From, r.Ports))
 		}
 	} else {
 		for i, r := range p.np.Spec.Egress {
-			field := fmt.Sprintf("spec.egress[%d]", i)
-			ch.Rules = append(ch.Rules, c.compileRule(p, dir, i, field, r.To, r.Ports)...)
+			add(i, c.compileRule(p, dir, i, fmt.Sprintf("spec.egress[%d]", i), r.To, r.Ports))
 		}
 	}
+	c.addChain(ch, owner)
 	return name
 }
 
@@ -563,90 +561,6 @@ func (c *compilation) compileRule(p *policy, dir Direction, idx int, field strin
 	return rules
 }
 
-// parsePorts splits a rule's ports into numeric ranges and named ports.
-func (c *compilation) parsePorts(np *networkingv1.NetworkPolicy, field string, ports []networkingv1.NetworkPolicyPort) ([]portRange, []namedPort) {
-	var numeric []portRange
-	var named []namedPort
-	for i, pp := range ports {
-		pfield := fmt.Sprintf("%s.ports[%d]", field, i)
-		proto := corev1.ProtocolTCP
-		if pp.Protocol != nil {
-			proto = *pp.Protocol
-		}
-		pn, ok := ProtocolNumber(proto)
-		if !ok {
-			c.problem(np, pfield+".protocol", fmt.Errorf("unsupported protocol %q", proto))
-			continue
-		}
-		switch {
-		case pp.Port == nil && pp.EndPort != nil:
-			// The API server refuses this; an object that bypassed validation gets
-			// nothing rather than a guess.
-			c.problem(np, pfield+".endPort", fmt.Errorf("endPort %d without a port", *pp.EndPort))
-			continue
-		case pp.Port == nil:
-			numeric = append(numeric, portRange{proto: pn, from: 0, to: 65535})
-		case pp.Port.Type == 1: // intstr.String: a named port
-			if pp.EndPort != nil {
-				c.problem(np, pfield+".endPort", fmt.Errorf("endPort cannot be used with named port %q", pp.Port.StrVal))
-				continue
-			}
-			named = append(named, namedPort{name: pp.Port.StrVal, proto: proto, num: pn})
-		default:
-			from := pp.Port.IntVal
-			to := from
-			if pp.EndPort != nil {
-				to = *pp.EndPort
-			}
-			if from < 1 || from > 65535 || to < from || to > 65535 {
-				c.problem(np, pfield, fmt.Errorf("invalid port range %d-%d", from, to))
-				continue
-			}
-			numeric = append(numeric, portRange{proto: pn, from: uint16(from), to: uint16(to)})
-		}
-	}
-	return normalizePorts(numeric), named
-}
-
-type namedPort struct {
-	name  string
-	proto corev1.Protocol
-	num   uint8
-}
-
-// sctpProblems returns a Problem for every port of the policy that names SCTP.
-func sctpProblems(np *networkingv1.NetworkPolicy) []Problem {
-	var out []Problem
-	add := func(field string, ports []networkingv1.NetworkPolicyPort) {
-		for j, p := range ports {
-			if p.Protocol != nil && *p.Protocol == corev1.ProtocolSCTP {
-				out = append(out, policyProblem(np, fmt.Sprintf("%s.ports[%d].protocol", field, j),
-					fmt.Errorf("%w: the kernel has no SCTP, so this port allows nothing here", ErrUnsupported)))
-			}
-		}
-	}
-	for i, r := range np.Spec.Ingress {
-		add(fmt.Sprintf("spec.ingress[%d]", i), r.Ports)
-	}
-	for i, r := range np.Spec.Egress {
-		add(fmt.Sprintf("spec.egress[%d]", i), r.Ports)
-	}
-	return out
-}
-
-// ProtocolNumber is the IP protocol number of a Kubernetes protocol (TCP, UDP, SCTP).
-func ProtocolNumber(p corev1.Protocol) (uint8, bool) {
-	switch p {
-	case corev1.ProtocolTCP:
-		return ruleset.ProtoTCP, true
-	case corev1.ProtocolUDP:
-		return ruleset.ProtoUDP, true
-	case corev1.ProtocolSCTP:
-		return ruleset.ProtoSCTP, true
-	}
-	return 0, false
-}
-
 func (c *compilation) portSet(ports []portRange) string {
 	var key strings.Builder
 	for _, p := range ports {
@@ -661,7 +575,7 @@ func (c *compilation) portSet(ports []portRange) string {
 	for _, p := range ports {
 		s.Elements = append(s.Elements, ruleset.Element{Key: []ruleset.Range{ruleset.Proto(p.proto), ruleset.PortRange(p.from, p.to)}})
 	}
-	c.sets[name] = s
+	c.addSet(s, ruleset.SetOwner{Role: ruleset.RolePorts})
 	return name
 }
 
@@ -685,7 +599,7 @@ func (c *compilation) namedPortSet(p *policy, dir Direction, idx int, peer *peer
 	name := fmt.Sprintf("named-%s-%s", shortHash(fmt.Sprintf("%s/%s/%d", p.key, dir, idx)), suffix)
 	s := &ruleset.Set{Name: name, Key: []ruleset.KeyType{key, ruleset.KeyL4Proto, ruleset.KeyPort},
 		Comment: truncate(fmt.Sprintf("%s %s rule %d named ports", p.key, dir, idx), ruleset.MaxCommentLen)}
-	c.addPodSet(s, newNamedPodSet(name, p, dir, c.u.nodeName(), peer, named, fam))
+	c.addPodSet(s, ruleset.RoleNamedPorts, newNamedPodSet(name, p, dir, c.u.nodeName(), peer, named, fam))
 	return name
 }
 

@@ -87,8 +87,8 @@ func TestLogDenied(t *testing.T) {
 			if last := ch.Rules[n-1]; !last.Counter || last.Verdict != ruleset.Drop {
 				t.Errorf("%s: chain %s does not end in counter drop: %s", node, ch.Name, ruleset.FormatRule(last))
 			}
-			if got, ok := IsolationChainOf(ch.Rules[n-2].Log.Prefix); !ok || got != ch.Name {
-				t.Errorf("IsolationChainOf(%q) = %q, %v", ch.Rules[n-2].Log.Prefix, got, ok)
+			if got, dir, ok := IsolationChainOf(ch.Rules[n-2].Log.Prefix); !ok || got != ch.Name || dir != logged.Ruleset.Owners.Chain(ch.Name).Direction {
+				t.Errorf("IsolationChainOf(%q) = %q, %q, %v; owner %+v", ch.Rules[n-2].Log.Prefix, got, dir, ok, logged.Ruleset.Owners.Chain(ch.Name))
 			}
 		}
 		if isolations == 0 && node == "n1" { // n2 hosts only pod b, which no policy isolates
@@ -155,14 +155,14 @@ func TestLogDeniedOptions(t *testing.T) {
 	if !found {
 		t.Fatal("no log rule")
 	}
-	eng, _ := NewEngineFrom(c.snapshot("n1"), opts).Flush()
+	eng, _ := newEngineFrom(c.snapshot("n1"), opts).Flush()
 	if d := ruleset.Diff(res.Ruleset, eng.Ruleset); !d.Empty() {
 		t.Fatalf("engine differs from Compile:\nengine:\n%s\ncompile:\n%s", ruleset.Render(eng.Ruleset), ruleset.Render(res.Ruleset))
 	}
-	if _, ok := IsolationChainOf("pol-in-x "); ok {
+	if _, _, ok := IsolationChainOf("pol-in-x "); ok {
 		t.Error("IsolationChainOf accepted a policy chain")
 	}
-	if _, ok := IsolationChainOf("isolate-in-1234"); ok {
+	if _, _, ok := IsolationChainOf("isolate-in-1234"); ok {
 		t.Error("IsolationChainOf accepted a prefix without the separator")
 	}
 }

@@ -79,21 +79,6 @@ func NewEngine(node string, opts Options) *Engine {
 	}
 }
 
-// NewEngineFrom returns an engine holding the snapshot.
-func NewEngineFrom(snap *model.Snapshot, opts Options) *Engine {
-	e := NewEngine(snap.NodeName, opts)
-	for _, ns := range snap.Namespaces {
-		e.SetNamespace(ns)
-	}
-	for _, np := range snap.Policies {
-		e.SetPolicy(np)
-	}
-	for _, p := range snap.Pods {
-		e.SetPod(p)
-	}
-	return e
-}
-
 // SetPod adds or replaces a pod (keyed by namespace/name). The engine keeps p: the
 // caller must not modify it afterwards.
 func (e *Engine) SetPod(p *model.Pod) { e.changePods(p.Key(), p) }
@@ -364,7 +349,8 @@ func (e *Engine) hasLocalPodsIn(ns string) bool {
 // Flush returns the ruleset for the current state and the changes from the ruleset of
 // the previous Flush (NeedsReplace on the first). The returned ruleset is normalized
 // and never modified afterwards: the next Flush builds new objects for whatever
-// changes and shares the rest.
+// changes and shares the rest. Its Owners depend on the structure alone: built anew
+// when the structure is, shared with the previous Flush's otherwise.
 func (e *Engine) Flush() (*Result, *ruleset.Changes) {
 	prev := e.structure
 	if e.dirty || prev == nil {
@@ -389,7 +375,7 @@ func (e *Engine) Flush() (*Result, *ruleset.Changes) {
 		}
 	}
 
-	rs := &ruleset.Ruleset{Table: cur.table}
+	rs := &ruleset.Ruleset{Table: cur.table, Owners: cur.ownerTable()}
 	for name, s := range cur.sets {
 		ps := cur.podSets[name]
 		if ps == nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand"
 	"net/netip"
+	"reflect"
 	"sort"
 	"testing"
 
@@ -13,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/nftpolicy/nftpolicy/pkg/manifest"
 	"github.com/nftpolicy/nftpolicy/pkg/model"
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
 	"github.com/nftpolicy/nftpolicy/pkg/tracer"
@@ -198,12 +200,12 @@ func problemStrings(ps []Problem) []string {
 }
 
 // TestEngineMatchesCompile: after any sequence of changes the engine's ruleset is
-// Compile's for the same state, and its changes turn the previous ruleset into it.
+// Compile's for the same state, owners included, and its changes turn the previous ruleset into it.
 func TestEngineMatchesCompile(t *testing.T) {
 	for seed := int64(1); seed <= 60; seed++ {
 		w := &randomWorld{r: rand.New(rand.NewSource(seed)), pods: map[string]*model.Pod{},
 			namespaces: map[string]*model.Namespace{}, policies: map[string]*networkingv1.NetworkPolicy{}}
-		opts := Options{Revocation: seed%2 == 0}
+		opts := Options{Revocation: seed%2 == 0, LogDenied: seed%3 == 0}
 		e := NewEngine("node-0", opts)
 		var prev *ruleset.Ruleset
 		var log []string
@@ -219,6 +221,12 @@ func TestEngineMatchesCompile(t *testing.T) {
 			}
 			if err := res.Ruleset.Validate(); err != nil {
 				t.Fatalf("seed %d: invalid ruleset: %v", seed, err)
+			}
+			if !reflect.DeepEqual(res.Ruleset.Owners, want.Ruleset.Owners) {
+				t.Fatalf("seed %d after %v: owners differ\nengine:  %s\ncompile: %s", seed, log, describeOwners(res.Ruleset.Owners), describeOwners(want.Ruleset.Owners))
+			}
+			if err := checkOwners(res.Ruleset); err != nil {
+				t.Fatalf("seed %d after %v: %v\n%s", seed, log, err, ruleset.Render(res.Ruleset))
 			}
 			if got, exp := problemStrings(res.Problems), problemStrings(want.Problems); fmt.Sprint(got) != fmt.Sprint(exp) {
 				t.Fatalf("seed %d: problems\n%v\nwant\n%v", seed, got, exp)
@@ -242,7 +250,7 @@ func TestEngineMatchesCompile(t *testing.T) {
 // operations, whatever the size of the cluster.
 func TestEngineChangesAreSmall(t *testing.T) {
 	snap := synthetic(5000, 500, 50)
-	e := NewEngineFrom(snap, Options{})
+	e := newEngineFrom(snap, Options{})
 	if _, ch := e.Flush(); !ch.NeedsReplace {
 		t.Fatal("first flush must replace")
 	}
@@ -327,7 +335,7 @@ func TestSCTPUnsupported(t *testing.T) {
 	snap := &model.Snapshot{NodeName: "n1", Policies: []*networkingv1.NetworkPolicy{np}}
 	for _, opts := range []Options{{}, {SCTPUnsupported: true}} {
 		res := Compile(snap, opts)
-		e := NewEngineFrom(snap, opts)
+		e := newEngineFrom(snap, opts)
 		eres, _ := e.Flush()
 		for _, got := range [][]Problem{res.Problems, eres.Problems} {
 			if !opts.SCTPUnsupported {
@@ -361,6 +369,28 @@ func TestEndPortWithoutPort(t *testing.T) {
 		pkt := tracer.Packet{Src: netip.MustParseAddr("192.0.2.1"), Dst: pod.IPs[0], Proto: ruleset.ProtoTCP, DPort: port}
 		if tracer.Trace(res.Ruleset, pkt).Allowed() {
 			t.Errorf("port %d allowed by an invalid entry", port)
+		}
+	}
+}
+
+// TestEngineMatchesCompileOnDemo: for the scenario of pkg/render's golden files (the
+// README's demo) the Engine, fed object by object as the agent feeds it, builds what
+// Compile builds, owners included.
+func TestEngineMatchesCompileOnDemo(t *testing.T) {
+	objs, err := manifest.Load([]string{"../render/testdata/demo"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := Options{Table: DefaultTable, Revocation: true}
+	for _, node := range []string{"node1", "node2"} {
+		snap := objs.Snapshot(node)
+		want := Compile(snap, opts).Ruleset
+		got, _ := newEngineFrom(snap, opts).Flush()
+		if a, b := ruleset.Render(want), ruleset.Render(got.Ruleset); a != b {
+			t.Fatalf("%s: engine and Compile differ:\n--- Compile\n%s\n--- Engine\n%s", node, a, b)
+		}
+		if !reflect.DeepEqual(want.Owners, got.Ruleset.Owners) {
+			t.Fatalf("%s: owners differ\nCompile: %s\nEngine:  %s", node, describeOwners(want.Owners), describeOwners(got.Ruleset.Owners))
 		}
 	}
 }

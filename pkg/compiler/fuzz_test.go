@@ -3,6 +3,7 @@ package compiler
 import (
 	"fmt"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -352,10 +353,17 @@ func checkCluster(t *testing.T, c *fuzzCluster) {
 		if err := res.Ruleset.Validate(); err != nil {
 			t.Fatalf("node %s: invalid ruleset: %v\n%s\n%s", node, err, describeFuzzCluster(c), ruleset.Render(res.Ruleset))
 		}
-		eres, _ := NewEngineFrom(snap, Options{Revocation: true}).Flush()
+		eres, _ := newEngineFrom(snap, Options{Revocation: true}).Flush()
 		if d := ruleset.Diff(res.Ruleset, eres.Ruleset); !d.Empty() {
 			t.Fatalf("node %s: Engine and Compile differ\n%s\n--- Compile\n%s\n--- Engine\n%s", node, describeFuzzCluster(c),
 				ruleset.Render(res.Ruleset), ruleset.Render(eres.Ruleset))
+		}
+		if !reflect.DeepEqual(res.Ruleset.Owners, eres.Ruleset.Owners) {
+			t.Fatalf("node %s: Engine and Compile owners differ\n%s\nCompile: %s\nEngine:  %s", node, describeFuzzCluster(c),
+				describeOwners(res.Ruleset.Owners), describeOwners(eres.Ruleset.Owners))
+		}
+		if err := checkOwners(res.Ruleset); err != nil {
+			t.Fatalf("node %s: %v\n%s\n%s", node, err, describeFuzzCluster(c), ruleset.Render(res.Ruleset))
 		}
 		if a, b := distinctProblems(res.Problems), distinctProblems(eres.Problems); !slices.Equal(a, b) {
 			t.Fatalf("node %s: problems differ\nCompile: %q\nEngine:  %q", node, a, b)
@@ -366,64 +374,57 @@ func checkCluster(t *testing.T, c *fuzzCluster) {
 
 	ev := npeval.New(npeval.Cluster{Pods: c.pods, Namespaces: c.namespaces, Policies: c.policies})
 	owners := model.IPOwners(c.pods)
-	type end struct {
-		ip   netip.Addr
-		node string
-		host bool
-	}
-	var ends []end
+	var ends []tracer.Endpoint
 	seen := map[netip.Addr]bool{}
-	add := func(e end) {
-		if !seen[e.ip] {
-			seen[e.ip] = true
+	add := func(e tracer.Endpoint) {
+		if !seen[e.Addr] {
+			seen[e.Addr] = true
 			ends = append(ends, e)
 		}
 	}
 	for _, node := range fuzzNodes {
 		for _, ip := range c.nodeIPs[node] {
-			add(end{ip: ip, node: node, host: true})
+			add(tracer.Endpoint{Addr: ip, Node: node, Host: true})
 		}
 	}
 	for _, p := range c.pods {
 		for _, ip := range p.IPs {
 			if o := owners[ip]; o != nil {
-				add(end{ip: ip, node: o.NodeName})
+				add(tracer.Endpoint{Addr: ip, Node: o.NodeName})
 			} else if !seen[ip] {
-				add(end{ip: ip}) // no pod owns it: an address like any outside one
+				add(tracer.Endpoint{Addr: ip}) // no pod owns it: an address like any outside one
 			}
 		}
 	}
 	for _, ip := range c.external {
-		add(end{ip: ip})
+		add(tracer.Endpoint{Addr: ip})
 	}
 	for _, src := range ends {
 		for _, dst := range ends {
-			if src.ip == dst.ip || src.ip.Is4() != dst.ip.Is4() {
+			if src.Addr == dst.Addr || src.Addr.Is4() != dst.Addr.Is4() {
 				continue
 			}
-			if src.host && dst.node == src.node {
+			if src.Host && dst.Node == src.Node {
 				continue // the node reaches its own pods (output hook): not NetworkPolicy
 			}
-			if src.node == "" && dst.node == "" {
+			if src.Node == "" && dst.Node == "" {
 				continue // never through a node
 			}
 			for _, pr := range fuzzProbes {
 				pn, _ := ProtocolNumber(pr.proto)
-				pkt := tracer.Packet{Src: src.ip, Dst: dst.ip, Proto: pn, DPort: pr.port}
-				got := true
+				j, _ := tracer.Judge(src, dst, tracer.Packet{Proto: pn, DPort: pr.port}, func(node string) (*tracer.Tracer, error) {
+					return tracers[node], nil
+				})
+				got := j.Allowed()
 				var trace []string
-				for _, hop := range tracer.Hops(tracer.Endpoint{Addr: src.ip, Node: src.node, Host: src.host}, tracer.Endpoint{Addr: dst.ip, Node: dst.node, Host: dst.host}) {
-					p := pkt
-					p.Hook = hop.Hook
-					r := tracers[hop.Node].Trace(p)
-					for _, s := range r.Steps {
-						trace = append(trace, hop.Node+": "+s.String())
+				for _, h := range j.Hops {
+					for _, s := range h.Result.Steps {
+						trace = append(trace, h.Node+": "+s.String())
 					}
-					got = got && r.Allowed()
 				}
-				want := ev.Allowed(npeval.Conn{Src: src.ip, Dst: dst.ip, Proto: pr.proto, Port: pr.port})
+				want := ev.Allowed(npeval.Conn{Src: src.Addr, Dst: dst.Addr, Proto: pr.proto, Port: pr.port})
 				if got != want {
-					t.Fatalf("%s -> %s %s/%d: ruleset allowed=%v, npeval %v\n%s\ntrace:\n  %s", src.ip, dst.ip, pr.proto, pr.port, got, want,
+					t.Fatalf("%s -> %s %s/%d: ruleset allowed=%v, npeval %v\n%s\ntrace:\n  %s", src.Addr, dst.Addr, pr.proto, pr.port, got, want,
 						describeFuzzCluster(c), strings.Join(trace, "\n  "))
 				}
 			}

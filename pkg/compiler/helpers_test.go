@@ -2,7 +2,10 @@ package compiler
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -102,37 +105,105 @@ func (c *cluster) compile(node string) *Result {
 	if err := res.Ruleset.Validate(); err != nil {
 		c.t.Fatalf("compiled ruleset for %s is invalid: %v\n%s", node, err, ruleset.Render(res.Ruleset))
 	}
+	if err := checkOwners(res.Ruleset); err != nil {
+		c.t.Fatalf("compiled ruleset for %s: %v\n%s", node, err, ruleset.Render(res.Ruleset))
+	}
 	return res
 }
 
-// endpoint is a pod (ns/name), a node's host ("node:n1") or a bare address.
-type endpoint struct {
-	ip   netip.Addr
-	node string // node the endpoint lives on; "" for outside the cluster
-	host bool   // the node itself
+// checkOwners checks that rs.Owners describes rs exactly: one owner per chain, rule and
+// set; allow rules accept and belong to their chain's policy; an isolation chain jumps
+// to the chains of its policies in order and ends in its drop; each set's role fits it.
+func checkOwners(rs *ruleset.Ruleset) error {
+	o := rs.Owners
+	if o == nil {
+		return fmt.Errorf("no owners")
+	}
+	if len(o.Chains) != len(rs.Chains) || len(o.Sets) != len(rs.Sets) {
+		return fmt.Errorf("owners of %d chains and %d sets, the ruleset has %d and %d", len(o.Chains), len(o.Sets), len(rs.Chains), len(rs.Sets))
+	}
+	for _, ch := range rs.Chains {
+		co := o.Chain(ch.Name)
+		if co == nil || len(co.Rules) != len(ch.Rules) || co.Direction == "" {
+			return fmt.Errorf("chain %s: owner %+v does not describe its %d rules", ch.Name, co, len(ch.Rules))
+		}
+		var jumped []ruleset.PolicyRef
+		for i, r := range ch.Rules {
+			ro := co.Rules[i]
+			ok := true
+			switch ro.Role {
+			case ruleset.RoleAllow:
+				ok = co.Role == ruleset.RolePolicy && r.Verdict == ruleset.Accept && len(co.Policies) == 1 && ro.Policy == co.Policies[0]
+			case ruleset.RolePolicyJump:
+				target := o.Chain(r.Verdict.Chain)
+				ok = co.Role == ruleset.RoleIsolation && r.Verdict.Kind == ruleset.VerdictJump && target != nil &&
+					target.Role == ruleset.RolePolicy && target.Direction == co.Direction && target.Policies[0] == ro.Policy
+				jumped = append(jumped, ro.Policy)
+			case ruleset.RoleIsolationDrop:
+				ok = co.Role == ruleset.RoleIsolation && r.Verdict == ruleset.Drop && i == len(ch.Rules)-1
+			case ruleset.RoleDenyLog:
+				ok = co.Role == ruleset.RoleIsolation && r.Log != nil
+			case ruleset.RoleDispatch:
+				ok = co.Role == ruleset.RoleBase && r.VMap != nil && o.Sets[r.VMap.Map] != nil && o.Sets[r.VMap.Map].Direction == co.Direction
+			case ruleset.RoleEstablished, ruleset.RoleNeighbourDiscovery, ruleset.RoleRevoked:
+				ok = co.Role == ruleset.RoleBase
+			default:
+				ok = false
+			}
+			if !ok {
+				return fmt.Errorf("chain %s rule %d (%s): owner %+v in a %s chain", ch.Name, i, ruleset.FormatRule(r), ro, co.Role)
+			}
+		}
+		if co.Role == ruleset.RoleIsolation && fmt.Sprint(jumped) != fmt.Sprint(co.Policies) {
+			return fmt.Errorf("isolation chain %s jumps to %v, owned by %v", ch.Name, jumped, co.Policies)
+		}
+	}
+	for _, s := range rs.Sets {
+		so := o.Sets[s.Name]
+		if so == nil || (so.Role == ruleset.RoleDispatch) != s.IsMap {
+			return fmt.Errorf("set %s: owner %+v", s.Name, so)
+		}
+	}
+	return nil
 }
 
-func (c *cluster) endpoint(ref string, family ruleset.Family) endpoint {
+// describeOwners prints owners for a failure message.
+func describeOwners(o *ruleset.Owners) string {
+	if o == nil {
+		return "<nil>"
+	}
+	var b strings.Builder
+	for _, name := range slices.Sorted(maps.Keys(o.Chains)) {
+		fmt.Fprintf(&b, "\n  chain %s: %+v", name, *o.Chains[name])
+	}
+	for _, name := range slices.Sorted(maps.Keys(o.Sets)) {
+		fmt.Fprintf(&b, "\n  set %s: %+v", name, *o.Sets[name])
+	}
+	return b.String()
+}
+
+// endpoint resolves a pod (ns/name), a node's host ("node:n1") or a bare address.
+func (c *cluster) endpoint(ref string, family ruleset.Family) tracer.Endpoint {
 	if len(ref) > 5 && ref[:5] == "node:" {
 		n := ref[5:]
 		ip := c.nodeIPs[n][0]
 		if family == ruleset.IPv6 {
 			ip = c.nodeIPs[n][1]
 		}
-		return endpoint{ip: ip, node: n, host: true}
+		return tracer.Endpoint{Addr: ip, Node: n, Host: true}
 	}
 	if a, err := netip.ParseAddr(ref); err == nil {
 		for _, p := range c.pods {
 			for _, ip := range p.IPs {
 				if ip == a && p.Eligible() {
 					if p.HostNetwork {
-						return endpoint{ip: a, node: p.NodeName, host: true}
+						return tracer.Endpoint{Addr: a, Node: p.NodeName, Host: true}
 					}
-					return endpoint{ip: a, node: p.NodeName}
+					return tracer.Endpoint{Addr: a, Node: p.NodeName}
 				}
 			}
 		}
-		return endpoint{ip: a}
+		return tracer.Endpoint{Addr: a}
 	}
 	p := c.find(ref)
 	if p.HostNetwork {
@@ -140,32 +211,26 @@ func (c *cluster) endpoint(ref string, family ruleset.Family) endpoint {
 	}
 	for _, ip := range p.IPs {
 		if ip.Is4() == (family == ruleset.IPv4) {
-			return endpoint{ip: ip, node: p.NodeName}
+			return tracer.Endpoint{Addr: ip, Node: p.NodeName}
 		}
 	}
 	c.t.Fatalf("pod %s has no %s address", ref, family)
-	return endpoint{}
+	return tracer.Endpoint{}
 }
 
 // verdict judges a new connection from → to. Each node on the path evaluates it
-// (tracer.Hops).
+// (tracer.Judge).
 func (c *cluster) verdict(from, to string, proto corev1.Protocol, dport uint16, family ruleset.Family) (bool, []tracer.Result) {
 	src, dst := c.endpoint(from, family), c.endpoint(to, family)
 	pn, _ := ProtocolNumber(proto)
-	pkt := tracer.Packet{Src: src.ip, Dst: dst.ip, Proto: pn, DPort: dport}
+	j, _ := tracer.Judge(src, dst, tracer.Packet{Proto: pn, DPort: dport}, func(node string) (*tracer.Tracer, error) {
+		return tracer.New(c.compile(node).Ruleset), nil
+	})
 	var results []tracer.Result
-	judge := func(node string, hook ruleset.Hook) bool {
-		p := pkt
-		p.Hook = hook
-		r := tracer.Trace(c.compile(node).Ruleset, p)
-		results = append(results, r)
-		return r.Allowed()
+	for _, h := range j.Hops {
+		results = append(results, h.Result)
 	}
-	ok := true
-	for _, hop := range tracer.Hops(tracer.Endpoint{Addr: src.ip, Node: src.node, Host: src.host}, tracer.Endpoint{Addr: dst.ip, Node: dst.node, Host: dst.host}) {
-		ok = judge(hop.Node, hop.Hook) && ok
-	}
-	return ok, results
+	return j.Allowed(), results
 }
 
 // probe is one expected verdict.
@@ -322,4 +387,20 @@ func nsOf(key string) string {
 		}
 	}
 	return key
+}
+
+// newEngineFrom returns an engine holding the snapshot, fed object by object as the
+// agent feeds its engine from the informer caches.
+func newEngineFrom(snap *model.Snapshot, opts Options) *Engine {
+	e := NewEngine(snap.NodeName, opts)
+	for _, ns := range snap.Namespaces {
+		e.SetNamespace(ns)
+	}
+	for _, np := range snap.Policies {
+		e.SetPolicy(np)
+	}
+	for _, p := range snap.Pods {
+		e.SetPod(p)
+	}
+	return e
 }

@@ -43,7 +43,7 @@ func TestHostileInput(t *testing.T) {
 				t.Errorf("chain name %q longer than %d", c.Name, ruleset.MaxNameLen)
 			}
 		}
-		eres, _ := NewEngineFrom(snap, Options{Revocation: true}).Flush()
+		eres, _ := newEngineFrom(snap, Options{Revocation: true}).Flush()
 		if d := ruleset.Diff(res.Ruleset, eres.Ruleset); !d.Empty() {
 			t.Fatalf("node %s: Engine and Compile differ: %d ops", node, d.Ops())
 		}

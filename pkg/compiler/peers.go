@@ -216,15 +216,16 @@ func (c *compilation) peerSets(s *peerSpec, fam ruleset.Family, key ruleset.KeyT
 		name := "pods-" + shortHash(s.podKey) + "-" + suffix
 		if _, ok := c.sets[name]; !ok {
 			set := &ruleset.Set{Name: name, Key: []ruleset.KeyType{key}, Comment: truncate("pods "+s.podKey, ruleset.MaxCommentLen)}
-			c.addPodSet(set, newPeerPodSet(name, s, fam))
+			c.addPodSet(set, ruleset.RolePodPeers, newPeerPodSet(name, s, fam))
 		}
 		out = append(out, name)
 	}
 	if blocks := s.blocks[fam]; len(blocks) > 0 {
 		name := "cidr-" + shortHash(s.cidrKey) + "-" + suffix
 		if _, ok := c.sets[name]; !ok {
-			c.sets[name] = &ruleset.Set{Name: name, Key: []ruleset.KeyType{key}, Interval: true,
-				Comment: truncate("ipBlocks "+s.cidrKey, ruleset.MaxCommentLen), Elements: blocks.elements()}
+			c.addSet(&ruleset.Set{Name: name, Key: []ruleset.KeyType{key}, Interval: true,
+				Comment: truncate("ipBlocks "+s.cidrKey, ruleset.MaxCommentLen), Elements: blocks.elements()},
+				ruleset.SetOwner{Role: ruleset.RoleBlockPeers})
 		}
 		out = append(out, name)
 	}

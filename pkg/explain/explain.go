@@ -1,11 +1,12 @@
 // Package explain answers "may this pod reach that pod (or address) on this port, and
 // why?" from the same compiler and tracer the agent uses: it compiles the ruleset of
-// every node that judges the connection (tracer.Hops: the source's node, then the
-// destination's), traces the connection's first packet through each, and reads the
-// path back as policy terms — which policies isolate each side, which rule of which
-// policy allows the connection, or that none of the isolating policies has a rule
-// allowing it. CheckKernel compares what the verdict depends on with a table read from
-// a kernel (drift). The package is pure: no kernel, no API client.
+// every node that judges the connection and traces the connection's first packet
+// through each (tracer.Judge: the source's node, then the destination's), and reads
+// the path back as policy terms through the compiled ruleset's Owners — which policies
+// isolate each side, which rule of which policy allows the connection, or that none of
+// the isolating policies has a rule allowing it. CheckKernel compares what the verdict
+// depends on with a table read from a kernel (drift). The package is pure: no kernel,
+// no API client.
 package explain
 
 import (
@@ -89,8 +90,8 @@ type Side struct {
 	// Isolated: policies select the endpoint for this direction, listed in Policies.
 	Isolated bool
 	Policies []string
-	// Allowed is this side's verdict; AllowedBy the comment of the rule that accepted
-	// ("ns/name ingress rule 0"), DeniedBy that of the rule that dropped.
+	// Allowed is this side's verdict; AllowedBy the policy rule that accepted
+	// ("ns/name ingress rule 0"), DeniedBy the comment of the rule that dropped.
 	Allowed   bool
 	AllowedBy string
 	DeniedBy  string
@@ -156,16 +157,17 @@ func Explain(snap *model.Snapshot, req Request, opts compiler.Options) (*Explana
 	from := Endpoint{Pod: src, Addr: srcAddr}
 	dst.Addr = dstAddr
 
-	ex := &Explanation{From: from, To: dst, Protocol: req.Protocol, Port: req.Port, Allowed: true,
+	ex := &Explanation{From: from, To: dst, Protocol: req.Protocol, Port: req.Port,
 		Egress:  Side{Direction: compiler.Egress, Endpoint: from.Name(), Node: src.NodeName},
 		Ingress: Side{Direction: compiler.Ingress, Endpoint: dst.Name()}}
 	if dst.Pod != nil {
 		ex.Ingress.Node = dst.Pod.NodeName
 	}
 	seen := map[string]bool{}
-	for _, h := range tracer.Hops(from.tracer(), dst.tracer()) {
+	rulesets := map[string]*ruleset.Ruleset{}
+	compile := func(node string) (*tracer.Tracer, error) {
 		s := *snap
-		s.NodeName = h.Node
+		s.NodeName = node
 		res := compiler.Compile(&s, opts)
 		for _, p := range res.Problems {
 			if k := p.Error(); !seen[k] {
@@ -173,12 +175,17 @@ func Explain(snap *model.Snapshot, req Request, opts compiler.Options) (*Explana
 				ex.Problems = append(ex.Problems, p)
 			}
 		}
-		pkt := tracer.Packet{Src: srcAddr, Dst: dstAddr, Proto: protoNum, DPort: req.Port, Hook: h.Hook}
-		hop := Hop{Hop: h, Packet: pkt, Ruleset: res.Ruleset, Trace: tracer.Trace(res.Ruleset, pkt)}
+		rulesets[node] = res.Ruleset
+		return tracer.New(res.Ruleset), nil
+	}
+	j, err := tracer.Judge(from.tracer(), dst.tracer(), tracer.Packet{Proto: protoNum, DPort: req.Port}, compile)
+	if err != nil {
+		return nil, err
+	}
+	ex.Allowed = j.Allowed()
+	for _, h := range j.Hops {
+		hop := Hop{Hop: h.Hop, Packet: h.Packet, Ruleset: rulesets[h.Node], Trace: h.Result}
 		ex.Hops = append(ex.Hops, hop)
-		if !hop.Trace.Allowed() {
-			ex.Allowed = false
-		}
 		if h.Node == ex.Egress.Node {
 			ex.Egress.read(hop)
 		}
@@ -223,42 +230,30 @@ func pickAddrs(src *model.Pod, dst Endpoint, fam ruleset.Family) (netip.Addr, ne
 	return netip.Addr{}, netip.Addr{}, fmt.Errorf("%s and %s have no address of a common family", src.Key(), dst.Name())
 }
 
-// direction tells which direction a chain of the compiled ruleset belongs to.
-func direction(chain string) compiler.Direction {
-	switch {
-	case strings.HasPrefix(chain, "egress-"), strings.HasPrefix(chain, "isolate-eg-"), strings.HasPrefix(chain, "pol-eg-"):
-		return compiler.Egress
-	case strings.HasPrefix(chain, "ingress-"), strings.HasPrefix(chain, "isolate-in-"), strings.HasPrefix(chain, "pol-in-"):
-		return compiler.Ingress
-	}
-	return ""
-}
-
-// read takes this side's part of a hop's trace: the verdict-map dispatch to an isolation
-// chain (whose jump rules name the isolating policies), the policy rule that accepted,
-// or the isolation chain's final drop.
+// read takes this side's part of a hop's trace, through the owners of the hop's
+// compiled ruleset: the dispatch to an isolation chain (which names the isolating
+// policies), the policy rule that accepted, or the isolation chain's final drop.
 func (s *Side) read(h Hop) {
 	s.Allowed = true
+	owners := h.Ruleset.Owners
 	for _, st := range h.Trace.Steps {
-		if direction(st.Chain) != s.Direction {
+		co := owners.Chain(st.Chain)
+		if co == nil || co.Direction != s.Direction {
 			continue
 		}
 		s.Judged = true
-		if target, ok := strings.CutPrefix(st.Verdict, "jump "); ok && strings.HasPrefix(target, "isolate-") {
+		ro, _ := owners.Rule(st.Chain, st.Rule)
+		if target := owners.Chain(st.Target); ro.Role == ruleset.RoleDispatch && target != nil && target.Role == ruleset.RoleIsolation {
 			s.Isolated = true
 			s.Policies = nil
-			if c := h.Ruleset.Chain(target); c != nil {
-				for _, r := range c.Rules {
-					if r.Verdict.Kind == ruleset.VerdictJump {
-						s.Policies = append(s.Policies, r.Comment)
-					}
-				}
+			for _, p := range target.Policies {
+				s.Policies = append(s.Policies, p.String())
 			}
 		}
 		switch st.Verdict {
 		case "accept":
-			if strings.HasPrefix(st.Chain, "pol-") {
-				s.AllowedBy = st.Comment
+			if ro.Role == ruleset.RoleAllow {
+				s.AllowedBy = fmt.Sprintf("%s %s rule %d", ro.Policy, co.Direction, ro.Rule)
 			}
 		case "drop":
 			s.Allowed = false

@@ -1,11 +1,15 @@
 package explain
 
 import (
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/nftpolicy/nftpolicy/pkg/compiler"
 	"github.com/nftpolicy/nftpolicy/pkg/manifest"
@@ -239,4 +243,31 @@ func TestCheckKernel(t *testing.T) {
 
 func containsPrefix(ss []string, p string) bool {
 	return slices.ContainsFunc(ss, func(s string) bool { return strings.HasPrefix(s, p) })
+}
+
+// Policies whose namespace and name are at the API's limits (63 and 253 characters),
+// cut short in the ruleset's names and comments, are named whole: the isolating
+// policies, the policy rule that allows, on both sides of a connection between nodes.
+func TestExplainLongNames(t *testing.T) {
+	ns, name := strings.Repeat("n", 63), strings.Repeat("p", 253)
+	pod := func(ns, name, node, ip string) *model.Pod {
+		return &model.Pod{Namespace: ns, Name: name, NodeName: node, Labels: map[string]string{"pod": name}, Phase: corev1.PodRunning,
+			IPs: []netip.Addr{netip.MustParseAddr(ip)}}
+	}
+	all, other := metav1.LabelSelector{}, intstr.FromInt32(9999)
+	snap := &model.Snapshot{
+		Pods:       []*model.Pod{pod(ns, "a", "n1", "10.0.1.2"), pod(ns, "b", "n2", "10.0.2.2")},
+		Namespaces: map[string]*model.Namespace{ns: {Name: ns}},
+		Policies: []*networkingv1.NetworkPolicy{{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+			Spec: networkingv1.NetworkPolicySpec{PodSelector: all,
+				Ingress: []networkingv1.NetworkPolicyIngressRule{{Ports: []networkingv1.NetworkPolicyPort{{Port: &other}}}, {From: []networkingv1.NetworkPolicyPeer{{PodSelector: &all}}}},
+				Egress:  []networkingv1.NetworkPolicyEgressRule{{To: []networkingv1.NetworkPolicyPeer{{PodSelector: &all}}}}}}},
+	}
+	ex := mustExplain(t, snap, ns+"/a", ns+"/b", "80")
+	if !ex.Allowed {
+		t.Fatalf("denied:\n%s", ex.Format())
+	}
+	key := ns + "/" + name
+	checkSide(t, "egress", ex.Egress, side{judged: true, isolated: true, allowed: true, policies: []string{key}, allowedBy: key + " egress rule 0"})
+	checkSide(t, "ingress", ex.Ingress, side{judged: true, isolated: true, allowed: true, policies: []string{key}, allowedBy: key + " ingress rule 1"})
 }

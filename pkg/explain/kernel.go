@@ -1,7 +1,6 @@
 package explain
 
 import (
-	"encoding/binary"
 	"fmt"
 	"strings"
 
@@ -90,10 +89,8 @@ func compareHop(h Hop, live *ruleset.Ruleset) []string {
 		add(st.Chain)
 		// A chain jumped to whose rules all failed to match has no step of its own,
 		// yet its lookups decided the verdict.
-		for _, p := range []string{"jump ", "goto "} {
-			if target, ok := strings.CutPrefix(st.Verdict, p); ok {
-				add(target)
-			}
+		if st.Target != "" {
+			add(st.Target)
 		}
 	}
 	checkedSets := map[string]bool{}
@@ -124,7 +121,7 @@ func compareHop(h Hop, live *ruleset.Ruleset) []string {
 				if checkedSets[l.set] {
 					continue
 				}
-				vals, ok := packetValues(h.Packet, l.fields)
+				vals, ok := h.Packet.Values(l.fields)
 				if !ok {
 					continue // a lookup of the other family: never evaluated
 				}
@@ -185,36 +182,6 @@ func describeRules(chain string, want, got []ruleset.Rule) []string {
 		}
 	}
 	return out
-}
-
-// packetValues loads fields from the packet as the tracer does; false when a field is
-// of the other family.
-func packetValues(p tracer.Packet, fields []ruleset.Field) ([][]byte, bool) {
-	fam := ruleset.IPv6
-	if p.Src.Is4() {
-		fam = ruleset.IPv4
-	}
-	out := make([][]byte, len(fields))
-	for i, f := range fields {
-		if ff := f.Family(); ff != 0 && ff != fam {
-			return nil, false
-		}
-		switch f {
-		case ruleset.FieldIPv4Saddr, ruleset.FieldIPv6Saddr:
-			out[i] = p.Src.AsSlice()
-		case ruleset.FieldIPv4Daddr, ruleset.FieldIPv6Daddr:
-			out[i] = p.Dst.AsSlice()
-		case ruleset.FieldL4Proto:
-			out[i] = []byte{p.Proto}
-		case ruleset.FieldDPort:
-			out[i] = binary.BigEndian.AppendUint16(nil, p.DPort)
-		case ruleset.FieldICMPv6Type:
-			out[i] = []byte{p.ICMPType}
-		default:
-			return nil, false
-		}
-	}
-	return out, true
 }
 
 // Format prints the drift report.

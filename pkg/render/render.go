@@ -13,12 +13,6 @@ import (
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
 )
 
-// AgentOptions are the compiler options nftpolicy-agent runs with by default
-// (--table nftpolicy, --revoke-established=true, which adds the revocation rule).
-func AgentOptions() compiler.Options {
-	return compiler.Options{Table: compiler.DefaultTable, Revocation: true}
-}
-
 // Compile returns the ruleset for snap.NodeName, as the agent would program it.
 func Compile(snap *model.Snapshot, opts compiler.Options) *compiler.Result {
 	return compiler.Compile(snap, opts)

@@ -48,7 +48,7 @@ func TestGolden(t *testing.T) {
 			}
 			sort.Strings(names)
 			for _, node := range names {
-				res := Compile(objs.Snapshot(node), AgentOptions())
+				res := Compile(objs.Snapshot(node), agentOptions())
 				if len(res.Problems) > 0 {
 					t.Errorf("%s: problems: %v", node, res.Problems)
 				}
@@ -76,20 +76,16 @@ func TestGolden(t *testing.T) {
 }
 
 // TestGoldenIsAgentRuleset checks what the golden files pin: the agent's options (table
-// nftpolicy with the revocation rule) and the compiler's Engine — what the agent runs —
-// producing the same ruleset as Compile for the same input.
+// nftpolicy with the revocation rule). That the compiler's Engine — what the agent runs —
+// builds the same ruleset as Compile for this input is pkg/compiler's
+// TestEngineMatchesCompileOnDemo.
 func TestGoldenIsAgentRuleset(t *testing.T) {
 	objs, err := manifest.Load([]string{"testdata/demo"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	snap := objs.Snapshot("node2")
-	want := ruleset.Render(Compile(snap, AgentOptions()).Ruleset)
-	e := compiler.NewEngineFrom(snap, compiler.Options{Table: "nftpolicy", Revocation: true})
-	res, _ := e.Flush()
-	if got := ruleset.Render(res.Ruleset); got != want {
-		t.Fatalf("engine and Compile differ:\n%s", lineDiff(want, got))
-	}
+	want := ruleset.Render(Compile(snap, agentOptions()).Ruleset)
 	if !strings.Contains(want, "table inet nftpolicy") || !strings.Contains(want, "ct mark & 0x30000000 == 0x10000000") {
 		t.Fatalf("rendering lacks the agent's table or revocation rule:\n%s", want)
 	}
@@ -109,7 +105,7 @@ func TestDiff(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	desired := Compile(objs.Snapshot("node2"), AgentOptions()).Ruleset
+	desired := Compile(objs.Snapshot("node2"), agentOptions()).Ruleset
 	if d := Diff(desired.Clone(), desired); d != "" {
 		t.Fatalf("identical rulesets differ:\n%s", d)
 	}
@@ -152,4 +148,10 @@ func lineDiff(want, got string) string {
 		}
 	}
 	return ""
+}
+
+// agentOptions are the compiler options nftpolicy-agent runs with by default
+// (--table nftpolicy, --revoke-established=true, which adds the revocation rule).
+func agentOptions() compiler.Options {
+	return compiler.Options{Table: compiler.DefaultTable, Revocation: true}
 }

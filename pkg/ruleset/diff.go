@@ -197,9 +197,6 @@ func (r Rule) Equal(o Rule) bool {
 	return true
 }
 
-// RuleKey is the identity of a rule: its nft text, which covers every field.
-func RuleKey(r Rule) string { return FormatRule(r) }
-
 // DiffElements returns the elements to add and to delete to turn old into desired (an
 // element whose value changed is in both).
 func DiffElements(old, desired []Element) (add, del []Element) { return diffElements(old, desired) }
@@ -252,12 +249,16 @@ func sortedElements(els []Element) bool {
 }
 
 // Apply returns the ruleset that results from applying ch to old (a copy; old is not
-// modified). The fake dataplane uses it; it mirrors what the kernel does with the batch.
+// modified). The fake dataplane uses it; it mirrors what the kernel does with the batch,
+// so the result has no Owners, like a table read from the kernel.
 func (ch *Changes) Apply(old *Ruleset, desired *Ruleset) *Ruleset {
 	if ch.NeedsReplace || old == nil {
-		return desired.Clone()
+		out := desired.Clone()
+		out.Owners = nil
+		return out
 	}
 	out := old.Clone()
+	out.Owners = nil
 	for _, s := range ch.AddSets {
 		out.Sets = append(out.Sets, s.Clone())
 	}
@@ -321,9 +322,9 @@ func removeSets(in []*Set, del []*Set) []*Set {
 	return out
 }
 
-// Clone deep-copies the ruleset.
+// Clone deep-copies the ruleset's chains and sets; Owners, never modified, is shared.
 func (rs *Ruleset) Clone() *Ruleset {
-	out := &Ruleset{Table: rs.Table}
+	out := &Ruleset{Table: rs.Table, Owners: rs.Owners}
 	for _, c := range rs.Chains {
 		out.Chains = append(out.Chains, c.Clone())
 	}

@@ -135,7 +135,7 @@ func TestRender(t *testing.T) {
 	}
 }
 
-// Rule.Equal must agree with the rule's full text (RuleKey) on every kind of difference.
+// Rule.Equal must agree with the rule's full text (FormatRule) on every kind of difference.
 func TestRuleEqualAgreesWithText(t *testing.T) {
 	base := Rule{Matches: []Match{
 		{Kind: MatchCtState, CtStates: []string{"established", "related"}},
@@ -168,8 +168,37 @@ func TestRuleEqualAgreesWithText(t *testing.T) {
 	for i, v := range variants {
 		r := clone(base)
 		v(&r)
-		if got, want := base.Equal(r), RuleKey(base) == RuleKey(r); got != want {
+		if got, want := base.Equal(r), FormatRule(base) == FormatRule(r); got != want {
 			t.Errorf("variant %d: Equal=%v, text equal=%v", i, got, want)
 		}
+	}
+}
+
+// Owners are not part of the table: a ruleset without them (as read from a kernel) is
+// no different to Diff and Validate, Clone carries them, and Apply — which mirrors the
+// kernel — yields a table without them.
+func TestOwnersAreNotPartOfTheTable(t *testing.T) {
+	compiled := sample()
+	compiled.Normalize()
+	compiled.Owners = &Owners{Chains: map[string]*ChainOwner{"base": {Role: RoleBase, Direction: Ingress, Rules: []RuleOwner{{Role: RoleDispatch}}}}}
+	kernel := compiled.Clone()
+	if kernel.Owners != compiled.Owners {
+		t.Fatal("Clone dropped the owners")
+	}
+	kernel.Owners = nil
+	if d := Diff(kernel, compiled); !d.Empty() {
+		t.Errorf("owners make a difference: %+v", d)
+	}
+	if err := kernel.Validate(); err != nil {
+		t.Errorf("without owners: %v", err)
+	}
+	if err := compiled.Validate(); err != nil {
+		t.Errorf("with owners: %v", err)
+	}
+	if got := Diff(nil, compiled).Apply(nil, compiled); got.Owners != nil {
+		t.Error("Apply of a replacement kept the owners")
+	}
+	if got := Diff(compiled, compiled).Apply(compiled, compiled); got.Owners != nil {
+		t.Error("Apply of changes kept the owners")
 	}
 }

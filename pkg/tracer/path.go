@@ -1,6 +1,7 @@
 package tracer
 
 import (
+	"fmt"
 	"net/netip"
 
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
@@ -47,4 +48,48 @@ func Hops(src, dst Endpoint) []Hop {
 		hops = append(hops, Hop{Node: dst.Node, Hook: hook})
 	}
 	return hops
+}
+
+// HopTrace is one node's trace of a connection's first packet.
+type HopTrace struct {
+	Hop
+	// Packet is the packet traced, its Hook the hop's.
+	Packet Packet
+	Result Result
+}
+
+// Judgement is what every node on a connection's path makes of its first packet.
+type Judgement struct {
+	Hops []HopTrace
+}
+
+// Allowed reports whether the connection passes: every node on its path accepts it (a
+// connection no node judges, between two addresses outside the cluster, passes).
+func (j Judgement) Allowed() bool {
+	for _, h := range j.Hops {
+		if !h.Result.Allowed() {
+			return false
+		}
+	}
+	return true
+}
+
+// Judge traces the first packet of a new connection src → dst through the ruleset of
+// every node that judges it (Hops), in path order. pkt carries the protocol and port;
+// its addresses are taken from src and dst and its hook from each hop. tracerOf returns
+// the tracer of a node's ruleset; its error ends the walk. Every hop is traced, also
+// after one drops, so that the judgement shows each node's view of the connection.
+func Judge(src, dst Endpoint, pkt Packet, tracerOf func(node string) (*Tracer, error)) (Judgement, error) {
+	var j Judgement
+	pkt.Src, pkt.Dst = src.Addr, dst.Addr
+	for _, h := range Hops(src, dst) {
+		t, err := tracerOf(h.Node)
+		if err != nil {
+			return j, fmt.Errorf("ruleset of node %s: %w", h.Node, err)
+		}
+		p := pkt
+		p.Hook = h.Hook
+		j.Hops = append(j.Hops, HopTrace{Hop: h, Packet: p, Result: t.Trace(p)})
+	}
+	return j, nil
 }

@@ -53,6 +53,8 @@ type Step struct {
 	// Verdict is what the step did: accept, drop, jump <chain>, return, or "" for a
 	// matching rule without a verdict (a counter).
 	Verdict string
+	// Target is the chain a jump or goto went to.
+	Target string
 }
 
 func (s Step) String() string {
@@ -297,7 +299,7 @@ func (t *evaluation) chain(c *ruleset.Chain, depth int) ruleset.VerdictKind {
 			if m == nil {
 				continue
 			}
-			vals, ok := t.values(r.VMap.Fields)
+			vals, ok := t.pkt.Values(r.VMap.Fields)
 			if !ok {
 				continue
 			}
@@ -310,7 +312,7 @@ func (t *evaluation) chain(c *ruleset.Chain, depth int) ruleset.VerdictKind {
 			v = r.Verdict
 		}
 		t.step(func() Step {
-			return Step{Chain: c.Name, Rule: i, Text: ruleset.FormatRule(r), Comment: r.Comment, Verdict: v.String()}
+			return Step{Chain: c.Name, Rule: i, Text: ruleset.FormatRule(r), Comment: r.Comment, Verdict: v.String(), Target: v.Chain}
 		})
 		switch v.Kind {
 		case ruleset.VerdictAccept, ruleset.VerdictDrop:
@@ -345,7 +347,7 @@ func (t *evaluation) matches(ms []ruleset.Match) bool {
 				return false
 			}
 		case ruleset.MatchNFProto:
-			if t.family() != m.Family {
+			if t.pkt.Family() != m.Family {
 				return false
 			}
 		case ruleset.MatchL4Proto:
@@ -364,7 +366,7 @@ func (t *evaluation) matches(ms []ruleset.Match) bool {
 			if s == nil {
 				return false
 			}
-			vals, ok := t.values(m.Fields)
+			vals, ok := t.pkt.Values(m.Fields)
 			if !ok {
 				// A field of the other family: nft's implicit nfproto check fails.
 				return false
@@ -380,31 +382,35 @@ func (t *evaluation) matches(ms []ruleset.Match) bool {
 	return true
 }
 
-func (t *evaluation) family() ruleset.Family {
-	if t.pkt.Src.Is4() {
+// Family is the packet's address family, that of its source address.
+func (p Packet) Family() ruleset.Family {
+	if p.Src.Is4() {
 		return ruleset.IPv4
 	}
 	return ruleset.IPv6
 }
 
-// values loads the fields from the packet; false when a field does not apply to it.
-func (t *evaluation) values(fields []ruleset.Field) ([][]byte, bool) {
+// Values loads fields from the packet as a rule's lookup reads them (big-endian, one
+// value per field); false when a field does not apply to it (a field of the other
+// family, where nft's implicit nfproto check fails). The tracer and explain's kernel
+// check both read packets through it.
+func (p Packet) Values(fields []ruleset.Field) ([][]byte, bool) {
 	out := make([][]byte, len(fields))
 	for i, f := range fields {
-		if fam := f.Family(); fam != 0 && fam != t.family() {
+		if fam := f.Family(); fam != 0 && fam != p.Family() {
 			return nil, false
 		}
 		switch f {
 		case ruleset.FieldIPv4Saddr, ruleset.FieldIPv6Saddr:
-			out[i] = t.pkt.Src.AsSlice()
+			out[i] = p.Src.AsSlice()
 		case ruleset.FieldIPv4Daddr, ruleset.FieldIPv6Daddr:
-			out[i] = t.pkt.Dst.AsSlice()
+			out[i] = p.Dst.AsSlice()
 		case ruleset.FieldL4Proto:
-			out[i] = []byte{t.pkt.Proto}
+			out[i] = []byte{p.Proto}
 		case ruleset.FieldDPort:
-			out[i] = []byte{byte(t.pkt.DPort >> 8), byte(t.pkt.DPort)}
+			out[i] = []byte{byte(p.DPort >> 8), byte(p.DPort)}
 		case ruleset.FieldICMPv6Type:
-			out[i] = []byte{t.pkt.ICMPType}
+			out[i] = []byte{p.ICMPType}
 		default:
 			return nil, false
 		}

@@ -176,10 +176,13 @@ func TestVerdictCounters(t *testing.T) {
 	pod("bystander", "node2", map[string]string{"role": "bystander"}, port)
 
 	// allow-client: rule 0 admits the client on port+1 only (never used), rule 1 on
-	// port: the probe must move rule 1 and not rule 0. unrelated isolates another pod.
+	// port: the probe must move rule 1 and not rule 0. unrelated isolates another pod;
+	// its name has the API's maximum length (253), longer than any chain name or rule
+	// comment can hold, and its series must still carry it whole.
 	allow := ingressFrom("allow-client", map[string]string{"role": "server"}, map[string]string{"role": "client"}, port+1)
 	allow.Spec.Ingress = append(allow.Spec.Ingress, ingressFrom("", nil, map[string]string{"role": "client"}, port).Spec.Ingress...)
-	unrelated := ingressFrom("unrelated", map[string]string{"role": "bystander"}, map[string]string{"role": "nobody"}, port)
+	unrelatedName := "unrelated-" + strings.Repeat("x", 253-len("unrelated-"))
+	unrelated := ingressFrom(unrelatedName, map[string]string{"role": "bystander"}, map[string]string{"role": "nobody"}, port)
 	for _, np := range []*networkingv1.NetworkPolicy{allow, unrelated} {
 		if err := c.Client().Create(ctx, np); err != nil {
 			t.Fatalf("create policy %s: %v", np.Name, err)
@@ -201,7 +204,7 @@ func TestVerdictCounters(t *testing.T) {
 		m, err := s.scrape(ctx)
 		if err == nil {
 			_, a := value(m, "nftpolicy_policy_allowed_packets_total", rule("1"))
-			_, d := value(m, "nftpolicy_policy_dropped_packets_total", dropsOf("unrelated"))
+			_, d := value(m, "nftpolicy_policy_dropped_packets_total", dropsOf(unrelatedName))
 			if a && d {
 				before = m
 				break
@@ -308,8 +311,8 @@ func TestVerdictCounters(t *testing.T) {
 	}
 	for _, want := range []string{
 		fmt.Sprintf("nftpolicy_policy_allowed_packets_total%v", rule("0")),
-		fmt.Sprintf("nftpolicy_policy_dropped_packets_total%v", dropsOf("unrelated")),
-		fmt.Sprintf("nftpolicy_policy_allowed_packets_total%v", map[string]string{"namespace": ns, "policy": "unrelated", "direction": "ingress", "rule": "0"}),
+		fmt.Sprintf("nftpolicy_policy_dropped_packets_total%v", dropsOf(unrelatedName)),
+		fmt.Sprintf("nftpolicy_policy_allowed_packets_total%v", map[string]string{"namespace": ns, "policy": unrelatedName, "direction": "ingress", "rule": "0"}),
 	} {
 		if _, ok := a[want]; !ok {
 			t.Errorf("series %s missing; have %v", want, a)

@@ -348,39 +348,38 @@ func (e *TracerEnv) Probe(ctx context.Context, spec ProbeSpec) (*lab.Matrix, err
 }
 
 // judge decides one new connection the way the kernel of each node on the path would
-// (tracer.Hops). A pod talking to its own address never leaves it. The reason names the
-// node and the step that decided.
+// (tracer.Judge). A pod talking to its own address never leaves it. The reason names
+// each node and the step that decided there.
 func judge(compile func(string) (*ruleset.Ruleset, error), src, dst endpoint, proto uint8, port uint16, destinationOnly bool) (bool, string, error) {
 	if src.ip == dst.ip && src.node == dst.node {
 		return true, "loopback: never leaves the pod", nil
 	}
-	pkt := tracer.Packet{Src: src.ip, Dst: dst.ip, Proto: proto, DPort: port}
+	from := tracer.Endpoint{Addr: src.ip, Node: src.node, Host: src.host}
+	if destinationOnly && dst.node != src.node {
+		// The planted bug: the source's node does not judge traffic leaving it.
+		from.Node = ""
+	}
+	j, err := tracer.Judge(from, tracer.Endpoint{Addr: dst.ip, Node: dst.node, Host: dst.host}, tracer.Packet{Proto: proto, DPort: port},
+		func(node string) (*tracer.Tracer, error) {
+			rs, err := compile(node)
+			if err != nil {
+				return nil, err
+			}
+			return tracer.New(rs), nil
+		})
+	if err != nil {
+		return false, "", err
+	}
 	var why []string
-	pass := func(node string, hook ruleset.Hook) (bool, error) {
-		rs, err := compile(node)
-		if err != nil {
-			return false, err
-		}
-		p := pkt
-		p.Hook = hook
-		res := tracer.Trace(rs, p)
-		step := res.Last()
+	for _, h := range j.Hops {
+		step := h.Result.Last()
 		desc := step.String()
 		if step.Comment != "" {
 			desc += " /* " + step.Comment + " */"
 		}
-		why = append(why, fmt.Sprintf("%s %s: %s: %s", node, hook, res.Verdict, desc))
-		return res.Allowed(), nil
+		why = append(why, fmt.Sprintf("%s %s: %s: %s", h.Node, h.Hook, h.Result.Verdict, desc))
 	}
-	for i, hop := range tracer.Hops(tracer.Endpoint{Addr: src.ip, Node: src.node, Host: src.host}, tracer.Endpoint{Addr: dst.ip, Node: dst.node, Host: dst.host}) {
-		if i == 0 && destinationOnly && dst.node != src.node && hop.Node == src.node {
-			continue
-		}
-		if ok, err := pass(hop.Node, hop.Hook); err != nil || !ok {
-			return false, strings.Join(why, "; "), err
-		}
-	}
-	return true, strings.Join(why, "; "), nil
+	return j.Allowed(), strings.Join(why, "; "), nil
 }
 
 // snapshot reads the cluster into the compiler's model, as the agent's caches hold it.

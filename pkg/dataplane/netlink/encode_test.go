@@ -63,7 +63,7 @@ func TestRuleRoundTrip(t *testing.T) {
 	for _, r := range rules {
 		got := roundTripRule(t, r)
 		want, _ := ruleset.CanonicalRule(r)
-		if ruleset.RuleKey(got) != ruleset.RuleKey(want) {
+		if ruleset.FormatRule(got) != ruleset.FormatRule(want) {
 			t.Errorf("round trip of %s:\n got %s\nwant %s", ruleset.FormatRule(r), ruleset.FormatRule(got), ruleset.FormatRule(want))
 		}
 	}
@@ -84,7 +84,7 @@ func TestRuleNotOurs(t *testing.T) {
 	if len(ud) != 0 {
 		t.Errorf("userdata %x for a rule without a comment", ud)
 	}
-	if got := decodeRule(rawRule{exprs: asDumped(t, exprs)}); ruleset.RuleKey(got) != ruleset.RuleKey(guarded) {
+	if got := decodeRule(rawRule{exprs: asDumped(t, exprs)}); ruleset.FormatRule(got) != ruleset.FormatRule(guarded) {
 		t.Errorf("from expressions alone: %s", ruleset.FormatRule(got))
 	}
 	for name, ex := range map[string][]expr.Any{
