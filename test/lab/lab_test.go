@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nftpolicy/nftpolicy/internal/testns"
 )
 
 var ports = []int{80, 81}
@@ -132,7 +134,7 @@ func TestPodToPod(t *testing.T) {
 
 	t.Run("nft drop in node netns", func(t *testing.T) {
 		if _, err := exec.LookPath("nft"); err != nil {
-			t.Skip("nft not installed")
+			testns.SkipUnlessRequired(t, "nft not installed")
 		}
 		b := pods[1]
 		rules := fmt.Sprintf("add table inet t; "+
@@ -226,7 +228,7 @@ func TestForwardTCP(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, "hello from root netns "+r.URL.Path)
+		_, _ = io.WriteString(w, "hello from root netns "+r.URL.Path) // the client checks the body
 	}))
 	t.Cleanup(srv.Close)
 	target := srv.Listener.Addr().String() // 127.0.0.1:<port>
@@ -410,7 +412,7 @@ func TestDoRestoresThread(t *testing.T) {
 		wg.Go(func() {
 			err := ns.Do(func() error {
 				if got, err := inodeOf("/proc/thread-self/ns/net"); err != nil || got != nsIno {
-					return fmt.Errorf("inside Do: netns inode %d (%v), want %d", got, err, nsIno)
+					return fmt.Errorf("inside Do: netns inode %d (%w), want %d", got, err, nsIno)
 				}
 				return nil
 			})
