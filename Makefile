@@ -55,11 +55,10 @@ vet: ## gofmt and go vet.
 unit: ## Pure unit tests (compiler, tracer, ruleset); no root needed.
 	$(GO) test $(GO_TEST_FLAGS) ./pkg/compiler/... ./pkg/ruleset/... ./pkg/tracer/... ./pkg/model/...
 
+.PHONY: test
 # The packages make test runs: all but the reliability suites, which run only on request
 # (make test-reliability) and would otherwise be listed just to skip.
 TEST_PACKAGES = $$($(GO) list ./... | grep -v /test/reliability/)
-
-.PHONY: test
 test: deps envtest-assets build vet lint chart image ## Every test: lint, unit, envtest, kernel (netns) and end-to-end; installs what it needs. Under CI=true a test that cannot set up its kernel environment fails instead of skipping.
 	$(GO) test $(GO_TEST_FLAGS) $(TEST_PACKAGES)
 
