@@ -24,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/nftpolicy/nftpolicy/internal/testns"
 	"github.com/nftpolicy/nftpolicy/pkg/dataplane/fake"
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
 	"github.com/nftpolicy/nftpolicy/pkg/tracer"
@@ -52,7 +53,7 @@ var _ = BeforeSuite(func() {
 		}
 	}
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
-		Skip("no control plane: run `make envtest-assets` or `make test` (KUBEBUILDER_ASSETS unset)")
+		testns.SkipUnlessRequired(GinkgoT(), "no control plane: run `make envtest-assets` or `make test` (KUBEBUILDER_ASSETS unset)")
 	}
 	logf.SetLogger(zap.New(zap.WriteTo(GinkgoWriter), zap.UseDevMode(true)))
 	testEnv = &envtest.Environment{}

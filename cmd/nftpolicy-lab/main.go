@@ -229,7 +229,7 @@ func probe(ctx context.Context, args []string) error {
 			return err
 		}
 		if !r.OK {
-			return fmt.Errorf("%s %s -> %s: denied or unreachable after %v: %v", *proto, *from, target, r.Elapsed.Round(time.Millisecond), r.Err)
+			return fmt.Errorf("%s %s -> %s: denied or unreachable after %v: %w", *proto, *from, target, r.Elapsed.Round(time.Millisecond), r.Err)
 		}
 		fmt.Printf("%s %s -> %s: answered by %s in %v\n", *proto, *from, target, r.Reply, r.Elapsed.Round(time.Millisecond))
 		return nil

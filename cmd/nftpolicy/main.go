@@ -200,7 +200,9 @@ func runExplain(args []string, stdin io.Reader, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("explain: %w", err)
 	}
-	io.WriteString(out, ex.Format())
+	if _, err := io.WriteString(out, ex.Format()); err != nil {
+		return fmt.Errorf("explain: write: %w", err)
+	}
 	found := !ex.Allowed
 	if c.node != "" {
 		live, err := readKernel(c.table)
@@ -211,7 +213,9 @@ func runExplain(args []string, stdin io.Reader, out io.Writer) error {
 		if d == nil {
 			fmt.Fprintf(out, "kernel of %s: no hop of this connection is judged by %s; nothing to check\n", c.node, c.node)
 		} else {
-			io.WriteString(out, d.Format())
+			if _, err := io.WriteString(out, d.Format()); err != nil {
+				return fmt.Errorf("explain: write the kernel check: %w", err)
+			}
 			found = found || len(d.Differences) > 0
 		}
 	}

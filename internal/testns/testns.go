@@ -16,11 +16,12 @@ import (
 )
 
 // New returns a descriptor of a new, empty network namespace, closed when the test
-// ends. It skips the test when not root or when namespaces cannot be created.
+// ends. It skips the test (fails it when Required) when not root or when namespaces
+// cannot be created.
 func New(t testing.TB) int {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("kernel test: needs root (CAP_SYS_ADMIN for a network namespace, CAP_NET_ADMIN inside it)")
+		SkipUnlessRequired(t, "kernel test: needs root (CAP_SYS_ADMIN for a network namespace, CAP_NET_ADMIN inside it)")
 	}
 	type result struct {
 		fd  int
@@ -39,20 +40,20 @@ func New(t testing.TB) int {
 	}()
 	r := <-ch
 	if r.err != nil {
-		t.Skipf("kernel test: cannot create a network namespace: %v", r.err)
+		SkipUnlessRequired(t, "kernel test: cannot create a network namespace: %v", r.err)
 	}
 	t.Cleanup(func() { unix.Close(r.fd) })
 	return r.fd
 }
 
 // Exec runs a command inside the namespace (nsenter on an inherited copy of the
-// descriptor) and returns its output. It skips the test when nsenter or the command is
-// not installed.
+// descriptor) and returns its output. It skips the test (fails it when Required) when
+// nsenter or the command is not installed.
 func Exec(t testing.TB, nsFd int, name string, args ...string) (string, error) {
 	t.Helper()
 	for _, tool := range []string{"nsenter", name} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("kernel test: %s not installed", tool)
+			SkipUnlessRequired(t, "kernel test: %s not installed", tool)
 		}
 	}
 	dup, err := unix.Dup(nsFd)
@@ -61,7 +62,7 @@ func Exec(t testing.TB, nsFd int, name string, args ...string) (string, error) {
 	}
 	f := os.NewFile(uintptr(dup), "netns")
 	defer f.Close()
-	cmd := exec.Command("nsenter", append([]string{"--net=/proc/self/fd/3", name}, args...)...)
+	cmd := exec.CommandContext(t.Context(), "nsenter", append([]string{"--net=/proc/self/fd/3", name}, args...)...)
 	cmd.ExtraFiles = []*os.File{f}
 	out, err := cmd.CombinedOutput()
 	if err != nil {

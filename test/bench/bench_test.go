@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nftpolicy/nftpolicy/internal/testns"
 	"github.com/nftpolicy/nftpolicy/test/lab"
 )
 
@@ -151,11 +152,11 @@ func TestSmoke(t *testing.T) {
 	lab.SkipIfNotRoot(t)
 	for _, tool := range []string{"nft", "conntrack"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (make deps)", tool)
+			testns.SkipUnlessRequired(t, "%s not installed (make deps)", tool)
 		}
 	}
 	if _, err := lab.ControlPlaneDir(""); err != nil {
-		t.Skipf("no control plane: %v", err)
+		testns.SkipUnlessRequired(t, "no control plane: %v", err)
 	}
 	agent := os.Getenv("NFTPOLICY_AGENT")
 	if agent == "" {

@@ -93,7 +93,11 @@ func (r *runner) coldAndIncremental(ctx context.Context, s Scale, reps int, incr
 	if last == nil {
 		return
 	}
-	defer last.stop()
+	defer func() {
+		if err := last.stop(); err != nil {
+			r.rep.Errors = append(r.rep.Errors, "controlplane: stop the agent: "+err.Error())
+		}
+	}()
 	if incremental {
 		r.step(ctx, "controlplane: incremental changes at "+s.String(), 10*time.Minute, func(ctx context.Context) error {
 			return r.incremental(ctx, last, s)
@@ -191,7 +195,7 @@ func (cp *ControlPlaneReport) summarizeCold(s Scale, runs []ColdSyncRun) {
 		CPUms:     med(func(r ColdSyncRun) float64 { return r.CPUms }),
 		RSSBytes:  int64(med(func(r ColdSyncRun) float64 { return float64(r.RSSBytes) })),
 		Chains:    last.Chains, Rules: last.Rules, Elements: last.Elements,
-		Transactions: int(slices.MaxFunc(runs, func(a, b ColdSyncRun) int { return a.Transactions - b.Transactions }).Transactions),
+		Transactions: slices.MaxFunc(runs, func(a, b ColdSyncRun) int { return a.Transactions - b.Transactions }).Transactions,
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -303,7 +304,7 @@ func (a *agentRun) waitReady(ctx context.Context, timeout time.Duration) error {
 		}
 		select {
 		case <-a.proc.Done():
-			return fmt.Errorf("agent exited before it was ready: %v", a.proc.Err())
+			return fmt.Errorf("agent exited before it was ready: %w", a.proc.ExitErr())
 		case <-ctx.Done():
 			return fmt.Errorf("agent not ready: %w", ctx.Err())
 		case <-time.After(10 * time.Millisecond):
@@ -463,7 +464,7 @@ func conntrackCount(ns *lab.Netns) int {
 	_ = ns.Do(func() error {
 		b, err := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_count")
 		if err == nil {
-			fmt.Sscan(string(b), &n)
+			n, _ = strconv.Atoi(strings.TrimSpace(string(b))) // a decimal, from the kernel
 		}
 		return nil
 	})

@@ -102,9 +102,3 @@ func parseStatusKB(b []byte, key string) (int64, error) {
 	}
 	return 0, fmt.Errorf("no %s in status", key)
 }
-
-// procExe returns the executable of the process (to check a PID is the agent).
-func procExe(pid int) string {
-	p, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
-	return p
-}

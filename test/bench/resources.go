@@ -69,7 +69,7 @@ type ResourceRun struct {
 
 var watchedResources = []string{"pods", "namespaces", "networkpolicies"}
 
-func (r *runner) resources(ctx context.Context, s Scale) error {
+func (r *runner) resources(ctx context.Context, s Scale) (err error) {
 	e, p := r.env, r.opts.Profile
 	run := ResourceRun{Scale: s, ChurnRate: p.ChurnRate}
 	defer func() { r.rep.Resource.Runs = append(r.rep.Resource.Runs, run) }()
@@ -85,7 +85,8 @@ func (r *runner) resources(ctx context.Context, s Scale) error {
 	if err != nil {
 		return err
 	}
-	defer a.stop()
+	// On an error path: the success path stops it below (stop is idempotent).
+	defer func() { err = errors.Join(err, a.stop()) }()
 	cpu, err := a.cpu()
 	if err != nil {
 		return err
@@ -188,7 +189,7 @@ func (r *runner) resources(ctx context.Context, s Scale) error {
 	if err != nil {
 		return err
 	}
-	defer b.stop()
+	defer func() { err = errors.Join(err, b.stop()) }()
 	if _, err := b.waitQuiet(ctx, 200*time.Millisecond, time.Minute); err != nil {
 		return err
 	}

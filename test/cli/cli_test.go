@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
+	"github.com/nftpolicy/nftpolicy/internal/testns"
 	"github.com/nftpolicy/nftpolicy/test/lab"
 )
 
@@ -95,14 +96,14 @@ func explainIn(ctx context.Context, t *testing.T, node *lab.ClusterNode, bin, ku
 func TestExplainLab(t *testing.T) {
 	lab.SkipIfNotRoot(t)
 	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("nft is not installed")
+		testns.SkipUnlessRequired(t, "nft is not installed")
 	}
 	if _, err := lab.ControlPlaneDir(""); err != nil {
-		t.Skipf("no control plane: %v (make envtest-assets)", err)
+		testns.SkipUnlessRequired(t, "no control plane: %v (make envtest-assets)", err)
 	}
 	agent := os.Getenv("NFTPOLICY_AGENT")
 	if agent == "" {
-		t.Skip("NFTPOLICY_AGENT is not set (make build; make test sets it)")
+		testns.SkipUnlessRequired(t, "NFTPOLICY_AGENT is not set (make build; make test sets it)")
 	}
 	bin := buildCLI(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)

@@ -29,6 +29,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
 
+	"github.com/nftpolicy/nftpolicy/internal/testns"
 	"github.com/nftpolicy/nftpolicy/test/chart"
 )
 
@@ -51,7 +52,7 @@ func helmBinary(t *testing.T) string {
 		h = filepath.Join(repoRoot(t), "bin", "helm")
 	}
 	if _, err := exec.LookPath(h); err != nil {
-		t.Skipf("no helm at %s: run `make helm` (make test builds it)", h)
+		testns.SkipUnlessRequired(t, "no helm at %s: run `make helm` (make test builds it)", h)
 	}
 	return h
 }
@@ -65,7 +66,7 @@ func startAPIServer(t *testing.T) client.Client {
 	}
 	assets := os.Getenv("KUBEBUILDER_ASSETS")
 	if _, err := os.Stat(filepath.Join(assets, "kube-apiserver")); err != nil {
-		t.Skipf("no control plane in %s: run `make envtest-assets` (make test builds it)", assets)
+		testns.SkipUnlessRequired(t, "no control plane in %s: run `make envtest-assets` (make test builds it)", assets)
 	}
 	env := &envtest.Environment{
 		CRDDirectoryPaths:     []string{filepath.Join("testdata", "crds")},

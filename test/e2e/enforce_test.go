@@ -29,6 +29,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
+	"github.com/nftpolicy/nftpolicy/internal/testns"
 	"github.com/nftpolicy/nftpolicy/test/lab"
 )
 
@@ -58,17 +59,17 @@ func repoRoot() string {
 
 var _ = BeforeSuite(func() {
 	if os.Geteuid() != 0 {
-		Skip("the end-to-end test needs root (network namespaces and nftables)")
+		testns.SkipUnlessRequired(GinkgoT(), "the end-to-end test needs root (network namespaces and nftables)")
 	}
 	if _, err := exec.LookPath("nft"); err != nil {
-		Skip("nft is not installed (apt-get install nftables)")
+		testns.SkipUnlessRequired(GinkgoT(), "nft is not installed (apt-get install nftables)")
 	}
 	root := repoRoot()
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
 		os.Setenv("KUBEBUILDER_ASSETS", filepath.Join(root, "bin", "k8s"))
 	}
 	if _, err := os.Stat(filepath.Join(os.Getenv("KUBEBUILDER_ASSETS"), "kube-apiserver")); err != nil {
-		Skip("no control plane in KUBEBUILDER_ASSETS: run `make test`")
+		testns.SkipUnlessRequired(GinkgoT(), "no control plane in KUBEBUILDER_ASSETS: run `make test`")
 	}
 	agentBin = os.Getenv("NFTPOLICY_AGENT")
 	if agentBin == "" {

@@ -117,10 +117,7 @@ func (c *Cluster) waitAgentReady(ctx context.Context, n *ClusterNode, p *Process
 		}
 		select {
 		case <-p.Done():
-			if p.Err() == nil {
-				return errors.New("agent exited (status 0) before it was ready")
-			}
-			return fmt.Errorf("agent exited before it was ready: %w", p.Err())
+			return fmt.Errorf("agent exited before it was ready: %w", p.ExitErr())
 		case <-ctx.Done():
 			return fmt.Errorf("agent not ready: %w", ctx.Err())
 		case <-tick.C:

@@ -3,6 +3,7 @@ package lab
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -22,6 +23,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/nftpolicy/nftpolicy/controllers"
+	"github.com/nftpolicy/nftpolicy/internal/testns"
 )
 
 // skipUnlessCluster skips unless the cluster tests can run: root, nft and
@@ -30,10 +34,10 @@ func skipUnlessCluster(t *testing.T) {
 	t.Helper()
 	SkipIfNotRoot(t)
 	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("lab: nft is not installed (apt-get install nftables)")
+		testns.SkipUnlessRequired(t, "lab: nft is not installed (apt-get install nftables)")
 	}
 	if _, err := ControlPlaneDir(""); err != nil {
-		t.Skipf("lab: no control plane: %v", err)
+		testns.SkipUnlessRequired(t, "lab: no control plane: %v", err)
 	}
 }
 
@@ -374,7 +378,11 @@ func testClusterTopology(t *testing.T, topo Topology) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer c.DeleteService(ctx, svc)
+			defer func() {
+				if err := c.DeleteService(ctx, svc); err != nil {
+					t.Error(err)
+				}
+			}()
 			node1 := c.Node("node1").NS
 			for _, on := range []bool{false, true} {
 				v := map[bool]string{false: "0", true: "1"}[on]
@@ -465,13 +473,22 @@ func TestClusterObjectOnlyPod(t *testing.T) {
 		if err != nil || !r.OK || r.Reply != "x/side" {
 			t.Errorf("sctp live -> side:90: %+v %v", r, err)
 		}
-	} else {
-		t.Log("SCTP is not supported by this kernel: the sctp/90 server was skipped")
+	} else if _, err := c.Probe(ctx, live, side.AddrPort(IPv4, 90), "sctp", 0); !errors.Is(err, errNoSCTP) {
+		// No SCTP here: the server was not started and a probe says why.
+		t.Errorf("sctp live -> side:90 on a kernel without SCTP: got %v, want %v", err, errNoSCTP)
 	}
 }
 
-func TestSCTPSupported(t *testing.T) {
-	t.Logf("SCTPSupported() = %v", SCTPSupported())
+// TestSCTPProbesAgree: the lab (which opens an SCTP socket) and the agent (which reads
+// /proc/net/protocols) must agree on whether this kernel has SCTP. Where it has none the
+// lab cannot probe SCTP, and test/e2e/netpol asserts instead that the agent reports
+// SCTP ports as Unsupported; a disagreement would make that check, or the SCTP cases,
+// wrong. The socket goes first: it may load the sctp module, which the agent then sees.
+func TestSCTPProbesAgree(t *testing.T) {
+	lab := SCTPSupported()
+	if agent := controllers.KernelHasSCTP(); agent != lab {
+		t.Fatalf("the agent says the kernel has SCTP: %v; an SCTP socket says %v", agent, lab)
+	}
 }
 
 // agentBinary returns $NFTPOLICY_AGENT (set by `make test`) or skips.
@@ -479,10 +496,10 @@ func agentBinary(t *testing.T) string {
 	t.Helper()
 	bin := os.Getenv("NFTPOLICY_AGENT")
 	if bin == "" {
-		t.Skip("lab: NFTPOLICY_AGENT is not set (make build; make test sets it)")
+		testns.SkipUnlessRequired(t, "lab: NFTPOLICY_AGENT is not set (make build; make test sets it)")
 	}
 	if _, err := os.Stat(bin); err != nil {
-		t.Skipf("lab: agent binary: %v (make build)", err)
+		testns.SkipUnlessRequired(t, "lab: agent binary: %v (make build)", err)
 	}
 	return bin
 }
@@ -562,16 +579,13 @@ func TestClusterAgent(t *testing.T) {
 	expect("agent restarted")
 }
 
-// crashHelperEnv makes TestClusterCrashHelper start a cluster and wait to
-// be killed.
+// crashHelperEnv makes the test binary run crashHelper (see TestMain) with the
+// state directory it names.
 const crashHelperEnv = "NFTPOLICY_LAB_CRASH_HELPER_STATE"
 
-// TestClusterCrashHelper is the child process of TestClusterCrashCleanup.
-func TestClusterCrashHelper(t *testing.T) {
-	stateDir := os.Getenv(crashHelperEnv)
-	if stateDir == "" {
-		t.Skip("helper process of TestClusterCrashCleanup")
-	}
+// crashHelper is the child process of TestClusterCrashCleanup: it starts a
+// cluster, prints READY and waits to be killed. It never returns.
+func crashHelper(stateDir string) {
 	c, err := StartCluster(context.Background(), ClusterOptions{
 		Nodes: 2, DualStack: true, StateDir: stateDir, AgentBinary: os.Getenv("NFTPOLICY_AGENT"),
 	})
@@ -597,7 +611,8 @@ func TestClusterCrashHelper(t *testing.T) {
 func TestClusterCrashCleanup(t *testing.T) {
 	skipUnlessCluster(t)
 	stateDir := t.TempDir()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestClusterCrashHelper$", "-test.v")
+	// TestMain runs crashHelper instead of the tests; -test.run=^$ runs none should it not.
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), crashHelperEnv+"="+stateDir)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -610,8 +625,9 @@ func TestClusterCrashCleanup(t *testing.T) {
 	killed := false
 	defer func() {
 		if !killed {
-			cmd.Process.Kill()
-			cmd.Wait()
+			// Cleanup after a failure: the exit status of a killed child says nothing.
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
 		}
 	}()
 	prefix := ""
@@ -622,14 +638,14 @@ func TestClusterCrashCleanup(t *testing.T) {
 			prefix = p
 			break
 		}
-		if strings.HasPrefix(line, "ERROR") || strings.HasPrefix(line, "--- SKIP") {
+		if strings.HasPrefix(line, "ERROR") {
 			t.Fatalf("helper: %s", line)
 		}
 	}
 	if prefix == "" {
 		t.Fatalf("helper exited before it was ready: %v", lines.Err())
 	}
-	go io.Copy(io.Discard, stdout)
+	go func() { _, _ = io.Copy(io.Discard, stdout) }() // drain until the child dies
 	pids := recordedPIDs(t, filepath.Join(stateDir, prefix, "pids"))
 	for _, want := range []string{"kube-apiserver", "etcd"} {
 		if pids[want] == 0 {
@@ -641,7 +657,10 @@ func TestClusterCrashCleanup(t *testing.T) {
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	cmd.Wait()
+	var exit *exec.ExitError
+	if err := cmd.Wait(); !errors.As(err, &exit) {
+		t.Fatalf("helper after SIGKILL: want an exit error, got %v", err)
+	}
 	killed = true
 	// The control plane outlives its killed parent: that is what
 	// CleanupStale is for.

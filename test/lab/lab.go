@@ -11,6 +11,8 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+
+	"github.com/nftpolicy/nftpolicy/internal/testns"
 )
 
 // Options configures New.
@@ -86,8 +88,7 @@ func New(opts Options) (*Lab, error) {
 			err = os.WriteFile(filepath.Join(l.dir, ownerFile), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644)
 		}
 		if err != nil {
-			l.release()
-			return nil, fmt.Errorf("new lab %s: %w", prefix, err)
+			return nil, fmt.Errorf("new lab %s: %w", prefix, errors.Join(err, l.release()))
 		}
 		return l, nil
 	}
@@ -98,7 +99,7 @@ func New(opts Options) (*Lab, error) {
 func SkipIfNotRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("lab: needs root (network namespaces, veth, nftables); run e.g. `sudo -E go test ./test/lab/...`")
+		testns.SkipUnlessRequired(t, "lab: needs root (network namespaces, veth, nftables); run e.g. `sudo -E go test ./test/lab/...`")
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Fatalf("lab: iproute2 'ip' not found: %v", err)

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -17,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nftpolicy/nftpolicy/internal/testns"
 )
 
 var ports = []int{80, 81}
@@ -132,7 +135,7 @@ func TestPodToPod(t *testing.T) {
 
 	t.Run("nft drop in node netns", func(t *testing.T) {
 		if _, err := exec.LookPath("nft"); err != nil {
-			t.Skip("nft not installed")
+			testns.SkipUnlessRequired(t, "nft not installed")
 		}
 		b := pods[1]
 		rules := fmt.Sprintf("add table inet t; "+
@@ -226,7 +229,7 @@ func TestForwardTCP(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, "hello from root netns "+r.URL.Path)
+		_, _ = io.WriteString(w, "hello from root netns "+r.URL.Path) // the client checks the body
 	}))
 	t.Cleanup(srv.Close)
 	target := srv.Listener.Addr().String() // 127.0.0.1:<port>
@@ -317,11 +320,17 @@ func TestProcess(t *testing.T) {
 		return strings.Contains(string(b), "started")
 	})
 
+	if err := p.ExitErr(); err != nil {
+		t.Errorf("ExitErr of a running process: %v, want nil", err)
+	}
 	if err := p.Stop(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	if !p.Exited() || p.Err() == nil || !strings.Contains(p.Err().Error(), "terminated") {
 		t.Errorf("after Stop: exited=%v err=%v, want terminated", p.Exited(), p.Err())
+	}
+	if !errors.Is(p.ExitErr(), p.Err()) {
+		t.Errorf("ExitErr %v, want Err %v", p.ExitErr(), p.Err())
 	}
 	if _, err := os.Stat(p.PidFile); !os.IsNotExist(err) {
 		t.Errorf("pid file still exists after Stop (err=%v)", err)
@@ -343,6 +352,16 @@ func TestProcess(t *testing.T) {
 	}
 	if p2.Err() == nil || !strings.Contains(p2.Err().Error(), "killed") {
 		t.Errorf("stubborn: err=%v, want killed", p2.Err())
+	}
+
+	// A clean exit: Err is nil, ExitErr still says the process is gone.
+	p3, err := l.StartProcess(node.NS, "quitter", filepath.Join(t.TempDir(), "quitter.log"), "true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-p3.Done()
+	if p3.Err() != nil || p3.ExitErr() == nil || !strings.Contains(p3.ExitErr().Error(), "status 0") {
+		t.Errorf("clean exit: Err %v, ExitErr %v; want nil and an error naming status 0", p3.Err(), p3.ExitErr())
 	}
 }
 
@@ -410,7 +429,7 @@ func TestDoRestoresThread(t *testing.T) {
 		wg.Go(func() {
 			err := ns.Do(func() error {
 				if got, err := inodeOf("/proc/thread-self/ns/net"); err != nil || got != nsIno {
-					return fmt.Errorf("inside Do: netns inode %d (%v), want %d", got, err, nsIno)
+					return fmt.Errorf("inside Do: netns inode %d (%w), want %d", got, err, nsIno)
 				}
 				return nil
 			})

@@ -122,6 +122,20 @@ func (p *Process) Exited() bool {
 	}
 }
 
+// ExitErr says why a process that should be running is not: its exit error once it
+// has exited, an error for a clean exit (status 0) too; nil while it runs.
+func (p *Process) ExitErr() error {
+	select {
+	case <-p.done:
+		if p.err == nil {
+			return errors.New("exited with status 0")
+		}
+		return p.err
+	default:
+		return nil
+	}
+}
+
 // Err returns the process's exit error (nil for exit status 0) once it has
 // exited, nil before.
 func (p *Process) Err() error {

@@ -20,6 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/nftpolicy/nftpolicy/internal/testns"
 	"github.com/nftpolicy/nftpolicy/test/bench"
 	"github.com/nftpolicy/nftpolicy/test/lab"
 )
@@ -132,13 +133,13 @@ func TestVerdictCounters(t *testing.T) {
 	lab.SkipIfNotRoot(t)
 	agent := os.Getenv("NFTPOLICY_AGENT")
 	if agent == "" {
-		t.Skip("NFTPOLICY_AGENT is not set (make build; make test sets it)")
+		testns.SkipUnlessRequired(t, "NFTPOLICY_AGENT is not set (make build; make test sets it)")
 	}
 	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("nft is not installed")
+		testns.SkipUnlessRequired(t, "nft is not installed")
 	}
 	if _, err := lab.ControlPlaneDir(""); err != nil {
-		t.Skipf("no control plane: %v", err)
+		testns.SkipUnlessRequired(t, "no control plane: %v", err)
 	}
 	if err := lab.CleanupStale(""); err != nil {
 		t.Logf("cleaning up stale labs: %v", err)

@@ -27,6 +27,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
 
+	"github.com/nftpolicy/nftpolicy/internal/testns"
 	helmchart "github.com/nftpolicy/nftpolicy/test/chart"
 )
 
@@ -51,7 +52,7 @@ func helmBinary(t testing.TB) string {
 		h = filepath.Join(repoRoot(t), "bin", "helm")
 	}
 	if _, err := exec.LookPath(h); err != nil {
-		t.Skipf("no helm at %s: run `make helm` (or set $HELM)", h)
+		testns.SkipUnlessRequired(t, "no helm at %s: run `make helm` (or set $HELM)", h)
 	}
 	return h
 }

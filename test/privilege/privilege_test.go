@@ -39,6 +39,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nftpolicy/nftpolicy/internal/testns"
 	"github.com/nftpolicy/nftpolicy/pkg/compiler"
 	"github.com/nftpolicy/nftpolicy/test/lab"
 )
@@ -76,7 +77,7 @@ func agentBinary(t testing.TB) string {
 		_, err = os.Stat(abs)
 	}
 	if err != nil {
-		t.Skipf("no agent binary (%v): build one and set NFTPOLICY_AGENT, or `make build`", err)
+		testns.SkipUnlessRequired(t, "no agent binary (%v): build one and set NFTPOLICY_AGENT, or `make build`", err)
 	}
 	return abs
 }
@@ -86,15 +87,15 @@ func agentBinary(t testing.TB) string {
 func skipUnlessLab(t testing.TB) (agent string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("the lab needs root (network namespaces, nftables, capabilities)")
+		testns.SkipUnlessRequired(t, "the lab needs root (network namespaces, nftables, capabilities)")
 	}
 	for _, tool := range []string{"nft", "setpriv", "ip"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not installed (apt-get install nftables util-linux iproute2)", tool)
+			testns.SkipUnlessRequired(t, "%s is not installed (apt-get install nftables util-linux iproute2)", tool)
 		}
 	}
 	if _, err := lab.ControlPlaneDir(""); err != nil {
-		t.Skipf("no control plane: %v (run `make envtest-assets` or set KUBEBUILDER_ASSETS)", err)
+		testns.SkipUnlessRequired(t, "no control plane: %v (run `make envtest-assets` or set KUBEBUILDER_ASSETS)", err)
 	}
 	helmBinary(t)
 	return agentBinary(t)

@@ -27,7 +27,7 @@ func TestListAndMark(t *testing.T) {
 		mk("fd00::2", "fd00::3", 40001, 81, unix.IPPROTO_UDP),
 	} {
 		if err := c.Create(f); err != nil {
-			t.Skipf("kernel test: cannot create conntrack entries here: %v", err)
+			testns.SkipUnlessRequired(t, "kernel test: cannot create conntrack entries here: %v", err)
 		}
 	}
 	table := &Table{NetNS: ns}

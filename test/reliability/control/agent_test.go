@@ -92,7 +92,7 @@ func (a *agentRun) waitReady(ctx context.Context, timeout time.Duration) error {
 		}
 		select {
 		case <-a.proc.Done():
-			return fmt.Errorf("agent on %s exited before it was ready: %v; log:\n%s", a.node.Name, a.proc.Err(), a.logTail(20))
+			return fmt.Errorf("agent on %s exited before it was ready: %w; log:\n%s", a.node.Name, a.proc.ExitErr(), a.logTail(20))
 		case <-ctx.Done():
 			return fmt.Errorf("agent on %s not ready: %w; log:\n%s", a.node.Name, ctx.Err(), a.logTail(20))
 		case <-time.After(20 * time.Millisecond):

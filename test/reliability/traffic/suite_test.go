@@ -18,7 +18,6 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
-	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -184,10 +183,6 @@ func patchLabels(ctx context.Context, obj client.Object, labels map[string]strin
 		return fmt.Errorf("patch labels of %s: %w", obj.GetName(), err)
 	}
 	return nil
-}
-
-func podRef(p *lab.ClusterPod) *corev1.Pod {
-	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: p.Name}}
 }
 
 // ---- the kernel against the compiler ----
