@@ -158,7 +158,8 @@ func (s *Syncer) compiledOnReadyNode(ctx context.Context, key types.NamespacedNa
 	}
 	sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
 	if err != nil {
-		return false, nil // a selector that does not parse selects nothing: compiled nowhere
+		//nolint:nilerr // not a failure: a selector that does not parse selects nothing, so no node compiles the policy (its parse problem is reported by every agent)
+		return false, nil
 	}
 	var pods corev1.PodList
 	if err := s.Client.List(ctx, &pods, client.InNamespace(key.Namespace), client.UnsafeDisableDeepCopy); err != nil {

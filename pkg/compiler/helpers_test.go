@@ -130,7 +130,7 @@ func checkOwners(rs *ruleset.Ruleset) error {
 		var jumped []ruleset.PolicyRef
 		for i, r := range ch.Rules {
 			ro := co.Rules[i]
-			ok := true
+			var ok bool
 			switch ro.Role {
 			case ruleset.RoleAllow:
 				ok = co.Role == ruleset.RolePolicy && r.Verdict == ruleset.Accept && len(co.Policies) == 1 && ro.Policy == co.Policies[0]

@@ -20,7 +20,7 @@ func TestDependenciesPointDown(t *testing.T) {
 		mod + "pkg/dataplane/conntrack": {mod + "pkg/revoke", mod + "controllers"},
 		mod + "pkg/dataplane/netlink":   {mod + "pkg/revoke", mod + "controllers", mod + "pkg/compiler"},
 	} {
-		out, err := exec.Command("go", "list", "-deps", pkg).CombinedOutput()
+		out, err := exec.CommandContext(t.Context(), "go", "list", "-deps", pkg).CombinedOutput()
 		if err != nil {
 			t.Fatalf("go list -deps %s: %v\n%s", pkg, err, out)
 		}

@@ -220,7 +220,9 @@ func checkAgent(t *testing.T, ds *appsv1.DaemonSet) *corev1.Container {
 	healthPort := int32(0)
 	for _, a := range c.Args {
 		if v, ok := strings.CutPrefix(a, "--health-probe-bind-address=:"); ok {
-			fmt.Sscan(v, &healthPort)
+			if _, err := fmt.Sscan(v, &healthPort); err != nil {
+				t.Errorf("--health-probe-bind-address=:%s: the port is not a number: %v", v, err)
+			}
 		}
 	}
 	named := map[string]int32{}

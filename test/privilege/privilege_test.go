@@ -666,7 +666,7 @@ func (a *agentRun) waitReady(ctx context.Context, t *testing.T) {
 	start := time.Now()
 	err := poll(ctx, readyTimeout, 100*time.Millisecond, func() error {
 		if a.proc.Exited() {
-			return errStop{fmt.Errorf("the agent exited: %v", a.proc.Err())}
+			return errStop{fmt.Errorf("the agent exited: %w", a.proc.ExitErr())}
 		}
 		if !a.ready(ctx) {
 			return errors.New("/readyz is not 200")
@@ -771,7 +771,7 @@ func (e *env) waitReach(ctx context.Context, t *testing.T, want bool) {
 		}
 		last = r
 		if r.OK != want {
-			return fmt.Errorf("client -> server: ok=%v (%v), want ok=%v", r.OK, r.Err, want)
+			return fmt.Errorf("client -> server: ok=%v, want ok=%v: %w", r.OK, want, r.Err)
 		}
 		return nil
 	})
@@ -1022,7 +1022,7 @@ func (e *env) checkNoCapabilities(ctx context.Context, t *testing.T) {
 			}
 		}
 		if a.proc.Exited() {
-			return errStop{fmt.Errorf("the agent exited (%v) without saying it was not permitted", a.proc.Err())}
+			return errStop{fmt.Errorf("the agent exited without saying it was not permitted: %w", a.proc.ExitErr())}
 		}
 		return errors.New("no 'not permitted' in the agent's log yet")
 	})

@@ -589,7 +589,7 @@ func isZero(b []byte) bool { return len(bytes.Trim(b, "\x00")) == 0 }
 // TestNftGoldens compares every kind of message the dataplane sends with nft's.
 func TestNftGoldens(t *testing.T) {
 	if *update {
-		cmd := exec.Command(filepath.Join("..", "..", "..", "hack", "nft-goldens.sh"))
+		cmd := exec.CommandContext(t.Context(), filepath.Join("..", "..", "..", "hack", "nft-goldens.sh"))
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("hack/nft-goldens.sh: %v\n%s", err, out)
 		}
