@@ -159,6 +159,6 @@ conformance-down: ## Tear down a conformance cluster a crashed run left behind.
 	@hack/conformance/cluster.sh down
 
 .PHONY: clean
-clean: ## Remove build outputs: the binaries of build, lab-build, bench and image, and _out/. Keeps the cached tools built from the module proxy (bin/k8s, bin/helm, bin/conformance).
+clean: ## Remove build outputs: the binaries of build, lab-build, bench and image, and _out/. Keeps the cached tools built from the module proxy (bin/k8s, bin/helm, bin/golangci-lint, bin/conformance).
 	rm -f $(BIN)/nftpolicy-agent $(BIN)/nftpolicy $(LAB) $(BIN)/nftpolicy-bench $(BIN)/image
 	rm -rf _out
