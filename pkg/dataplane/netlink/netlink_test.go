@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -727,26 +726,16 @@ func TestOptions(t *testing.T) {
 // socket and is then discarded.
 func udpSocket(t *testing.T, ns, family int) int {
 	t.Helper()
-	type result struct {
-		fd  int
-		err error
+	var fd int
+	if err := testns.In(ns, func() error {
+		var err error
+		fd, err = unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		return err
+	}); err != nil {
+		t.Fatalf("socket in namespace: %v", err)
 	}
-	ch := make(chan result)
-	go func() {
-		runtime.LockOSThread()
-		if err := unix.Setns(ns, unix.CLONE_NEWNET); err != nil {
-			ch <- result{-1, err}
-			return
-		}
-		fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-		ch <- result{fd, err}
-	}()
-	r := <-ch
-	if r.err != nil {
-		t.Fatalf("socket in namespace: %v", r.err)
-	}
-	t.Cleanup(func() { unix.Close(r.fd) })
-	return r.fd
+	t.Cleanup(func() { unix.Close(fd) })
+	return fd
 }
 
 // Packets through the kernel: lookups in each kind of set match exactly what they
