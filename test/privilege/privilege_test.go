@@ -40,6 +40,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nftpolicy/nftpolicy/pkg/compiler"
+	helmchart "github.com/nftpolicy/nftpolicy/test/chart"
 	"github.com/nftpolicy/nftpolicy/test/lab"
 )
 
@@ -69,7 +70,7 @@ func agentBinary(t testing.TB) string {
 	t.Helper()
 	bin := os.Getenv("NFTPOLICY_AGENT")
 	if bin == "" {
-		bin = filepath.Join(repoRoot(t), "bin", "nftpolicy-agent")
+		bin = filepath.Join(helmchart.RepoRoot(t), "bin", "nftpolicy-agent")
 	}
 	abs, err := filepath.Abs(bin)
 	if err == nil {
