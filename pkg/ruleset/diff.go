@@ -288,35 +288,22 @@ func (ch *Changes) Apply(old *Ruleset, desired *Ruleset) *Ruleset {
 	for _, c := range ch.RewriteChains {
 		out.Chain(c.Name).Rules = append([]Rule(nil), c.Rules...)
 	}
-	out.Chains = removeChains(out.Chains, ch.DelChains)
-	out.Sets = removeSets(out.Sets, ch.DelSets)
+	out.Chains = removeNamed(out.Chains, ch.DelChains, func(c *Chain) string { return c.Name })
+	out.Sets = removeNamed(out.Sets, ch.DelSets, func(s *Set) string { return s.Name })
 	out.Normalize()
 	return out
 }
 
-func removeChains(in []*Chain, del []*Chain) []*Chain {
+// removeNamed returns in without the objects that have the name of one of del.
+func removeNamed[T any](in, del []T, name func(T) string) []T {
 	drop := map[string]bool{}
-	for _, c := range del {
-		drop[c.Name] = true
+	for _, o := range del {
+		drop[name(o)] = true
 	}
-	var out []*Chain
-	for _, c := range in {
-		if !drop[c.Name] {
-			out = append(out, c)
-		}
-	}
-	return out
-}
-
-func removeSets(in []*Set, del []*Set) []*Set {
-	drop := map[string]bool{}
-	for _, s := range del {
-		drop[s.Name] = true
-	}
-	var out []*Set
-	for _, s := range in {
-		if !drop[s.Name] {
-			out = append(out, s)
+	var out []T
+	for _, o := range in {
+		if !drop[name(o)] {
+			out = append(out, o)
 		}
 	}
 	return out
