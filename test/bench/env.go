@@ -21,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/nftpolicy/nftpolicy/test/echo"
 	"github.com/nftpolicy/nftpolicy/test/lab"
 )
 
@@ -50,7 +51,7 @@ type env struct {
 	client, server, denied, attacker *lab.ClusterPod
 
 	sink, deniedSink *sinkServer
-	echo             *echoServer
+	echo             *echo.Server
 	discard          *discardServer
 
 	loaded   Scale
@@ -128,7 +129,7 @@ func startEnv(ctx context.Context, opts *Options) (_ *env, err error) {
 	if e.sink, err = serveSink(e.server.NS, sinkPort); err != nil {
 		return nil, err
 	}
-	if e.echo, err = serveEcho(e.server.NS, echoPort); err != nil {
+	if e.echo, err = echo.Serve(e.server.NS, echoPort, echo.Options{IPv4Only: true}); err != nil {
 		return nil, err
 	}
 	if e.discard, err = serveDiscard(e.server.NS, discardPort); err != nil {
