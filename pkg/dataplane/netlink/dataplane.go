@@ -21,9 +21,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
-	"sort"
 	"syscall"
 	"time"
 
@@ -254,10 +254,10 @@ func (k *kernel) incrementalBatch(old, want *ruleset.Ruleset, ch *ruleset.Change
 		}
 		return old.Set(name)
 	}
-	for _, name := range sortedKeys(ch.DelElements) { // (3) deletions first: a verdict
+	for _, name := range slices.Sorted(maps.Keys(ch.DelElements)) { // (3) deletions first: a verdict
 		b.addAll(msgsSetElems(k.table, setOf(name), 0, ch.DelElements[name], true)) // that changed is deleted and re-added
 	}
-	for _, name := range sortedKeys(ch.AddElements) {
+	for _, name := range slices.Sorted(maps.Keys(ch.AddElements)) {
 		b.addAll(msgsSetElems(k.table, setOf(name), 0, ch.AddElements[name], false))
 	}
 	added := map[string]bool{}
@@ -280,15 +280,6 @@ func (k *kernel) incrementalBatch(old, want *ruleset.Ruleset, ch *ruleset.Change
 		b.add(msgDelSet(k.table, s.Name))
 	}
 	return b.msgs, b.err
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 // Read implements dataplane.Backend.
