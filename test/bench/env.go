@@ -346,6 +346,22 @@ func (a *agentRun) cpu() (time.Duration, error) { return ProcCPU(a.Pid()) }
 // for short windows.
 func (a *agentRun) cpuPrecise() (time.Duration, error) { return ProcCPUPrecise(a.Pid()) }
 
+// cpuOver sleeps for window and returns the agent's CPU time meanwhile (cpuPrecise) and
+// the wall time the measured window took.
+func (a *agentRun) cpuOver(window time.Duration) (cpu, wall time.Duration, err error) {
+	c0, err := a.cpuPrecise()
+	if err != nil {
+		return 0, 0, err
+	}
+	t0 := time.Now()
+	time.Sleep(window)
+	c1, err := a.cpuPrecise()
+	if err != nil {
+		return 0, 0, err
+	}
+	return c1 - c0, time.Since(t0), nil
+}
+
 // firstApplied is the agent's "first ruleset applied" log line.
 type firstApplied struct {
 	Chains   int     `json:"chains"`

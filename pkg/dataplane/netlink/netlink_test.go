@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -369,10 +370,10 @@ func TestIncremental(t *testing.T) {
 	}})
 	rs2.Chain("forward").Rules = append(rs2.Chain("forward").Rules, ruleset.Rule{VMap: &ruleset.VMap{Fields: []ruleset.Field{ruleset.FieldIPv4Daddr}, Map: "iso4b"}})
 	// Drop chain pol/b: it is the target of goto rules and map elements, which go too.
-	rs2.Chains = removeChain(rs2.Chains, "pol/b")
+	rs2.Chains = removeNamed(rs2.Chains, "pol/b", func(c *ruleset.Chain) string { return c.Name })
 	rs2.Set("iso4").Elements = rs2.Set("iso4").Elements[:1]
 	rs2.Chain("pol/a").Rules = rs2.Chain("pol/a").Rules[:len(rs2.Chain("pol/a").Rules)-1]
-	rs2.Sets = removeSet(rs2.Sets, "exact4")
+	rs2.Sets = removeNamed(rs2.Sets, "exact4", func(s *ruleset.Set) string { return s.Name })
 	rs2.Chain("pol/a").Rules = removeRulesUsing(rs2.Chain("pol/a").Rules, "exact4")
 	if err := rs2.Validate(); err != nil {
 		t.Fatal(err)
@@ -405,24 +406,9 @@ func normalized(rs *ruleset.Ruleset) *ruleset.Ruleset {
 	return c
 }
 
-func removeChain(cs []*ruleset.Chain, name string) []*ruleset.Chain {
-	var out []*ruleset.Chain
-	for _, c := range cs {
-		if c.Name != name {
-			out = append(out, c)
-		}
-	}
-	return out
-}
-
-func removeSet(ss []*ruleset.Set, name string) []*ruleset.Set {
-	var out []*ruleset.Set
-	for _, s := range ss {
-		if s.Name != name {
-			out = append(out, s)
-		}
-	}
-	return out
+// removeNamed returns objs without the one named name (objs itself is left alone).
+func removeNamed[T any](objs []T, name string, nameOf func(T) string) []T {
+	return slices.DeleteFunc(slices.Clone(objs), func(o T) bool { return nameOf(o) == name })
 }
 
 func removeRulesUsing(rules []ruleset.Rule, set string) []ruleset.Rule {
