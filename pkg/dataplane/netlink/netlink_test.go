@@ -116,6 +116,17 @@ var (
 )
 
 // sample is a representative ruleset: every construct of the IR appears at least once.
+// sampleApplied returns a new namespace, a dataplane in it and sample(), which it has
+// programmed.
+func sampleApplied(t *testing.T) (ns int, d *Dataplane, rs *ruleset.Ruleset) {
+	t.Helper()
+	ns = newNetNS(t)
+	d = newDataplane(t, ns)
+	rs = sample()
+	apply(t, d, rs, dataplane.ApplyOptions{})
+	return ns, d, rs
+}
+
 func sample() *ruleset.Ruleset {
 	return &ruleset.Ruleset{
 		Table: DefaultTable,
@@ -331,10 +342,7 @@ func TestApplyAndReadBack(t *testing.T) {
 
 // (b) small changes go out as small incremental batches.
 func TestIncremental(t *testing.T) {
-	ns := newNetNS(t)
-	d := newDataplane(t, ns)
-	old := sample()
-	apply(t, d, old, dataplane.ApplyOptions{})
+	_, d, old := sampleApplied(t)
 
 	rs := sample()
 	s := rs.Set("pods4")
@@ -427,10 +435,7 @@ func removeRulesUsing(rules []ruleset.Rule, set string) []ruleset.Rule {
 
 // (c) changes made behind the dataplane's back are found and repaired by ReadBack.
 func TestDriftRepair(t *testing.T) {
-	ns := newNetNS(t)
-	d := newDataplane(t, ns)
-	rs := sample()
-	apply(t, d, rs, dataplane.ApplyOptions{})
+	ns, d, rs := sampleApplied(t)
 	tbl := []string{"inet", DefaultTable}
 	const polB = "pol/b" // nft 1.0.6 takes names with '/' bare, not quoted
 
@@ -585,10 +590,7 @@ func TestLargeSets(t *testing.T) {
 
 // (e) a batch the kernel rejects changes nothing, and the next apply is a full one.
 func TestKernelRejects(t *testing.T) {
-	ns := newNetNS(t)
-	d := newDataplane(t, ns)
-	rs := sample()
-	apply(t, d, rs, dataplane.ApplyOptions{})
+	_, d, rs := sampleApplied(t)
 
 	// Validate does not look for overlaps in concatenations; the kernel's pipapo
 	// backend refuses them.
