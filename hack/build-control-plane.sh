@@ -18,23 +18,30 @@ trap 'rm -rf "$work"' EXIT
 
 log() { printf '==> %s\n' "$*" >&2; }
 
-build_apiserver() {
-  if [ -x "$out/kube-apiserver" ] && "$out/kube-apiserver" --version 2>/dev/null | grep "$K8S_VERSION" >/dev/null; then
-    log "kube-apiserver $K8S_VERSION already in $out"
-    return
+# built BINARY VERSION: $out/BINARY exists and its --version names VERSION.
+built() {
+  if [ -x "$out/$1" ] && "$out/$1" --version 2>/dev/null | grep "$2" >/dev/null; then
+    log "$1 $2 already in $out"
+    return 0
   fi
-  log "building kube-apiserver $K8S_VERSION from the module proxy (a few minutes)"
-  local mod="$work/apiserver"
+  return 1
+}
+
+# tools_module NAME PACKAGE MODULE@VERSION: creates and enters a throwaway module that
+# imports PACKAGE (behind a build tag, for go mod tidy) and requires MODULE@VERSION.
+tools_module() {
+  local mod="$work/$1"
   mkdir -p "$mod"
   cd "$mod"
-  cat > go.mod <<GOMOD
-module nftpolicy.local/hack/apiserver
+  printf 'module nftpolicy.local/hack/%s\n\ngo 1.26\n' "$1" > go.mod
+  printf '//go:build tools\n\npackage main\n\nimport _ "%s"\n' "$2" > tools.go
+  go mod edit -require="$3"
+}
 
-go 1.26
-GOMOD
-  printf 'package main\n\nimport _ "k8s.io/kubernetes/cmd/kube-apiserver"\n' > tools.go
-  sed -i '1i //go:build tools' tools.go
-  go mod edit -require="k8s.io/kubernetes@$K8S_VERSION"
+build_apiserver() {
+  built kube-apiserver "$K8S_VERSION" && return
+  log "building kube-apiserver $K8S_VERSION from the module proxy (a few minutes)"
+  tools_module apiserver k8s.io/kubernetes/cmd/kube-apiserver "k8s.io/kubernetes@$K8S_VERSION"
   # Every staging module k8s.io/kubernetes replaces with a ./staging path is published
   # under its own path at the matching v0.x version: point the replaces there.
   local kmod
@@ -50,21 +57,9 @@ GOMOD
 }
 
 build_etcd() {
-  if [ -x "$out/etcd" ] && "$out/etcd" --version 2>/dev/null | grep "${ETCD_VERSION#v}" >/dev/null; then
-    log "etcd $ETCD_VERSION already in $out"
-    return
-  fi
+  built etcd "${ETCD_VERSION#v}" && return
   log "building etcd $ETCD_VERSION from the module proxy"
-  local mod="$work/etcd"
-  mkdir -p "$mod"
-  cd "$mod"
-  cat > go.mod <<GOMOD
-module nftpolicy.local/hack/etcd
-
-go 1.26
-GOMOD
-  printf '//go:build tools\n\npackage main\n\nimport _ "go.etcd.io/etcd/server/v3"\n' > tools.go
-  go mod edit -require="go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+  tools_module etcd go.etcd.io/etcd/server/v3 "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
   go mod tidy >/dev/null 2>&1 || go mod tidy
   CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$out/etcd" go.etcd.io/etcd/server/v3
   cd "$root"

@@ -66,7 +66,12 @@ func main() {
 	}
 }
 
-func needRoot() error {
+// parseAsRoot parses a subcommand's flags and refuses to go on unless root: every
+// subcommand creates or removes network namespaces.
+func parseAsRoot(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (network namespaces, veth, nftables); run it with sudo")
 	}
@@ -111,10 +116,7 @@ func demo(ctx context.Context, args []string) error {
 	cf.register(fs, defaultAgent())
 	ipv4Only := fs.Bool("ipv4-only", false, "IPv4 only (default dual-stack)")
 	timeout := fs.Duration("timeout", lab.DefaultEnforceTimeout, "how long to wait for the agents to enforce the policies")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if err := needRoot(); err != nil {
+	if err := parseAsRoot(fs, args); err != nil {
 		return err
 	}
 	topo, err := lab.ParseTopology(cf.topology)
@@ -141,10 +143,7 @@ func up(ctx context.Context, args []string) (err error) {
 	dualStack := fs.Bool("dual-stack", true, "IPv6 besides IPv4")
 	scenario := fs.String("scenario", "", `"demo": create the demo's namespaces, pods and Service`)
 	policies := fs.Bool("policies", false, "with --scenario demo: also apply the demo's two NetworkPolicies")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if err := needRoot(); err != nil {
+	if err := parseAsRoot(fs, args); err != nil {
 		return err
 	}
 	topo, err := lab.ParseTopology(cf.topology)
@@ -208,10 +207,7 @@ func probe(ctx context.Context, args []string) error {
 	port := fs.Int("port", 80, "matrix: target port")
 	family := fs.String("family", "all", "matrix: ipv4, ipv6 or all")
 	timeout := fs.Duration("timeout", lab.DefaultClusterProbeTimeout, "per probe")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if err := needRoot(); err != nil {
+	if err := parseAsRoot(fs, args); err != nil {
 		return err
 	}
 	st, err := lab.LoadClusterState(*stateDir, *prefix)
@@ -263,10 +259,7 @@ func down(args []string) error {
 	stateDir := fs.String("state-dir", lab.DefaultStateDir, "where labs register themselves")
 	all := fs.Bool("all", false, "also stop live labs (SIGTERM to their owner, which tears them down)")
 	wait := fs.Duration("wait", time.Minute, "with --all: how long to wait for live labs to stop")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if err := needRoot(); err != nil {
+	if err := parseAsRoot(fs, args); err != nil {
 		return err
 	}
 	before, _ := lab.ListNetns(lab.DefaultPrefixBase)

@@ -23,27 +23,46 @@ func New(t testing.TB) int {
 	if os.Geteuid() != 0 {
 		SkipUnlessRequired(t, "kernel test: needs root (CAP_SYS_ADMIN for a network namespace, CAP_NET_ADMIN inside it)")
 	}
-	type result struct {
+	var r struct {
 		fd  int
 		err error
 	}
-	ch := make(chan result)
-	go func() {
-		runtime.LockOSThread()
-		// No UnlockOSThread: this thread must not go back to the pool.
+	r.err = OnThrowawayThread(func() error {
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			ch <- result{-1, fmt.Errorf("unshare(CLONE_NEWNET): %w", err)}
-			return
+			return fmt.Errorf("unshare(CLONE_NEWNET): %w", err)
 		}
-		fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		ch <- result{fd, err}
-	}()
-	r := <-ch
+		var err error
+		r.fd, err = unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		return err
+	})
 	if r.err != nil {
 		SkipUnlessRequired(t, "kernel test: cannot create a network namespace: %v", r.err)
 	}
 	t.Cleanup(func() { unix.Close(r.fd) })
 	return r.fd
+}
+
+// OnThrowawayThread runs fn on a new OS thread locked to its goroutine and never
+// unlocked, so the runtime discards the thread when fn returns: fn may move the thread
+// into another namespace (unshare, setns) without any other goroutine ever running there.
+func OnThrowawayThread(fn func() error) error {
+	errc := make(chan error)
+	go func() {
+		runtime.LockOSThread()
+		// No UnlockOSThread: this thread must not go back to the pool.
+		errc <- fn()
+	}()
+	return <-errc
+}
+
+// In runs fn on a throwaway thread (OnThrowawayThread) inside the namespace nsFd.
+func In(nsFd int, fn func() error) error {
+	return OnThrowawayThread(func() error {
+		if err := unix.Setns(nsFd, unix.CLONE_NEWNET); err != nil {
+			return fmt.Errorf("setns into namespace fd %d: %w", nsFd, err)
+		}
+		return fn()
+	})
 }
 
 // Exec runs a command inside the namespace (nsenter on an inherited copy of the

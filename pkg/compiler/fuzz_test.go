@@ -280,21 +280,18 @@ func decodePeer(r *byteReader) networkingv1.NetworkPolicyPeer {
 }
 
 func decodePort(b int) networkingv1.NetworkPolicyPort {
-	num := func(proto corev1.Protocol, n int32) networkingv1.NetworkPolicyPort {
-		p := intstr.FromInt32(n)
+	port := func(proto corev1.Protocol, p intstr.IntOrString) networkingv1.NetworkPolicyPort {
 		pp := networkingv1.NetworkPolicyPort{Port: &p}
 		if proto != "" {
 			pp.Protocol = &proto
 		}
 		return pp
 	}
+	num := func(proto corev1.Protocol, n int32) networkingv1.NetworkPolicyPort {
+		return port(proto, intstr.FromInt32(n))
+	}
 	named := func(proto corev1.Protocol, name string) networkingv1.NetworkPolicyPort {
-		p := intstr.FromString(name)
-		pp := networkingv1.NetworkPolicyPort{Port: &p}
-		if proto != "" {
-			pp.Protocol = &proto
-		}
-		return pp
+		return port(proto, intstr.FromString(name))
 	}
 	end := func(pp networkingv1.NetworkPolicyPort, e int32) networkingv1.NetworkPolicyPort {
 		pp.EndPort = &e

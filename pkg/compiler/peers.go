@@ -64,29 +64,33 @@ func (c *compilation) parsePeers(np *networkingv1.NetworkPolicy, field string, p
 			c.problem(np, pfield, fmt.Errorf("peer has no podSelector, namespaceSelector or ipBlock"))
 			continue
 		}
-		pp := podPeer{namespace: np.Namespace}
 		var key strings.Builder
-		if peer.NamespaceSelector != nil {
-			sel, err := metav1.LabelSelectorAsSelector(peer.NamespaceSelector)
-			if err != nil {
-				c.problem(np, pfield+".namespaceSelector", err)
-				continue
+		// selector parses one of the peer's selectors (nil: none, a nil Selector) and
+		// adds it to the key as tag(selector); false after reporting a problem.
+		selector := func(ls *metav1.LabelSelector, name, tag string) (labels.Selector, bool) {
+			if ls == nil {
+				return nil, true
 			}
-			pp.nsSelector = sel
-			fmt.Fprintf(&key, "ns(%s)", sel.String())
-		} else {
+			sel, err := metav1.LabelSelectorAsSelector(ls)
+			if err != nil {
+				c.problem(np, pfield+"."+name, err)
+				return nil, false
+			}
+			fmt.Fprintf(&key, "%s(%s)", tag, sel.String())
+			return sel, true
+		}
+		nsSel, ok := selector(peer.NamespaceSelector, "namespaceSelector", "ns")
+		if !ok {
+			continue
+		}
+		if peer.NamespaceSelector == nil {
 			fmt.Fprintf(&key, "in(%s)", np.Namespace)
 		}
-		if peer.PodSelector != nil {
-			sel, err := metav1.LabelSelectorAsSelector(peer.PodSelector)
-			if err != nil {
-				c.problem(np, pfield+".podSelector", err)
-				continue
-			}
-			pp.podSelector = sel
-			fmt.Fprintf(&key, "pod(%s)", sel.String())
+		podSel, ok := selector(peer.PodSelector, "podSelector", "pod")
+		if !ok {
+			continue
 		}
-		spec.pods = append(spec.pods, pp)
+		spec.pods = append(spec.pods, podPeer{namespace: np.Namespace, nsSelector: nsSel, podSelector: podSel})
 		podKeys = append(podKeys, key.String())
 	}
 	for fam, s := range cidrs {

@@ -129,6 +129,17 @@ func (o *Objects) add(raw json.RawMessage, where string) error {
 		}
 		return nil
 	}
+	// decodeNamespaced decodes a namespaced object; one without a namespace is in
+	// "default", as kubectl would create it.
+	decodeNamespaced := func(into metav1.Object) error {
+		if err := decode(into); err != nil {
+			return err
+		}
+		if into.GetNamespace() == "" {
+			into.SetNamespace("default")
+		}
+		return nil
+	}
 	switch {
 	case tm.Kind == "":
 		return fmt.Errorf("%s: no kind", where)
@@ -159,20 +170,14 @@ func (o *Objects) add(raw json.RawMessage, where string) error {
 		o.Namespaces = append(o.Namespaces, ns)
 	case tm.Kind == "Pod" && group == "":
 		p := &corev1.Pod{}
-		if err := decode(p); err != nil {
+		if err := decodeNamespaced(p); err != nil {
 			return err
-		}
-		if p.Namespace == "" {
-			p.Namespace = "default"
 		}
 		o.Pods = append(o.Pods, p)
 	case tm.Kind == "NetworkPolicy" && group == "networking.k8s.io":
 		np := &networkingv1.NetworkPolicy{}
-		if err := decode(np); err != nil {
+		if err := decodeNamespaced(np); err != nil {
 			return err
-		}
-		if np.Namespace == "" {
-			np.Namespace = "default"
 		}
 		o.Policies = append(o.Policies, np)
 	default:

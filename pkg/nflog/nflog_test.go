@@ -3,7 +3,6 @@ package nflog
 import (
 	"fmt"
 	"net/netip"
-	"runtime"
 	"testing"
 	"time"
 
@@ -20,37 +19,29 @@ func inNS(t *testing.T, nsFd int, name string, args ...string) {
 	}
 }
 
-// sendUDP sends one datagram from src to dst inside the namespace. The thread that
-// entered the namespace stays locked, so the runtime discards it.
+// sendUDP sends one datagram from src to dst inside the namespace (on a throwaway
+// thread: testns.In).
 func sendUDP(t *testing.T, nsFd int, src, dst netip.AddrPort) {
 	t.Helper()
-	errc := make(chan error)
-	go func() {
-		runtime.LockOSThread()
-		errc <- func() error {
-			if err := unix.Setns(nsFd, unix.CLONE_NEWNET); err != nil {
-				return err
+	if err := testns.In(nsFd, func() error {
+		fam, sa := unix.AF_INET, func(ap netip.AddrPort) unix.Sockaddr {
+			return &unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}
+		}
+		if src.Addr().Is6() {
+			fam, sa = unix.AF_INET6, func(ap netip.AddrPort) unix.Sockaddr {
+				return &unix.SockaddrInet6{Addr: ap.Addr().As16(), Port: int(ap.Port())}
 			}
-			fam, sa := unix.AF_INET, func(ap netip.AddrPort) unix.Sockaddr {
-				return &unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}
-			}
-			if src.Addr().Is6() {
-				fam, sa = unix.AF_INET6, func(ap netip.AddrPort) unix.Sockaddr {
-					return &unix.SockaddrInet6{Addr: ap.Addr().As16(), Port: int(ap.Port())}
-				}
-			}
-			fd, err := unix.Socket(fam, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-			if err != nil {
-				return err
-			}
-			defer unix.Close(fd)
-			if err := unix.Bind(fd, sa(src)); err != nil {
-				return fmt.Errorf("bind %s: %w", src, err)
-			}
-			return unix.Sendto(fd, []byte("hello"), 0, sa(dst))
-		}()
-	}()
-	if err := <-errc; err != nil {
+		}
+		fd, err := unix.Socket(fam, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		if err := unix.Bind(fd, sa(src)); err != nil {
+			return fmt.Errorf("bind %s: %w", src, err)
+		}
+		return unix.Sendto(fd, []byte("hello"), 0, sa(dst))
+	}); err != nil {
 		t.Fatalf("send %s -> %s: %v", src, dst, err)
 	}
 }

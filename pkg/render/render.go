@@ -5,7 +5,8 @@ package render
 
 import (
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/nftpolicy/nftpolicy/pkg/compiler"
@@ -37,13 +38,13 @@ func Diff(live, desired *ruleset.Ruleset) string {
 			fmt.Fprintf(&b, "+   element %s %s\n", s.Name, ruleset.FormatElement(s, e))
 		}
 	}
-	for _, name := range sortedKeys(ch.DelElements) {
+	for _, name := range slices.Sorted(maps.Keys(ch.DelElements)) {
 		s := live.Set(name)
 		for _, e := range ch.DelElements[name] {
 			fmt.Fprintf(&b, "- element %s %s\n", name, ruleset.FormatElement(s, e))
 		}
 	}
-	for _, name := range sortedKeys(ch.AddElements) {
+	for _, name := range slices.Sorted(maps.Keys(ch.AddElements)) {
 		s := desired.Set(name)
 		for _, e := range ch.AddElements[name] {
 			fmt.Fprintf(&b, "+ element %s %s\n", name, ruleset.FormatElement(s, e))
@@ -126,13 +127,4 @@ func ruleLines(old, cur []ruleset.Rule) string {
 		}
 	}
 	return b.String()
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }

@@ -98,67 +98,78 @@ func Diff(old, desired *Ruleset) *Changes {
 		ch.NeedsReplace = true
 		return ch
 	}
-	oldSets := map[string]*Set{}
-	for _, s := range old.Sets {
-		oldSets[s.Name] = s
-	}
-	newSets := map[string]bool{}
-	for _, s := range desired.Sets {
-		newSets[s.Name] = true
-		o, ok := oldSets[s.Name]
-		if !ok {
-			ch.AddSets = append(ch.AddSets, s)
-			continue
-		}
-		if o == s {
-			continue // the same object: unchanged (rulesets are not modified once built)
-		}
-		if !o.SameDefinition(s) {
-			ch.NeedsReplace = true
-			return ch
-		}
-		add, del := diffElements(o.Elements, s.Elements)
-		if len(add) > 0 {
-			ch.AddElements[s.Name] = add
-		}
-		if len(del) > 0 {
-			ch.DelElements[s.Name] = del
-		}
-	}
-	for _, s := range old.Sets {
-		if !newSets[s.Name] {
-			ch.DelSets = append(ch.DelSets, s)
-		}
+	var ok bool
+	ch.DelSets, ok = matchByName(old.Sets, desired.Sets, func(s *Set) string { return s.Name },
+		func(s *Set) { ch.AddSets = append(ch.AddSets, s) },
+		func(o, s *Set) bool {
+			if o == s {
+				return true // the same object: unchanged (rulesets are not modified once built)
+			}
+			if !o.SameDefinition(s) {
+				return false
+			}
+			add, del := diffElements(o.Elements, s.Elements)
+			if len(add) > 0 {
+				ch.AddElements[s.Name] = add
+			}
+			if len(del) > 0 {
+				ch.DelElements[s.Name] = del
+			}
+			return true
+		})
+	if !ok {
+		ch.NeedsReplace = true
+		return ch
 	}
 
-	oldChains := map[string]*Chain{}
-	for _, c := range old.Chains {
-		oldChains[c.Name] = c
-	}
-	newChains := map[string]bool{}
-	for _, c := range desired.Chains {
-		newChains[c.Name] = true
-		o, ok := oldChains[c.Name]
-		if !ok {
+	ch.DelChains, ok = matchByName(old.Chains, desired.Chains, func(c *Chain) string { return c.Name },
+		func(c *Chain) {
 			ch.AddChains = append(ch.AddChains, c)
 			ch.RewriteChains = append(ch.RewriteChains, c)
-			continue
-		}
-		if !reflect.DeepEqual(o.Base, c.Base) || o.Comment != c.Comment {
-			// Base chain registration and chain comments cannot be changed in place.
-			ch.NeedsReplace = true
-			return ch
-		}
-		if o != c && !RulesEqual(o.Rules, c.Rules) {
-			ch.RewriteChains = append(ch.RewriteChains, c)
-		}
-	}
-	for _, c := range old.Chains {
-		if !newChains[c.Name] {
-			ch.DelChains = append(ch.DelChains, c)
-		}
+		},
+		func(o, c *Chain) bool {
+			if !reflect.DeepEqual(o.Base, c.Base) || o.Comment != c.Comment {
+				// Base chain registration and chain comments cannot be changed in place.
+				return false
+			}
+			if o != c && !RulesEqual(o.Rules, c.Rules) {
+				ch.RewriteChains = append(ch.RewriteChains, c)
+			}
+			return true
+		})
+	if !ok {
+		ch.NeedsReplace = true
 	}
 	return ch
+}
+
+// matchByName pairs the objects of old and desired by name: it calls add for each
+// object only desired has and same for each that both have, in desired's order, and
+// returns the objects only old has. ok is false when same returned false; it then stops
+// at once (the caller replaces the whole table).
+func matchByName[T any](old, desired []T, name func(T) string, add func(T), same func(o, d T) bool) (removed []T, ok bool) {
+	byName := make(map[string]T, len(old))
+	for _, o := range old {
+		byName[name(o)] = o
+	}
+	kept := make(map[string]bool, len(desired))
+	for _, d := range desired {
+		kept[name(d)] = true
+		o, found := byName[name(d)]
+		if !found {
+			add(d)
+			continue
+		}
+		if !same(o, d) {
+			return nil, false
+		}
+	}
+	for _, o := range old {
+		if !kept[name(o)] {
+			removed = append(removed, o)
+		}
+	}
+	return removed, true
 }
 
 // RulesEqual compares two rule lists, treating nil and empty slices alike.
@@ -288,35 +299,22 @@ func (ch *Changes) Apply(old *Ruleset, desired *Ruleset) *Ruleset {
 	for _, c := range ch.RewriteChains {
 		out.Chain(c.Name).Rules = append([]Rule(nil), c.Rules...)
 	}
-	out.Chains = removeChains(out.Chains, ch.DelChains)
-	out.Sets = removeSets(out.Sets, ch.DelSets)
+	out.Chains = removeNamed(out.Chains, ch.DelChains, func(c *Chain) string { return c.Name })
+	out.Sets = removeNamed(out.Sets, ch.DelSets, func(s *Set) string { return s.Name })
 	out.Normalize()
 	return out
 }
 
-func removeChains(in []*Chain, del []*Chain) []*Chain {
+// removeNamed returns in without the objects that have the name of one of del.
+func removeNamed[T any](in, del []T, name func(T) string) []T {
 	drop := map[string]bool{}
-	for _, c := range del {
-		drop[c.Name] = true
+	for _, o := range del {
+		drop[name(o)] = true
 	}
-	var out []*Chain
-	for _, c := range in {
-		if !drop[c.Name] {
-			out = append(out, c)
-		}
-	}
-	return out
-}
-
-func removeSets(in []*Set, del []*Set) []*Set {
-	drop := map[string]bool{}
-	for _, s := range del {
-		drop[s.Name] = true
-	}
-	var out []*Set
-	for _, s := range in {
-		if !drop[s.Name] {
-			out = append(out, s)
+	var out []T
+	for _, o := range in {
+		if !drop[name(o)] {
+			out = append(out, o)
 		}
 	}
 	return out

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/nftpolicy/nftpolicy/test/echo"
+	"github.com/nftpolicy/nftpolicy/test/lab"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 )
@@ -489,13 +491,9 @@ func (r *runner) enforceLatency(ctx context.Context, cycles int, sweep []time.Du
 			return err
 		}
 		kind := enforceKinds[cycle%len(enforceKinds)]
-		flow, err := startEchoFlow(e.client.NS, echoTo, time.Millisecond)
+		flow, err := startEchoFlow(e.client.NS, echoTo)
 		if err != nil {
-			return err
-		}
-		if !flow.waitFlowing(2 * time.Second) {
-			flow.Close()
-			return fmt.Errorf("cycle %d: the established flow does not flow", cycle)
+			return fmt.Errorf("cycle %d: %w", cycle, err)
 		}
 		deny := r.change(ctx, gw, pr, cycle, kind, false, flow)
 		flow.Close()
@@ -535,20 +533,34 @@ func (r *runner) enforceLatency(ctx context.Context, cycles int, sweep []time.Du
 	return nil
 }
 
+// startEchoFlow starts the established flow whose revocation the enforcement trials
+// time: one TCP connection from ns to the echo server at to, an echo every millisecond.
+// It returns once echoes come back.
+func startEchoFlow(ns *lab.Netns, to netip.AddrPort) (*echo.Flow, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	flow, err := echo.Dial(ctx, ns, "tcp", to, time.Millisecond)
+	if err != nil {
+		return nil, err
+	}
+	if !flow.WaitEcho(2 * time.Second) {
+		flow.Close()
+		return nil, fmt.Errorf("the established flow %s does not flow", flow)
+	}
+	return flow, nil
+}
+
 // sweepPoint fills the conntrack tables with a connect-close burst of length fill
 // from the client to the server, then denies the client (a policy update) with an
 // established flow running, and allows it again.
 func (r *runner) sweepPoint(ctx context.Context, gw *genWatcher, pr *prober, fill time.Duration) (SweepPoint, error) {
 	e := r.env
 	var pt SweepPoint
-	flow, err := startEchoFlow(e.client.NS, netip.AddrPortFrom(e.server.IPv4, echoPort), time.Millisecond)
+	flow, err := startEchoFlow(e.client.NS, netip.AddrPortFrom(e.server.IPv4, echoPort))
 	if err != nil {
-		return pt, err
+		return pt, fmt.Errorf("sweep: %w", err)
 	}
 	defer flow.Close()
-	if !flow.waitFlowing(2 * time.Second) {
-		return pt, errors.New("sweep: the established flow does not flow")
-	}
 	if fill > 0 {
 		if _, err := connectLoad(e.client.NS, netip.AddrPortFrom(e.server.IPv4, sinkPort), 8, fill); err != nil {
 			return pt, err
@@ -567,7 +579,7 @@ func (r *runner) sweepPoint(ctx context.Context, gw *genWatcher, pr *prober, fil
 
 // change makes one deny (allow=false) or allow change of the given kind and measures
 // when it took effect.
-func (r *runner) change(ctx context.Context, gw *genWatcher, pr *prober, cycle int, kind string, allow bool, flow *echoFlow) EnforceTrial {
+func (r *runner) change(ctx context.Context, gw *genWatcher, pr *prober, cycle int, kind string, allow bool, flow *echo.Flow) EnforceTrial {
 	e := r.env
 	t := EnforceTrial{Cycle: cycle, Kind: kind, Direction: "deny"}
 	if allow {
@@ -614,9 +626,9 @@ func (r *runner) change(ctx context.Context, gw *genWatcher, pr *prober, cycle i
 		errs = append(errs, errors.New("no nf_tables commit on node2"))
 	}
 	if flow != nil {
-		last, ok := flow.waitStopped(tw, revokedQuiet, effectWait)
+		last, ok := flow.WaitStopped(revokedQuiet, effectWait)
 		if ok {
-			t.RevokedMs = ms(last)
+			t.RevokedMs = ms(last.Sub(tw))
 		} else {
 			errs = append(errs, fmt.Errorf("the established flow still flowed %v after the deny", effectWait))
 		}

@@ -464,22 +464,16 @@ func nonZero(xs []float64) []float64 {
 }
 
 // pairedRatios and pairedDiffs skip rounds where either value is missing.
-func pairedRatios(a, b []float64) []float64 {
-	var x, y []float64
-	for i := range min(len(a), len(b)) {
-		if a[i] != 0 && b[i] != 0 {
-			x, y = append(x, a[i]), append(y, b[i])
-		}
-	}
-	return ratios(x, y)
-}
+func pairedRatios(a, b []float64) []float64 { return ratios(paired(a, b)) }
 
-func pairedDiffs(a, b []float64) []float64 {
-	var x, y []float64
+func pairedDiffs(a, b []float64) []float64 { return diffs(paired(a, b)) }
+
+// paired returns the rounds where both a and b have a value (non-zero).
+func paired(a, b []float64) (x, y []float64) {
 	for i := range min(len(a), len(b)) {
 		if a[i] != 0 && b[i] != 0 {
 			x, y = append(x, a[i]), append(y, b[i])
 		}
 	}
-	return diffs(x, y)
+	return x, y
 }

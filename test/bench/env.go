@@ -22,6 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/nftpolicy/nftpolicy/test/echo"
 	"github.com/nftpolicy/nftpolicy/test/lab"
 )
 
@@ -51,7 +52,7 @@ type env struct {
 	client, server, denied, attacker *lab.ClusterPod
 
 	sink, deniedSink *sinkServer
-	echo             *echoServer
+	echo             *echo.Server
 	discard          *discardServer
 
 	loaded   Scale
@@ -129,7 +130,7 @@ func startEnv(ctx context.Context, opts *Options) (_ *env, err error) {
 	if e.sink, err = serveSink(e.server.NS, sinkPort); err != nil {
 		return nil, err
 	}
-	if e.echo, err = serveEcho(e.server.NS, echoPort); err != nil {
+	if e.echo, err = echo.Serve(e.server.NS, echoPort, echo.Options{IPv4Only: true}); err != nil {
 		return nil, err
 	}
 	if e.discard, err = serveDiscard(e.server.NS, discardPort); err != nil {
@@ -345,6 +346,22 @@ func (a *agentRun) cpu() (time.Duration, error) { return ProcCPU(a.Pid()) }
 // cpuPrecise is the agent's CPU time from the threads' schedstat (ns resolution),
 // for short windows.
 func (a *agentRun) cpuPrecise() (time.Duration, error) { return ProcCPUPrecise(a.Pid()) }
+
+// cpuOver sleeps for window and returns the agent's CPU time meanwhile (cpuPrecise) and
+// the wall time the measured window took.
+func (a *agentRun) cpuOver(window time.Duration) (cpu, wall time.Duration, err error) {
+	c0, err := a.cpuPrecise()
+	if err != nil {
+		return 0, 0, err
+	}
+	t0 := time.Now()
+	time.Sleep(window)
+	c1, err := a.cpuPrecise()
+	if err != nil {
+		return 0, 0, err
+	}
+	return c1 - c0, time.Since(t0), nil
+}
 
 // firstApplied is the agent's "first ruleset applied" log line.
 type firstApplied struct {

@@ -108,18 +108,12 @@ func (r *runner) resources(ctx context.Context, s Scale) (err error) {
 	}
 
 	// Idle.
-	c0, err := a.cpuPrecise()
+	idleCPU, idleWall, err := a.cpuOver(p.IdleWindow)
 	if err != nil {
 		return err
 	}
-	t0 := time.Now()
-	time.Sleep(p.IdleWindow)
-	c1, err := a.cpuPrecise()
-	if err != nil {
-		return err
-	}
-	run.IdleSeconds = time.Since(t0).Seconds()
-	run.IdleCPUPct = ms(c1-c0) / 10 / run.IdleSeconds
+	run.IdleSeconds = idleWall.Seconds()
+	run.IdleCPUPct = ms(idleCPU) / 10 / run.IdleSeconds
 	run.RSSBytes, _ = ProcRSS(a.Pid())
 	run.HWMBytes, _ = ProcHWM(a.Pid())
 	m, err := a.metrics(ctx)
@@ -197,13 +191,7 @@ func (r *runner) resources(ctx context.Context, s Scale) (err error) {
 	if err != nil {
 		return err
 	}
-	c4, err := b.cpuPrecise()
-	if err != nil {
-		return err
-	}
-	t2 := time.Now()
-	time.Sleep(p.ResyncWindow)
-	c5, err := b.cpuPrecise()
+	resyncCPU, resyncWall, err := b.cpuOver(p.ResyncWindow)
 	if err != nil {
 		return err
 	}
@@ -211,13 +199,13 @@ func (r *runner) resources(ctx context.Context, s Scale) (err error) {
 	if err != nil {
 		return err
 	}
-	window := time.Since(t2).Seconds()
+	window := resyncWall.Seconds()
 	d = s1.sub(s0)
 	run.ResyncPeriodSeconds = p.ResyncPeriod.Seconds()
 	run.ResyncCount = int(d.ComputeCount)
 	if run.ResyncCount > 0 {
 		idle := run.IdleCPUPct * 10 * window // ms of CPU the window costs without resyncs
-		run.ResyncCPUms = max(0, ms(c5-c4)-idle) / float64(run.ResyncCount)
+		run.ResyncCPUms = max(0, ms(resyncCPU)-idle) / float64(run.ResyncCount)
 		run.ResyncCommitMs = (d.FullSum + d.IncrementalSum) / float64(run.ResyncCount) * 1000
 	}
 	run.IdleAmortizedPct = run.IdleCPUPct + run.ResyncCPUms/600 // one resync per 60 000 ms

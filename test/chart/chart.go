@@ -6,14 +6,34 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 )
+
+// RepoRoot is the module root: two levels above this package's source (test/chart).
+func RepoRoot(t testing.TB) string {
+	t.Helper()
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		t.Fatal("cannot locate the test source")
+	}
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// Helm is where the tests look for helm: $HELM, else bin/helm under root (make helm).
+func Helm(root string) string {
+	if h := os.Getenv("HELM"); h != "" {
+		return h
+	}
+	return filepath.Join(root, "bin", "helm")
+}
 
 // Template runs `helm template nftpolicy <root>/config/helm/nftpolicy --namespace
 // <namespace> args...` and returns the rendered objects.

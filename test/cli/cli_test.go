@@ -93,6 +93,27 @@ func explainIn(ctx context.Context, t *testing.T, node *lab.ClusterNode, bin, ku
 	return runIn(ctx, t, node, append([]string{bin, "explain", "--kubeconfig", kubeconfig}, args...)...)
 }
 
+// explained logs an explain run and checks its exit code and that its output holds
+// every one of want.
+func explained(t *testing.T, what, out string, rc, wantRC int, want ...string) {
+	t.Helper()
+	t.Logf("%s:\n%s", what, out)
+	if rc != wantRC {
+		t.Errorf("%s: exit %d, want %d", what, rc, wantRC)
+	}
+	outputHolds(t, what, out, want...)
+}
+
+// outputHolds checks that out holds every one of want.
+func outputHolds(t *testing.T, what, out string, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		if !strings.Contains(out, w) {
+			t.Errorf("%s: output lacks %q", what, w)
+		}
+	}
+}
+
 func TestExplainLab(t *testing.T) {
 	lab.SkipIfNotRoot(t)
 	if _, err := exec.LookPath("nft"); err != nil {
@@ -156,31 +177,19 @@ func TestExplainLab(t *testing.T) {
 	if rc != 0 {
 		t.Fatalf("explain of the allowed pair: exit %d\n%s\nagent log:\n%s", rc, out, c.AgentLog(backendNode.Name))
 	}
-	for _, want := range []string{
-		"app/frontend (" + sc.Frontend.IPv4.String(),
+	outputHolds(t, "allowed pair", out,
+		"app/frontend ("+sc.Frontend.IPv4.String(),
 		"TCP/80: ALLOWED",
-		"ingress of app/backend: isolated by app/backend-policy; allowed by app/backend-policy ingress rule 0 (judged on " + backendNode.Name + ")",
-		"kernel of " + backendNode.Name + ": holds every chain, rule and element this verdict depends on",
-	} {
-		if !strings.Contains(out, want) {
-			t.Errorf("allowed pair: output lacks %q", want)
-		}
-	}
+		"ingress of app/backend: isolated by app/backend-policy; allowed by app/backend-policy ingress rule 0 (judged on "+backendNode.Name+")",
+		"kernel of "+backendNode.Name+": holds every chain, rule and element this verdict depends on",
+	)
 
 	out, rc = explainIn(ctx, t, backendNode, bin, kc, deniedArgs...)
-	t.Logf("denied pair:\n%s", out)
-	if rc != 1 {
-		t.Errorf("denied pair: exit %d, want 1", rc)
-	}
-	for _, want := range []string{
+	explained(t, "denied pair", out, rc, 1,
 		"TCP/80: DENIED",
-		"ingress of app/backend: isolated by app/backend-policy; DENIED: no rule of them allows it (judged on " + backendNode.Name + ")",
-		"kernel of " + backendNode.Name + ": holds every chain, rule and element this verdict depends on",
-	} {
-		if !strings.Contains(out, want) {
-			t.Errorf("denied pair: output lacks %q", want)
-		}
-	}
+		"ingress of app/backend: isolated by app/backend-policy; DENIED: no rule of them allows it (judged on "+backendNode.Name+")",
+		"kernel of "+backendNode.Name+": holds every chain, rule and element this verdict depends on",
+	)
 
 	// The answers are the network's: probes agree.
 	to := sc.Backend.AddrPort(lab.IPv4, 80)
@@ -205,20 +214,12 @@ func TestExplainLab(t *testing.T) {
 		t.Fatalf("drifting the kernel: %v\n%s", err, b)
 	}
 	out, rc = explainIn(ctx, t, backendNode, bin, kc, deniedArgs...)
-	t.Logf("denied pair, drifted kernel:\n%s", out)
-	if rc != 1 {
-		t.Errorf("drifted: exit %d, want 1", rc)
-	}
-	for _, want := range []string{
+	explained(t, "denied pair, drifted kernel", out, rc, 1,
 		"TCP/80: DENIED",
-		"kernel of " + backendNode.Name + ": DRIFT",
-		"set ingress-pods-v4 lacks element " + sc.Backend.IPv4.String() + " : jump isolate-in-",
+		"kernel of "+backendNode.Name+": DRIFT",
+		"set ingress-pods-v4 lacks element "+sc.Backend.IPv4.String()+" : jump isolate-in-",
 		"the kernel's table accepts this packet; the compiled ruleset would drop it",
-	} {
-		if !strings.Contains(out, want) {
-			t.Errorf("drifted: output lacks %q", want)
-		}
-	}
+	)
 	out, rc = runIn(ctx, t, backendNode, bin, "render", "--node", backendNode.Name, "-f", manifests, "--diff")
 	t.Logf("render --diff, drifted kernel:\n%s", out)
 	if rc != 1 || !strings.Contains(out, "ingress-pods-v4") || !strings.Contains(out, sc.Backend.IPv4.String()) {

@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -35,22 +34,10 @@ import (
 
 const fieldOwner = client.FieldOwner("nftpolicy-deploy-test")
 
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		t.Fatal("cannot locate the test source")
-	}
-	return filepath.Join(filepath.Dir(file), "..", "..")
-}
-
 // helmBinary is $HELM or bin/helm (make helm).
 func helmBinary(t *testing.T) string {
 	t.Helper()
-	h := os.Getenv("HELM")
-	if h == "" {
-		h = filepath.Join(repoRoot(t), "bin", "helm")
-	}
+	h := chart.Helm(chart.RepoRoot(t))
 	if _, err := exec.LookPath(h); err != nil {
 		testns.SkipUnlessRequired(t, "no helm at %s: run `make helm` (make test builds it)", h)
 	}
@@ -62,7 +49,7 @@ func helmBinary(t *testing.T) string {
 func startAPIServer(t *testing.T) client.Client {
 	t.Helper()
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
-		t.Setenv("KUBEBUILDER_ASSETS", filepath.Join(repoRoot(t), "bin", "k8s"))
+		t.Setenv("KUBEBUILDER_ASSETS", filepath.Join(chart.RepoRoot(t), "bin", "k8s"))
 	}
 	assets := os.Getenv("KUBEBUILDER_ASSETS")
 	if _, err := os.Stat(filepath.Join(assets, "kube-apiserver")); err != nil {
@@ -91,7 +78,7 @@ func startAPIServer(t *testing.T) client.Client {
 // helmTemplate renders the chart with helm template and the given extra arguments.
 func helmTemplate(t *testing.T, helm string, args ...string) []*unstructured.Unstructured {
 	t.Helper()
-	return chart.Template(t, helm, repoRoot(t), "kube-system", args...)
+	return chart.Template(t, helm, chart.RepoRoot(t), "kube-system", args...)
 }
 
 func decode(t *testing.T, manifests []byte) []*unstructured.Unstructured {
@@ -251,20 +238,30 @@ func checkAgent(t *testing.T, ds *appsv1.DaemonSet) *corev1.Container {
 	return c
 }
 
+// checkDefaultDeploy checks what the chart's default rendering and config/default
+// share: exactly the agent's objects, each accepted by the API server (dry run), and a
+// DaemonSet that tolerates every taint and whose agent container passes checkAgent.
+// what starts the message of a wrong set of objects.
+func checkDefaultDeploy(t *testing.T, c client.Client, objs []*unstructured.Unstructured, what string) (*appsv1.DaemonSet, *corev1.Container) {
+	t.Helper()
+	want := []string{"ClusterRole/nftpolicy-agent", "ClusterRole/nftpolicy-metrics-reader", "ClusterRoleBinding/nftpolicy-agent", "DaemonSet/nftpolicy-agent", "ServiceAccount/nftpolicy-agent"}
+	if got := kinds(objs); !slices.Equal(got, want) {
+		t.Errorf("%s %v, want %v", what, got, want)
+	}
+	applyDryRun(t, c, objs)
+	ds := find[appsv1.DaemonSet](t, objs, "DaemonSet")
+	ctr := checkAgent(t, ds)
+	checkToleratesAll(t, ds)
+	return ds, ctr
+}
+
 func TestChart(t *testing.T) {
 	helm := helmBinary(t)
 	c := startAPIServer(t)
 
 	t.Run("defaults", func(t *testing.T) {
 		objs := helmTemplate(t, helm)
-		want := []string{"ClusterRole/nftpolicy-agent", "ClusterRole/nftpolicy-metrics-reader", "ClusterRoleBinding/nftpolicy-agent", "DaemonSet/nftpolicy-agent", "ServiceAccount/nftpolicy-agent"}
-		if got := kinds(objs); !slices.Equal(got, want) {
-			t.Errorf("rendered %v, want %v", got, want)
-		}
-		applyDryRun(t, c, objs)
-		ds := find[appsv1.DaemonSet](t, objs, "DaemonSet")
-		ctr := checkAgent(t, ds)
-		checkToleratesAll(t, ds)
+		ds, ctr := checkDefaultDeploy(t, c, objs, "rendered")
 		if ds.Namespace != "kube-system" || ds.Spec.Template.Spec.ServiceAccountName != "nftpolicy-agent" {
 			t.Errorf("DaemonSet %s/%s runs as %q", ds.Namespace, ds.Name, ds.Spec.Template.Spec.ServiceAccountName)
 		}
@@ -385,7 +382,7 @@ func TestChart(t *testing.T) {
 	})
 
 	t.Run("lint", func(t *testing.T) {
-		chart := filepath.Join(repoRoot(t), "config", "helm", "nftpolicy")
+		chart := filepath.Join(chart.RepoRoot(t), "config", "helm", "nftpolicy")
 		for _, args := range [][]string{
 			{"lint", "--strict", chart},
 			{"lint", "--strict", chart, "--values", filepath.Join("testdata", "all-values.yaml")},
@@ -573,15 +570,8 @@ func allowed(t *testing.T, c client.Client, user string, a access) bool {
 // like the chart's.
 func TestKustomizeBases(t *testing.T) {
 	c := startAPIServer(t)
-	objs := kustomizeResources(t, filepath.Join(repoRoot(t), "config", "default"))
-	want := []string{"ClusterRole/nftpolicy-agent", "ClusterRole/nftpolicy-metrics-reader", "ClusterRoleBinding/nftpolicy-agent", "DaemonSet/nftpolicy-agent", "ServiceAccount/nftpolicy-agent"}
-	if got := kinds(objs); !slices.Equal(got, want) {
-		t.Errorf("config/default has %v, want %v", got, want)
-	}
-	applyDryRun(t, c, objs)
-	ds := find[appsv1.DaemonSet](t, objs, "DaemonSet")
-	ctr := checkAgent(t, ds)
-	checkToleratesAll(t, ds)
+	objs := kustomizeResources(t, filepath.Join(chart.RepoRoot(t), "config", "default"))
+	_, ctr := checkDefaultDeploy(t, c, objs, "config/default has")
 	if !slices.Contains(ctr.Args, "--metrics-secure=true") {
 		t.Errorf("args %q do not serve metrics securely", ctr.Args)
 	}

@@ -15,17 +15,18 @@ import (
 	"testing"
 
 	"github.com/nftpolicy/nftpolicy/internal/testns"
+	"github.com/nftpolicy/nftpolicy/test/chart"
 )
 
 // TestImageMatchesDockerfile checks that `make image` (the OCI archive built without a
 // daemon) is the image the Dockerfile describes: same labels, entrypoint and user, and
 // the agent binary executable at the entrypoint.
 func TestImageMatchesDockerfile(t *testing.T) {
-	archive := filepath.Join(repoRoot(t), "_out", "image", "nftpolicy-agent.oci.tar")
+	archive := filepath.Join(chart.RepoRoot(t), "_out", "image", "nftpolicy-agent.oci.tar")
 	if _, err := os.Stat(archive); err != nil {
 		testns.SkipUnlessRequired(t, "no %s: run `make image` (make test builds it)", archive)
 	}
-	want := parseDockerfile(t, filepath.Join(repoRoot(t), "Dockerfile"))
+	want := parseDockerfile(t, filepath.Join(chart.RepoRoot(t), "Dockerfile"))
 	blobs := readTar(t, archive)
 
 	var index struct {

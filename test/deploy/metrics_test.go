@@ -11,6 +11,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/nftpolicy/nftpolicy/test/chart"
 )
 
 // TestChartMetricsScrape checks that the chart's scrape configuration reaches the
@@ -133,7 +135,7 @@ func TestChartMetricsScrape(t *testing.T) {
 	})
 
 	t.Run("a certificate needs secure metrics", func(t *testing.T) {
-		args := []string{"template", "nftpolicy", filepath.Join(repoRoot(t), "config", "helm", "nftpolicy"),
+		args := []string{"template", "nftpolicy", filepath.Join(chart.RepoRoot(t), "config", "helm", "nftpolicy"),
 			"--set", "metrics.secure=false", "--set", "metrics.certSecret=tls"}
 		out, err := exec.Command(helm, args...).CombinedOutput()
 		if err == nil || !strings.Contains(string(out), "metrics.certSecret needs metrics.secure") {

@@ -30,6 +30,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/nftpolicy/nftpolicy/internal/testns"
+	echotest "github.com/nftpolicy/nftpolicy/test/echo"
 	"github.com/nftpolicy/nftpolicy/test/lab"
 )
 
@@ -341,34 +342,9 @@ var _ = Describe("the agent in a node namespace", Ordered, func() {
 // echoServers serves a long-lived echo on TCP and UDP port in the pod (the lab's own
 // servers answer once and close, which cannot show an established flow being cut).
 func echoServers(p *lab.Pod, port int) {
-	ln, err := p.NS.Listen("tcp", fmt.Sprintf(":%d", port))
+	s, err := echotest.Serve(p.NS, port, echotest.Options{UDP: true})
 	Expect(err).NotTo(HaveOccurred())
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
-		}
-	}()
-	var pc net.PacketConn
-	Expect(p.NS.Do(func() error {
-		var err error
-		pc, err = net.ListenPacket("udp", fmt.Sprintf(":%d", port))
-		return err
-	})).To(Succeed())
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			n, addr, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			_, _ = pc.WriteTo(buf[:n], addr)
-		}
-	}()
-	DeferCleanup(func() { ln.Close(); pc.Close() })
+	DeferCleanup(s.Close)
 }
 
 // dialEcho opens a connection from the pod that later echoes reuse (same 5-tuple).

@@ -1,3 +1,10 @@
+// Upstream-mirroring test cases: this file ports upstream's netpol e2e suite
+// (test/e2e/network/netpol/network_policy.go) case by case and stays in upstream's shape
+// on purpose, repetition included, so that each case can be compared line by line with
+// its upstream original (the Upstream field names it) and updated when upstream changes.
+// Do not fold its cases into helpers or tables; `duplicates` lists its repeated runs, and
+// they are meant.
+
 package netpol
 
 import (

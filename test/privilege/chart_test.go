@@ -13,10 +13,7 @@
 package privilege
 
 import (
-	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -35,22 +32,10 @@ import (
 // kube-system); the ServiceAccount and the binding's subject are rendered into it.
 const releaseNamespace = "kube-system"
 
-func repoRoot(t testing.TB) string {
-	t.Helper()
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		t.Fatal("cannot locate the test source")
-	}
-	return filepath.Join(filepath.Dir(file), "..", "..")
-}
-
 // helmBinary is $HELM or bin/helm; the test skips without it.
 func helmBinary(t testing.TB) string {
 	t.Helper()
-	h := os.Getenv("HELM")
-	if h == "" {
-		h = filepath.Join(repoRoot(t), "bin", "helm")
-	}
+	h := helmchart.Helm(helmchart.RepoRoot(t))
 	if _, err := exec.LookPath(h); err != nil {
 		testns.SkipUnlessRequired(t, "no helm at %s: run `make helm` (or set $HELM)", h)
 	}
@@ -72,7 +57,7 @@ type chart struct {
 func renderChart(t testing.TB) *chart {
 	t.Helper()
 	helm := helmBinary(t)
-	c := &chart{objs: helmchart.Template(t, helm, repoRoot(t), releaseNamespace)}
+	c := &chart{objs: helmchart.Template(t, helm, helmchart.RepoRoot(t), releaseNamespace)}
 	for _, u := range c.objs {
 		var into any
 		switch u.GetKind() {

@@ -41,6 +41,7 @@ import (
 
 	"github.com/nftpolicy/nftpolicy/internal/testns"
 	"github.com/nftpolicy/nftpolicy/pkg/compiler"
+	helmchart "github.com/nftpolicy/nftpolicy/test/chart"
 	"github.com/nftpolicy/nftpolicy/test/lab"
 )
 
@@ -70,7 +71,7 @@ func agentBinary(t testing.TB) string {
 	t.Helper()
 	bin := os.Getenv("NFTPOLICY_AGENT")
 	if bin == "" {
-		bin = filepath.Join(repoRoot(t), "bin", "nftpolicy-agent")
+		bin = filepath.Join(helmchart.RepoRoot(t), "bin", "nftpolicy-agent")
 	}
 	abs, err := filepath.Abs(bin)
 	if err == nil {

@@ -21,8 +21,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
-	"sort"
+	"slices"
 	"syscall"
 	"time"
 
@@ -253,10 +254,10 @@ func (k *kernel) incrementalBatch(old, want *ruleset.Ruleset, ch *ruleset.Change
 		}
 		return old.Set(name)
 	}
-	for _, name := range sortedKeys(ch.DelElements) { // (3) deletions first: a verdict
+	for _, name := range slices.Sorted(maps.Keys(ch.DelElements)) { // (3) deletions first: a verdict
 		b.addAll(msgsSetElems(k.table, setOf(name), 0, ch.DelElements[name], true)) // that changed is deleted and re-added
 	}
-	for _, name := range sortedKeys(ch.AddElements) {
+	for _, name := range slices.Sorted(maps.Keys(ch.AddElements)) {
 		b.addAll(msgsSetElems(k.table, setOf(name), 0, ch.AddElements[name], false))
 	}
 	added := map[string]bool{}
@@ -279,15 +280,6 @@ func (k *kernel) incrementalBatch(old, want *ruleset.Ruleset, ch *ruleset.Change
 		b.add(msgDelSet(k.table, s.Name))
 	}
 	return b.msgs, b.err
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 // Read implements dataplane.Backend.
@@ -355,10 +347,34 @@ func (k *kernel) read(c *nfnl.Conn) (*ruleset.Ruleset, error) {
 	return nil, fmt.Errorf("the ruleset kept changing while it was read (%d attempts)", readAttempts)
 }
 
-func (k *kernel) readOnce(c *nfnl.Conn) (*ruleset.Ruleset, bool, error) {
+// table is the attributes of a request about the table named name (attr: the request's
+// table attribute).
+func table(attr uint16, name string) *nfnl.Attrs {
 	a := &nfnl.Attrs{}
-	a.PutString(unix.NFTA_TABLE_NAME, k.table)
-	replies, _, err := c.Request(family, unix.NFT_MSG_GETTABLE, false, a)
+	a.PutString(attr, name)
+	return a
+}
+
+// dump sends the dump request typ with attributes a and parses every reply; what names
+// the objects in errors. interrupted reports that the kernel interrupted the dump.
+func dump[T any](c *nfnl.Conn, typ int, what string, parse func(syscall.NetlinkMessage) (T, error), a *nfnl.Attrs) (objs []T, interrupted bool, err error) {
+	msgs, interrupted, err := c.Request(family, typ, true, a)
+	if err != nil {
+		return nil, false, fmt.Errorf("dump %s: %w", what, err)
+	}
+	objs = make([]T, 0, len(msgs))
+	for _, m := range msgs {
+		o, err := parse(m)
+		if err != nil {
+			return nil, false, fmt.Errorf("dump %s: %w", what, err)
+		}
+		objs = append(objs, o)
+	}
+	return objs, interrupted, nil
+}
+
+func (k *kernel) readOnce(c *nfnl.Conn) (*ruleset.Ruleset, bool, error) {
+	replies, _, err := c.Request(family, unix.NFT_MSG_GETTABLE, false, table(unix.NFTA_TABLE_NAME, k.table))
 	if errors.Is(err, syscall.ENOENT) {
 		return nil, false, nil
 	}
@@ -380,54 +396,37 @@ func (k *kernel) readOnce(c *nfnl.Conn) (*ruleset.Ruleset, bool, error) {
 	}
 	anyInterrupted := false
 
-	a = &nfnl.Attrs{}
-	a.PutString(unix.NFTA_SET_TABLE, k.table)
-	setMsgs, intr, err := c.Request(family, unix.NFT_MSG_GETSET, true, a)
+	sets, intr, err := dump(c, unix.NFT_MSG_GETSET, "sets", parseSet, table(unix.NFTA_SET_TABLE, k.table))
 	if err != nil {
-		return nil, false, fmt.Errorf("dump sets: %w", err)
+		return nil, false, err
 	}
 	anyInterrupted = anyInterrupted || intr
-	for _, m := range setMsgs {
-		raw, err := parseSet(m)
-		if err != nil {
-			return nil, false, fmt.Errorf("dump sets: %w", err)
-		}
+	for _, raw := range sets {
 		// Anonymous sets belong to the rule that uses them (nft's `{ ... }`).
 		if raw.table != k.table || raw.flags&unix.NFT_SET_ANONYMOUS != 0 {
 			continue
 		}
-		a := &nfnl.Attrs{}
-		a.PutString(unix.NFTA_SET_ELEM_LIST_TABLE, k.table)
+		a := table(unix.NFTA_SET_ELEM_LIST_TABLE, k.table)
 		a.PutString(unix.NFTA_SET_ELEM_LIST_SET, raw.name)
-		elemMsgs, intr, err := c.Request(family, unix.NFT_MSG_GETSETELEM, true, a)
+		parse := func(m syscall.NetlinkMessage) ([]rawElem, error) {
+			_, _, es, err := parseElems(m)
+			return es, err
+		}
+		elems, intr, err := dump(c, unix.NFT_MSG_GETSETELEM, fmt.Sprintf("elements of set %q", raw.name), parse, a)
 		if err != nil {
-			return nil, false, fmt.Errorf("dump elements of set %q: %w", raw.name, err)
+			return nil, false, err
 		}
 		anyInterrupted = anyInterrupted || intr
-		var elems []rawElem
-		for _, em := range elemMsgs {
-			_, _, es, err := parseElems(em)
-			if err != nil {
-				return nil, false, fmt.Errorf("dump elements of set %q: %w", raw.name, err)
-			}
-			elems = append(elems, es...)
-		}
-		rs.Sets = append(rs.Sets, decodeSet(raw, elems))
+		rs.Sets = append(rs.Sets, decodeSet(raw, slices.Concat(elems...)))
 	}
 
-	a = &nfnl.Attrs{}
-	a.PutString(unix.NFTA_CHAIN_TABLE, k.table)
-	chainMsgs, intr, err := c.Request(family, unix.NFT_MSG_GETCHAIN, true, a)
+	rawChains, intr, err := dump(c, unix.NFT_MSG_GETCHAIN, "chains", parseChain, table(unix.NFTA_CHAIN_TABLE, k.table))
 	if err != nil {
-		return nil, false, fmt.Errorf("dump chains: %w", err)
+		return nil, false, err
 	}
 	anyInterrupted = anyInterrupted || intr
 	chains := map[string]*ruleset.Chain{}
-	for _, m := range chainMsgs {
-		raw, err := parseChain(m)
-		if err != nil {
-			return nil, false, fmt.Errorf("dump chains: %w", err)
-		}
+	for _, raw := range rawChains {
 		// Binding chains are anonymous chains owned by a rule (nft's `jump { ... }`).
 		if raw.table != k.table || raw.flags&nftChainBinding != 0 {
 			continue
@@ -437,18 +436,12 @@ func (k *kernel) readOnce(c *nfnl.Conn) (*ruleset.Ruleset, bool, error) {
 		rs.Chains = append(rs.Chains, ch)
 	}
 
-	a = &nfnl.Attrs{}
-	a.PutString(unix.NFTA_RULE_TABLE, k.table)
-	ruleMsgs, intr, err := c.Request(family, unix.NFT_MSG_GETRULE, true, a)
+	rules, intr, err := dump(c, unix.NFT_MSG_GETRULE, "rules", parseRule, table(unix.NFTA_RULE_TABLE, k.table))
 	if err != nil {
-		return nil, false, fmt.Errorf("dump rules: %w", err)
+		return nil, false, err
 	}
 	anyInterrupted = anyInterrupted || intr
-	for _, m := range ruleMsgs {
-		raw, err := parseRule(m)
-		if err != nil {
-			return nil, false, fmt.Errorf("dump rules: %w", err)
-		}
+	for _, raw := range rules {
 		ch := chains[raw.chain]
 		if raw.table != k.table || ch == nil {
 			continue

@@ -10,7 +10,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -116,6 +116,17 @@ var (
 )
 
 // sample is a representative ruleset: every construct of the IR appears at least once.
+// sampleApplied returns a new namespace, a dataplane in it and sample(), which it has
+// programmed.
+func sampleApplied(t *testing.T) (ns int, d *Dataplane, rs *ruleset.Ruleset) {
+	t.Helper()
+	ns = newNetNS(t)
+	d = newDataplane(t, ns)
+	rs = sample()
+	apply(t, d, rs, dataplane.ApplyOptions{})
+	return ns, d, rs
+}
+
 func sample() *ruleset.Ruleset {
 	return &ruleset.Ruleset{
 		Table: DefaultTable,
@@ -331,10 +342,7 @@ func TestApplyAndReadBack(t *testing.T) {
 
 // (b) small changes go out as small incremental batches.
 func TestIncremental(t *testing.T) {
-	ns := newNetNS(t)
-	d := newDataplane(t, ns)
-	old := sample()
-	apply(t, d, old, dataplane.ApplyOptions{})
+	_, d, old := sampleApplied(t)
 
 	rs := sample()
 	s := rs.Set("pods4")
@@ -370,10 +378,10 @@ func TestIncremental(t *testing.T) {
 	}})
 	rs2.Chain("forward").Rules = append(rs2.Chain("forward").Rules, ruleset.Rule{VMap: &ruleset.VMap{Fields: []ruleset.Field{ruleset.FieldIPv4Daddr}, Map: "iso4b"}})
 	// Drop chain pol/b: it is the target of goto rules and map elements, which go too.
-	rs2.Chains = removeChain(rs2.Chains, "pol/b")
+	rs2.Chains = removeNamed(rs2.Chains, "pol/b", func(c *ruleset.Chain) string { return c.Name })
 	rs2.Set("iso4").Elements = rs2.Set("iso4").Elements[:1]
 	rs2.Chain("pol/a").Rules = rs2.Chain("pol/a").Rules[:len(rs2.Chain("pol/a").Rules)-1]
-	rs2.Sets = removeSet(rs2.Sets, "exact4")
+	rs2.Sets = removeNamed(rs2.Sets, "exact4", func(s *ruleset.Set) string { return s.Name })
 	rs2.Chain("pol/a").Rules = removeRulesUsing(rs2.Chain("pol/a").Rules, "exact4")
 	if err := rs2.Validate(); err != nil {
 		t.Fatal(err)
@@ -406,24 +414,9 @@ func normalized(rs *ruleset.Ruleset) *ruleset.Ruleset {
 	return c
 }
 
-func removeChain(cs []*ruleset.Chain, name string) []*ruleset.Chain {
-	var out []*ruleset.Chain
-	for _, c := range cs {
-		if c.Name != name {
-			out = append(out, c)
-		}
-	}
-	return out
-}
-
-func removeSet(ss []*ruleset.Set, name string) []*ruleset.Set {
-	var out []*ruleset.Set
-	for _, s := range ss {
-		if s.Name != name {
-			out = append(out, s)
-		}
-	}
-	return out
+// removeNamed returns objs without the one named name (objs itself is left alone).
+func removeNamed[T any](objs []T, name string, nameOf func(T) string) []T {
+	return slices.DeleteFunc(slices.Clone(objs), func(o T) bool { return nameOf(o) == name })
 }
 
 func removeRulesUsing(rules []ruleset.Rule, set string) []ruleset.Rule {
@@ -442,10 +435,7 @@ func removeRulesUsing(rules []ruleset.Rule, set string) []ruleset.Rule {
 
 // (c) changes made behind the dataplane's back are found and repaired by ReadBack.
 func TestDriftRepair(t *testing.T) {
-	ns := newNetNS(t)
-	d := newDataplane(t, ns)
-	rs := sample()
-	apply(t, d, rs, dataplane.ApplyOptions{})
+	ns, d, rs := sampleApplied(t)
 	tbl := []string{"inet", DefaultTable}
 	const polB = "pol/b" // nft 1.0.6 takes names with '/' bare, not quoted
 
@@ -600,10 +590,7 @@ func TestLargeSets(t *testing.T) {
 
 // (e) a batch the kernel rejects changes nothing, and the next apply is a full one.
 func TestKernelRejects(t *testing.T) {
-	ns := newNetNS(t)
-	d := newDataplane(t, ns)
-	rs := sample()
-	apply(t, d, rs, dataplane.ApplyOptions{})
+	_, d, rs := sampleApplied(t)
 
 	// Validate does not look for overlaps in concatenations; the kernel's pipapo
 	// backend refuses them.
@@ -727,26 +714,16 @@ func TestOptions(t *testing.T) {
 // socket and is then discarded.
 func udpSocket(t *testing.T, ns, family int) int {
 	t.Helper()
-	type result struct {
-		fd  int
-		err error
+	var fd int
+	if err := testns.In(ns, func() error {
+		var err error
+		fd, err = unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		return err
+	}); err != nil {
+		t.Fatalf("socket in namespace: %v", err)
 	}
-	ch := make(chan result)
-	go func() {
-		runtime.LockOSThread()
-		if err := unix.Setns(ns, unix.CLONE_NEWNET); err != nil {
-			ch <- result{-1, err}
-			return
-		}
-		fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-		ch <- result{fd, err}
-	}()
-	r := <-ch
-	if r.err != nil {
-		t.Fatalf("socket in namespace: %v", r.err)
-	}
-	t.Cleanup(func() { unix.Close(r.fd) })
-	return r.fd
+	t.Cleanup(func() { unix.Close(fd) })
+	return fd
 }
 
 // Packets through the kernel: lookups in each kind of set match exactly what they

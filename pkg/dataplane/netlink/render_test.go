@@ -98,6 +98,15 @@ func TestRenderMatchesKernel(t *testing.T) {
 	apply(t, newDataplane(t, viaNetlink), rs, dataplane.ApplyOptions{})
 	want := listing(t, viaNetlink)
 
+	if got := renderedListing(t, rs); got != want {
+		t.Errorf("nft lists the rendered ruleset differently from the netlink one:\n--- netlink\n%s\n--- rendered\n%s", want, got)
+	}
+}
+
+// renderedListing loads the nft text Render prints for rs with `nft -f` into a new
+// namespace and returns how nft lists it, for comparing with the netlink encoding.
+func renderedListing(t *testing.T, rs *ruleset.Ruleset) string {
+	t.Helper()
 	viaText := newNetNS(t)
 	file := filepath.Join(t.TempDir(), "ruleset.nft")
 	if err := os.WriteFile(file, []byte(ruleset.Render(rs)), 0o644); err != nil {
@@ -106,8 +115,5 @@ func TestRenderMatchesKernel(t *testing.T) {
 	if out, err := inNS(t, viaText, "nft", "-f", file); err != nil {
 		t.Fatalf("nft -f refused the rendered ruleset: %v\n%s\n%s", err, out, ruleset.Render(rs))
 	}
-	got := listing(t, viaText)
-	if got != want {
-		t.Errorf("nft lists the rendered ruleset differently from the netlink one:\n--- netlink\n%s\n--- rendered\n%s", want, got)
-	}
+	return listing(t, viaText)
 }

@@ -54,18 +54,22 @@ func tally(recs []probeRecord) (passed, failed int) {
 
 func expectDenied(ctx context.Context, from *lab.ClusterPod, to netip.AddrPort, what string) {
 	GinkgoHelper()
-	Eventually(func() bool { return probeOnce(ctx, from, to) }).WithTimeout(10*time.Second).WithPolling(50*time.Millisecond).
-		Should(BeFalse(), "%s: %s → %s", what, from, to)
-	Consistently(func() bool { return probeOnce(ctx, from, to) }).WithTimeout(time.Second).WithPolling(100*time.Millisecond).
-		Should(BeFalse(), "%s: %s → %s", what, from, to)
+	expectReach(ctx, from, to, false, what)
 }
 
 func expectAllowed(ctx context.Context, from *lab.ClusterPod, to netip.AddrPort, what string) {
 	GinkgoHelper()
+	expectReach(ctx, from, to, true, what)
+}
+
+// expectReach waits until new connections from from to to get through (allowed) or not,
+// and checks that it stays so for a second.
+func expectReach(ctx context.Context, from *lab.ClusterPod, to netip.AddrPort, allowed bool, what string) {
+	GinkgoHelper()
 	Eventually(func() bool { return probeOnce(ctx, from, to) }).WithTimeout(10*time.Second).WithPolling(50*time.Millisecond).
-		Should(BeTrue(), "%s: %s → %s", what, from, to)
+		Should(Equal(allowed), "%s: %s → %s", what, from, to)
 	Consistently(func() bool { return probeOnce(ctx, from, to) }).WithTimeout(time.Second).WithPolling(100*time.Millisecond).
-		Should(BeTrue(), "%s: %s → %s", what, from, to)
+		Should(Equal(allowed), "%s: %s → %s", what, from, to)
 }
 
 var _ = Describe("Pod lifecycle races", Ordered, func() {

@@ -10,6 +10,7 @@ import (
 	. "github.com/onsi/gomega"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/nftpolicy/nftpolicy/test/echo"
 	"github.com/nftpolicy/nftpolicy/test/lab"
 )
 
@@ -74,9 +75,9 @@ func serverEcho() netip.AddrPort { return server.AddrPort(lab.IPv4, echoPort) }
 func keeperEcho() netip.AddrPort { return keeper.AddrPort(lab.IPv4, echoPort) }
 
 // startFlows starts a TCP and a UDP flow from the client to to.
-func startFlows(to netip.AddrPort) []*flow {
+func startFlows(to netip.AddrPort) []*echo.Flow {
 	GinkgoHelper()
-	var fs []*flow
+	var fs []*echo.Flow
 	for _, proto := range []string{"tcp", "udp"} {
 		f, err := startFlow(client1.NS, proto, to, flowInterval, 15*time.Second)
 		Expect(err).NotTo(HaveOccurred())
@@ -85,7 +86,7 @@ func startFlows(to netip.AddrPort) []*flow {
 	return fs
 }
 
-func closeFlows(fs []*flow) {
+func closeFlows(fs []*echo.Flow) {
 	for _, f := range fs {
 		f.Close()
 	}
@@ -93,7 +94,7 @@ func closeFlows(fs []*flow) {
 
 // expectSteady checks that allowed flows never paused longer than maxAllowedGap since
 // their last resetGaps, were never reset and still flow.
-func expectSteady(what string, fs []*flow) {
+func expectSteady(what string, fs []*echo.Flow) {
 	GinkgoHelper()
 	type result struct {
 		gap time.Duration
@@ -102,7 +103,7 @@ func expectSteady(what string, fs []*flow) {
 	var rs []result
 	// Report every flow before judging any.
 	for _, f := range fs {
-		gap, end, reads, err := f.gaps()
+		gap, end, reads, err := f.Gaps()
 		report("%s: allowed %s: longest gap %v (ended %s), %d reads, error %v", what, f, gap.Round(time.Millisecond),
 			end.Format("15:04:05.000"), reads, err)
 		rs = append(rs, result{gap, err})
@@ -127,13 +128,13 @@ var _ = Describe("Revocation of established flows", Ordered, func() {
 			Expect(k.deny(ctx)).To(Succeed(), k.name)
 			written := time.Now()
 			for _, f := range fs {
-				last, ok := f.waitStopped(quiet, 5*time.Second)
+				last, ok := f.WaitStopped(quiet, 5*time.Second)
 				d := last.Sub(written)
 				if !ok {
 					failures = append(failures, fmt.Sprintf("trial %d (%s): %s still echoing 5 s after the write", trial, k.name, f))
 					d = 5 * time.Second
 				}
-				lat[f.proto] = append(lat[f.proto], d)
+				lat[f.Proto()] = append(lat[f.Proto()], d)
 				perKind[k.name] = append(perKind[k.name], d)
 			}
 			closeFlows(fs)
@@ -162,13 +163,13 @@ var _ = Describe("Revocation of established flows", Ordered, func() {
 			Eventually(func() bool { return probeOnce(ctx, client1, server.AddrPort(lab.IPv4, podPort)) }).
 				WithTimeout(10*time.Second).WithPolling(50*time.Millisecond).Should(BeFalse(), k.name)
 			for _, f := range fs {
-				f.resetGaps()
+				f.ResetGaps()
 			}
 			// A revocation would have stopped the flows well within this second.
 			Consistently(func() time.Duration {
 				var worst time.Duration
 				for _, f := range fs {
-					worst = max(worst, time.Since(f.lastEcho()))
+					worst = max(worst, time.Since(f.LastEcho()))
 				}
 				return worst
 			}).WithTimeout(time.Second).WithPolling(20*time.Millisecond).Should(BeNumerically("<", maxAllowedGap), k.name)

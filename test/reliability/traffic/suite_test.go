@@ -28,6 +28,7 @@ import (
 	"github.com/nftpolicy/nftpolicy/pkg/dataplane/netlink"
 	"github.com/nftpolicy/nftpolicy/pkg/model"
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
+	"github.com/nftpolicy/nftpolicy/test/echo"
 	"github.com/nftpolicy/nftpolicy/test/lab"
 	"github.com/nftpolicy/nftpolicy/test/reliability/gate"
 )
@@ -118,7 +119,7 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	server = mk("server", "node2", serverLabels)
 	keeper = mk("keeper", "node2", map[string]string{"app": "keeper"})
 	for _, p := range []*lab.ClusterPod{server, keeper} {
-		s, err := serveEcho(p.NS, echoPort)
+		s, err := echo.Serve(p.NS, echoPort, echo.Options{UDP: true, IPv4Only: true})
 		Expect(err).NotTo(HaveOccurred())
 		DeferCleanup(s.Close)
 	}
