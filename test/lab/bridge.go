@@ -13,15 +13,50 @@ import (
 const (
 	// BridgeName is the pod bridge in every node (Flannel's cni0).
 	BridgeName = "cni0"
-	// VXLANDevice is every node's VTEP (Flannel's flannel.1).
+	// VXLANDevice is every node's IPv4 VTEP (Flannel's flannel.1), over the
+	// IPv4 underlay.
 	VXLANDevice = "flannel.1"
-	// VXLANID and VXLANPort are Flannel's defaults.
+	// VXLANDeviceV6 is every node's IPv6 VTEP in a dual-stack cluster
+	// (Flannel's flannel-v6.1), over the IPv6 underlay.
+	VXLANDeviceV6 = "flannel-v6.1"
+	// VXLANID and VXLANPort are Flannel's defaults (both devices use them).
 	VXLANID   = 1
 	VXLANPort = 8472
-	// bridgeMTU leaves room for the 50 bytes of VXLAN encapsulation on the
-	// underlay's 1500, as Flannel sets it for cni0 and the pod veths.
+	// bridgeMTU leaves room for the 50 bytes of VXLAN encapsulation over IPv4
+	// on the underlay's 1500, as Flannel sets it for cni0 and the pod veths.
 	bridgeMTU = 1450
+	// bridgeMTUDualStack leaves room for the 70 bytes of VXLAN over IPv6 (the
+	// outer IPv6 header is 20 bytes longer): in a dual-stack cluster the pods'
+	// IPv6 packets leave through flannel-v6.1, and an MTU that fits both
+	// devices keeps path MTU discovery out of the lab's traffic.
+	bridgeMTUDualStack = 1430
 )
+
+// vxlanDevice is the VTEP carrying family f between nodes.
+func vxlanDevice(f Family) string {
+	if f == IPv6 {
+		return VXLANDeviceV6
+	}
+	return VXLANDevice
+}
+
+// vxlanMTU is the MTU of family f's VTEP: the underlay's 1500 less the
+// encapsulation over that family.
+func vxlanMTU(f Family) int {
+	if f == IPv6 {
+		return bridgeMTUDualStack
+	}
+	return bridgeMTU
+}
+
+// podMTU is the MTU of cni0 and the pod veths: what fits every VTEP of the
+// cluster.
+func (c *Cluster) podMTU() int {
+	if c.opts.DualStack {
+		return bridgeMTUDualStack
+	}
+	return bridgeMTU
+}
 
 // brNetfilterSysctls make bridged IPv4 and IPv6 frames traverse the inet
 // hooks (prerouting, forward, postrouting) of the node's netfilter: without
@@ -35,11 +70,31 @@ var brNetfilterSysctls = [][2]string{
 	{"net/bridge/bridge-nf-call-ip6tables", "1"},
 }
 
-// vtepMAC is node index's VXLAN device address (locally administered,
-// fixed so that the other nodes' static neighbour and FDB entries can be
-// written without reading it back).
-func vtepMAC(index int) string {
-	return fmt.Sprintf("0e:6c:61:62:%02x:%02x", index>>8&0xff, index&0xff)
+// vtepMAC is node index's address on family f's VXLAN device (locally
+// administered, fixed so that the other nodes' static neighbour and FDB
+// entries can be written without reading it back).
+func vtepMAC(index int, f Family) string {
+	family := 0x62 // "b", after "lab"
+	if f == IPv6 {
+		family = 0x36 // "6"
+	}
+	return fmt.Sprintf("0e:6c:61:%02x:%02x:%02x", family, index>>8&0xff, index&0xff)
+}
+
+// bridgeMAC is node index's cni0 address, fixed as the CNI bridge plugin fixes
+// it. A Linux bridge whose address was never set takes the lowest address of
+// its ports and changes it as ports come and go: a pod whose veth sorts lowest
+// renames the other pods' gateway when it comes, and again when it goes. IPv4
+// pods heal at once (the node's next ARP request for a pod carries the gateway
+// address with the new MAC), but IPv6 pods keep the old MAC for their global
+// gateway address until neighbour unreachability detection gives up, half a
+// minute or more, because the node solicits its pods from its link-local
+// address. Meanwhile every packet they route reaches cni0 addressed to another
+// port's MAC, goes up as PACKET_OTHERHOST (cni0's "otherhost" receive error
+// counter) and is dropped by ipv6_rcv: after br_netfilter's prerouting, before
+// any forward or input hook, so the agent's counters never see it.
+func bridgeMAC(index int) string {
+	return fmt.Sprintf("0e:63:6e:69:%02x:%02x", index>>8&0xff, index&0xff) // "cni"
 }
 
 // vtepAddr is node index's address on its VXLAN device: the network address
@@ -54,8 +109,8 @@ func bridgeGateway(index int, f Family) netip.Addr {
 	return nodePodCIDR(index, f).Addr().Next()
 }
 
-// buildBridgeNode gives node n a pod bridge and a VXLAN device over its
-// underlay address.
+// buildBridgeNode gives node n a pod bridge and, per family, a VXLAN device
+// over its underlay address of that family.
 func (c *Cluster) buildBridgeNode(ctx context.Context, n *ClusterNode) error {
 	if _, err := os.Stat("/proc/sys/net/bridge"); errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("node %s: br_netfilter is not available (no /proc/sys/net/bridge; modprobe br_netfilter)", n.Name)
@@ -63,29 +118,32 @@ func (c *Cluster) buildBridgeNode(ctx context.Context, n *ClusterNode) error {
 	if err := setSysctls(n.NS, brNetfilterSysctls); err != nil {
 		return fmt.Errorf("node %s: enable br_netfilter: %w", n.Name, err)
 	}
+	mtu := strconv.Itoa(c.podMTU())
 	args := [][]string{
-		{"link", "add", BridgeName, "type", "bridge"},
-		{"link", "set", BridgeName, "mtu", strconv.Itoa(bridgeMTU)},
+		// An address given at creation is one the bridge keeps (see bridgeMAC).
+		{"link", "add", BridgeName, "address", bridgeMAC(n.Index), "mtu", mtu, "type", "bridge"},
 		{"addr", "add", prefixOf(bridgeGateway(n.Index, IPv4), n.PodCIDRv4), "dev", BridgeName},
 	}
 	if c.opts.DualStack {
 		args = append(args, []string{"-6", "addr", "add", prefixOf(bridgeGateway(n.Index, IPv6), n.PodCIDRv6), "dev", BridgeName, "nodad"})
 	}
-	args = append(args,
-		[]string{"link", "set", BridgeName, "up"},
-		// nolearning: the FDB is programmed statically below (Flannel's
-		// vxlan backend does the same from the Node annotations).
-		[]string{"link", "add", VXLANDevice, "address", vtepMAC(n.Index), "mtu", strconv.Itoa(bridgeMTU),
-			"type", "vxlan", "id", strconv.Itoa(VXLANID), "local", n.UnderlayIPv4.String(), "dev", underlayDev,
-			"dstport", strconv.Itoa(VXLANPort), "nolearning"},
-		[]string{"addr", "add", vtepAddr(n.Index, IPv4).String() + "/32", "dev", VXLANDevice},
-	)
-	if c.opts.DualStack {
-		// One VTEP carries both families over the IPv4 underlay (Flannel
-		// makes a second device, flannel-v6.1, over an IPv6 underlay).
-		args = append(args, []string{"-6", "addr", "add", vtepAddr(n.Index, IPv6).String() + "/128", "dev", VXLANDevice, "nodad"})
+	args = append(args, []string{"link", "set", BridgeName, "up"})
+	for _, f := range c.families() {
+		dev := vxlanDevice(f)
+		addr := []string{"addr", "add", vtepAddr(n.Index, f).String() + "/32", "dev", dev}
+		if f == IPv6 {
+			addr = []string{"-6", "addr", "add", vtepAddr(n.Index, f).String() + "/128", "dev", dev, "nodad"}
+		}
+		args = append(args,
+			// nolearning: the FDB is programmed statically below (Flannel's
+			// vxlan backend does the same from the Node annotations).
+			[]string{"link", "add", dev, "address", vtepMAC(n.Index, f), "mtu", strconv.Itoa(vxlanMTU(f)),
+				"type", "vxlan", "id", strconv.Itoa(VXLANID), "local", n.UnderlayAddr(f).String(), "dev", underlayDev,
+				"dstport", strconv.Itoa(VXLANPort), "nolearning"},
+			addr,
+			[]string{"link", "set", dev, "up"},
+		)
 	}
-	args = append(args, []string{"link", "set", VXLANDevice, "up"})
 	for _, a := range args {
 		if _, err := n.NS.IP(ctx, a...); err != nil {
 			return fmt.Errorf("node %s: bridge and VXLAN: %w", n.Name, err)
@@ -94,29 +152,31 @@ func (c *Cluster) buildBridgeNode(ctx context.Context, n *ClusterNode) error {
 	return nil
 }
 
-// connectBridgeNodes programs every node's VXLAN device with the other nodes,
-// as Flannel's vxlan backend does: an FDB entry sending the peer VTEP's MAC
-// to the peer's underlay address, a permanent neighbour entry for the peer's
-// VTEP address, and an onlink route to the peer's pod CIDR via that address.
+// connectBridgeNodes programs every node's VXLAN devices with the other nodes,
+// as Flannel's vxlan backend does, per family: an FDB entry sending the peer
+// VTEP's MAC to the peer's underlay address of that family, a permanent
+// neighbour entry for the peer's VTEP address, and an onlink route to the
+// peer's pod CIDR via that address.
 func (c *Cluster) connectBridgeNodes(ctx context.Context) error {
 	for _, n := range c.nodes {
 		for _, m := range c.nodes {
 			if m == n {
 				continue
 			}
-			if _, err := run(ctx, "bridge", "-n", n.NS.Name(), "fdb", "append", vtepMAC(m.Index),
-				"dev", VXLANDevice, "dst", m.UnderlayIPv4.String()); err != nil {
-				return fmt.Errorf("connect node %s to node %s: %w", n.Name, m.Name, err)
-			}
 			for _, f := range c.families() {
+				dev := vxlanDevice(f)
+				if _, err := run(ctx, "bridge", "-n", n.NS.Name(), "fdb", "append", vtepMAC(m.Index, f),
+					"dev", dev, "dst", m.UnderlayAddr(f).String()); err != nil {
+					return fmt.Errorf("connect node %s to node %s: %w", n.Name, m.Name, err)
+				}
 				var fam []string
 				if f == IPv6 {
 					fam = []string{"-6"}
 				}
 				vtep := vtepAddr(m.Index, f).String()
 				for _, a := range [][]string{
-					append(fam, "neigh", "add", vtep, "lladdr", vtepMAC(m.Index), "dev", VXLANDevice, "nud", "permanent"),
-					append(fam, "route", "add", m.PodCIDR(f).String(), "via", vtep, "dev", VXLANDevice, "onlink"),
+					append(fam, "neigh", "add", vtep, "lladdr", vtepMAC(m.Index, f), "dev", dev, "nud", "permanent"),
+					append(fam, "route", "add", m.PodCIDR(f).String(), "via", vtep, "dev", dev, "onlink"),
 				} {
 					if _, err := n.NS.IP(ctx, a...); err != nil {
 						return fmt.Errorf("connect node %s to node %s: %w", n.Name, m.Name, err)
@@ -138,7 +198,7 @@ func (c *Cluster) bridgeWiring(n *ClusterNode) func(*Pod) error {
 		ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
 		defer cancel()
 		node, pod, veth := p.Node.NS, p.NS, p.HostVeth
-		mtu := strconv.Itoa(bridgeMTU)
+		mtu := strconv.Itoa(c.podMTU())
 		type step struct {
 			ns   *Netns
 			args []string

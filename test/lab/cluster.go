@@ -33,8 +33,9 @@ const (
 	Routed Topology = "routed"
 	// BridgeVXLAN is the Flannel style: pods' veths are ports of a bridge
 	// (cni0) in their node, nodes reach each other's pod CIDRs through a
-	// VXLAN device (flannel.1) over the underlay, and br_netfilter makes
-	// bridged traffic pass the node's inet hooks.
+	// VXLAN device per family (flannel.1 over the IPv4 underlay,
+	// flannel-v6.1 over the IPv6 one), and br_netfilter makes bridged
+	// traffic pass the node's inet hooks.
 	BridgeVXLAN Topology = "bridge-vxlan"
 )
 
@@ -146,8 +147,8 @@ func (n *ClusterNode) String() string { return n.Name }
 
 // SourceAddrs are the addresses the node's own traffic to pods carries as its source
 // (what a pod sees of a host-network pod): the underlay address, and in the bridge
-// topology also the VXLAN device's, which — as with Flannel — sources the node's
-// traffic to pods on other nodes.
+// topology also the family's VXLAN device's, which — as with Flannel — sources the
+// node's traffic to pods on other nodes.
 func (n *ClusterNode) SourceAddrs(f Family) []netip.Addr {
 	var out []netip.Addr
 	if a := n.UnderlayIPv4; f == IPv4 && a.IsValid() {

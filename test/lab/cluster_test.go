@@ -231,6 +231,55 @@ func testClusterTopology(t *testing.T, topo Topology) {
 		probeAll(t, c, pods, pods, 80, allAllowed)
 	})
 
+	if topo == BridgeVXLAN {
+		// A port whose MAC sorts below every pod veth's joins node2's cni0 (as
+		// a new pod's veth may). An unpinned bridge would take that MAC, and c
+		// and d would keep sending their IPv6 packets to the gateway's old one
+		// (see bridgeMAC), which only the pod whose veth owns that MAC gets
+		// through; the cross-node IPv6 pairs, probed after the neighbour caches
+		// were filled above, show whether both still reach their gateway.
+		t.Run("pod churn keeps the pods' gateway", func(t *testing.T) {
+			node2 := c.Node("node2").NS
+			mac := func() string {
+				t.Helper()
+				out, err := node2.IP(ctx, "-br", "link", "show", "dev", BridgeName)
+				f := strings.Fields(string(out))
+				if err != nil || len(f) < 3 {
+					t.Fatalf("cni0 of node2: %q %v", out, err)
+				}
+				return f[2]
+			}
+			before := mac()
+			// eth_random_addr never yields less than 02:00:00:00:00:00.
+			for _, args := range [][]string{
+				{"link", "add", "lowmac", "address", "02:00:00:00:00:00", "type", "veth", "peer", "name", "lowmac-peer"},
+				{"link", "set", "lowmac", "master", BridgeName, "up"},
+			} {
+				if _, err := node2.IP(ctx, args...); err != nil {
+					t.Fatal(err)
+				}
+			}
+			defer func() {
+				if _, err := node2.IP(ctx, "link", "del", "lowmac"); err != nil {
+					t.Error(err)
+				}
+			}()
+			if after := mac(); after != before {
+				t.Errorf("node2's cni0 changed its MAC from %s to %s when a port joined", before, after)
+			}
+			node1Pods, node2Pods := []*ClusterPod{a}, []*ClusterPod{cc, d}
+			for _, pair := range [][2][]*ClusterPod{{node1Pods, node2Pods}, {node2Pods, node1Pods}} {
+				m, err := c.ProbeMatrix(ctx, pair[0], pair[1], PodTarget(IPv6, 80), "tcp", ProbeOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if diff := Diff(NewMatrix(PodKeys(pair[0]), PodKeys(pair[1]), true), m); diff != "" {
+					t.Errorf("after a port joined node2's cni0: %s", diff)
+				}
+			}
+		})
+	}
+
 	t.Run("ClusterIP", func(t *testing.T) {
 		svc, err := c.CreateService(ctx, "x", "web", map[string]string{"app": "b"}, []corev1.ServicePort{
 			{Name: "http", Port: 8080, TargetPort: intstr.FromString("tcp-80")},

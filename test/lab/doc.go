@@ -30,8 +30,9 @@
 //     cleanup, a client and a kubeconfig for the agents;
 //   - an underlay namespace with a bridge, and node namespaces plugged into
 //     it (172.18.0.10+N, fd00:172:18::10+N), registered as Node objects;
-//   - the Routed or BridgeVXLAN (Flannel style: cni0, flannel.1,
-//     br_netfilter) topology between pods and nodes;
+//   - the Routed or BridgeVXLAN (Flannel style: cni0 with a fixed MAC,
+//     flannel.1 and, dual-stack, flannel-v6.1, br_netfilter) topology
+//     between pods and nodes;
 //   - pods (namespaces, servers, Pod objects with status), ClusterIP
 //     Services (kube-proxy's DNAT in every node), and the agent per node;
 //   - Probe/ProbeMatrix from pods, with "ns/name" rows and columns.
