@@ -504,7 +504,8 @@ kill_cgroup_tree() {
 kill_shims() {
   local p cmd id
   for p in /proc/[0-9]*; do
-    cmd="$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null)" || continue
+    # stderr first: a process gone since the glob makes the input redirection fail.
+    cmd="$(tr '\0' ' ' 2>/dev/null <"$p/cmdline")" || continue
     case "$cmd" in
       *containerd-shim*"$CONTAINERD_SOCK"*)
         kill -KILL "${p#/proc/}" 2>/dev/null || true
