@@ -174,7 +174,7 @@ func TestSmoke(t *testing.T) {
 	out := t.TempDir()
 	opts := &Options{
 		Profile: TinyProfile(), Groups: []string{GroupDataPath, GroupControlPlane, GroupResources},
-		OutDir: out, AgentBinary: agent, Progress: testLog{t},
+		OutDir: out, AgentBinary: agent, Progress: lab.TestLog(t),
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -234,11 +234,4 @@ func TestSmoke(t *testing.T) {
 	} else if left, _ := lab.ListNetns(rep.LabPrefix); len(left) > 0 {
 		t.Errorf("namespaces left behind: %v", left)
 	}
-}
-
-type testLog struct{ t *testing.T }
-
-func (w testLog) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(b), "\n"))
-	return len(b), nil
 }

@@ -41,15 +41,6 @@ func skipUnlessCluster(t *testing.T) {
 	}
 }
 
-// testWriter sends progress lines to t.Log.
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(b []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimRight(string(b), "\n"))
-	return len(b), nil
-}
-
 // startClusterForTest starts a cluster that is closed (and checked to leave
 // nothing behind) at the end of the test.
 func startClusterForTest(t *testing.T, opts ClusterOptions) *Cluster {
@@ -58,7 +49,7 @@ func startClusterForTest(t *testing.T, opts ClusterOptions) *Cluster {
 	if err := CleanupStale(opts.StateDir); err != nil {
 		t.Logf("lab: cleaning up stale labs: %v", err)
 	}
-	opts.Progress = testWriter{t}
+	opts.Progress = TestLog(t)
 	c, err := StartCluster(context.Background(), opts)
 	if err != nil {
 		t.Fatal(err)

@@ -3,11 +3,13 @@ package lab
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -104,6 +106,19 @@ func SkipIfNotRoot(t testing.TB) {
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Fatalf("lab: iproute2 'ip' not found: %v", err)
 	}
+}
+
+// TestLog returns a writer that sends each write, less its trailing newline,
+// to t.Log: the progress lines of StartCluster and the like then show in the
+// test's own output.
+func TestLog(t testing.TB) io.Writer { return testLog{t} }
+
+type testLog struct{ t testing.TB }
+
+func (w testLog) Write(b []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimRight(string(b), "\n"))
+	return len(b), nil
 }
 
 // NewForTest skips the test when not root, removes stale labs of crashed

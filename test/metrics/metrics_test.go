@@ -7,7 +7,6 @@ package metrics
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -31,13 +30,6 @@ const (
 	port        = 8080
 )
 
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(b), "\n"))
-	return len(b), nil
-}
-
 // scraper reads one agent's /metrics inside its node's namespace.
 type scraper struct {
 	t    *testing.T
@@ -45,12 +37,7 @@ type scraper struct {
 }
 
 func newScraper(t *testing.T, node *lab.ClusterNode) *scraper {
-	return &scraper{t: t, http: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return node.NS.DialContext(ctx, network, addr)
-		},
-	}}}
+	return &scraper{t: t, http: node.NS.HTTPClient(10 * time.Second)}
 }
 
 func (s *scraper) scrape(ctx context.Context) (bench.Metrics, error) {
@@ -147,7 +134,7 @@ func TestVerdictCounters(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	c, err := lab.StartCluster(ctx, lab.ClusterOptions{
-		Nodes: 2, Topology: lab.Routed, AgentBinary: agent, Progress: testWriter{t},
+		Nodes: 2, Topology: lab.Routed, AgentBinary: agent, Progress: lab.TestLog(t),
 		// The lab starts agents with metrics off (and plain HTTP, --metrics-secure=false,
 		// for whoever turns them on); a later flag wins. --log-denied: the
 		// denied probe below must also give one "denied connection" log line.

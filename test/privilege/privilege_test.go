@@ -102,13 +102,6 @@ func skipUnlessLab(t testing.TB) (agent string) {
 	return agentBinary(t)
 }
 
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(b), "\n"))
-	return len(b), nil
-}
-
 // env is what the subtests share: a lab cluster with no agent of its own, the chart's
 // RBAC applied, a token of the chart's ServiceAccount and the pods to probe.
 type env struct {
@@ -143,7 +136,7 @@ func TestLeastPrivilege(t *testing.T) {
 	start := time.Now()
 	// No AgentBinary: the lab's own agents run as system:masters; this test starts
 	// its own, as the chart's ServiceAccount.
-	c, err := lab.StartCluster(ctx, lab.ClusterOptions{Nodes: 2, Topology: lab.Routed, Progress: testWriter{t}})
+	c, err := lab.StartCluster(ctx, lab.ClusterOptions{Nodes: 2, Topology: lab.Routed, Progress: lab.TestLog(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -637,14 +630,11 @@ func (a *agentRun) log() string {
 // nsHTTPClient reaches addresses inside ns, with tlsConfig for HTTPS. It offers
 // HTTP/2, which the agent must decline.
 func nsHTTPClient(ns *lab.Netns, tlsConfig *tls.Config) *http.Client {
-	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return ns.DialContext(ctx, network, addr)
-		},
-		TLSClientConfig:   tlsConfig,
-		ForceAttemptHTTP2: true,
-	}}
+	hc := ns.HTTPClient(5 * time.Second)
+	tr := hc.Transport.(*http.Transport)
+	tr.TLSClientConfig = tlsConfig
+	tr.ForceAttemptHTTP2 = true
+	return hc
 }
 
 // ready reports whether /readyz answers 200.
