@@ -79,12 +79,7 @@ func (p *ClusterPod) Key() string { return p.Namespace + "/" + p.Name }
 func (p *ClusterPod) String() string { return p.Key() }
 
 // Addr returns the pod's address of family f (invalid if none).
-func (p *ClusterPod) Addr(f Family) netip.Addr {
-	if f == IPv6 {
-		return p.IPv6
-	}
-	return p.IPv4
-}
+func (p *ClusterPod) Addr(f Family) netip.Addr { return pick(f, p.IPv4, p.IPv6) }
 
 // AddrPort returns the pod's address of family f with port.
 func (p *ClusterPod) AddrPort(f Family, port int) netip.AddrPort {
@@ -92,7 +87,7 @@ func (p *ClusterPod) AddrPort(f Family, port int) netip.AddrPort {
 }
 
 // IPs returns the pod's valid addresses, IPv4 first.
-func (p *ClusterPod) IPs() []netip.Addr { return validAddrs(p.IPv4, p.IPv6) }
+func (p *ClusterPod) IPs() []netip.Addr { return valid(p.IPv4, p.IPv6) }
 
 // Ports returns the ports the pod serves (its container's and its
 // restartable init containers').
@@ -274,7 +269,7 @@ func (c *Cluster) createPod(ctx context.Context, spec PodSpec, objectOnly bool) 
 	if node != nil {
 		where = "on " + node.Name
 	}
-	c.logf("pod %s %s: %s %s", p.Key(), where, joinAddrs(p.IPs()), spec.Phase)
+	c.logf("pod %s %s: %s %s", p.Key(), where, joinList(p.IPs()), spec.Phase)
 	return p, errors.Join(c.syncServices(ctx), c.saveState())
 }
 

@@ -70,7 +70,7 @@ func (c *Cluster) StagePod(ctx context.Context, spec PodSpec) (_ *StagedPod, err
 	c.mu.Lock()
 	c.pods = append(c.pods, p)
 	c.mu.Unlock()
-	c.logf("pod %s staged on %s: %s, no Pod object yet", p.Key(), node.Name, joinAddrs(p.IPs()))
+	c.logf("pod %s staged on %s: %s, no Pod object yet", p.Key(), node.Name, joinList(p.IPs()))
 	return &StagedPod{ClusterPod: p, spec: spec}, c.saveState()
 }
 
