@@ -190,51 +190,41 @@ func (l *Lab) track(add func()) error {
 // ServeTCP is like the package-level ServeTCP; the server is closed by Close.
 func (l *Lab) ServeTCP(ns *Netns, addr, reply string) (*Server, error) {
 	s, err := ServeTCP(ns, addr, reply)
-	if err != nil {
-		return nil, err
-	}
-	if err := l.track(func() { l.servers = append(l.servers, s) }); err != nil {
-		return nil, errors.Join(err, s.Close())
-	}
-	return s, nil
+	return keep(l, &l.servers, s, err, (*Server).Close)
 }
 
 // ServeUDP is like the package-level ServeUDP; the server is closed by Close.
 func (l *Lab) ServeUDP(ns *Netns, addr, reply string) (*Server, error) {
 	s, err := ServeUDP(ns, addr, reply)
-	if err != nil {
-		return nil, err
-	}
-	if err := l.track(func() { l.servers = append(l.servers, s) }); err != nil {
-		return nil, errors.Join(err, s.Close())
-	}
-	return s, nil
+	return keep(l, &l.servers, s, err, (*Server).Close)
 }
 
 // ForwardTCP is like the package-level ForwardTCP; the forwarder is closed
 // by Close.
 func (l *Lab) ForwardTCP(ns *Netns, listenAddr, target string) (*Forwarder, error) {
 	f, err := ForwardTCP(ns, listenAddr, target)
-	if err != nil {
-		return nil, err
-	}
-	if err := l.track(func() { l.forwarders = append(l.forwarders, f) }); err != nil {
-		return nil, errors.Join(err, f.Close())
-	}
-	return f, nil
+	return keep(l, &l.forwarders, f, err, (*Forwarder).Close)
 }
 
 // StartProcess is like the package-level StartProcess with the lab's PID
 // directory; the process is stopped (SIGTERM, then SIGKILL) by Close.
 func (l *Lab) StartProcess(ns *Netns, name, logFile string, args ...string) (*Process, error) {
 	p, err := StartProcess(ns, l.PidDir(), name, logFile, args...)
+	return keep(l, &l.procs, p, err, func(p *Process) error { return p.Stop(syscall.SIGKILL) })
+}
+
+// keep hands x, just made (err says whether it was), to the lab for Close by
+// adding it to list. If the lab closed meanwhile, x is released at once and
+// keep fails.
+func keep[T any](l *Lab, list *[]T, x T, err error, release func(T) error) (T, error) {
+	var none T
 	if err != nil {
-		return nil, err
+		return none, err
 	}
-	if err := l.track(func() { l.procs = append(l.procs, p) }); err != nil {
-		return nil, errors.Join(err, p.Stop(syscall.SIGKILL))
+	if err := l.track(func() { *list = append(*list, x) }); err != nil {
+		return none, errors.Join(err, release(x))
 	}
-	return p, nil
+	return x, nil
 }
 
 // Nodes returns the nodes in creation order.
