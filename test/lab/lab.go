@@ -257,6 +257,11 @@ func (l *Lab) Pod(name string) *Pod {
 func (l *Lab) Node(name string) *Node {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	return l.nodeLocked(name)
+}
+
+// nodeLocked is Node with l.mu held.
+func (l *Lab) nodeLocked(name string) *Node {
 	for _, n := range l.nodes {
 		if n.Name == name {
 			return n

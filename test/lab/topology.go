@@ -166,10 +166,8 @@ func setSysctls(ns *Netns, kvs [][2]string) error {
 func (l *Lab) AddNode(name string) (*Node, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for _, n := range l.nodes {
-		if n.Name == name {
-			return nil, fmt.Errorf("add node %s: already exists", name)
-		}
+	if l.nodeLocked(name) != nil {
+		return nil, fmt.Errorf("add node %s: already exists", name)
 	}
 	ns, err := l.newNetnsLocked(name)
 	if err != nil {
@@ -239,10 +237,8 @@ func (l *Lab) addPod(node *Node, name string, ipv4, ipv6 netip.Addr, wire func(*
 			return nil, fmt.Errorf("add pod %s: address already used by pod %s", name, p.Name)
 		}
 	}
-	for _, n := range l.nodes {
-		if n.Name == name {
-			return nil, fmt.Errorf("add pod %s: name already used by a node", name)
-		}
+	if l.nodeLocked(name) != nil {
+		return nil, fmt.Errorf("add pod %s: name already used by a node", name)
 	}
 	ns, err := l.newNetnsLocked(name)
 	if err != nil {
