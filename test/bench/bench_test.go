@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nftpolicy/nftpolicy/internal/testns"
 	"github.com/nftpolicy/nftpolicy/test/lab"
 )
 
@@ -149,15 +148,7 @@ func TestParseGroups(t *testing.T) {
 // $NFTPOLICY_AGENT (make test sets it) or built here. The Go benchmarks are left
 // out: they would run go test inside go test; their parser is tested above.
 func TestSmoke(t *testing.T) {
-	lab.SkipIfNotRoot(t)
-	for _, tool := range []string{"nft", "conntrack"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			testns.SkipUnlessRequired(t, "%s not installed (make deps)", tool)
-		}
-	}
-	if _, err := lab.ControlPlaneDir(""); err != nil {
-		testns.SkipUnlessRequired(t, "no control plane: %v", err)
-	}
+	lab.SkipUnlessCluster(t, "conntrack")
 	agent := os.Getenv("NFTPOLICY_AGENT")
 	if agent == "" {
 		root, err := lab.RepoRoot()

@@ -98,13 +98,30 @@ func New(opts Options) (*Lab, error) {
 
 // SkipIfNotRoot skips the test unless it runs as root with the tools the lab
 // needs.
-func SkipIfNotRoot(t testing.TB) {
+func SkipIfNotRoot(t testns.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		testns.SkipUnlessRequired(t, "lab: needs root (network namespaces, veth, nftables); run e.g. `sudo -E go test ./test/lab/...`")
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Fatalf("lab: iproute2 'ip' not found: %v", err)
+	}
+}
+
+// SkipUnlessCluster skips t (through testns.SkipUnlessRequired, so it fails
+// where the lab is required) unless StartCluster can run here: root, ip, nft
+// and the further tools on PATH, and a control plane (KUBEBUILDER_ASSETS or
+// `make envtest-assets`).
+func SkipUnlessCluster(t testns.TB, tools ...string) {
+	t.Helper()
+	SkipIfNotRoot(t)
+	for _, tool := range append([]string{"nft"}, tools...) {
+		if _, err := exec.LookPath(tool); err != nil {
+			testns.SkipUnlessRequired(t, "lab: %s is not installed (make deps)", tool)
+		}
+	}
+	if _, err := ControlPlaneDir(""); err != nil {
+		testns.SkipUnlessRequired(t, "lab: no control plane: %v (run `make envtest-assets` or set KUBEBUILDER_ASSETS)", err)
 	}
 }
 

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -117,16 +116,10 @@ func ingressFrom(name string, podLabels, fromLabels map[string]string, ports ...
 // packet and byte counters; a denied one moves exactly the drop counter of the policy
 // isolating its target; series of an unrelated policy and of the other rule do not move.
 func TestVerdictCounters(t *testing.T) {
-	lab.SkipIfNotRoot(t)
+	lab.SkipUnlessCluster(t)
 	agent := os.Getenv("NFTPOLICY_AGENT")
 	if agent == "" {
 		testns.SkipUnlessRequired(t, "NFTPOLICY_AGENT is not set (make build; make test sets it)")
-	}
-	if _, err := exec.LookPath("nft"); err != nil {
-		testns.SkipUnlessRequired(t, "nft is not installed")
-	}
-	if _, err := lab.ControlPlaneDir(""); err != nil {
-		testns.SkipUnlessRequired(t, "no control plane: %v", err)
 	}
 	if err := lab.CleanupStale(""); err != nil {
 		t.Logf("cleaning up stale labs: %v", err)

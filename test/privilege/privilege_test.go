@@ -87,17 +87,7 @@ func agentBinary(t testing.TB) string {
 // plane, helm and the agent.
 func skipUnlessLab(t testing.TB) (agent string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		testns.SkipUnlessRequired(t, "the lab needs root (network namespaces, nftables, capabilities)")
-	}
-	for _, tool := range []string{"nft", "setpriv", "ip"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			testns.SkipUnlessRequired(t, "%s is not installed (apt-get install nftables util-linux iproute2)", tool)
-		}
-	}
-	if _, err := lab.ControlPlaneDir(""); err != nil {
-		testns.SkipUnlessRequired(t, "no control plane: %v (run `make envtest-assets` or set KUBEBUILDER_ASSETS)", err)
-	}
+	lab.SkipUnlessCluster(t, "setpriv")
 	helmBinary(t)
 	return agentBinary(t)
 }
