@@ -591,14 +591,10 @@ func (c *Cluster) CreateNamespace(ctx context.Context, name string, labels map[s
 // stops the API server and etcd and removes every namespace, link, process
 // and file of the cluster. It is idempotent.
 func (c *Cluster) Close() error {
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
+	var pods []*ClusterPod
+	if !markClosed(&c.mu, &c.closed, func() { pods = c.pods }) {
 		return nil
 	}
-	c.closed = true
-	pods := c.pods
-	c.mu.Unlock()
 
 	var errs []error
 	var wg sync.WaitGroup

@@ -287,18 +287,33 @@ func (l *Lab) nodeLocked(name string) *Node {
 	return nil
 }
 
+// markClosed sets *closed under mu and, in the same critical section, runs
+// take (which copies what Close will release); it reports false, doing
+// nothing, if *closed was already set: Close is then a no-op.
+func markClosed(mu *sync.Mutex, closed *bool, take func()) bool {
+	mu.Lock()
+	defer mu.Unlock()
+	if *closed {
+		return false
+	}
+	*closed = true
+	take()
+	return true
+}
+
 // Close stops processes (SIGTERM, then SIGKILL), closes forwarders and
 // servers, deletes every namespace with the lab's prefix and removes the
 // lab's state. It is idempotent.
 func (l *Lab) Close() error {
-	l.mu.Lock()
-	if l.closed {
-		l.mu.Unlock()
+	var (
+		procs   []*Process
+		fwds    []*Forwarder
+		servers []*Server
+		netns   []*Netns
+	)
+	if !markClosed(&l.mu, &l.closed, func() { procs, fwds, servers, netns = l.procs, l.forwarders, l.servers, l.netns }) {
 		return nil
 	}
-	l.closed = true
-	procs, fwds, servers, netns := l.procs, l.forwarders, l.servers, l.netns
-	l.mu.Unlock()
 
 	var errs []error
 	var wg sync.WaitGroup
