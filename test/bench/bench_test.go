@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nftpolicy/nftpolicy/internal/testns"
 	"github.com/nftpolicy/nftpolicy/test/lab"
 )
 
@@ -149,15 +148,7 @@ func TestParseGroups(t *testing.T) {
 // $NFTPOLICY_AGENT (make test sets it) or built here. The Go benchmarks are left
 // out: they would run go test inside go test; their parser is tested above.
 func TestSmoke(t *testing.T) {
-	lab.SkipIfNotRoot(t)
-	for _, tool := range []string{"nft", "conntrack"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			testns.SkipUnlessRequired(t, "%s not installed (make deps)", tool)
-		}
-	}
-	if _, err := lab.ControlPlaneDir(""); err != nil {
-		testns.SkipUnlessRequired(t, "no control plane: %v", err)
-	}
+	lab.SkipUnlessCluster(t, "conntrack")
 	agent := os.Getenv("NFTPOLICY_AGENT")
 	if agent == "" {
 		root, err := lab.RepoRoot()
@@ -174,7 +165,7 @@ func TestSmoke(t *testing.T) {
 	out := t.TempDir()
 	opts := &Options{
 		Profile: TinyProfile(), Groups: []string{GroupDataPath, GroupControlPlane, GroupResources},
-		OutDir: out, AgentBinary: agent, Progress: testLog{t},
+		OutDir: out, AgentBinary: agent, Progress: lab.TestLog(t),
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -234,11 +225,4 @@ func TestSmoke(t *testing.T) {
 	} else if left, _ := lab.ListNetns(rep.LabPrefix); len(left) > 0 {
 		t.Errorf("namespaces left behind: %v", left)
 	}
-}
-
-type testLog struct{ t *testing.T }
-
-func (w testLog) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(b), "\n"))
-	return len(b), nil
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -262,7 +261,7 @@ func (e *env) startAgent(ctx context.Context, node *lab.ClusterNode, extra ...st
 
 func (e *env) startAgentSeq(ctx context.Context, node *lab.ClusterNode, seq int, extra ...string) (*agentRun, error) {
 	name := fmt.Sprintf("bench-agent-%s-%d", node.Name, seq)
-	a := &agentRun{e: e, node: node, logFile: filepath.Join(e.c.LogDir(), name+".log"), http: nsHTTPClient(node.NS)}
+	a := &agentRun{e: e, node: node, logFile: filepath.Join(e.c.LogDir(), name+".log"), http: node.NS.HTTPClient(10 * time.Second)}
 	args := append([]string{e.opts.AgentBinary,
 		"--kubeconfig", e.c.Kubeconfig(), "--node-name", node.Name,
 		"--health-probe-bind-address", agentHealthAddr,
@@ -447,16 +446,6 @@ func (a *agentRun) waitQuiet(ctx context.Context, quiet, maxWait time.Duration) 
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// nsHTTPClient is an HTTP client whose connections start inside ns.
-func nsHTTPClient(ns *lab.Netns) *http.Client {
-	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return ns.DialContext(ctx, network, addr)
-		},
-	}}
 }
 
 // apiMetrics scrapes the API server's /metrics.

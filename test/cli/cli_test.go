@@ -115,13 +115,7 @@ func outputHolds(t *testing.T, what, out string, want ...string) {
 }
 
 func TestExplainLab(t *testing.T) {
-	lab.SkipIfNotRoot(t)
-	if _, err := exec.LookPath("nft"); err != nil {
-		testns.SkipUnlessRequired(t, "nft is not installed")
-	}
-	if _, err := lab.ControlPlaneDir(""); err != nil {
-		testns.SkipUnlessRequired(t, "no control plane: %v (make envtest-assets)", err)
-	}
+	lab.SkipUnlessCluster(t)
 	agent := os.Getenv("NFTPOLICY_AGENT")
 	if agent == "" {
 		testns.SkipUnlessRequired(t, "NFTPOLICY_AGENT is not set (make build; make test sets it)")

@@ -161,9 +161,7 @@ func agentLog() string {
 
 // agentReady asks the agent's /readyz inside the node namespace.
 func agentReady() bool {
-	c := &http.Client{Timeout: time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		return node.NS.DialContext(ctx, network, addr)
-	}}}
+	c := node.NS.HTTPClient(time.Second)
 	resp, err := c.Get("http://" + probeAddr + "/readyz")
 	if err != nil {
 		return false

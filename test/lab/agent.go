@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -96,12 +95,7 @@ func (c *Cluster) StartAgent(ctx context.Context, node string) error {
 func (c *Cluster) waitAgentReady(ctx context.Context, n *ClusterNode, p *Process) error {
 	ctx, cancel := context.WithTimeout(ctx, c.opts.AgentReadyTimeout)
 	defer cancel()
-	hc := &http.Client{Timeout: time.Second, Transport: &http.Transport{
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return n.NS.DialContext(ctx, network, addr)
-		},
-	}}
+	hc := n.NS.HTTPClient(time.Second)
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {

@@ -33,21 +33,11 @@ const (
 )
 
 // vxlanDevice is the VTEP carrying family f between nodes.
-func vxlanDevice(f Family) string {
-	if f == IPv6 {
-		return VXLANDeviceV6
-	}
-	return VXLANDevice
-}
+func vxlanDevice(f Family) string { return pick(f, VXLANDevice, VXLANDeviceV6) }
 
 // vxlanMTU is the MTU of family f's VTEP: the underlay's 1500 less the
 // encapsulation over that family.
-func vxlanMTU(f Family) int {
-	if f == IPv6 {
-		return bridgeMTUDualStack
-	}
-	return bridgeMTU
-}
+func vxlanMTU(f Family) int { return pick(f, bridgeMTU, bridgeMTUDualStack) }
 
 // podMTU is the MTU of cni0 and the pod veths: what fits every VTEP of the
 // cluster.
@@ -158,34 +148,23 @@ func (c *Cluster) buildBridgeNode(ctx context.Context, n *ClusterNode) error {
 // neighbour entry for the peer's VTEP address, and an onlink route to the
 // peer's pod CIDR via that address.
 func (c *Cluster) connectBridgeNodes(ctx context.Context) error {
-	for _, n := range c.nodes {
-		for _, m := range c.nodes {
-			if m == n {
-				continue
-			}
-			for _, f := range c.families() {
-				dev := vxlanDevice(f)
-				if _, err := run(ctx, "bridge", "-n", n.NS.Name(), "fdb", "append", vtepMAC(m.Index, f),
-					"dev", dev, "dst", m.UnderlayAddr(f).String()); err != nil {
-					return fmt.Errorf("connect node %s to node %s: %w", n.Name, m.Name, err)
-				}
-				var fam []string
-				if f == IPv6 {
-					fam = []string{"-6"}
-				}
-				vtep := vtepAddr(m.Index, f).String()
-				for _, a := range [][]string{
-					append(fam, "neigh", "add", vtep, "lladdr", vtepMAC(m.Index, f), "dev", dev, "nud", "permanent"),
-					append(fam, "route", "add", m.PodCIDR(f).String(), "via", vtep, "dev", dev, "onlink"),
-				} {
-					if _, err := n.NS.IP(ctx, a...); err != nil {
-						return fmt.Errorf("connect node %s to node %s: %w", n.Name, m.Name, err)
-					}
-				}
+	return c.forEachPeer(func(n, m *ClusterNode, f Family) error {
+		dev := vxlanDevice(f)
+		if _, err := run(ctx, "bridge", "-n", n.NS.Name(), "fdb", "append", vtepMAC(m.Index, f),
+			"dev", dev, "dst", m.UnderlayAddr(f).String()); err != nil {
+			return fmt.Errorf("connect node %s to node %s: %w", n.Name, m.Name, err)
+		}
+		vtep := vtepAddr(m.Index, f).String()
+		for _, a := range [][]string{
+			ipArgs(f, "neigh", "add", vtep, "lladdr", vtepMAC(m.Index, f), "dev", dev, "nud", "permanent"),
+			ipArgs(f, "route", "add", m.PodCIDR(f).String(), "via", vtep, "dev", dev, "onlink"),
+		} {
+			if _, err := n.NS.IP(ctx, a...); err != nil {
+				return fmt.Errorf("connect node %s to node %s: %w", n.Name, m.Name, err)
 			}
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // bridgeWiring returns the pod wiring of the bridge topology on node n, as

@@ -165,30 +165,24 @@ func (n *ClusterNode) SourceAddrs(f Family) []netip.Addr {
 
 // UnderlayAddr returns the node's address of family f.
 func (n *ClusterNode) UnderlayAddr(f Family) netip.Addr {
-	if f == IPv6 {
-		return n.UnderlayIPv6
-	}
-	return n.UnderlayIPv4
+	return pick(f, n.UnderlayIPv4, n.UnderlayIPv6)
 }
 
 // PodCIDR returns the node's pod CIDR of family f.
-func (n *ClusterNode) PodCIDR(f Family) netip.Prefix {
-	if f == IPv6 {
-		return n.PodCIDRv6
-	}
-	return n.PodCIDRv4
-}
+func (n *ClusterNode) PodCIDR(f Family) netip.Prefix { return pick(f, n.PodCIDRv4, n.PodCIDRv6) }
 
 // addrs returns the node's valid underlay addresses, IPv4 first.
 func (n *ClusterNode) addrs() []netip.Addr {
-	return validAddrs(n.UnderlayIPv4, n.UnderlayIPv6)
+	return valid(n.UnderlayIPv4, n.UnderlayIPv6)
 }
 
-func validAddrs(as ...netip.Addr) []netip.Addr {
-	var out []netip.Addr
-	for _, a := range as {
-		if a.IsValid() {
-			out = append(out, a)
+// valid returns the valid ones of xs (addresses or prefixes; the zero value
+// stands for a family the cluster does not run), in order.
+func valid[T interface{ IsValid() bool }](xs ...T) []T {
+	var out []T
+	for _, x := range xs {
+		if x.IsValid() {
+			out = append(out, x)
 		}
 	}
 	return out
@@ -486,7 +480,7 @@ func (c *Cluster) buildNetwork(ctx context.Context) error {
 			}
 		}
 		c.logf("%s: netns %s, underlay %s, pods %s", n.Name, n.NS.Name(),
-			joinAddrs(n.addrs()), joinPrefixes(validPrefixes(n.PodCIDRv4, n.PodCIDRv6)))
+			joinList(n.addrs()), joinList(valid(n.PodCIDRv4, n.PodCIDRv6)))
 	}
 	if c.opts.Topology == BridgeVXLAN {
 		return c.connectBridgeNodes(ctx)
@@ -494,28 +488,11 @@ func (c *Cluster) buildNetwork(ctx context.Context) error {
 	return c.routeNodes(ctx)
 }
 
-func validPrefixes(ps ...netip.Prefix) []netip.Prefix {
-	var out []netip.Prefix
-	for _, p := range ps {
-		if p.IsValid() {
-			out = append(out, p)
-		}
-	}
-	return out
-}
-
-func joinAddrs(as []netip.Addr) string {
-	s := make([]string, len(as))
-	for i, a := range as {
-		s[i] = a.String()
-	}
-	return strings.Join(s, ", ")
-}
-
-func joinPrefixes(ps []netip.Prefix) string {
-	s := make([]string, len(ps))
-	for i, p := range ps {
-		s[i] = p.String()
+// joinList lists xs for a log line.
+func joinList[T fmt.Stringer](xs []T) string {
+	s := make([]string, len(xs))
+	for i, x := range xs {
+		s[i] = x.String()
 	}
 	return strings.Join(s, ", ")
 }
@@ -530,7 +507,7 @@ func (c *Cluster) registerNodes(ctx context.Context) error {
 				"kubernetes.io/hostname": n.Name, "kubernetes.io/os": "linux",
 			}},
 		}
-		for _, p := range validPrefixes(n.PodCIDRv4, n.PodCIDRv6) {
+		for _, p := range valid(n.PodCIDRv4, n.PodCIDRv6) {
 			obj.Spec.PodCIDRs = append(obj.Spec.PodCIDRs, p.String())
 		}
 		obj.Spec.PodCIDR = obj.Spec.PodCIDRs[0]
@@ -614,14 +591,10 @@ func (c *Cluster) CreateNamespace(ctx context.Context, name string, labels map[s
 // stops the API server and etcd and removes every namespace, link, process
 // and file of the cluster. It is idempotent.
 func (c *Cluster) Close() error {
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
+	var pods []*ClusterPod
+	if !markClosed(&c.mu, &c.closed, func() { pods = c.pods }) {
 		return nil
 	}
-	c.closed = true
-	pods := c.pods
-	c.mu.Unlock()
 
 	var errs []error
 	var wg sync.WaitGroup

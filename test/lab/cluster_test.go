@@ -28,37 +28,15 @@ import (
 	"github.com/nftpolicy/nftpolicy/internal/testns"
 )
 
-// skipUnlessCluster skips unless the cluster tests can run: root, nft and
-// the control plane binaries.
-func skipUnlessCluster(t *testing.T) {
-	t.Helper()
-	SkipIfNotRoot(t)
-	if _, err := exec.LookPath("nft"); err != nil {
-		testns.SkipUnlessRequired(t, "lab: nft is not installed (apt-get install nftables)")
-	}
-	if _, err := ControlPlaneDir(""); err != nil {
-		testns.SkipUnlessRequired(t, "lab: no control plane: %v", err)
-	}
-}
-
-// testWriter sends progress lines to t.Log.
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(b []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimRight(string(b), "\n"))
-	return len(b), nil
-}
-
 // startClusterForTest starts a cluster that is closed (and checked to leave
 // nothing behind) at the end of the test.
 func startClusterForTest(t *testing.T, opts ClusterOptions) *Cluster {
 	t.Helper()
-	skipUnlessCluster(t)
+	SkipUnlessCluster(t)
 	if err := CleanupStale(opts.StateDir); err != nil {
 		t.Logf("lab: cleaning up stale labs: %v", err)
 	}
-	opts.Progress = testWriter{t}
+	opts.Progress = TestLog(t)
 	c, err := StartCluster(context.Background(), opts)
 	if err != nil {
 		t.Fatal(err)
@@ -557,7 +535,7 @@ func agentBinary(t *testing.T) string {
 // checks that it enforces a policy on same-node (bridged) traffic, and
 // keeps enforcing across a restart.
 func TestClusterAgent(t *testing.T) {
-	skipUnlessCluster(t)
+	SkipUnlessCluster(t)
 	bin := agentBinary(t)
 	ctx := context.Background()
 	c := startClusterForTest(t, ClusterOptions{Topology: BridgeVXLAN, DualStack: true, AgentBinary: bin,
@@ -658,7 +636,7 @@ func crashHelper(stateDir string) {
 // and checks that CleanupStale removes what it left: the API server and
 // etcd (which survive their parent), namespaces and state.
 func TestClusterCrashCleanup(t *testing.T) {
-	skipUnlessCluster(t)
+	SkipUnlessCluster(t)
 	stateDir := t.TempDir()
 	// TestMain runs crashHelper instead of the tests; -test.run=^$ runs none should it not.
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
@@ -735,7 +713,7 @@ func TestClusterCrashCleanup(t *testing.T) {
 // IPv4 is unaffected (ARP is not IP), and so is the routed topology (pods
 // only ever resolve their node).
 func TestClusterAgentBridgeIPv6NDP(t *testing.T) {
-	skipUnlessCluster(t)
+	SkipUnlessCluster(t)
 	bin := agentBinary(t)
 	ctx := context.Background()
 	c := startClusterForTest(t, ClusterOptions{Nodes: 1, Topology: BridgeVXLAN, DualStack: true, AgentBinary: bin})

@@ -79,12 +79,7 @@ func (p *ClusterPod) Key() string { return p.Namespace + "/" + p.Name }
 func (p *ClusterPod) String() string { return p.Key() }
 
 // Addr returns the pod's address of family f (invalid if none).
-func (p *ClusterPod) Addr(f Family) netip.Addr {
-	if f == IPv6 {
-		return p.IPv6
-	}
-	return p.IPv4
-}
+func (p *ClusterPod) Addr(f Family) netip.Addr { return pick(f, p.IPv4, p.IPv6) }
 
 // AddrPort returns the pod's address of family f with port.
 func (p *ClusterPod) AddrPort(f Family, port int) netip.AddrPort {
@@ -92,7 +87,7 @@ func (p *ClusterPod) AddrPort(f Family, port int) netip.AddrPort {
 }
 
 // IPs returns the pod's valid addresses, IPv4 first.
-func (p *ClusterPod) IPs() []netip.Addr { return validAddrs(p.IPv4, p.IPv6) }
+func (p *ClusterPod) IPs() []netip.Addr { return valid(p.IPv4, p.IPv6) }
 
 // Ports returns the ports the pod serves (its container's and its
 // restartable init containers').
@@ -182,24 +177,27 @@ func (p *ClusterPod) Phase() corev1.PodPhase {
 // the Pod object and sets its status (phase, podIP(s), hostIP(s)). The
 // Services' endpoints are re-synced.
 func (c *Cluster) CreatePod(ctx context.Context, spec PodSpec) (*ClusterPod, error) {
-	c.podOps.Lock()
-	defer c.podOps.Unlock()
-	p, err := c.createPod(ctx, spec, false)
-	if err != nil {
-		return nil, fmt.Errorf("create pod %s/%s: %w", spec.Namespace, spec.Name, err)
-	}
-	return p, nil
+	return c.createPodOp(ctx, spec, false)
 }
 
 // CreatePodObjectOnly creates only the Pod object, with the given addresses
 // and phase and no namespace or servers: e.g. a Completed pod still
 // claiming an address that a running pod reuses. Node may be empty.
 func (c *Cluster) CreatePodObjectOnly(ctx context.Context, spec PodSpec) (*ClusterPod, error) {
+	return c.createPodOp(ctx, spec, true)
+}
+
+// createPodOp is createPod as one pod operation, its error naming the pod.
+func (c *Cluster) createPodOp(ctx context.Context, spec PodSpec, objectOnly bool) (*ClusterPod, error) {
 	c.podOps.Lock()
 	defer c.podOps.Unlock()
-	p, err := c.createPod(ctx, spec, true)
+	p, err := c.createPod(ctx, spec, objectOnly)
 	if err != nil {
-		return nil, fmt.Errorf("create pod object %s/%s: %w", spec.Namespace, spec.Name, err)
+		what := "pod"
+		if objectOnly {
+			what = "pod object"
+		}
+		return nil, fmt.Errorf("create %s %s/%s: %w", what, spec.Namespace, spec.Name, err)
 	}
 	return p, nil
 }
@@ -274,7 +272,7 @@ func (c *Cluster) createPod(ctx context.Context, spec PodSpec, objectOnly bool) 
 	if node != nil {
 		where = "on " + node.Name
 	}
-	c.logf("pod %s %s: %s %s", p.Key(), where, joinAddrs(p.IPs()), spec.Phase)
+	c.logf("pod %s %s: %s %s", p.Key(), where, joinList(p.IPs()), spec.Phase)
 	return p, errors.Join(c.syncServices(ctx), c.saveState())
 }
 
@@ -510,25 +508,35 @@ func (c *Cluster) SetPodPhase(ctx context.Context, p *ClusterPod, phase corev1.P
 	if err := c.checkOpen(); err != nil {
 		return fmt.Errorf("set phase of pod %s: %w", p.Key(), err)
 	}
+	if err := c.writeStatus(ctx, p, phase, func(st, old *corev1.PodStatus) { st.StartTime = old.StartTime }); err != nil {
+		return fmt.Errorf("set phase of pod %s: %w", p.Key(), err)
+	}
+	if err := c.syncServices(ctx); err != nil {
+		return fmt.Errorf("set phase of pod %s: %w", p.Key(), err)
+	}
+	return nil
+}
+
+// writeStatus writes the status kubelet would report for p in phase, adjusted
+// by edit (which also sees the stored status), retrying on conflict, and then
+// records the phase in p. The caller holds c.podOps.
+func (c *Cluster) writeStatus(ctx context.Context, p *ClusterPod, phase corev1.PodPhase, edit func(st, old *corev1.PodStatus)) error {
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		obj := &corev1.Pod{}
 		if err := c.client.Get(ctx, client.ObjectKey{Namespace: p.Namespace, Name: p.Name}, obj); err != nil {
 			return err
 		}
 		st := p.status(phase)
-		st.StartTime = obj.Status.StartTime
+		edit(&st, &obj.Status)
 		obj.Status = st
 		return c.client.Status().Update(ctx, obj)
 	})
 	if err != nil {
-		return fmt.Errorf("set phase of pod %s: %w", p.Key(), err)
+		return err
 	}
 	c.mu.Lock()
 	p.phase = phase
 	c.mu.Unlock()
-	if err := c.syncServices(ctx); err != nil {
-		return fmt.Errorf("set phase of pod %s: %w", p.Key(), err)
-	}
 	return nil
 }
 

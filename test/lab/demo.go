@@ -218,7 +218,7 @@ func RunDemo(ctx context.Context, opts DemoOptions) (err error) {
 		for _, x := range m.pods {
 			fmt.Fprintf(indent, "\n%s", x)
 		}
-		fmt.Fprintf(indent, "\nthrough the ClusterIP Service app/backend (%s port %d, DNAT in the client's node as kube-proxy does):\n", joinAddrs(svc.ClusterIPs), demoPort)
+		fmt.Fprintf(indent, "\nthrough the ClusterIP Service app/backend (%s port %d, DNAT in the client's node as kube-proxy does):\n", joinList(svc.ClusterIPs), demoPort)
 		for _, x := range m.svc {
 			fmt.Fprintf(indent, "\n%s", x)
 		}

@@ -3,11 +3,13 @@ package lab
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -96,7 +98,7 @@ func New(opts Options) (*Lab, error) {
 
 // SkipIfNotRoot skips the test unless it runs as root with the tools the lab
 // needs.
-func SkipIfNotRoot(t testing.TB) {
+func SkipIfNotRoot(t testns.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		testns.SkipUnlessRequired(t, "lab: needs root (network namespaces, veth, nftables); run e.g. `sudo -E go test ./test/lab/...`")
@@ -104,6 +106,36 @@ func SkipIfNotRoot(t testing.TB) {
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Fatalf("lab: iproute2 'ip' not found: %v", err)
 	}
+}
+
+// SkipUnlessCluster skips t (through testns.SkipUnlessRequired, so it fails
+// where the lab is required) unless StartCluster can run here: root, ip, nft
+// and the further tools on PATH, and a control plane (KUBEBUILDER_ASSETS or
+// `make envtest-assets`).
+func SkipUnlessCluster(t testns.TB, tools ...string) {
+	t.Helper()
+	SkipIfNotRoot(t)
+	for _, tool := range append([]string{"nft"}, tools...) {
+		if _, err := exec.LookPath(tool); err != nil {
+			testns.SkipUnlessRequired(t, "lab: %s is not installed (make deps)", tool)
+		}
+	}
+	if _, err := ControlPlaneDir(""); err != nil {
+		testns.SkipUnlessRequired(t, "lab: no control plane: %v (run `make envtest-assets` or set KUBEBUILDER_ASSETS)", err)
+	}
+}
+
+// TestLog returns a writer that sends each write, less its trailing newline,
+// to t.Log: the progress lines of StartCluster and the like then show in the
+// test's own output.
+func TestLog(t testing.TB) io.Writer { return testLog{t} }
+
+type testLog struct{ t testing.TB }
+
+func (w testLog) Write(b []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimRight(string(b), "\n"))
+	return len(b), nil
 }
 
 // NewForTest skips the test when not root, removes stale labs of crashed
@@ -175,51 +207,41 @@ func (l *Lab) track(add func()) error {
 // ServeTCP is like the package-level ServeTCP; the server is closed by Close.
 func (l *Lab) ServeTCP(ns *Netns, addr, reply string) (*Server, error) {
 	s, err := ServeTCP(ns, addr, reply)
-	if err != nil {
-		return nil, err
-	}
-	if err := l.track(func() { l.servers = append(l.servers, s) }); err != nil {
-		return nil, errors.Join(err, s.Close())
-	}
-	return s, nil
+	return keep(l, &l.servers, s, err, (*Server).Close)
 }
 
 // ServeUDP is like the package-level ServeUDP; the server is closed by Close.
 func (l *Lab) ServeUDP(ns *Netns, addr, reply string) (*Server, error) {
 	s, err := ServeUDP(ns, addr, reply)
-	if err != nil {
-		return nil, err
-	}
-	if err := l.track(func() { l.servers = append(l.servers, s) }); err != nil {
-		return nil, errors.Join(err, s.Close())
-	}
-	return s, nil
+	return keep(l, &l.servers, s, err, (*Server).Close)
 }
 
 // ForwardTCP is like the package-level ForwardTCP; the forwarder is closed
 // by Close.
 func (l *Lab) ForwardTCP(ns *Netns, listenAddr, target string) (*Forwarder, error) {
 	f, err := ForwardTCP(ns, listenAddr, target)
-	if err != nil {
-		return nil, err
-	}
-	if err := l.track(func() { l.forwarders = append(l.forwarders, f) }); err != nil {
-		return nil, errors.Join(err, f.Close())
-	}
-	return f, nil
+	return keep(l, &l.forwarders, f, err, (*Forwarder).Close)
 }
 
 // StartProcess is like the package-level StartProcess with the lab's PID
 // directory; the process is stopped (SIGTERM, then SIGKILL) by Close.
 func (l *Lab) StartProcess(ns *Netns, name, logFile string, args ...string) (*Process, error) {
 	p, err := StartProcess(ns, l.PidDir(), name, logFile, args...)
+	return keep(l, &l.procs, p, err, func(p *Process) error { return p.Stop(syscall.SIGKILL) })
+}
+
+// keep hands x, just made (err says whether it was), to the lab for Close by
+// adding it to list. If the lab closed meanwhile, x is released at once and
+// keep fails.
+func keep[T any](l *Lab, list *[]T, x T, err error, release func(T) error) (T, error) {
+	var none T
 	if err != nil {
-		return nil, err
+		return none, err
 	}
-	if err := l.track(func() { l.procs = append(l.procs, p) }); err != nil {
-		return nil, errors.Join(err, p.Stop(syscall.SIGKILL))
+	if err := l.track(func() { *list = append(*list, x) }); err != nil {
+		return none, errors.Join(err, release(x))
 	}
-	return p, nil
+	return x, nil
 }
 
 // Nodes returns the nodes in creation order.
@@ -252,6 +274,11 @@ func (l *Lab) Pod(name string) *Pod {
 func (l *Lab) Node(name string) *Node {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	return l.nodeLocked(name)
+}
+
+// nodeLocked is Node with l.mu held.
+func (l *Lab) nodeLocked(name string) *Node {
 	for _, n := range l.nodes {
 		if n.Name == name {
 			return n
@@ -260,18 +287,33 @@ func (l *Lab) Node(name string) *Node {
 	return nil
 }
 
+// markClosed sets *closed under mu and, in the same critical section, runs
+// take (which copies what Close will release); it reports false, doing
+// nothing, if *closed was already set: Close is then a no-op.
+func markClosed(mu *sync.Mutex, closed *bool, take func()) bool {
+	mu.Lock()
+	defer mu.Unlock()
+	if *closed {
+		return false
+	}
+	*closed = true
+	take()
+	return true
+}
+
 // Close stops processes (SIGTERM, then SIGKILL), closes forwarders and
 // servers, deletes every namespace with the lab's prefix and removes the
 // lab's state. It is idempotent.
 func (l *Lab) Close() error {
-	l.mu.Lock()
-	if l.closed {
-		l.mu.Unlock()
+	var (
+		procs   []*Process
+		fwds    []*Forwarder
+		servers []*Server
+		netns   []*Netns
+	)
+	if !markClosed(&l.mu, &l.closed, func() { procs, fwds, servers, netns = l.procs, l.forwarders, l.servers, l.netns }) {
 		return nil
 	}
-	l.closed = true
-	procs, fwds, servers, netns := l.procs, l.forwarders, l.servers, l.netns
-	l.mu.Unlock()
 
 	var errs []error
 	var wg sync.WaitGroup

@@ -28,11 +28,7 @@ var ports = []int{80, 81}
 // UDP on 80 and 81.
 func newCluster(t *testing.T) (*Lab, *Node, []*Pod) {
 	t.Helper()
-	l := NewForTest(t)
-	node, err := l.AddNode("node1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, node := newNode(t)
 	var pods []*Pod
 	for i, name := range []string{"a", "b", "c"} {
 		v4 := netip.MustParseAddr(fmt.Sprintf("10.244.1.%d", i+2))
@@ -47,6 +43,17 @@ func newCluster(t *testing.T) (*Lab, *Node, []*Pod) {
 		pods = append(pods, p)
 	}
 	return l, node, pods
+}
+
+// newNode starts a lab with one node, node1.
+func newNode(t *testing.T) (*Lab, *Node) {
+	t.Helper()
+	l := NewForTest(t)
+	node, err := l.AddNode("node1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l, node
 }
 
 type combo struct {
@@ -223,11 +230,7 @@ func TestSingleStackPod(t *testing.T) {
 }
 
 func TestForwardTCP(t *testing.T) {
-	l := NewForTest(t)
-	node, err := l.AddNode("node1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, node := newNode(t)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, "hello from root netns "+r.URL.Path) // the client checks the body
 	}))
@@ -293,11 +296,7 @@ func TestForwardTCP(t *testing.T) {
 }
 
 func TestProcess(t *testing.T) {
-	l := NewForTest(t)
-	node, err := l.AddNode("node1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, node := newNode(t)
 	logFile := filepath.Join(t.TempDir(), "sleeper.log")
 	p, err := l.StartProcess(node.NS, "sleeper", logFile, "sh", "-c", "echo started; exec sleep 300")
 	if err != nil {

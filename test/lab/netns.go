@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -155,6 +156,18 @@ func (n *Netns) DialContext(ctx context.Context, network, address string) (net.C
 		return err
 	})
 	return c, err
+}
+
+// HTTPClient returns an HTTP client whose connections start inside the
+// namespace, for endpoints only reachable there (an agent's health and metrics
+// listeners on the node's loopback). Keep-alives are off so that no idle
+// connection outlives the namespace. Its Transport is an *http.Transport the
+// caller may adjust (TLS) before first use.
+func (n *Netns) HTTPClient(timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext:       n.DialContext,
+	}}
 }
 
 // Listen listens on address inside the namespace (net.Listen syntax); the

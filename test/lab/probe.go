@@ -91,25 +91,38 @@ func ProbeDetail(ctx context.Context, from *Netns, to netip.AddrPort, proto stri
 	return r, nil
 }
 
-func probeTCP(ctx context.Context, from *Netns, to netip.AddrPort) (ProbeResult, error) {
-	var conn net.Conn
+// dialThen dials inside from and, if the dial succeeds, runs exchange over
+// the connection and closes it. Only the socket creation and connect need the
+// namespace (the goroutine stays locked to the switched thread while a TCP
+// connect waits in the netpoller). A failed dial is the probe's answer
+// (refused, unreachable), not an error of the lab; failing to enter the
+// namespace is.
+func dialThen[C net.Conn](from *Netns, dial func() (C, error), exchange func(C) (ProbeResult, error)) (ProbeResult, error) {
+	var conn C
 	var dialErr error
-	// Only the socket creation and connect need the namespace; the
-	// goroutine stays locked to the switched thread while the connect
-	// waits in the netpoller.
-	err := from.Do(func() error {
-		d := net.Dialer{}
-		d.SetMultipathTCP(false)
-		conn, dialErr = d.DialContext(ctx, "tcp", to.String())
+	if err := from.Do(func() error {
+		conn, dialErr = dial()
 		return nil
-	})
-	if err != nil {
+	}); err != nil {
 		return ProbeResult{}, err
 	}
 	if dialErr != nil {
 		return ProbeResult{Err: dialErr}, nil
 	}
 	defer conn.Close()
+	return exchange(conn)
+}
+
+func probeTCP(ctx context.Context, from *Netns, to netip.AddrPort) (ProbeResult, error) {
+	return dialThen(from, func() (net.Conn, error) {
+		d := net.Dialer{}
+		d.SetMultipathTCP(false)
+		return d.DialContext(ctx, "tcp", to.String())
+	}, func(conn net.Conn) (ProbeResult, error) { return readTCPReply(ctx, conn) })
+}
+
+// readTCPReply reads the echo server's one-line reply.
+func readTCPReply(ctx context.Context, conn net.Conn) (ProbeResult, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = conn.SetReadDeadline(dl)
 	}
@@ -127,21 +140,16 @@ func probeTCP(ctx context.Context, from *Netns, to netip.AddrPort) (ProbeResult,
 }
 
 func probeUDP(ctx context.Context, from *Netns, to netip.AddrPort, timeout time.Duration) (ProbeResult, error) {
-	var conn *net.UDPConn
-	var dialErr error
-	err := from.Do(func() error {
+	return dialThen(from, func() (*net.UDPConn, error) {
 		// Connected socket: ICMP port unreachable surfaces as
 		// ECONNREFUSED on the next read.
-		conn, dialErr = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(to))
-		return nil
-	})
-	if err != nil {
-		return ProbeResult{}, err
-	}
-	if dialErr != nil {
-		return ProbeResult{Err: dialErr}, nil
-	}
-	defer conn.Close()
+		return net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(to))
+	}, func(conn *net.UDPConn) (ProbeResult, error) { return udpEcho(ctx, conn, timeout) })
+}
+
+// udpEcho sends the probe's payload until the echo comes back, the socket is
+// refused or ctx ends, resending every timeout/udpAttempts.
+func udpEcho(ctx context.Context, conn *net.UDPConn, timeout time.Duration) (ProbeResult, error) {
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetReadDeadline(time.Now()) })
 	defer stop()
 

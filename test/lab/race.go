@@ -8,8 +8,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/util/retry"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
 // StagedPod is a pod whose network is up — namespace, veth, addresses and servers, as a
@@ -70,7 +68,7 @@ func (c *Cluster) StagePod(ctx context.Context, spec PodSpec) (_ *StagedPod, err
 	c.mu.Lock()
 	c.pods = append(c.pods, p)
 	c.mu.Unlock()
-	c.logf("pod %s staged on %s: %s, no Pod object yet", p.Key(), node.Name, joinAddrs(p.IPs()))
+	c.logf("pod %s staged on %s: %s, no Pod object yet", p.Key(), node.Name, joinList(p.IPs()))
 	return &StagedPod{ClusterPod: p, spec: spec}, c.saveState()
 }
 
@@ -108,23 +106,13 @@ func (s *StagedPod) SetStatus(ctx context.Context, phase corev1.PodPhase, withIP
 	c := s.c
 	c.podOps.Lock()
 	defer c.podOps.Unlock()
-	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		obj := &corev1.Pod{}
-		if err := c.client.Get(ctx, client.ObjectKey{Namespace: s.Namespace, Name: s.Name}, obj); err != nil {
-			return err
-		}
-		st := s.status(phase)
+	err := c.writeStatus(ctx, s.ClusterPod, phase, func(st, _ *corev1.PodStatus) {
 		if !withIPs {
 			st.PodIP, st.PodIPs = "", nil
 		}
-		obj.Status = st
-		return c.client.Status().Update(ctx, obj)
 	})
 	if err != nil {
 		return fmt.Errorf("set status of pod %s: %w", s.Key(), err)
 	}
-	c.mu.Lock()
-	s.phase = phase
-	c.mu.Unlock()
 	return nil
 }

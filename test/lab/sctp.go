@@ -57,7 +57,7 @@ func ServeSCTP(ns *Netns, addr netip.AddrPort, reply string) (*Server, error) {
 		addr = netip.AddrPortFrom(netip.IPv6Unspecified(), addr.Port())
 	}
 	s := &Server{proto: "sctp", reply: reply, ns: ns.Name()}
-	err := ns.Do(func() error {
+	return s.start(ns, addr.String(), func() error {
 		fam, sa := sctpSockaddr(addr)
 		fd, err := unix.Socket(fam, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_SCTP)
 		if err != nil {
@@ -81,13 +81,7 @@ func ServeSCTP(ns *Netns, addr netip.AddrPort, reply string) (*Server, error) {
 		}
 		s.ln, err = net.FileListener(f)
 		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("serve sctp %s in %s: %w", addr, ns.Name(), err)
-	}
-	s.wg.Add(1)
-	go s.serveTCP()
-	return s, nil
+	}, s.serveTCP)
 }
 
 // probeSCTP connects to to from inside from and reads the reply line. The

@@ -32,18 +32,23 @@ type Server struct {
 // "\n" and is closed.
 func ServeTCP(ns *Netns, addr, reply string) (*Server, error) {
 	s := &Server{proto: "tcp", reply: reply, ns: ns.Name()}
-	err := ns.Do(func() error {
+	return s.start(ns, addr, func() error {
 		lc := net.ListenConfig{}
 		lc.SetMultipathTCP(false) // plain TCP on the wire
 		ln, err := lc.Listen(context.Background(), "tcp", addr)
 		s.ln = ln
 		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("serve tcp %s in %s: %w", addr, ns.Name(), err)
+	}, s.serveTCP)
+}
+
+// start opens the server's socket with listen inside ns (a listen of any
+// protocol) and then runs serve until Close.
+func (s *Server) start(ns *Netns, addr string, listen func() error, serve func()) (*Server, error) {
+	if err := ns.Do(listen); err != nil {
+		return nil, fmt.Errorf("serve %s %s in %s: %w", s.proto, addr, ns.Name(), err)
 	}
 	s.wg.Add(1)
-	go s.serveTCP()
+	go serve()
 	return s, nil
 }
 
@@ -51,17 +56,11 @@ func ServeTCP(ns *Netns, addr, reply string) (*Server, error) {
 // inside ns and answers every datagram with reply + " " + datagram.
 func ServeUDP(ns *Netns, addr, reply string) (*Server, error) {
 	s := &Server{proto: "udp", reply: reply, ns: ns.Name()}
-	err := ns.Do(func() error {
+	return s.start(ns, addr, func() error {
 		pc, err := (&net.ListenConfig{}).ListenPacket(context.Background(), "udp", addr)
 		s.pc = pc
 		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("serve udp %s in %s: %w", addr, ns.Name(), err)
-	}
-	s.wg.Add(1)
-	go s.serveUDP()
-	return s, nil
+	}, s.serveUDP)
 }
 
 // Proto returns "tcp", "udp" or "sctp".

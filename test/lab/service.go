@@ -155,7 +155,7 @@ func (c *Cluster) CreateService(ctx context.Context, ns, name string, selector m
 	if err := errors.Join(c.syncServices(ctx), c.saveState()); err != nil {
 		return nil, fmt.Errorf("create service %s/%s: %w", ns, name, err)
 	}
-	c.logf("service %s: ClusterIP %s -> %s", s.Key(), joinAddrs(s.ClusterIPs), strings.Join(PodKeys(s.Endpoints()), ", "))
+	c.logf("service %s: ClusterIP %s -> %s", s.Key(), joinList(s.ClusterIPs), strings.Join(PodKeys(s.Endpoints()), ", "))
 	return s, nil
 }
 

@@ -33,6 +33,23 @@ const (
 	IPv6 Family = 6
 )
 
+// pick returns v6 for IPv6 and v4 otherwise: the per-family value of a pair
+// of fields.
+func pick[T any](f Family, v4, v6 T) T {
+	if f == IPv6 {
+		return v6
+	}
+	return v4
+}
+
+// ipArgs prefixes an ip(8) command line with -6 for IPv6.
+func ipArgs(f Family, args ...string) []string {
+	if f == IPv6 {
+		return append([]string{"-6"}, args...)
+	}
+	return args
+}
+
 func (f Family) String() string {
 	switch f {
 	case IPv4:
@@ -77,12 +94,7 @@ type Pod struct {
 }
 
 // Addr returns the pod's address of the given family (invalid if none).
-func (p *Pod) Addr(f Family) netip.Addr {
-	if f == IPv6 {
-		return p.IPv6
-	}
-	return p.IPv4
-}
+func (p *Pod) Addr(f Family) netip.Addr { return pick(f, p.IPv4, p.IPv6) }
 
 // AddrPort returns the pod's address of the given family with port.
 func (p *Pod) AddrPort(f Family, port int) netip.AddrPort {
@@ -154,10 +166,8 @@ func setSysctls(ns *Netns, kvs [][2]string) error {
 func (l *Lab) AddNode(name string) (*Node, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for _, n := range l.nodes {
-		if n.Name == name {
-			return nil, fmt.Errorf("add node %s: already exists", name)
-		}
+	if l.nodeLocked(name) != nil {
+		return nil, fmt.Errorf("add node %s: already exists", name)
 	}
 	ns, err := l.newNetnsLocked(name)
 	if err != nil {
@@ -227,10 +237,8 @@ func (l *Lab) addPod(node *Node, name string, ipv4, ipv6 netip.Addr, wire func(*
 			return nil, fmt.Errorf("add pod %s: address already used by pod %s", name, p.Name)
 		}
 	}
-	for _, n := range l.nodes {
-		if n.Name == name {
-			return nil, fmt.Errorf("add pod %s: name already used by a node", name)
-		}
+	if l.nodeLocked(name) != nil {
+		return nil, fmt.Errorf("add pod %s: name already used by a node", name)
 	}
 	ns, err := l.newNetnsLocked(name)
 	if err != nil {

@@ -155,18 +155,26 @@ func prefixOf(addr netip.Addr, p netip.Prefix) string {
 // kindnet does, or Calico without encapsulation). Within a node, AddPod's
 // /32 and /128 routes lead to the pods.
 func (c *Cluster) routeNodes(ctx context.Context) error {
+	return c.forEachPeer(func(n, m *ClusterNode, f Family) error {
+		if _, err := n.NS.IP(ctx, ipArgs(f, "route", "add", m.PodCIDR(f).String(), "via", m.UnderlayAddr(f).String(), "dev", underlayDev)...); err != nil {
+			return fmt.Errorf("route node %s to node %s: %w", n.Name, m.Name, err)
+		}
+		return nil
+	})
+}
+
+// forEachPeer calls fn for every ordered pair of distinct nodes and every
+// family the cluster runs: n is the node being programmed, m its peer. It
+// stops at the first error.
+func (c *Cluster) forEachPeer(fn func(n, m *ClusterNode, f Family) error) error {
 	for _, n := range c.nodes {
 		for _, m := range c.nodes {
 			if m == n {
 				continue
 			}
 			for _, f := range c.families() {
-				args := []string{"route", "add", m.PodCIDR(f).String(), "via", m.UnderlayAddr(f).String(), "dev", underlayDev}
-				if f == IPv6 {
-					args = append([]string{"-6"}, args...)
-				}
-				if _, err := n.NS.IP(ctx, args...); err != nil {
-					return fmt.Errorf("route node %s to node %s: %w", n.Name, m.Name, err)
+				if err := fn(n, m, f); err != nil {
+					return err
 				}
 			}
 		}

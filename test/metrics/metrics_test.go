@@ -7,10 +7,8 @@ package metrics
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -31,13 +29,6 @@ const (
 	port        = 8080
 )
 
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(b), "\n"))
-	return len(b), nil
-}
-
 // scraper reads one agent's /metrics inside its node's namespace.
 type scraper struct {
 	t    *testing.T
@@ -45,12 +36,7 @@ type scraper struct {
 }
 
 func newScraper(t *testing.T, node *lab.ClusterNode) *scraper {
-	return &scraper{t: t, http: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return node.NS.DialContext(ctx, network, addr)
-		},
-	}}}
+	return &scraper{t: t, http: node.NS.HTTPClient(10 * time.Second)}
 }
 
 func (s *scraper) scrape(ctx context.Context) (bench.Metrics, error) {
@@ -130,16 +116,10 @@ func ingressFrom(name string, podLabels, fromLabels map[string]string, ports ...
 // packet and byte counters; a denied one moves exactly the drop counter of the policy
 // isolating its target; series of an unrelated policy and of the other rule do not move.
 func TestVerdictCounters(t *testing.T) {
-	lab.SkipIfNotRoot(t)
+	lab.SkipUnlessCluster(t)
 	agent := os.Getenv("NFTPOLICY_AGENT")
 	if agent == "" {
 		testns.SkipUnlessRequired(t, "NFTPOLICY_AGENT is not set (make build; make test sets it)")
-	}
-	if _, err := exec.LookPath("nft"); err != nil {
-		testns.SkipUnlessRequired(t, "nft is not installed")
-	}
-	if _, err := lab.ControlPlaneDir(""); err != nil {
-		testns.SkipUnlessRequired(t, "no control plane: %v", err)
 	}
 	if err := lab.CleanupStale(""); err != nil {
 		t.Logf("cleaning up stale labs: %v", err)
@@ -147,7 +127,7 @@ func TestVerdictCounters(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	c, err := lab.StartCluster(ctx, lab.ClusterOptions{
-		Nodes: 2, Topology: lab.Routed, AgentBinary: agent, Progress: testWriter{t},
+		Nodes: 2, Topology: lab.Routed, AgentBinary: agent, Progress: lab.TestLog(t),
 		// The lab starts agents with metrics off (and plain HTTP, --metrics-secure=false,
 		// for whoever turns them on); a later flag wins. --log-denied: the
 		// denied probe below must also give one "denied connection" log line.

@@ -56,23 +56,26 @@ func SetSpecPodSelectorMatchLabels(targetLabels map[string]string) SetFunc {
 // nothing.
 func SetSpecIngressRules(rules ...networkingv1.NetworkPolicyIngressRule) SetFunc {
 	return func(policy *networkingv1.NetworkPolicy) {
-		if policy.Spec.Ingress == nil {
-			policy.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{}
-			policy.Spec.PolicyTypes = append(policy.Spec.PolicyTypes, networkingv1.PolicyTypeIngress)
-		}
-		policy.Spec.Ingress = append(policy.Spec.Ingress, rules...)
+		appendRules(&policy.Spec, &policy.Spec.Ingress, networkingv1.PolicyTypeIngress, rules)
 	}
 }
 
 // SetSpecEgressRules appends egress rules; the first call adds Egress to policyTypes.
 func SetSpecEgressRules(rules ...networkingv1.NetworkPolicyEgressRule) SetFunc {
 	return func(policy *networkingv1.NetworkPolicy) {
-		if policy.Spec.Egress == nil {
-			policy.Spec.Egress = []networkingv1.NetworkPolicyEgressRule{}
-			policy.Spec.PolicyTypes = append(policy.Spec.PolicyTypes, networkingv1.PolicyTypeEgress)
-		}
-		policy.Spec.Egress = append(policy.Spec.Egress, rules...)
+		appendRules(&policy.Spec, &policy.Spec.Egress, networkingv1.PolicyTypeEgress, rules)
 	}
+}
+
+// appendRules appends rules to one direction's list of spec; the first call
+// for that direction (list still nil) makes it non-nil and adds its policy
+// type, so an empty call isolates that direction.
+func appendRules[R any](spec *networkingv1.NetworkPolicySpec, list *[]R, typ networkingv1.PolicyType, rules []R) {
+	if *list == nil {
+		*list = []R{}
+		spec.PolicyTypes = append(spec.PolicyTypes, typ)
+	}
+	*list = append(*list, rules...)
 }
 
 // Small constructors for peers and ports.

@@ -87,26 +87,9 @@ func agentBinary(t testing.TB) string {
 // plane, helm and the agent.
 func skipUnlessLab(t testing.TB) (agent string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		testns.SkipUnlessRequired(t, "the lab needs root (network namespaces, nftables, capabilities)")
-	}
-	for _, tool := range []string{"nft", "setpriv", "ip"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			testns.SkipUnlessRequired(t, "%s is not installed (apt-get install nftables util-linux iproute2)", tool)
-		}
-	}
-	if _, err := lab.ControlPlaneDir(""); err != nil {
-		testns.SkipUnlessRequired(t, "no control plane: %v (run `make envtest-assets` or set KUBEBUILDER_ASSETS)", err)
-	}
+	lab.SkipUnlessCluster(t, "setpriv")
 	helmBinary(t)
 	return agentBinary(t)
-}
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(b), "\n"))
-	return len(b), nil
 }
 
 // env is what the subtests share: a lab cluster with no agent of its own, the chart's
@@ -143,7 +126,7 @@ func TestLeastPrivilege(t *testing.T) {
 	start := time.Now()
 	// No AgentBinary: the lab's own agents run as system:masters; this test starts
 	// its own, as the chart's ServiceAccount.
-	c, err := lab.StartCluster(ctx, lab.ClusterOptions{Nodes: 2, Topology: lab.Routed, Progress: testWriter{t}})
+	c, err := lab.StartCluster(ctx, lab.ClusterOptions{Nodes: 2, Topology: lab.Routed, Progress: lab.TestLog(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -637,14 +620,11 @@ func (a *agentRun) log() string {
 // nsHTTPClient reaches addresses inside ns, with tlsConfig for HTTPS. It offers
 // HTTP/2, which the agent must decline.
 func nsHTTPClient(ns *lab.Netns, tlsConfig *tls.Config) *http.Client {
-	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return ns.DialContext(ctx, network, addr)
-		},
-		TLSClientConfig:   tlsConfig,
-		ForceAttemptHTTP2: true,
-	}}
+	hc := ns.HTTPClient(5 * time.Second)
+	tr := hc.Transport.(*http.Transport)
+	tr.TLSClientConfig = tlsConfig
+	tr.ForceAttemptHTTP2 = true
+	return hc
 }
 
 // ready reports whether /readyz answers 200.

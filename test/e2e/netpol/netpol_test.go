@@ -26,7 +26,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/nftpolicy/nftpolicy/internal/testns"
 	"github.com/nftpolicy/nftpolicy/test/lab"
 	"github.com/nftpolicy/nftpolicy/test/netpol"
 )
@@ -49,18 +48,6 @@ func agentBinary() string {
 	return bin
 }
 
-func skipUnlessLab() {
-	if os.Geteuid() != 0 {
-		testns.SkipUnlessRequired(GinkgoT(), "the lab needs root (network namespaces, nftables)")
-	}
-	if _, err := exec.LookPath("nft"); err != nil {
-		testns.SkipUnlessRequired(GinkgoT(), "nft is not installed (apt-get install nftables)")
-	}
-	if _, err := lab.ControlPlaneDir(""); err != nil {
-		testns.SkipUnlessRequired(GinkgoT(), "no control plane: %v (run `make envtest-assets`)", err)
-	}
-}
-
 var _ = Describe("NetworkPolicy cases", func() {
 	// Both topologies run dual-stack, every case once per family.
 	for _, topology := range []lab.Topology{lab.Routed, lab.BridgeVXLAN} {
@@ -70,7 +57,7 @@ var _ = Describe("NetworkPolicy cases", func() {
 				env     *netpol.LabEnv
 			)
 			BeforeAll(func(ctx context.Context) {
-				skipUnlessLab()
+				lab.SkipUnlessCluster(GinkgoT())
 				var err error
 				cluster, err = lab.StartCluster(ctx, lab.ClusterOptions{Nodes: 2, Topology: topology, DualStack: true,
 					AgentBinary: agentBinary(), Progress: GinkgoWriter, AgentArgs: strings.Fields(os.Getenv("EXTRA_AGENT_ARGS"))})

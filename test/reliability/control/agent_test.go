@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -48,7 +47,7 @@ func startAgent(c *lab.Cluster, node *lab.ClusterNode, bin string) (*agentRun, e
 		"--metrics-secure=false",
 		"--resync-period", resyncPeriod.String(),
 	}
-	a := &agentRun{node: node, bin: bin, http: nsHTTPClient(node.NS)}
+	a := &agentRun{node: node, bin: bin, http: node.NS.HTTPClient(5 * time.Second)}
 	a.started = time.Now()
 	p, err := c.Lab().StartProcess(node.NS, name, filepath.Join(c.LogDir(), name+".log"), args...)
 	if err != nil {
@@ -56,16 +55,6 @@ func startAgent(c *lab.Cluster, node *lab.ClusterNode, bin string) (*agentRun, e
 	}
 	a.proc = p
 	return a, nil
-}
-
-// nsHTTPClient reaches addresses inside ns (the agents listen on its loopback).
-func nsHTTPClient(ns *lab.Netns) *http.Client {
-	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return ns.DialContext(ctx, network, addr)
-		},
-	}}
 }
 
 // readyz returns the agent's /readyz status code.

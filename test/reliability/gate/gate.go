@@ -6,7 +6,6 @@ package gate
 
 import (
 	"os"
-	"os/exec"
 	"testing"
 
 	"github.com/nftpolicy/nftpolicy/internal/testns"
@@ -21,17 +20,7 @@ func Open(t *testing.T) string {
 	if os.Getenv("NFTPOLICY_RELIABILITY") != "1" {
 		t.Skip("reliability tests are long: set NFTPOLICY_RELIABILITY=1 (make test-reliability)") //nolint:forbidigo // an opt-in, not a missing environment; make test does not list these packages
 	}
-	if os.Geteuid() != 0 {
-		testns.SkipUnlessRequired(t, "the lab needs root (network namespaces, nftables)")
-	}
-	for _, tool := range []string{"nft", "ip"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			testns.SkipUnlessRequired(t, "%s is not installed", tool)
-		}
-	}
-	if _, err := lab.ControlPlaneDir(""); err != nil {
-		testns.SkipUnlessRequired(t, "no control plane: %v (run `make envtest-assets`)", err)
-	}
+	lab.SkipUnlessCluster(t)
 	bin := os.Getenv("NFTPOLICY_AGENT")
 	if bin == "" {
 		testns.SkipUnlessRequired(t, "NFTPOLICY_AGENT (the agent binary, `make build`) is not set")

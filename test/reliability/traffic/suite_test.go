@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -331,12 +330,7 @@ func startCustomAgents(ctx context.Context, extra ...string) func() {
 
 func waitReady(ctx context.Context, n *lab.ClusterNode, p *lab.Process) {
 	GinkgoHelper()
-	hc := &http.Client{Timeout: time.Second, Transport: &http.Transport{
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return n.NS.DialContext(ctx, network, addr)
-		},
-	}}
+	hc := n.NS.HTTPClient(time.Second)
 	Eventually(func() (int, error) {
 		if p.Exited() {
 			return 0, StopTrying("agent exited: " + fmt.Sprint(p.Err()))
