@@ -150,15 +150,51 @@ chart: helm ## helm lint and helm template the chart (rendered into _out/helm/);
 conformance-build: envtest-assets ## Build the conformance cluster's binaries from the module proxy into bin/conformance (cached).
 	@hack/conformance/build.sh $(BIN)/conformance
 
+# kind (make kind, make conformance): the multi-node test bed, hack/kind/.
+KIND_CLUSTER    ?= nftpolicy
+# auto: kind's stock node image and kindnet where Docker Hub answers, else the offline
+# image below (make kind-image) with Flannel.
+KIND_NODE_IMAGE ?= auto
+KIND_OFFLINE_IMAGE := nftpolicy/kind-node:v1.37.2
+# The suite runs of make conformance, TOPOLOGY/KUBE-PROXY-MODE/IP-FAMILY each.
+CONFORMANCE_RUNS ?= vxlan/iptables/ipv4 host-gw/nftables/ipv4
+export KIND_CLUSTER KIND_NODE_IMAGE KIND_OFFLINE_IMAGE CONFORMANCE_RUNS
+
+.PHONY: kind-build
+kind-build: ## Build kind, etcd, CoreDNS, flanneld, crictl and the harness's capwrap from the module proxy into bin/kind (cached).
+	@hack/kind/build.sh $(BIN)/kind
+
+.PHONY: kind-image
+kind-image: conformance-build kind-build image ## Build the offline kind node image (Kubernetes v1.37.2 from Debian packages and the module proxy; cached; root).
+	@hack/kind/node-image.sh $(if $(filter-out auto stock,$(KIND_NODE_IMAGE)),$(KIND_NODE_IMAGE),$(KIND_OFFLINE_IMAGE))
+
+.PHONY: kind
+kind: kind-build image helm ## Quick start: a kind cluster (KIND_CLUSTER, 1 control plane + 2 workers) with nftpolicy installed by Helm on every node (root).
+	@hack/conformance/build.sh $(BIN)/conformance kubectl
+	@IMAGE=$(IMAGE) IMAGE_ARCHIVE=$(CURDIR)/$(IMAGE_ARCHIVE) MAKE="$(MAKE)" hack/kind/cluster.sh up
+
+.PHONY: kind-demo
+kind-demo: ## On the cluster of make kind: the demo's workload and policies (config/samples/demo), the matrix before and after, across nodes.
+	@hack/kind/demo.sh
+
+.PHONY: kind-down
+kind-down: ## Delete the kind cluster(s) and the Docker engine make kind started, and put the host back.
+	@hack/kind/cluster.sh down
+
 .PHONY: conformance
-conformance: conformance-build image helm ## Upstream NetworkPolicy e2e suite on a one-node cluster of this machine (root); ends with "N passed, M failed".
+conformance: conformance-build kind-image image helm ## Upstream NetworkPolicy e2e suite on 3-node kind clusters, one per CONFORMANCE_RUNS entry (root); one "N passed, M failed (…)" line per run.
+	@IMAGE=$(IMAGE) IMAGE_ARCHIVE=$(CURDIR)/$(IMAGE_ARCHIVE) KIND_NODE_IMAGE=$(KIND_OFFLINE_IMAGE) MAKE="$(MAKE)" hack/kind/conformance.sh
+
+.PHONY: conformance-node
+conformance-node: conformance-build image helm ## The same suite on a one-node cluster of hand-started processes on this machine (root); ends with "N passed, M failed".
 	@IMAGE=$(IMAGE) IMAGE_ARCHIVE=$(CURDIR)/$(IMAGE_ARCHIVE) hack/conformance/run.sh
 
 .PHONY: conformance-down
-conformance-down: ## Tear down a conformance cluster a crashed run left behind.
+conformance-down: ## Tear down what a crashed conformance run left: kind clusters, the harness's Docker engine, the one-node cluster.
+	@hack/kind/cluster.sh down
 	@hack/conformance/cluster.sh down
 
 .PHONY: clean
-clean: ## Remove build outputs: the binaries of build, lab-build, bench and image, and _out/. Keeps the cached tools built from the module proxy (bin/k8s, bin/helm, bin/golangci-lint, bin/conformance).
+clean: ## Remove build outputs: the binaries of build, lab-build, bench and image, and _out/. Keeps the cached tools built from the module proxy (bin/k8s, bin/helm, bin/golangci-lint, bin/conformance, bin/kind).
 	rm -f $(BIN)/nftpolicy-agent $(BIN)/nftpolicy $(LAB) $(BIN)/nftpolicy-bench $(BIN)/image
 	rm -rf _out

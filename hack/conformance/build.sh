@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds what the conformance cluster runs, from the Go module proxy, into
-# bin/conformance/ and reuses what is already there:
-#   kubelet kube-controller-manager kube-scheduler kube-proxy kubectl  (k8s.io/kubernetes)
+# Builds what the conformance clusters run, from the Go module proxy, into
+# bin/conformance/ (or OUT) and reuses what is already there; `build.sh OUT NAME...`
+# builds only the names given:
+#   kubelet kubeadm kube-controller-manager kube-scheduler kube-proxy kubectl  (k8s.io/kubernetes)
 #   agnhost                                                    (the e2e test image's binary)
 #   e2e-netpol.test   the upstream e2e suite with only the NetworkPolicy specs linked
 #   ginkgo            the ginkgo CLI at the version the suite was written against
@@ -42,6 +43,7 @@ declare -A cmds=(
   [kube-scheduler]=k8s.io/kubernetes/cmd/kube-scheduler
   [kube-proxy]=k8s.io/kubernetes/cmd/kube-proxy
   [kubectl]=k8s.io/kubernetes/cmd/kubectl
+  [kubeadm]=k8s.io/kubernetes/cmd/kubeadm
   [agnhost]=k8s.io/kubernetes/test/images/agnhost
   [ginkgo]=github.com/onsi/ginkgo/v2/ginkgo
 )
@@ -52,6 +54,16 @@ if ! fresh e2e-netpol.test; then
   # The CLI must speak the suite's ginkgo version, which module resolution may move:
   # build both from one module graph.
   fresh ginkgo && missing+=(ginkgo)
+fi
+# build.sh OUT NAME...: only those (make kind needs just kubectl on a machine that pulls
+# kind's stock node image).
+if [ $# -gt 1 ]; then
+  only=" ${*:2} "
+  kept=()
+  for name in "${missing[@]}"; do
+    case "$only" in *" $name "*) kept+=("$name") ;; esac
+  done
+  missing=("${kept[@]}")
 fi
 if [ ${#missing[@]} -eq 0 ]; then
   log "conformance binaries $K8S_VERSION already in $out"

@@ -16,6 +16,7 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"errors"
 	"flag"
 	"fmt"
@@ -50,6 +51,7 @@ type options struct {
 	out        string
 	format     string
 	files      listFlag
+	layers     listFlag
 	labels     listFlag
 	env        listFlag
 	entrypoint listFlag
@@ -73,6 +75,7 @@ func run(args []string) error {
 	fs.StringVar(&o.out, "out", "", "archive to write (required)")
 	fs.StringVar(&o.format, "format", "oci", "archive format: oci (OCI image layout) or docker (docker save)")
 	fs.Var(&o.files, "file", "SRC:DEST[:MODE] a file to put in the image (repeatable); MODE is octal, default 0755")
+	fs.Var(&o.layers, "layer", "TAR a root file system tar to put under the files, e.g. from mmdebstrap (repeatable, bottom first); with it the image is that system plus -file, without the distroless-like base")
 	fs.Var(&o.labels, "label", "KEY=VALUE image label (repeatable)")
 	fs.Var(&o.env, "env", "KEY=VALUE environment variable (repeatable); PATH is always set")
 	fs.Var(&o.entrypoint, "entrypoint", "entrypoint argument (repeatable, in order)")
@@ -88,6 +91,11 @@ func run(args []string) error {
 	if o.ref == "" || o.out == "" || len(o.files) == 0 {
 		fs.Usage()
 		return errors.New("-ref, -out and at least one -file are required")
+	}
+	for _, l := range o.layers {
+		if _, err := os.Stat(l); err != nil {
+			return fmt.Errorf("-layer: %w", err)
+		}
 	}
 	if o.format != "oci" && o.format != "docker" {
 		return fmt.Errorf("-format %q: want oci or docker", o.format)
@@ -144,6 +152,20 @@ func build(o *options) (v1.Image, error) {
 	}
 	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
 	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
+	for _, path := range o.layers {
+		base, err := tarball.LayerFromFile(path, tarball.WithMediaType(types.OCILayer), tarball.WithCompressionLevel(gzip.BestSpeed))
+		if err != nil {
+			return nil, fmt.Errorf("-layer %s: %w", path, err)
+		}
+		img, err = mutate.Append(img, mutate.Addendum{
+			Layer:     base,
+			History:   v1.History{Created: v1.Time{Time: o.created}, CreatedBy: "hack/image -layer", Comment: filepath.Base(path)},
+			MediaType: types.OCILayer,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("appending -layer %s: %w", path, err)
+		}
+	}
 	img, err = mutate.Append(img, mutate.Addendum{
 		Layer:     layer,
 		History:   v1.History{Created: v1.Time{Time: o.created}, CreatedBy: "hack/image", Comment: "static binary on a distroless-like base"},
@@ -180,13 +202,7 @@ func build(o *options) (v1.Image, error) {
 	return mutate.CreatedAt(img, v1.Time{Time: o.created})
 }
 
-// entry is one file or directory of the layer.
-type entry struct {
-	mode fs.FileMode // permission bits; fs.ModeDir for directories
-	data []byte
-}
-
-func layerContents(o *options) ([]byte, error) {
+func distrolessBase() map[string]entry {
 	entries := map[string]entry{
 		"etc":               {mode: fs.ModeDir | 0o755},
 		"etc/passwd":        {mode: 0o644, data: []byte("root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n")},
@@ -205,6 +221,20 @@ func layerContents(o *options) ([]byte, error) {
 		entries["etc/ssl"] = entry{mode: fs.ModeDir | 0o755}
 		entries["etc/ssl/certs"] = entry{mode: fs.ModeDir | 0o755}
 		entries["etc/ssl/certs/ca-certificates.crt"] = entry{mode: 0o644, data: ca}
+	}
+	return entries
+}
+
+// entry is one file or directory of the layer.
+type entry struct {
+	mode fs.FileMode // permission bits; fs.ModeDir for directories
+	data []byte
+}
+
+func layerContents(o *options) ([]byte, error) {
+	entries := map[string]entry{}
+	if len(o.layers) == 0 {
+		entries = distrolessBase()
 	}
 	for _, f := range o.files {
 		parts := strings.Split(f, ":")

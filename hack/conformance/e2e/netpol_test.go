@@ -7,7 +7,6 @@
 package netpol
 
 import (
-	"bufio"
 	"context"
 	"flag"
 	"fmt"
@@ -20,6 +19,7 @@ import (
 	"time"
 
 	"github.com/onsi/ginkgo/v2"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
@@ -76,8 +76,10 @@ func TestE2E(t *testing.T) {
 // On a failed spec, before the framework deletes its namespaces, write what it takes to
 // judge the enforcer into $NFTPOLICY_EVIDENCE_DIR/<spec>.txt: the failure and the spec's
 // log (the expected and observed reachability matrices), the NetworkPolicies and pods
-// of the cluster, the node's `nft list table inet nftpolicy`, and the agent's log lines
-// since the spec started ($NFTPOLICY_AGENT_LOGS, a glob of its container log files).
+// of the cluster, every node's ruleset ($NFTPOLICY_RULESET_CMD, run by sh; default
+// `nft list table inet nftpolicy`, the one node of this machine), and the agents' log
+// lines since the spec started (read through the API from the pods labelled
+// $NFTPOLICY_AGENT_SELECTOR in kube-system).
 func collectEvidence(ctx context.Context) {
 	dir := os.Getenv("NFTPOLICY_EVIDENCE_DIR")
 	report := ginkgo.CurrentSpecReport()
@@ -91,15 +93,27 @@ func collectEvidence(ctx context.Context) {
 	fmt.Fprintf(&b, "%s\n%s\n", report.Failure.Message, report.Failure.Location)
 	section("spec log (expected and observed matrices)")
 	b.WriteString(report.CapturedGinkgoWriterOutput)
-	dumpCluster(ctx, &b, section)
-	section("nft list table inet nftpolicy")
-	out, err := exec.CommandContext(ctx, "nft", "list", "table", "inet", "nftpolicy").CombinedOutput()
+	cs, err := client()
+	if err != nil {
+		fmt.Fprintf(&b, "(client: %v)\n", err)
+	}
+	if cs != nil {
+		dumpCluster(ctx, cs, &b, section)
+	}
+	rulesetCmd := os.Getenv("NFTPOLICY_RULESET_CMD")
+	if rulesetCmd == "" {
+		rulesetCmd = "nft list table inet nftpolicy"
+	}
+	section(rulesetCmd)
+	out, err := exec.CommandContext(ctx, "sh", "-c", rulesetCmd).CombinedOutput()
 	b.Write(out)
 	if err != nil {
-		fmt.Fprintf(&b, "(nft: %v)\n", err)
+		fmt.Fprintf(&b, "(%v)\n", err)
 	}
-	section("agent log since the spec started")
-	dumpAgentLog(&b, report.StartTime)
+	section("agent logs since the spec started")
+	if cs != nil {
+		dumpAgentLogs(ctx, cs, &b, report.StartTime)
+	}
 	name := regexp.MustCompile(`[^A-Za-z0-9._-]+`).ReplaceAllString(report.LeafNodeText, "_")
 	if len(name) > 150 {
 		name = name[:150]
@@ -110,17 +124,15 @@ func collectEvidence(ctx context.Context) {
 	}
 }
 
-func dumpCluster(ctx context.Context, b *strings.Builder, section func(string)) {
+func client() (kubernetes.Interface, error) {
 	cfg, err := clientcmd.BuildConfigFromFlags("", framework.TestContext.KubeConfig)
 	if err != nil {
-		fmt.Fprintf(b, "(kubeconfig: %v)\n", err)
-		return
+		return nil, err
 	}
-	cs, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		fmt.Fprintf(b, "(client: %v)\n", err)
-		return
-	}
+	return kubernetes.NewForConfig(cfg)
+}
+
+func dumpCluster(ctx context.Context, cs kubernetes.Interface, b *strings.Builder, section func(string)) {
 	section("pods (namespace/name node ip phase labels)")
 	if pods, err := cs.CoreV1().Pods("").List(ctx, metav1.ListOptions{}); err != nil {
 		fmt.Fprintf(b, "(listing pods: %v)\n", err)
@@ -151,33 +163,28 @@ func dumpCluster(ctx context.Context, b *strings.Builder, section func(string)) 
 	}
 }
 
-// dumpAgentLog copies the agent's container log lines stamped at or after since (CRI
-// log lines start with an RFC 3339 timestamp).
-func dumpAgentLog(b *strings.Builder, since time.Time) {
-	glob := os.Getenv("NFTPOLICY_AGENT_LOGS")
-	files, _ := filepath.Glob(glob)
-	if glob == "" || len(files) == 0 {
-		fmt.Fprintf(b, "(no agent log matches %q)\n", glob)
+// dumpAgentLogs copies the log lines of every agent pod written at or after since.
+func dumpAgentLogs(ctx context.Context, cs kubernetes.Interface, b *strings.Builder, since time.Time) {
+	selector := os.Getenv("NFTPOLICY_AGENT_SELECTOR")
+	if selector == "" {
+		selector = "app.kubernetes.io/name=nftpolicy"
+	}
+	pods, err := cs.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: selector})
+	if err != nil {
+		fmt.Fprintf(b, "(listing agent pods %q: %v)\n", selector, err)
 		return
 	}
-	for _, f := range files {
-		fh, err := os.Open(f)
+	if len(pods.Items) == 0 {
+		fmt.Fprintf(b, "(no pod in kube-system matches %q)\n", selector)
+	}
+	st := metav1.NewTime(since)
+	for _, p := range pods.Items {
+		fmt.Fprintf(b, "--- %s (node %s)\n", p.Name, p.Spec.NodeName)
+		raw, err := cs.CoreV1().Pods(p.Namespace).GetLogs(p.Name, &corev1.PodLogOptions{SinceTime: &st}).DoRaw(ctx)
 		if err != nil {
 			fmt.Fprintf(b, "(%v)\n", err)
 			continue
 		}
-		fmt.Fprintf(b, "--- %s\n", f)
-		sc := bufio.NewScanner(fh)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			line := sc.Text()
-			ts, _, _ := strings.Cut(line, " ")
-			if t, err := time.Parse(time.RFC3339Nano, ts); err == nil && t.Before(since) {
-				continue
-			}
-			b.WriteString(line)
-			b.WriteByte('\n')
-		}
-		fh.Close()
+		b.Write(raw)
 	}
 }

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# `make conformance`: the upstream Kubernetes NetworkPolicy e2e suite against nftpolicy
+# on kind clusters (hack/kind/cluster.sh): a control plane and two workers, one agent per
+# node, installed with Helm. One suite run per entry of CONFORMANCE_RUNS, each on a new
+# cluster:
+#
+#   CONFORMANCE_RUNS="vxlan/iptables/ipv4 host-gw/nftables/ipv4"   (the default)
+#     TOPOLOGY/PROXY/FAMILY: Flannel's backend (vxlan, host-gw), kube-proxy's mode
+#     (iptables, nftables) and the cluster's IP family (ipv4, ipv6, dual)
+#
+# For each run: ginkgo --procs=$CONFORMANCE_PROCS --focus=Netpol --skip=SCTPConnectivity,
+# JUnit report in _out/conformance/RUN/junit.xml, and for each failed spec the evidence
+# (matrices, policies, every node's nft table, the agents' logs) in
+# _out/conformance/RUN/evidence/. It prints one line per run:
+#   48 passed, 0 failed (kind, 3 nodes, flannel vxlan, kube-proxy iptables, ipv4)
+# and exits non-zero when a spec failed or a cluster could not run the suite. Every
+# cluster, and the Docker engine when the harness started it, is removed at the end,
+# also after a failure or Ctrl-C (hack/kind/cluster.sh down).
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+OUT_DIR="$root/_out/conformance"
+CONF_BIN="${CONF_BIN:-$root/bin/conformance}"
+PROCS="${CONFORMANCE_PROCS:-4}"
+FOCUS="${CONFORMANCE_FOCUS:-Netpol}"
+SKIP="${CONFORMANCE_SKIP:-SCTPConnectivity}"
+RUNS="${CONFORMANCE_RUNS:-vxlan/iptables/ipv4 host-gw/nftables/ipv4}"
+# A cluster name of its own: make kind's cluster (KIND_CLUSTER) is left alone.
+export KIND_CLUSTER="${CONFORMANCE_CLUSTER:-nftpolicy-conformance}"
+cluster="$root/hack/kind/cluster.sh"
+
+log() { printf '==> [%4ds] %s\n' "$SECONDS" "$*" >&2; }
+die() { printf 'conformance: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "must run as root (it runs a Docker engine and kind clusters)"
+exec 9>/run/lock/nftpolicy-conformance.lock
+flock -n 9 || die "another make conformance is running (/run/lock/nftpolicy-conformance.lock)"
+for f in "$CONF_BIN/e2e-netpol.test" "$CONF_BIN/ginkgo" "$CONF_BIN/kubectl"; do
+  [ -e "$f" ] || die "$f is missing: run it through make conformance"
+done
+for run in $RUNS; do
+  IFS=/ read -r topology proxy family <<<"$run"
+  case "$topology/$proxy/$family" in
+    vxlan/* | host-gw/*) ;;
+    *) die "CONFORMANCE_RUNS entry $run: want TOPOLOGY/PROXY/FAMILY, e.g. vxlan/iptables/ipv4" ;;
+  esac
+done
+
+# summary JUNIT: "N passed, M failed". Suite-level nodes (BeforeSuite…) count only when
+# they failed: then no spec could run.
+summary() {
+  local junit="$1"
+  if [ ! -f "$junit" ]; then
+    echo "0 passed, 1 failed"
+    return
+  fi
+  awk '
+    /<testcase / {
+      name = $0; sub(/.*<testcase name="/, "", name); sub(/".*/, "", name)
+      status = $0; sub(/.*status="/, "", status); sub(/".*/, "", status)
+      suite = (name ~ /^\[(Synchronized)?(Before|After)Suite\]|^\[Report(Before|After)Suite\]|^\[DeferCleanup \(Suite\)\]/)
+      if (status == "passed") { if (!suite) passed++ }
+      else if (status != "skipped" && status != "pending") { failed++; print "FAILED: " name > "/dev/stderr" }
+    }
+    END { printf "%d passed, %d failed\n", passed, failed }
+  ' "$junit"
+}
+
+lines=()
+finish() {
+  local rc=$?
+  set +e
+  log "tearing the kind test bed down"
+  "$cluster" down
+  local line failed=0
+  for line in "${lines[@]}"; do
+    echo "$line"
+    case "$line" in *" 0 failed "*) ;; *) failed=1 ;; esac
+  done
+  [ ${#lines[@]} -gt 0 ] || { echo "0 passed, 1 failed (no run finished)"; failed=1; }
+  [ "$failed" = 0 ] && exit "$rc"
+  exit 1
+}
+trap finish EXIT
+trap 'exit 130' INT TERM
+
+# The previous run's clusters, and whatever a crashed run left, go first.
+"$cluster" down
+
+for run in $RUNS; do
+  IFS=/ read -r topology proxy family <<<"$run"
+  name="$topology-$proxy-$family"
+  dir="$OUT_DIR/$name"
+  rm -rf "$dir" && mkdir -p "$dir/evidence"
+  desc="kind, 3 nodes, flannel $topology, kube-proxy $proxy, $family"
+  log "run $name: $desc"
+  if ! KIND_TOPOLOGY="$topology" KIND_PROXY_MODE="$proxy" KIND_IP_FAMILY="$family" KIND_WORKERS=2 \
+    KIND_AGENT_ARGS="--set logLevel=1" "$cluster" up 2>&1 | tee "$dir/cluster.log" >&2; then
+    lines+=("0 passed, 1 failed ($desc: the cluster did not come up, see $dir/cluster.log)")
+    continue
+  fi
+  eval "$("$cluster" env)"
+  nodes="$("$root/bin/kind/kind" get nodes --name "$KIND_CLUSTER" | sort | tr '\n' ' ')"
+  log "running the NetworkPolicy suite: focus $FOCUS, skip $SKIP, $PROCS processes"
+  set +e
+  # GO111MODULE=off: the CLI compares its version with `go list -m` run beside the binary,
+  # i.e. with nftpolicy's go.mod, not with the suite's own (hack/conformance/build.sh
+  # builds both from one module graph).
+  GO111MODULE=off NFTPOLICY_EVIDENCE_DIR="$dir/evidence" \
+    NFTPOLICY_RULESET_CMD="for n in $nodes; do echo \"--- \$n\"; docker exec \$n nft list table inet nftpolicy; done" \
+    "$CONF_BIN/ginkgo" --procs="$PROCS" --focus="$FOCUS" --skip="$SKIP" --no-color \
+    --junit-report=junit.xml --output-dir="$dir" --timeout=60m \
+    "$CONF_BIN/e2e-netpol.test" -- \
+    --kubeconfig="$KUBECONFIG" --provider=skeleton --disable-log-dump=true \
+    --e2e-output-dir="$dir/e2e" >"$dir/ginkgo.log" 2>&1
+  suite_rc=$?
+  set -e
+  tail -n 5 "$dir/ginkgo.log" >&2
+  log "suite finished (ginkgo exit code $suite_rc); collecting the agents' logs and rulesets"
+  for n in $nodes; do
+    docker exec "$n" nft list table inet nftpolicy >"$dir/nft-$n.txt" 2>&1 || true
+  done
+  "$CONF_BIN/kubectl" --kubeconfig "$KUBECONFIG" -n kube-system logs -l app.kubernetes.io/name=nftpolicy \
+    --prefix --tail=-1 >"$dir/agent.log" 2>&1 || true
+  line="$(summary "$dir/junit.xml")"
+  [ "$suite_rc" = 0 ] || case "$line" in *" 0 failed") line="${line% 0 failed} 1 failed" ;; esac
+  lines+=("$line ($desc)")
+  log "$line ($desc); JUnit report $dir/junit.xml"
+  ls "$dir/evidence"/*.txt >/dev/null 2>&1 && log "evidence of failed specs: $dir/evidence/"
+  "$root/bin/kind/kind" delete cluster --name "$KIND_CLUSTER" >&2 || true
+done
