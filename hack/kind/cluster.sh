@@ -289,7 +289,7 @@ nftpolicy runs on every node of kind cluster "$KIND_CLUSTER".
   export KUBECONFIG=$KUBECONFIG_FILE
   $KUBECTL get pods -A -o wide
   docker exec $KIND_CLUSTER-worker nft list table inet nftpolicy
-  make kind-down        # removes the cluster$([ -f "$RUN/dockerd.owned" ] && echo " and the Docker engine this started")
+  $([ "$KIND_CLUSTER" = nftpolicy ] || echo "KIND_CLUSTER=$KIND_CLUSTER ")make kind-down        # removes the cluster$([ -f "$RUN/dockerd.owned" ] && echo " and the Docker engine this started")
 MSG
 }
 

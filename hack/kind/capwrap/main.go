@@ -46,7 +46,11 @@ func main() {
 		fail(err)
 	}
 	args := os.Args[1:]
-	if err := rewrite(args); err != nil {
+	bounding, err := boundingSet()
+	if err != nil {
+		fail(err)
+	}
+	if err := rewrite(args, bounding); err != nil {
 		fail(err)
 	}
 	if err := syscall.Exec(runc, append([]string{"runc"}, args...), os.Environ()); err != nil { //nolint:gosec // the wrapper's whole job is to run runc with its caller's arguments
@@ -75,7 +79,7 @@ func realRunc() (string, error) {
 // Global flags may carry values (--root DIR, --log FILE), so the command is the first
 // argument that names one of the commands whose spec is edited; the flags after it are
 // read in both the "--flag value" and "--flag=value" forms.
-func rewrite(args []string) error {
+func rewrite(args []string, bounding uint64) error {
 	at := -1
 	for i, a := range args {
 		if a == "create" || a == "run" || a == "exec" {
@@ -102,10 +106,6 @@ func rewrite(args []string) error {
 		case "process", "p":
 			flags["process"] = value
 		}
-	}
-	bounding, err := boundingSet()
-	if err != nil {
-		return err
 	}
 	if cmd == "exec" {
 		if flags["process"] != "" {
