@@ -185,14 +185,9 @@ kind-down: ## Delete the kind cluster(s) and the Docker engine make kind started
 conformance: conformance-build kind-image image helm ## Upstream NetworkPolicy e2e suite on 3-node kind clusters, one per CONFORMANCE_RUNS entry (root); one "N passed, M failed (…)" line per run.
 	@IMAGE=$(IMAGE) IMAGE_ARCHIVE=$(CURDIR)/$(IMAGE_ARCHIVE) KIND_NODE_IMAGE=$(KIND_OFFLINE_IMAGE) MAKE="$(MAKE)" hack/kind/conformance.sh
 
-.PHONY: conformance-node
-conformance-node: conformance-build image helm ## The same suite on a one-node cluster of hand-started processes on this machine (root); ends with "N passed, M failed".
-	@IMAGE=$(IMAGE) IMAGE_ARCHIVE=$(CURDIR)/$(IMAGE_ARCHIVE) hack/conformance/run.sh
-
 .PHONY: conformance-down
-conformance-down: ## Tear down what a crashed conformance run left: kind clusters, the harness's Docker engine, the one-node cluster.
-	@hack/kind/cluster.sh down
-	@hack/conformance/cluster.sh down
+conformance-down: ## Tear down what a crashed conformance run left: its kind cluster and the harness's Docker engine.
+	@KIND_CLUSTER=nftpolicy-conformance hack/kind/cluster.sh down
 
 .PHONY: clean
 clean: ## Remove build outputs: the binaries of build, lab-build, bench and image, and _out/. Keeps the cached tools built from the module proxy (bin/k8s, bin/helm, bin/golangci-lint, bin/conformance, bin/kind).

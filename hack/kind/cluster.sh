@@ -49,6 +49,10 @@ RUN=/run/nftpolicy-kind         # the daemon's pid and sockets
 OUT="$root/_out/kind"
 KUBECONFIG_FILE="$OUT/$KIND_CLUSTER.kubeconfig"
 MAKE="${MAKE:-make}"
+# The host's sysctls dockerd changes (forwarding for its bridges, bridge netfilter), saved
+# before it starts and restored after it stops.
+HOST_SYSCTLS=(net.ipv4.ip_forward net.ipv6.conf.all.forwarding net.ipv6.conf.default.forwarding
+  net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables)
 
 log() { printf '==> [%4ds] %s\n' "$SECONDS" "$*" >&2; }
 die() { printf 'kind: %s\n' "$*" >&2; exit 1; }
@@ -83,7 +87,10 @@ docker_up() {
     iptables-save >"$RUN/host-iptables.v4" 2>/dev/null || true
     ip6tables-save >"$RUN/host-iptables.v6" 2>/dev/null || true
     nft list tables >"$RUN/host-nft-tables" 2>/dev/null || true
-    sysctl -n net.ipv4.ip_forward >"$RUN/host-ip-forward" 2>/dev/null || true
+    local k
+    for k in "${HOST_SYSCTLS[@]}"; do
+      echo "$k=$(sysctl -n "$k" 2>/dev/null)"
+    done >"$RUN/host-sysctls"
   fi
   local args=(--data-root "$STATE/docker" --exec-root "$RUN/docker" --pidfile "$RUN/dockerd.pid")
   if ! bounding_set_full; then
@@ -135,6 +142,7 @@ docker_down() {
     while read -r br; do ip link delete "$br" 2>/dev/null || true; done
   restore_netfilter
   rm -f "$RUN/dockerd.owned" "$RUN/dockerd.pid"
+  rmdir "$RUN" 2>/dev/null || true
 }
 
 # restore_netfilter: the iptables tables Docker changed go back to their saved state; the
@@ -158,8 +166,13 @@ restore_netfilter() {
       grep -qx "table $fam $name" "$RUN/host-nft-tables" || nft delete table "$fam" "$name" 2>/dev/null || true
     done
   fi
-  [ -f "$RUN/host-ip-forward" ] && sysctl -qw "net.ipv4.ip_forward=$(cat "$RUN/host-ip-forward")" 2>/dev/null || true
-  rm -f "$RUN"/host-iptables.* "$RUN/host-nft-tables" "$RUN/host-ip-forward"
+  if [ -f "$RUN/host-sysctls" ]; then
+    local kv
+    while read -r kv; do
+      [ -n "${kv#*=}" ] && sysctl -qw "$kv" 2>/dev/null || true
+    done <"$RUN/host-sysctls"
+  fi
+  rm -f "$RUN"/host-iptables.* "$RUN/host-nft-tables" "$RUN/host-sysctls"
 }
 
 # ---------------------------------------------------------------------------- cluster

@@ -66,7 +66,11 @@ coredns_tag="${COREDNS_IMAGE##*:}"
 grep -q "sandbox_image = \"$PAUSE_IMAGE\"" "$files/etc/containerd/config.toml" ||
   die "kubeadm's pause image is $PAUSE_IMAGE: update sandbox_image in hack/kind/node/etc/containerd/config.toml"
 FLANNEL_IMAGE="docker.io/flannel/flannel:$(cat "$KIND_BIN/flanneld.version")"
-AGNHOST_IMAGE="$(sed -n 's/^AGNHOST_IMAGE=//p' "$root/hack/conformance/cluster.sh")"
+# The e2e suite's agnhost, at the version its image manifest names.
+kube_dir="$(cd / && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
+agnhost_tag="$(sed -n 's/.*configs\[Agnhost\] = Config{list.PromoterE2eRegistry, "agnhost", "\([^"]*\)"}.*/\1/p' "$kube_dir/test/utils/image/manifest.go")"
+[ -n "$agnhost_tag" ] || die "cannot read agnhost's version from k8s.io/kubernetes@$K8S_VERSION test/utils/image/manifest.go"
+AGNHOST_IMAGE="registry.k8s.io/e2e-test-images/agnhost:$agnhost_tag"
 
 # debian NAME PACKAGES...: a cached Debian root file system tar in $cache/NAME.tar.
 debian() {
