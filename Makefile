@@ -50,9 +50,10 @@ envtest-assets: ## Build kube-apiserver and etcd from the Go module proxy into b
 	@hack/build-control-plane.sh $(K8S_ASSETS)
 
 .PHONY: vet
-vet: ## gofmt and go vet.
+vet: ## gofmt, go vet, and bash -n of every shell script.
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	@for f in $$(git ls-files '*.sh' .ci/run); do bash -n "$$f" || exit 1; done
 
 # The list of pure packages is computed so that it cannot go stale: every way this tree
 # reaches the kernel (netlink sockets, network namespaces, conntrack, NFLOG) goes through
@@ -157,7 +158,7 @@ KIND_CLUSTER    ?= nftpolicy
 KIND_NODE_IMAGE ?= auto
 KIND_OFFLINE_IMAGE := nftpolicy/kind-node:v1.37.2
 # The suite runs of make conformance, TOPOLOGY/KUBE-PROXY-MODE/IP-FAMILY each.
-CONFORMANCE_RUNS ?= vxlan/iptables/ipv4 host-gw/nftables/ipv4
+CONFORMANCE_RUNS ?= vxlan/iptables/ipv4 host-gw/nftables/ipv4 host-gw/iptables/ipv6
 export KIND_CLUSTER KIND_NODE_IMAGE KIND_OFFLINE_IMAGE CONFORMANCE_RUNS
 
 .PHONY: kind-build

@@ -4,7 +4,7 @@
 # node, installed with Helm. One suite run per entry of CONFORMANCE_RUNS, each on a new
 # cluster:
 #
-#   CONFORMANCE_RUNS="vxlan/iptables/ipv4 host-gw/nftables/ipv4"   (the default)
+#   CONFORMANCE_RUNS="vxlan/iptables/ipv4 host-gw/nftables/ipv4 host-gw/iptables/ipv6" (default)
 #     TOPOLOGY/PROXY/FAMILY: Flannel's backend (vxlan, host-gw), kube-proxy's mode
 #     (iptables, nftables) and the cluster's IP family (ipv4, ipv6, dual)
 #
@@ -24,7 +24,7 @@ CONF_BIN="${CONF_BIN:-$root/bin/conformance}"
 PROCS="${CONFORMANCE_PROCS:-4}"
 FOCUS="${CONFORMANCE_FOCUS:-Netpol}"
 SKIP="${CONFORMANCE_SKIP:-SCTPConnectivity}"
-RUNS="${CONFORMANCE_RUNS:-vxlan/iptables/ipv4 host-gw/nftables/ipv4}"
+RUNS="${CONFORMANCE_RUNS:-vxlan/iptables/ipv4 host-gw/nftables/ipv4 host-gw/iptables/ipv6}"
 # A cluster name of its own: make kind's cluster (KIND_CLUSTER) is left alone.
 export KIND_CLUSTER="${CONFORMANCE_CLUSTER:-nftpolicy-conformance}"
 cluster="$root/hack/kind/cluster.sh"
