@@ -87,6 +87,12 @@ docker_up() {
     iptables-save >"$RUN/host-iptables.v4" 2>/dev/null || true
     ip6tables-save >"$RUN/host-iptables.v6" 2>/dev/null || true
     nft list tables >"$RUN/host-nft-tables" 2>/dev/null || true
+    # Paths dockerd creates outside its data and exec roots (its trust key, the plugin
+    # socket directory): removed at the end unless they were here before.
+    local p
+    for p in /etc/docker/key.json /etc/docker /run/docker/plugins /run/docker; do
+      [ -e "$p" ] || echo "$p"
+    done >"$RUN/host-new-paths"
     local k
     for k in "${HOST_SYSCTLS[@]}"; do
       echo "$k=$(sysctl -n "$k" 2>/dev/null)"
@@ -135,13 +141,19 @@ docker_down() {
   fi
   find /sys/fs/cgroup/*/docker /sys/fs/cgroup/docker -depth -type d -exec rmdir {} \; 2>/dev/null || true
   # Docker's mounts, then its data.
-  grep -o " $STATE/[^ ]*\| $RUN/[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  { grep -o " $STATE/[^ ]*\| $RUN/[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   rm -rf "$STATE" "$RUN/docker"
   # Docker's bridges and its netfilter changes.
-  ip -o link show type bridge 2>/dev/null | awk -F': ' '{print $2}' | grep -E '^(docker0|br-[0-9a-f]{12})$' |
+  { ip -o link show type bridge 2>/dev/null || true; } | awk -F': ' '{print $2}' | { grep -E '^(docker0|br-[0-9a-f]{12})$' || true; } |
     while read -r br; do ip link delete "$br" 2>/dev/null || true; done
   restore_netfilter
-  rm -f "$RUN/dockerd.owned" "$RUN/dockerd.pid"
+  if [ -f "$RUN/host-new-paths" ]; then
+    local p
+    while read -r p; do
+      if [ -d "$p" ]; then rmdir "$p" 2>/dev/null || true; else rm -f "$p"; fi
+    done <"$RUN/host-new-paths"
+  fi
+  rm -f "$RUN/dockerd.owned" "$RUN/dockerd.pid" "$RUN/host-new-paths"
   rmdir "$RUN" 2>/dev/null || true
 }
 
