@@ -77,13 +77,15 @@ debian() {
   local name="$1"
   shift
   local key
-  key="$SUITE $(printf '%s\n' "$@" | sort | tr '\n' ' ')"
+  key="$SUITE reproducible $(printf '%s\n' "$@" | sort | tr '\n' ' ')"
   if [ -f "$cache/$name.tar" ] && [ "$(cat "$cache/$name.tar.version" 2>/dev/null)" = "$key" ]; then
     return
   fi
   log "making the Debian $SUITE root file system $name with mmdebstrap"
   rm -f "$cache/$name.tar"
-  mmdebstrap --quiet --variant=minbase --include="$(IFS=,; echo "$*")" \
+  # SOURCE_DATE_EPOCH: mmdebstrap clamps times and drops its logs, so the same packages
+  # give the same tree.
+  SOURCE_DATE_EPOCH=0 mmdebstrap --quiet --variant=minbase --include="$(IFS=,; echo "$*")" \
     --customize-hook='rm -rf "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/* "$1"/usr/share/doc/* "$1"/usr/share/man/*' \
     "$SUITE" "$cache/$name.tmp.tar"
   mv "$cache/$name.tmp.tar" "$cache/$name.tar"
