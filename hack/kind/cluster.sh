@@ -46,6 +46,7 @@ HELM="${HELM:-$root/bin/helm}"
 KUBECTL="${KUBECTL:-$root/bin/conformance/kubectl}"
 STATE=/var/lib/nftpolicy-kind   # the daemon's data, capwrap
 RUN=/run/nftpolicy-kind         # the daemon's pid and sockets
+CGROUP_PARENT=nftpolicy-kind    # the cgroup parent of the daemon's containers
 OUT="$root/_out/kind"
 KUBECONFIG_FILE="$OUT/$KIND_CLUSTER.kubeconfig"
 MAKE="${MAKE:-make}"
@@ -98,7 +99,10 @@ docker_up() {
       echo "$k=$(sysctl -n "$k" 2>/dev/null)"
     done >"$RUN/host-sysctls"
   fi
-  local args=(--data-root "$STATE/docker" --exec-root "$RUN/docker" --pidfile "$RUN/dockerd.pid")
+  # A cgroup parent of its own: what a crashed daemon leaves running is found there, and
+  # nothing else on the host is.
+  local args=(--data-root "$STATE/docker" --exec-root "$RUN/docker" --pidfile "$RUN/dockerd.pid"
+    --cgroup-parent "/$CGROUP_PARENT")
   if ! bounding_set_full; then
     log "this host's capability bounding set is not full: containers run through capwrap (test harness only)"
     go -C "$root" build -trimpath -o "$STATE/capwrap" ./hack/kind/capwrap
@@ -126,20 +130,19 @@ docker_down() {
     for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     kill -9 "$pid" 2>/dev/null || true
   fi
-  # containerd and shims the daemon ran, and what a crashed daemon left running in its
-  # containers (the daemon's cgroup parent is "docker" under each cgroup v1 controller,
-  # or /sys/fs/cgroup/docker on cgroup v2): kill, then remove those cgroups.
+  # containerd and shims the daemon ran (their sockets are under $RUN/docker), and what a
+  # crashed daemon left running in its containers (the cgroup parent $CGROUP_PARENT under
+  # each cgroup v1 controller, or in the cgroup v2 tree): kill, then remove those cgroups.
   pkill -f "containerd.*$RUN/docker" 2>/dev/null || true
-  pkill -f "containerd-shim.*moby" 2>/dev/null || true
   local procs
-  procs="$(find /sys/fs/cgroup/pids/docker /sys/fs/cgroup/docker -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u || true)"
+  procs="$(find "/sys/fs/cgroup/pids/$CGROUP_PARENT" "/sys/fs/cgroup/$CGROUP_PARENT" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u || true)"
   if [ -n "$procs" ]; then
     log "killing $(echo "$procs" | wc -l) processes left in Docker's containers"
     # shellcheck disable=SC2086 # one PID per word
     kill -9 $procs 2>/dev/null || true
     sleep 1
   fi
-  find /sys/fs/cgroup/*/docker /sys/fs/cgroup/docker -depth -type d -exec rmdir {} \; 2>/dev/null || true
+  find /sys/fs/cgroup/*/"$CGROUP_PARENT" "/sys/fs/cgroup/$CGROUP_PARENT" -depth -type d -exec rmdir {} \; 2>/dev/null || true
   # Docker's mounts, then its data.
   { grep -o " $STATE/[^ ]*\| $RUN/[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   rm -rf "$STATE" "$RUN/docker"

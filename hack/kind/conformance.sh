@@ -82,12 +82,23 @@ finish() {
   exit 1
 }
 trap finish EXIT
-trap 'exit 130' INT TERM
+# Ctrl-C (or TERM) ends the run after the step in progress, which the signal reached
+# too; finish then tears everything down. Bash runs the trap only when the step died of
+# the signal; ginkgo catches it, finishes its cleanup and marks the specs it cut short
+# "interrupted" in its JUnit report, which is read below.
+interrupted=""
+trap 'interrupted=1' INT TERM
+stop_if_interrupted() {
+  [ -z "$interrupted" ] && return
+  lines+=("0 passed, 1 failed (interrupted)")
+  exit 130
+}
 
 # The previous run's clusters, and whatever a crashed run left, go first.
 "$cluster" down
 
 for run in $RUNS; do
+  stop_if_interrupted
   IFS=/ read -r topology proxy family <<<"$run"
   name="$topology-$proxy-$family"
   dir="$OUT_DIR/$name"
@@ -96,6 +107,7 @@ for run in $RUNS; do
   log "run $name: $desc"
   if ! KIND_TOPOLOGY="$topology" KIND_PROXY_MODE="$proxy" KIND_IP_FAMILY="$family" KIND_WORKERS=2 \
     KIND_AGENT_ARGS="--set logLevel=1" "$cluster" up 2>&1 | tee "$dir/cluster.log" >&2; then
+    stop_if_interrupted
     lines+=("0 passed, 1 failed ($desc: the cluster did not come up, see $dir/cluster.log)")
     continue
   fi
@@ -115,6 +127,8 @@ for run in $RUNS; do
     --e2e-output-dir="$dir/e2e" >"$dir/ginkgo.log" 2>&1
   suite_rc=$?
   set -e
+  grep -q 'status="interrupted"' "$dir/junit.xml" 2>/dev/null && interrupted=1
+  stop_if_interrupted
   tail -n 5 "$dir/ginkgo.log" >&2
   log "suite finished (ginkgo exit code $suite_rc); collecting the agents' logs and rulesets"
   for n in $nodes; do
