@@ -259,14 +259,19 @@ kubeadmConfigPatches:
 CONF
 }
 
+# flannel_manifest: hack/kind/flannel.yaml for this cluster; Flannel's networks are the
+# cluster's pod subnets (POD_SUBNET, one per family).
 flannel_manifest() {
-  local conf flannel_image
+  local conf="" cidr flannel_image
   flannel_image="docker.io/flannel/flannel:$(cat "$root/bin/kind/flanneld.version")"
-  case "$KIND_IP_FAMILY" in
-    ipv4) conf="{\"Network\": \"10.244.0.0/16\", \"EnableIPv4\": true, \"Backend\": {\"Type\": \"$KIND_TOPOLOGY\"}}" ;;
-    ipv6) conf="{\"EnableIPv4\": false, \"EnableIPv6\": true, \"IPv6Network\": \"fd00:10:244::/56\", \"Backend\": {\"Type\": \"$KIND_TOPOLOGY\"}}" ;;
-    dual) conf="{\"Network\": \"10.244.0.0/16\", \"EnableIPv4\": true, \"EnableIPv6\": true, \"IPv6Network\": \"fd00:10:244::/56\", \"Backend\": {\"Type\": \"$KIND_TOPOLOGY\"}}" ;;
-  esac
+  for cidr in ${POD_SUBNET//,/ }; do
+    case "$cidr" in
+      *:*) conf+="\"EnableIPv6\": true, \"IPv6Network\": \"$cidr\", " ;;
+      *) conf+="\"Network\": \"$cidr\", " ;;
+    esac
+  done
+  case "$POD_SUBNET" in *.*) conf+="\"EnableIPv4\": true, " ;; *) conf+="\"EnableIPv4\": false, " ;; esac
+  conf="{$conf\"Backend\": {\"Type\": \"$KIND_TOPOLOGY\"}}"
   sed -e "s|\${NET_CONF}|$conf|" -e "s|\${FLANNEL_IMAGE}|$flannel_image|" "$root/hack/kind/flannel.yaml"
 }
 
@@ -303,7 +308,6 @@ cmd_up() {
     --namespace kube-system \
     --set image.repository="${IMAGE%:*}" --set image.tag="${IMAGE##*:}" --set image.pullPolicy=Never \
     $KIND_AGENT_ARGS --wait --timeout 5m >/dev/null || { dump_diagnostics; die "helm install failed"; }
-  kubectl -n kube-system rollout status daemonset/nftpolicy-agent --timeout=3m >&2
   local node
   for node in $("$KIND" get nodes --name "$KIND_CLUSTER"); do
     docker exec "$node" nft list table inet nftpolicy >/dev/null 2>&1 ||
