@@ -308,6 +308,9 @@ cmd_up() {
     --namespace kube-system \
     --set image.repository="${IMAGE%:*}" --set image.tag="${IMAGE##*:}" --set image.pullPolicy=Never \
     $KIND_AGENT_ARGS --wait --timeout 5m >/dev/null || { dump_diagnostics; die "helm install failed"; }
+  # helm --wait counts a DaemonSet ready with maxUnavailable pods still unready; the rollout
+  # status waits for every node's agent.
+  kubectl -n kube-system rollout status daemonset/nftpolicy-agent --timeout=3m >&2
   local node
   for node in $("$KIND" get nodes --name "$KIND_CLUSTER"); do
     docker exec "$node" nft list table inet nftpolicy >/dev/null 2>&1 ||
