@@ -38,6 +38,10 @@ type Engine struct {
 	policies   map[string]map[string]*enginePolicy // namespace → name → policy
 	polByNS    map[string][]*policy                // parsed, sorted by key
 	invalid    map[string][]Problem                // parse problems by policy key
+	cnps       map[string]*engineClusterPolicy     // by name
+	cnpSorted  []*clusterPolicy                    // parsed, in evaluation order
+	nodes      map[string]*model.Node              // by name
+	nodeGen    uint64                              // counts node changes
 
 	// structure is the last compiled structure (pod sets empty); dirty asks for a new one.
 	structure *compilation
@@ -73,6 +77,8 @@ func NewEngine(node string, opts Options) *Engine {
 		policies:   map[string]map[string]*enginePolicy{},
 		polByNS:    map[string][]*policy{},
 		invalid:    map[string][]Problem{},
+		cnps:       map[string]*engineClusterPolicy{},
+		nodes:      map[string]*model.Node{},
 		elems:      map[string][]ruleset.Element{},
 		pending:    map[string]*setDelta{},
 		dirty:      true,
@@ -476,6 +482,9 @@ func (e *Engine) problems(c *compilation) []Problem {
 	var out []Problem
 	for _, ps := range e.invalid {
 		out = append(out, ps...)
+	}
+	for _, p := range e.cnps {
+		out = append(out, p.problems...)
 	}
 	return append(out, c.problems...)
 }

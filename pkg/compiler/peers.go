@@ -33,6 +33,10 @@ type peerSpec struct {
 	podKey, cidrKey string
 	pods            []podPeer
 	blocks          map[ruleset.Family]addrSet
+	// nodeKey and nodes: the `nodes` peers of a ClusterNetworkPolicy egress rule, which
+	// match the addresses of the nodes they select.
+	nodeKey string
+	nodes   []labels.Selector
 }
 
 // parsePeers resolves a rule's from/to list. A peer that cannot be parsed is reported

@@ -30,6 +30,13 @@ type universe interface {
 	// eachPodIn calls fn for the pods of a namespace; eachPod for every pod.
 	eachPodIn(ns string, fn func(p *model.Pod))
 	eachPod(fn func(p *model.Pod))
+	// clusterPolicies are the parsed ClusterNetworkPolicies in evaluation order (tier,
+	// priority, name).
+	clusterPolicies() []*clusterPolicy
+	// eachNode calls fn for every node, by name; nodeGeneration changes whenever a node
+	// that `nodes` peers may read changes.
+	eachNode(fn func(n *model.Node))
+	nodeGeneration() uint64
 }
 
 // snapshotUniverse is a universe over a snapshot, indexed once.
@@ -44,6 +51,8 @@ type snapshotUniverse struct {
 	policies map[string][]*policy
 	problems []Problem // parse problems of the policies
 	nsLabels map[string]labels.Set
+	cnps     []*clusterPolicy
+	nodes    []*model.Node // sorted by name
 }
 
 func newSnapshotUniverse(snap *model.Snapshot, opts Options) *snapshotUniverse {
@@ -91,6 +100,16 @@ func newSnapshotUniverse(snap *model.Snapshot, opts Options) *snapshotUniverse {
 	for _, ps := range u.policies {
 		sortPolicies(ps)
 	}
+	for _, obj := range snap.ClusterPolicies {
+		p, problems := parseClusterPolicy(obj, opts)
+		u.problems = append(u.problems, problems...)
+		if p != nil {
+			u.cnps = append(u.cnps, p)
+		}
+	}
+	sortClusterPolicies(u.cnps)
+	u.nodes = append(u.nodes, snap.Nodes...)
+	sort.Slice(u.nodes, func(i, j int) bool { return u.nodes[i].Name < u.nodes[j].Name })
 	return u
 }
 
@@ -100,6 +119,15 @@ func (u *snapshotUniverse) nodeName() string                   { return u.snap.N
 func (u *snapshotUniverse) localPods() []*model.Pod            { return u.local }
 func (u *snapshotUniverse) ownedIPs(p *model.Pod) []netip.Addr { return u.podIPs[p] }
 func (u *snapshotUniverse) policiesIn(ns string) []*policy     { return u.policies[ns] }
+
+func (u *snapshotUniverse) clusterPolicies() []*clusterPolicy { return u.cnps }
+func (u *snapshotUniverse) nodeGeneration() uint64            { return 0 }
+
+func (u *snapshotUniverse) eachNode(fn func(*model.Node)) {
+	for _, n := range u.nodes {
+		fn(n)
+	}
+}
 
 func (u *snapshotUniverse) namespaceLabels(name string) labels.Set {
 	l, ok := u.nsLabels[name]

@@ -12,6 +12,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	cnp "sigs.k8s.io/network-policy-api/apis/v1beta1"
 )
 
 // Pod is a pod as far as policy is concerned.
@@ -93,6 +94,54 @@ type Snapshot struct {
 	Pods       []*Pod
 	Namespaces map[string]*Namespace
 	Policies   []*networkingv1.NetworkPolicy
+	// ClusterPolicies are the ClusterNetworkPolicies (policy.networking.k8s.io), both
+	// tiers; none when the CRD is not installed.
+	ClusterPolicies []*cnp.ClusterNetworkPolicy
+	// Nodes are the cluster's nodes: ClusterNetworkPolicy egress `nodes` peers select
+	// their addresses.
+	Nodes []*Node
+}
+
+// Node is a node as far as policy is concerned: its labels, which `nodes` peers select,
+// and its addresses, which they then match.
+type Node struct {
+	// Version is the resourceVersion the node was read from.
+	Version string
+	Name    string
+	Labels  map[string]string
+	// Addrs are the IP addresses of status.addresses (InternalIP and ExternalIP), each
+	// once, in the order listed.
+	Addrs []netip.Addr
+}
+
+// Equivalent reports whether two nodes are the same for enforcement: equal in every
+// field but Version.
+func (n *Node) Equivalent(o *Node) bool {
+	a, b := *n, *o
+	a.Version, b.Version = "", ""
+	return reflect.DeepEqual(a, b)
+}
+
+// NodeFromAPI converts an API Node into the model. Host names and addresses that do not
+// parse are skipped: a peer matches packets by address only.
+func NodeFromAPI(n *corev1.Node) *Node {
+	out := &Node{Version: n.ResourceVersion, Name: n.Name, Labels: n.Labels}
+	seen := map[netip.Addr]bool{}
+	for _, a := range n.Status.Addresses {
+		if a.Type != corev1.NodeInternalIP && a.Type != corev1.NodeExternalIP {
+			continue
+		}
+		ip, err := netip.ParseAddr(a.Address)
+		if err != nil {
+			continue
+		}
+		ip = ip.Unmap()
+		if !seen[ip] {
+			seen[ip] = true
+			out.Addrs = append(out.Addrs, ip)
+		}
+	}
+	return out
 }
 
 // PodFromAPI converts an API Pod into the model, keeping only what enforcement needs.

@@ -8,10 +8,28 @@ const (
 	Egress  Direction = "egress"
 )
 
-// PolicyRef names a NetworkPolicy.
-type PolicyRef struct{ Namespace, Name string }
+// PolicyRef names a NetworkPolicy, or a ClusterNetworkPolicy when Kind is
+// KindClusterNetworkPolicy (cluster-scoped: no namespace).
+type PolicyRef struct {
+	// Kind is empty for a NetworkPolicy.
+	Kind            string
+	Namespace, Name string
+}
 
-func (p PolicyRef) String() string { return p.Namespace + "/" + p.Name }
+// KindClusterNetworkPolicy is PolicyRef.Kind of a ClusterNetworkPolicy.
+const KindClusterNetworkPolicy = "ClusterNetworkPolicy"
+
+// Cluster reports whether the reference names a ClusterNetworkPolicy.
+func (p PolicyRef) Cluster() bool { return p.Kind == KindClusterNetworkPolicy }
+
+// String is "namespace/name" for a NetworkPolicy and "ClusterNetworkPolicy/name" for a
+// ClusterNetworkPolicy (no namespace can be called that: namespace names are lower case).
+func (p PolicyRef) String() string {
+	if p.Cluster() {
+		return KindClusterNetworkPolicy + "/" + p.Name
+	}
+	return p.Namespace + "/" + p.Name
+}
 
 // Role is the part a chain, a rule or a set plays in a compiled ruleset.
 type Role string
@@ -25,6 +43,12 @@ const (
 	RoleIsolation Role = "isolation"
 	// RolePolicy: the allow rules of one policy in one direction.
 	RolePolicy Role = "policy"
+	// RoleAdminTier: the Admin-tier rules of the ClusterNetworkPolicies selecting a set of
+	// pods, in (priority, name, rule) order, then a goto to the rest (RoleTierNext).
+	RoleAdminTier Role = "admin-tier"
+	// RoleBaselineTier: the Baseline-tier rules of the ClusterNetworkPolicies selecting a
+	// set of pods not isolated by any NetworkPolicy.
+	RoleBaselineTier Role = "baseline-tier"
 )
 
 // Roles of rules.
@@ -37,6 +61,11 @@ const (
 	RoleDenyLog            Role = "deny-log"            // logs a packet about to be dropped to nflog
 	RoleIsolationDrop      Role = "isolation-drop"      // the drop ending an isolation chain
 	RoleAllow              Role = "allow"               // accepts what one rule of a policy allows
+	// Rules of the tier chains: a ClusterNetworkPolicy rule's action on what it matches.
+	RoleClusterAccept Role = "cluster-accept" // Accept: allowed in this direction, later tiers skipped
+	RoleClusterDeny   Role = "cluster-deny"   // Deny: dropped
+	RoleClusterPass   Role = "cluster-pass"   // Pass: the rest of the tier is skipped
+	RoleTierNext      Role = "tier-next"      // the end of the Admin tier: on to NetworkPolicy, then Baseline
 )
 
 // Roles of sets.
@@ -45,6 +74,7 @@ const (
 	RoleBlockPeers Role = "block-peers" // ranges of some rules' ipBlock peers
 	RolePorts      Role = "ports"       // protocol and port ranges of some rules
 	RoleNamedPorts Role = "named-ports" // address, protocol and port a rule's named ports resolve to
+	RoleNodePeers  Role = "node-peers"  // addresses of the nodes some rules' `nodes` peers select
 )
 
 // Owners is what the compiler knows about the objects it emitted: the role of each
@@ -78,9 +108,20 @@ type RuleOwner struct {
 	// Policy is, for an allow rule, the policy it compiles; for a policy jump, the policy
 	// whose chain it jumps to.
 	Policy PolicyRef
-	// Rule is, for an allow rule, its index in the policy's spec.ingress or spec.egress
-	// (by the chain's direction). One policy rule compiles to one or more allow rules.
+	// Rule is, for an allow rule (or a ClusterNetworkPolicy rule), its index in the
+	// policy's spec.ingress or spec.egress (by the chain's direction). One policy rule
+	// compiles to one or more allow rules.
 	Rule int
+	// Cluster describes the ClusterNetworkPolicy rule of a RoleCluster* rule.
+	Cluster *ClusterRule
+}
+
+// ClusterRule is what a verdict names about a ClusterNetworkPolicy rule.
+type ClusterRule struct {
+	Tier     string // Admin or Baseline
+	Priority int32
+	Name     string // the rule's name, may be empty
+	Action   string // Accept, Deny or Pass
 }
 
 // PolicyRule is one rule of a policy: spec.<Direction>[Rule].
