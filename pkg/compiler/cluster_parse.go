@@ -275,7 +275,7 @@ func parseClusterRule(obj *cnp.ClusterNetworkPolicy, dir Direction, i int, name 
 		}
 	}
 	if failed {
-		r.matchAll = true
+		r.matchAll, r.action = true, cnp.ClusterNetworkPolicyRuleActionDeny
 		return r
 	}
 	for fam, s := range cidrs {
@@ -341,7 +341,7 @@ func parseClusterRule(obj *cnp.ClusterNetworkPolicy, dir Direction, i int, name 
 		}
 	}
 	if failed {
-		r.matchAll, r.peer, r.numeric, r.named = true, nil, nil, nil
+		r.matchAll, r.action, r.peer, r.numeric, r.named = true, cnp.ClusterNetworkPolicyRuleActionDeny, nil, nil, nil
 		return r
 	}
 	r.numeric = normalizePorts(r.numeric)

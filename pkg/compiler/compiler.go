@@ -194,6 +194,10 @@ type compilation struct {
 	// same object, so rebuilding the structure after a local pod change does not
 	// recompile every policy.
 	fragments, prevFragments map[fragmentKey]*fragment
+	// clusterFragments are the same for ClusterNetworkPolicies.
+	clusterFragments, prevClusterFragments map[clusterFragmentKey]*clusterFragment
+	// reportedPairs are the same-priority pairs already reported (samePriority).
+	reportedPairs map[string]bool
 }
 
 type fragmentKey struct {
@@ -268,6 +272,9 @@ func newCompilation(u universe, opts Options) *compilation {
 		table:     table,
 		emitted:   newEmitted(),
 		fragments: map[fragmentKey]*fragment{},
+
+		clusterFragments: map[clusterFragmentKey]*clusterFragment{},
+		reportedPairs:    map[string]bool{},
 	}
 }
 
@@ -316,7 +323,8 @@ func (c *compilation) addPodSet(s *ruleset.Set, role ruleset.Role, ps *podSet) {
 func (c *compilation) run() {
 	c.addBaseChains(c.opts.Revocation)
 
-	// Which policies isolate each local pod, per direction.
+	// Which policies select each local pod, per direction: the NetworkPolicies isolating
+	// it and the ClusterNetworkPolicies whose subject it is.
 	for _, dir := range []Direction{Ingress, Egress} {
 		for _, pod := range c.u.localPods() {
 			var chains []string
@@ -328,12 +336,12 @@ func (c *compilation) run() {
 				chains = append(chains, c.policyChain(p, dir))
 				pols = append(pols, p)
 			}
-			if len(chains) == 0 {
+			class := c.classChain(pod, dir, chains, pols)
+			if class == "" {
 				continue
 			}
-			isolate := c.isolationChain(dir, chains, pols)
 			for _, ip := range c.u.ownedIPs(pod) {
-				c.addDispatch(dir, ip, isolate)
+				c.addDispatch(dir, ip, class)
 			}
 		}
 	}
@@ -489,33 +497,60 @@ var families = []struct {
 	{ruleset.IPv6, ruleset.FieldIPv6Saddr, ruleset.FieldIPv6Daddr, ruleset.KeyIPv6Addr, "v6"},
 }
 
-// compileRule compiles one ingress or egress rule. A rule allows a packet when its peer
-// matches one of the peers (or there are no peers) and its port matches one of the
-// ports (or there are no ports). Numeric ports are the same for every pod, so they live
-// in one `proto . port` set; named ports resolve per pod, so they live in a set of
-// `pod address . proto . port` — for ingress the local selected pods (the destination),
-// for egress the peer pods (also the destination).
+// compileRule compiles one ingress or egress rule of a NetworkPolicy: it allows what
+// its peers and ports match.
 func (c *compilation) compileRule(p *policy, dir Direction, idx int, field string, peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort) []ruleset.Rule {
-	comment := truncate(fmt.Sprintf("%s %s rule %d", p.key, dir, idx), ruleset.MaxCommentLen)
-
 	numeric, named := c.parsePorts(p.np, field, ports)
 	var peer *peerSpec
 	if len(peers) > 0 {
 		peer = c.parsePeers(p.np, field, peers)
 	}
+	return c.emitRule(ruleSpec{
+		comment: truncate(fmt.Sprintf("%s %s rule %d", p.key, dir, idx), ruleset.MaxCommentLen),
+		dir:     dir, peer: peer, hasPorts: len(ports) > 0, numeric: numeric, named: named,
+		verdict: ruleset.Accept,
+		namedSet: func(fam ruleset.Family, key ruleset.KeyType, suffix string) string {
+			return c.namedPortSet(p, dir, idx, peer, named, fam, key, suffix)
+		},
+	})
+}
 
+// ruleSpec is one policy rule ready to emit: what it matches and its verdict.
+type ruleSpec struct {
+	comment string
+	dir     Direction
+	// peer nil matches every peer.
+	peer *peerSpec
+	// hasPorts: the rule restricts ports, to numeric and named (none of them: the rule
+	// matches nothing); otherwise every port and protocol.
+	hasPorts bool
+	numeric  []portRange
+	named    []namedPort
+	verdict  ruleset.Verdict
+	// namedSet returns the set of the named ports' `address . proto . port` of a family.
+	namedSet func(fam ruleset.Family, key ruleset.KeyType, suffix string) string
+}
+
+// emitRule compiles one rule. It matches a packet when its peer matches one of the
+// peers (or there are no peers) and its port matches one of the ports (or there are no
+// ports). Numeric ports are the same for every pod, so they live in one `proto . port`
+// set; named ports resolve per pod, so they live in a set of `pod address . proto . port`
+// — for ingress the local selected pods (the destination), for egress the peer pods
+// (also the destination).
+func (c *compilation) emitRule(r ruleSpec) []ruleset.Rule {
 	var rules []ruleset.Rule
 	for _, f := range families {
 		peerField := f.saddr
-		if dir == Egress {
+		if r.dir == Egress {
 			peerField = f.daddr
 		}
-		// The peer matches as alternatives: one rule each (pods' addresses and ipBlock
-		// ranges live in separate sets); a rule without peers has one empty alternative.
+		// The peer matches as alternatives: one rule each (pods' addresses, ipBlock
+		// ranges and nodes' addresses live in separate sets); a rule without peers has
+		// one empty alternative.
 		alternatives := [][]ruleset.Match{nil}
-		if peer != nil {
+		if r.peer != nil {
 			alternatives = nil
-			for _, set := range c.peerSets(peer, f.fam, f.key, f.suffix) {
+			for _, set := range c.peerSets(r.peer, f.fam, f.key, f.suffix) {
 				alternatives = append(alternatives, []ruleset.Match{{Kind: ruleset.MatchLookup, Fields: []ruleset.Field{peerField}, Set: set}})
 			}
 			if len(alternatives) == 0 {
@@ -524,37 +559,37 @@ func (c *compilation) compileRule(p *policy, dir Direction, idx int, field strin
 		}
 		// Without peer or port matches a rule reads no address: it is family-neutral and
 		// emitted once, under IPv4's turn.
-		neutral := peer == nil && f.fam == ruleset.IPv6
-		accept := func(m ...ruleset.Match) ruleset.Rule {
-			return ruleset.Rule{Matches: m, Counter: true, Verdict: ruleset.Accept, Comment: comment}
+		neutral := r.peer == nil && f.fam == ruleset.IPv6
+		emit := func(m ...ruleset.Match) ruleset.Rule {
+			return ruleset.Rule{Matches: m, Counter: true, Verdict: r.verdict, Comment: r.comment}
 		}
-		if len(ports) == 0 {
+		if !r.hasPorts {
 			if !neutral {
 				for _, alt := range alternatives {
-					rules = append(rules, accept(alt...))
+					rules = append(rules, emit(alt...))
 				}
 			}
 			continue
 		}
-		if len(numeric) > 0 && !neutral {
+		if len(r.numeric) > 0 && !neutral {
 			portMatch := ruleset.Match{Kind: ruleset.MatchLookup,
-				Fields: []ruleset.Field{ruleset.FieldL4Proto, ruleset.FieldDPort}, Set: c.portSet(numeric)}
+				Fields: []ruleset.Field{ruleset.FieldL4Proto, ruleset.FieldDPort}, Set: c.portSet(r.numeric)}
 			for _, alt := range alternatives {
-				rules = append(rules, accept(append(append([]ruleset.Match(nil), alt...), portMatch)...))
+				rules = append(rules, emit(append(append([]ruleset.Match(nil), alt...), portMatch)...))
 			}
 		}
-		if len(named) > 0 {
-			set := c.namedPortSet(p, dir, idx, peer, named, f.fam, f.key, f.suffix)
+		if len(r.named) > 0 {
+			set := r.namedSet(f.fam, f.key, f.suffix)
 			lookup := ruleset.Match{Kind: ruleset.MatchLookup,
 				Fields: []ruleset.Field{f.daddr, ruleset.FieldL4Proto, ruleset.FieldDPort}, Set: set}
-			if dir == Egress {
+			if r.dir == Egress {
 				// The named set holds only pods that match the peers already.
-				rules = append(rules, accept(lookup))
+				rules = append(rules, emit(lookup))
 				continue
 			}
 			// The named set holds the selected local pods; the peer is the source.
 			for _, alt := range alternatives {
-				rules = append(rules, accept(append(append([]ruleset.Match(nil), alt...), lookup)...))
+				rules = append(rules, emit(append(append([]ruleset.Match(nil), alt...), lookup)...))
 			}
 		}
 	}

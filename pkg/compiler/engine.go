@@ -281,6 +281,11 @@ func (e *Engine) changeNamespace(name string, l labels.Set) {
 	if had && l != nil && labels.Equals(old, l) {
 		return
 	}
+	// ClusterNetworkPolicy subjects select namespaces by label: which of this node's
+	// pods they select may change.
+	if len(e.cnpSorted) > 0 && e.hasLocalPodsIn(name) {
+		e.dirty = true
+	}
 	pods := e.byNS[name]
 	for _, p := range pods {
 		e.contribute(p, false)
@@ -363,6 +368,7 @@ func (e *Engine) Flush() (*Result, *ruleset.Changes) {
 		c := newCompilation(e, e.opts)
 		if prev != nil {
 			c.prevFragments = prev.fragments
+			c.prevClusterFragments = prev.clusterFragments
 		}
 		c.run()
 		e.structure, e.dirty = c, false

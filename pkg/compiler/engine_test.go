@@ -13,6 +13,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	cnp "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpolicy/nftpolicy/pkg/manifest"
 	"github.com/nftpolicy/nftpolicy/pkg/model"
@@ -26,6 +27,87 @@ type randomWorld struct {
 	pods       map[string]*model.Pod
 	namespaces map[string]*model.Namespace
 	policies   map[string]*networkingv1.NetworkPolicy
+	cnps       map[string]*cnp.ClusterNetworkPolicy
+	nodes      map[string]*model.Node
+}
+
+// clusterPolicy is a random ClusterNetworkPolicy, occasionally invalid.
+func (w *randomWorld) clusterPolicy() *cnp.ClusterNetworkPolicy {
+	tier := cnp.AdminTier
+	if w.r.Intn(2) == 0 {
+		tier = cnp.BaselineTier
+	}
+	p := clusterPol(tier, fmt.Sprintf("cnp%d", w.r.Intn(6)), int32(w.r.Intn(3)), nsSubject(w.pick(rwNamespaces...)))
+	switch w.r.Intn(4) {
+	case 0:
+		p.Spec.Subject = cnp.ClusterNetworkPolicySubject{Namespaces: &metav1.LabelSelector{MatchLabels: map[string]string{"team": w.pick("x", "y")}}}
+	case 1:
+		p.Spec.Subject = podSubject(w.selector(), w.labels())
+	}
+	actions := []cnp.ClusterNetworkPolicyRuleAction{accept, deny, pass}
+	for range w.r.Intn(3) {
+		peers := w.clusterPeers(false)
+		p = cIngress(p, actions[w.r.Intn(3)], "", peers, w.clusterProtocols()...)
+	}
+	for range w.r.Intn(3) {
+		p = cEgress(p, actions[w.r.Intn(3)], "", w.clusterPeers(true), w.clusterProtocols()...)
+	}
+	return p
+}
+
+func (w *randomWorld) clusterPeers(egress bool) []cpeer {
+	var out []cpeer
+	for range 1 + w.r.Intn(2) {
+		kinds := 2
+		if egress {
+			kinds = 4
+		}
+		switch w.r.Intn(kinds + 1) {
+		case 0:
+			out = append(out, cpeer{Namespaces: &metav1.LabelSelector{MatchLabels: map[string]string{"team": w.pick("x", "y")}}})
+		case 1:
+			out = append(out, peerPods(w.selector(), w.labels()))
+		case 2:
+			if w.r.Intn(10) == 0 {
+				out = append(out, cpeer{}) // fails closed
+			} else {
+				out = append(out, peerNS(w.pick(rwNamespaces...)))
+			}
+		case 3:
+			out = append(out, peerNets(w.pick("10.0.0.0/29", "fd00::/120", "0.0.0.0/0", "192.168.0.0/24")))
+		default:
+			out = append(out, peerNodes(map[string]string{"zone": w.pick("1", "2")}))
+		}
+	}
+	return out
+}
+
+func (w *randomWorld) clusterProtocols() []cnp.ClusterNetworkPolicyProtocol {
+	var out []cnp.ClusterNetworkPolicyProtocol
+	for range w.r.Intn(3) {
+		switch w.r.Intn(4) {
+		case 0:
+			out = append(out, cNamed(w.pick("http", "dns")))
+		case 1:
+			out = append(out, cTCPRange(80, 82))
+		case 2:
+			out = append(out, cUDP(53))
+		default:
+			out = append(out, cTCP(int32(80+w.r.Intn(3))))
+		}
+	}
+	return out
+}
+
+// node is a random node: labels and addresses change.
+func (w *randomWorld) node() *model.Node {
+	name := w.pick(rwNodes...)
+	n := &model.Node{Name: name, Labels: map[string]string{"zone": w.pick("1", "2")}}
+	n.Addrs = []netip.Addr{netip.AddrFrom4([4]byte{192, 168, 0, byte(1 + w.r.Intn(3))})}
+	if w.r.Intn(2) == 0 {
+		n.Addrs = append(n.Addrs, netip.MustParseAddr(fmt.Sprintf("fd00:1::%d", 1+w.r.Intn(3))))
+	}
+	return n
 }
 
 var (
@@ -150,11 +232,41 @@ func (w *randomWorld) snapshot(node string) *model.Snapshot {
 	for _, np := range w.policies {
 		snap.Policies = append(snap.Policies, np)
 	}
+	for _, p := range w.cnps {
+		snap.ClusterPolicies = append(snap.ClusterPolicies, p)
+	}
+	for _, n := range w.nodes {
+		snap.Nodes = append(snap.Nodes, n)
+	}
 	return snap
 }
 
 // step applies one random event to the world and the engine.
 func (w *randomWorld) step(e *Engine) string {
+	if w.cnps != nil {
+		switch w.r.Intn(14) {
+		case 0, 1:
+			p := w.clusterPolicy()
+			w.cnps[p.Name] = p
+			e.SetClusterPolicy(p)
+			return "set cnp " + p.Name
+		case 2:
+			p := w.clusterPolicy()
+			delete(w.cnps, p.Name)
+			e.DeleteClusterPolicy(p.Name)
+			return "delete cnp " + p.Name
+		case 3:
+			n := w.node()
+			if w.r.Intn(4) == 0 {
+				delete(w.nodes, n.Name)
+				e.DeleteNode(n.Name)
+				return "delete node " + n.Name
+			}
+			w.nodes[n.Name] = n
+			e.SetNode(n)
+			return "set node " + n.Name
+		}
+	}
 	switch n := w.r.Intn(10); {
 	case n < 5:
 		p := w.pod()
@@ -202,9 +314,14 @@ func problemStrings(ps []Problem) []string {
 // TestEngineMatchesCompile: after any sequence of changes the engine's ruleset is
 // Compile's for the same state, owners included, and its changes turn the previous ruleset into it.
 func TestEngineMatchesCompile(t *testing.T) {
-	for seed := int64(1); seed <= 60; seed++ {
+	tierChains := map[ruleset.Role]int{}
+	for seed := int64(1); seed <= 120; seed++ {
 		w := &randomWorld{r: rand.New(rand.NewSource(seed)), pods: map[string]*model.Pod{},
 			namespaces: map[string]*model.Namespace{}, policies: map[string]*networkingv1.NetworkPolicy{}}
+		if seed > 60 {
+			// The second half adds ClusterNetworkPolicies and Nodes to the mix.
+			w.cnps, w.nodes = map[string]*cnp.ClusterNetworkPolicy{}, map[string]*model.Node{}
+		}
 		opts := Options{Revocation: seed%2 == 0, LogDenied: seed%3 == 0}
 		e := NewEngine("node-0", opts)
 		var prev *ruleset.Ruleset
@@ -242,7 +359,14 @@ func TestEngineMatchesCompile(t *testing.T) {
 			}
 			prev = res.Ruleset
 			log = nil
+			for _, co := range res.Ruleset.Owners.Chains {
+				tierChains[co.Role]++
+			}
 		}
+	}
+	// The ClusterNetworkPolicy half must have exercised both tiers.
+	if tierChains[ruleset.RoleAdminTier] == 0 || tierChains[ruleset.RoleBaselineTier] == 0 {
+		t.Errorf("tier chains compiled: %v; want both tiers exercised", tierChains)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	cnp "sigs.k8s.io/network-policy-api/apis/v1beta1"
 	"slices"
 	"strings"
 	"testing"
@@ -26,7 +27,9 @@ type cluster struct {
 	pods       []*model.Pod
 	namespaces map[string]*model.Namespace
 	policies   []*networkingv1.NetworkPolicy
+	cnps       []*cnp.ClusterNetworkPolicy
 	nodeIPs    map[string][]netip.Addr
+	nodeLabels map[string]map[string]string
 }
 
 func newCluster(t *testing.T) *cluster {
@@ -97,7 +100,27 @@ func (c *cluster) policy(np *networkingv1.NetworkPolicy) *cluster {
 }
 
 func (c *cluster) snapshot(node string) *model.Snapshot {
-	return &model.Snapshot{NodeName: node, Pods: c.pods, Namespaces: c.namespaces, Policies: c.policies}
+	return &model.Snapshot{NodeName: node, Pods: c.pods, Namespaces: c.namespaces, Policies: c.policies,
+		ClusterPolicies: c.cnps, Nodes: c.nodes()}
+}
+
+// nodes are the model nodes of nodeIPs, labelled kubernetes.io/hostname=<name> plus
+// nodeLabels.
+func (c *cluster) nodes() []*model.Node {
+	var out []*model.Node
+	for name, ips := range c.nodeIPs {
+		l := map[string]string{"kubernetes.io/hostname": name}
+		for k, v := range c.nodeLabels[name] {
+			l[k] = v
+		}
+		out = append(out, &model.Node{Name: name, Labels: l, Addrs: ips})
+	}
+	return out
+}
+
+func (c *cluster) clusterPolicy(p *cnp.ClusterNetworkPolicy) *cluster {
+	c.cnps = append(c.cnps, p)
+	return c
 }
 
 func (c *cluster) compile(node string) *Result {
@@ -147,6 +170,21 @@ func checkOwners(rs *ruleset.Ruleset) error {
 				ok = co.Role == ruleset.RoleBase && r.VMap != nil && o.Sets[r.VMap.Map] != nil && o.Sets[r.VMap.Map].Direction == co.Direction
 			case ruleset.RoleEstablished, ruleset.RoleNeighbourDiscovery, ruleset.RoleRevoked:
 				ok = co.Role == ruleset.RoleBase
+			case ruleset.RoleClusterAccept, ruleset.RoleClusterDeny, ruleset.RoleClusterPass:
+				want := map[ruleset.Role]string{ruleset.RoleClusterAccept: "Accept", ruleset.RoleClusterDeny: "Deny", ruleset.RoleClusterPass: "Pass"}[ro.Role]
+				ok = (co.Role == ruleset.RoleAdminTier || co.Role == ruleset.RoleBaselineTier) && ro.Policy.Cluster() &&
+					ro.Cluster != nil && (ro.Cluster.Action == want || (ro.Role == ruleset.RoleClusterDeny && r.Verdict == ruleset.Drop)) &&
+					slices.Contains(co.Policies, ro.Policy)
+				switch ro.Role {
+				case ruleset.RoleClusterAccept:
+					ok = ok && r.Verdict == ruleset.Accept
+				case ruleset.RoleClusterDeny:
+					ok = ok && r.Verdict == ruleset.Drop
+				case ruleset.RoleClusterPass:
+					ok = ok && (r.Verdict == ruleset.Accept || (r.Verdict.Kind == ruleset.VerdictGoto && o.Chain(r.Verdict.Chain) != nil))
+				}
+			case ruleset.RoleTierNext:
+				ok = co.Role == ruleset.RoleAdminTier && r.Verdict.Kind == ruleset.VerdictGoto && o.Chain(r.Verdict.Chain) != nil && i == len(ch.Rules)-1
 			default:
 				ok = false
 			}

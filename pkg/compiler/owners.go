@@ -19,11 +19,14 @@ func (c *compilation) ownerTable() *ruleset.Owners {
 	users := map[string][]ruleset.PolicyRule{}
 	for name, co := range c.chainOwners {
 		o.Chains[name] = co
-		if co.Role != ruleset.RolePolicy {
+		if co.Role != ruleset.RolePolicy && co.Role != ruleset.RoleAdminTier && co.Role != ruleset.RoleBaselineTier {
 			continue
 		}
 		for i, r := range c.chains[name].Rules {
 			ro := co.Rules[i]
+			if ro.Role == ruleset.RoleTierNext {
+				continue
+			}
 			for _, m := range r.Matches {
 				if m.Kind == ruleset.MatchLookup {
 					users[m.Set] = append(users[m.Set], ruleset.PolicyRule{Policy: ro.Policy, Direction: co.Direction, Rule: ro.Rule})
@@ -42,6 +45,6 @@ func (c *compilation) ownerTable() *ruleset.Owners {
 }
 
 func comparePolicyRules(a, b ruleset.PolicyRule) int {
-	return cmp.Or(cmp.Compare(a.Policy.Namespace, b.Policy.Namespace), cmp.Compare(a.Policy.Name, b.Policy.Name),
+	return cmp.Or(cmp.Compare(a.Policy.Kind, b.Policy.Kind), cmp.Compare(a.Policy.Namespace, b.Policy.Namespace), cmp.Compare(a.Policy.Name, b.Policy.Name),
 		cmp.Compare(a.Direction, b.Direction), cmp.Compare(a.Rule, b.Rule))
 }

@@ -237,5 +237,43 @@ func (c *compilation) peerSets(s *peerSpec, fam ruleset.Family, key ruleset.KeyT
 		}
 		out = append(out, name)
 	}
+	if len(s.nodes) > 0 {
+		name := "nodes-" + shortHash(s.nodeKey) + "-" + suffix
+		if _, ok := c.sets[name]; !ok {
+			c.addSet(&ruleset.Set{Name: name, Key: []ruleset.KeyType{key},
+				Comment: truncate("nodes "+s.nodeKey, ruleset.MaxCommentLen), Elements: c.nodeElements(s, fam)},
+				ruleset.SetOwner{Role: ruleset.RoleNodePeers})
+		}
+		out = append(out, name)
+	}
+	return out
+}
+
+// nodeElements are the addresses of the family of the nodes the `nodes` peers select.
+// Nodes are few and change rarely: their sets are part of the structure, rebuilt when a
+// node changes (Engine.SetNode).
+func (c *compilation) nodeElements(s *peerSpec, fam ruleset.Family) []ruleset.Element {
+	var out []ruleset.Element
+	seen := map[netip.Addr]bool{}
+	c.u.eachNode(func(n *model.Node) {
+		l := labels.Set(n.Labels)
+		match := false
+		for _, sel := range s.nodes {
+			if sel.Matches(l) {
+				match = true
+				break
+			}
+		}
+		if !match {
+			return
+		}
+		for _, a := range n.Addrs {
+			if a.Is4() != (fam == ruleset.IPv4) || seen[a] {
+				continue
+			}
+			seen[a] = true
+			out = append(out, ruleset.Element{Key: []ruleset.Range{ruleset.Addr(a)}})
+		}
+	})
 	return out
 }

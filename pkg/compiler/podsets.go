@@ -37,7 +37,7 @@ type podSet struct {
 	kind   podSetKind
 	fam    ruleset.Family
 	peer   *peerSpec // podsOfPeers, namedEgress (nil: every pod)
-	pol    *policy   // namedIngress
+	subj   subject   // namedIngress
 	named  []namedPort
 	node   string // namedIngress: the local node
 	keyTyp []ruleset.KeyType
@@ -48,7 +48,20 @@ func newPeerPodSet(name string, peer *peerSpec, fam ruleset.Family) *podSet {
 	return &podSet{name: name, key: fmt.Sprintf("pods %d %s", fam, peer.podKey), kind: podsOfPeers, fam: fam, peer: peer}
 }
 
-func newNamedPodSet(name string, p *policy, dir Direction, node string, peer *peerSpec, named []namedPort, fam ruleset.Family) *podSet {
+// subject is what selects the local pods of a namedIngress set: a NetworkPolicy's pod
+// selector in its namespace, or a ClusterNetworkPolicy's subject.
+type subject interface {
+	selects(u universe, pod *model.Pod) bool
+	describe() string
+}
+
+func (p *policy) selects(_ universe, pod *model.Pod) bool {
+	return pod.Namespace == p.np.Namespace && p.selector.Matches(labels.Set(pod.Labels))
+}
+
+func (p *policy) describe() string { return p.np.Namespace + " " + p.selector.String() }
+
+func newNamedPodSet(name string, p subject, dir Direction, node string, peer *peerSpec, named []namedPort, fam ruleset.Family) *podSet {
 	var key strings.Builder
 	fmt.Fprintf(&key, "named %d %s", fam, dir)
 	for _, n := range named {
@@ -56,8 +69,8 @@ func newNamedPodSet(name string, p *policy, dir Direction, node string, peer *pe
 	}
 	ps := &podSet{name: name, kind: namedEgress, fam: fam, named: named}
 	if dir == Ingress {
-		ps.kind, ps.pol, ps.node = namedIngress, p, node
-		fmt.Fprintf(&key, " selected %s %s on %s", p.np.Namespace, p.selector.String(), node)
+		ps.kind, ps.subj, ps.node = namedIngress, p, node
+		fmt.Fprintf(&key, " selected %s on %s", p.describe(), node)
 	} else if peer != nil {
 		ps.peer = peer
 		fmt.Fprintf(&key, " peers %s %s", peer.podKey, peer.cidrKey)
@@ -85,7 +98,7 @@ func (ps *podSet) contribute(u universe, pod *model.Pod, ips []netip.Addr, out [
 			out = append(out, ruleset.Element{Key: []ruleset.Range{ruleset.Addr(ip)}})
 		}
 	case namedIngress:
-		if pod.NodeName != ps.node || pod.Namespace != ps.pol.np.Namespace || !ps.pol.selector.Matches(labels.Set(pod.Labels)) {
+		if pod.NodeName != ps.node || !ps.subj.selects(u, pod) {
 			return out
 		}
 		out = ps.namedElements(u, pod, ips, out)

@@ -1,0 +1,231 @@
+package compiler
+
+// Compilation of ClusterNetworkPolicy tiers.
+//
+// Per direction, a local pod that some policy of either kind selects is dispatched to
+// the chain of its class — the distinct combination of Admin-tier policies,
+// NetworkPolicies and Baseline-tier policies that select it:
+//
+//	chain admin-in-<hash>        the Admin rules, by (priority, name, rule):
+//	  <match> counter accept       Accept: allowed in this direction, later tiers skipped
+//	  <match> counter drop         Deny
+//	  <match> counter goto <next>  Pass: the rest of the Admin tier is skipped
+//	  goto <next>                  no Admin rule matched
+//	chain isolate-in-<hash>      the NetworkPolicies, as without tiers: their allow rules,
+//	                               then drop (the NetworkPolicy tier always decides)
+//	chain baseline-in-<hash>     the Baseline rules (only for pods no NetworkPolicy isolates):
+//	  <match> counter accept / drop
+//	  <match> counter accept       Pass: the rest of the Baseline tier is skipped, and
+//	                               after Baseline comes the default: allowed
+//	                               (falling off the end returns to the base chain, which
+//	                               accepts)
+//
+// <next> is the isolation chain when NetworkPolicies isolate the pod, otherwise the
+// Baseline chain; a Pass with neither accepts. The rules of every policy are inlined
+// into the tier chains (an nftables goto cannot leave a chain that was jumped to, and a
+// Pass must leave the whole tier); their peer and port sets are shared with every other
+// rule that has the same peers or ports. Pods nothing selects are not in the dispatch
+// maps: one map miss per packet, as before. An egress Accept ends only the egress base
+// chain: the destination's ingress is still judged.
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	cnp "sigs.k8s.io/network-policy-api/apis/v1beta1"
+
+	"github.com/nftpolicy/nftpolicy/pkg/model"
+	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
+)
+
+// passPlaceholder is the target of a Pass rule in a policy's compiled fragment: the
+// tier chain replaces it with the class's next chain.
+const passPlaceholder = "\x00pass"
+
+// clusterFragment is what compiling one ClusterNetworkPolicy in one direction adds:
+// its rules (to be inlined in tier chains) and the sets they use.
+type clusterFragment struct {
+	rules  []ruleset.Rule
+	owners []ruleset.RuleOwner
+	// nodeGen is the node generation the node sets were filled at.
+	nodeGen uint64
+	emitted
+}
+
+type clusterFragmentKey struct {
+	p   *clusterPolicy
+	dir Direction
+}
+
+// clusterSubjects returns the Admin and Baseline policies whose subject selects the pod
+// and that have rules for the direction, in evaluation order.
+func (c *compilation) clusterSubjects(pod *model.Pod, dir Direction) (admin, baseline []*clusterPolicy) {
+	for _, p := range c.u.clusterPolicies() {
+		if len(p.rules(dir)) == 0 || !p.selects(c.u, pod) {
+			continue
+		}
+		if p.tier == cnp.AdminTier {
+			admin = append(admin, p)
+		} else {
+			baseline = append(baseline, p)
+		}
+	}
+	return admin, baseline
+}
+
+// clusterRules returns the compiled rules of a policy in a direction, compiling them or
+// reusing the previous compilation's.
+func (c *compilation) clusterRules(p *clusterPolicy, dir Direction) *clusterFragment {
+	k := clusterFragmentKey{p, dir}
+	if f := c.clusterFragments[k]; f != nil {
+		return f
+	}
+	f := c.prevClusterFragments[k]
+	if f == nil || (p.usesNodes && f.nodeGen != c.u.nodeGeneration()) {
+		saved := c.emitted
+		c.emitted = newEmitted()
+		f = &clusterFragment{nodeGen: c.u.nodeGeneration()}
+		f.rules, f.owners = c.compileClusterPolicy(p, dir)
+		f.emitted = c.emitted
+		c.emitted = saved
+	}
+	c.clusterFragments[k] = f
+	c.merge(&f.emitted)
+	return f
+}
+
+// compileClusterPolicy compiles the rules of one policy in one direction, in order.
+func (c *compilation) compileClusterPolicy(p *clusterPolicy, dir Direction) ([]ruleset.Rule, []ruleset.RuleOwner) {
+	var rules []ruleset.Rule
+	var owners []ruleset.RuleOwner
+	for _, r := range p.rules(dir) {
+		verdict, role := ruleset.Accept, ruleset.RoleClusterAccept
+		switch r.action {
+		case cnp.ClusterNetworkPolicyRuleActionDeny:
+			verdict, role = ruleset.Drop, ruleset.RoleClusterDeny
+		case cnp.ClusterNetworkPolicyRuleActionPass:
+			verdict, role = ruleset.Verdict{Kind: ruleset.VerdictGoto, Chain: passPlaceholder}, ruleset.RoleClusterPass
+		}
+		name := ""
+		if r.name != "" {
+			name = " " + r.name
+		}
+		comment := truncate(fmt.Sprintf("%s %s %d %s rule %d%s: %s", p.key, p.tier, p.priority, dir, r.index, name, r.action), ruleset.MaxCommentLen)
+		var emitted []ruleset.Rule
+		if r.matchAll {
+			emitted = []ruleset.Rule{{Counter: true, Verdict: verdict, Comment: comment}}
+		} else {
+			emitted = c.emitRule(ruleSpec{comment: comment, dir: dir, peer: r.peer, hasPorts: r.hasPorts,
+				numeric: r.numeric, named: r.named, verdict: verdict,
+				namedSet: func(fam ruleset.Family, key ruleset.KeyType, suffix string) string {
+					return c.clusterNamedPortSet(p, dir, r, fam, key, suffix)
+				}})
+		}
+		owner := ruleset.RuleOwner{Role: role, Policy: p.ref, Rule: r.index, Cluster: &ruleset.ClusterRule{
+			Tier: string(p.tier), Priority: p.priority, Name: r.name, Action: string(r.action)}}
+		for range emitted {
+			owners = append(owners, owner)
+		}
+		rules = append(rules, emitted...)
+	}
+	return rules, owners
+}
+
+// clusterNamedPortSet is namedPortSet for a ClusterNetworkPolicy rule: for ingress the
+// local pods its subject selects, for egress the peer pods.
+func (c *compilation) clusterNamedPortSet(p *clusterPolicy, dir Direction, r *clusterRule, fam ruleset.Family, key ruleset.KeyType, suffix string) string {
+	name := fmt.Sprintf("named-%s-%s", shortHash(fmt.Sprintf("%s/%s/%d", p.key, dir, r.index)), suffix)
+	s := &ruleset.Set{Name: name, Key: []ruleset.KeyType{key, ruleset.KeyL4Proto, ruleset.KeyPort},
+		Comment: truncate(fmt.Sprintf("%s %s rule %d named ports", p.key, dir, r.index), ruleset.MaxCommentLen)}
+	c.addPodSet(s, ruleset.RoleNamedPorts, newNamedPodSet(name, p, dir, c.u.nodeName(), r.peer, r.named, fam))
+	return name
+}
+
+// tierChain returns the chain of one tier for a class: the rules of the policies in
+// order, a Pass going to next (accepting when next is empty), and — in the Admin tier —
+// a goto next at the end.
+func (c *compilation) tierChain(dir Direction, tier cnp.Tier, pols []*clusterPolicy, next string) string {
+	keys := make([]string, len(pols))
+	for i, p := range pols {
+		keys[i] = p.key
+	}
+	prefix, role := "admin-", ruleset.RoleAdminTier
+	if tier == cnp.BaselineTier {
+		prefix, role = "baseline-", ruleset.RoleBaselineTier
+	}
+	name := prefix + short(dir) + "-" + shortHash(strings.Join(keys, ",")+">"+next)
+	if _, ok := c.chains[name]; ok {
+		return name
+	}
+	c.samePriority(dir, pols)
+	pass := ruleset.Accept
+	if next != "" && tier == cnp.AdminTier {
+		pass = ruleset.Verdict{Kind: ruleset.VerdictGoto, Chain: next}
+	}
+	ch := &ruleset.Chain{Name: name, Comment: truncate(fmt.Sprintf("%s tier, %s: %s", tier, dir, strings.Join(keys, ", ")), ruleset.MaxCommentLen)}
+	owner := &ruleset.ChainOwner{Role: role, Direction: dir}
+	for _, p := range pols {
+		owner.Policies = append(owner.Policies, p.ref)
+		f := c.clusterRules(p, dir)
+		for i, r := range f.rules {
+			if r.Verdict.Kind == ruleset.VerdictGoto && r.Verdict.Chain == passPlaceholder {
+				r.Verdict = pass
+			}
+			ch.Rules = append(ch.Rules, r)
+			owner.Rules = append(owner.Rules, f.owners[i])
+		}
+	}
+	if tier == cnp.AdminTier && next != "" {
+		ch.Rules = append(ch.Rules, ruleset.Rule{Verdict: ruleset.Verdict{Kind: ruleset.VerdictGoto, Chain: next},
+			Comment: "no Admin rule matched: on to NetworkPolicy and Baseline"})
+		owner.Rules = append(owner.Rules, ruleset.RuleOwner{Role: ruleset.RoleTierNext})
+	}
+	c.addChain(ch, owner)
+	return name
+}
+
+// samePriority reports each pair of policies of one tier with the same priority that
+// select a common local pod in a direction: the API leaves their order undefined
+// (nftpolicy orders them by name). pols is in evaluation order, so equal priorities are
+// adjacent.
+func (c *compilation) samePriority(dir Direction, pols []*clusterPolicy) {
+	for i := 1; i < len(pols); i++ {
+		a, b := pols[i-1], pols[i]
+		if a.priority != b.priority {
+			continue
+		}
+		pair := a.obj.Name + "\x00" + b.obj.Name + "\x00" + string(dir)
+		if c.reportedPairs[pair] {
+			continue
+		}
+		c.reportedPairs[pair] = true
+		for _, x := range []struct{ p, other *clusterPolicy }{{a, b}, {b, a}} {
+			c.problems = append(c.problems, clusterProblem(x.p.obj, "spec.priority", fmt.Errorf(
+				"%w: ClusterNetworkPolicy %s (%s tier, priority %d) also selects pods for %s; nftpolicy evaluates %s first (by name)",
+				ErrSamePriority, x.other.obj.Name, x.p.tier, x.p.priority, dir, a.obj.Name)))
+		}
+	}
+}
+
+// classChain returns the chain a local pod is dispatched to for a direction, or "" when
+// no policy of either kind selects it. npChains and nps are the NetworkPolicies
+// isolating it, as for isolationChain.
+func (c *compilation) classChain(pod *model.Pod, dir Direction, npChains []string, nps []*policy) string {
+	admin, baseline := c.clusterSubjects(pod, dir)
+	next := ""
+	switch {
+	case len(npChains) > 0:
+		next = c.isolationChain(dir, npChains, nps)
+	case len(baseline) > 0:
+		next = c.tierChain(dir, cnp.BaselineTier, baseline, "")
+	}
+	if len(admin) > 0 {
+		return c.tierChain(dir, cnp.AdminTier, admin, next)
+	}
+	return next
+}
+
+// IsSamePriority reports whether a Problem is the warning about two policies of one tier
+// with the same priority.
+func IsSamePriority(p Problem) bool { return errors.Is(p.Err, ErrSamePriority) }
