@@ -12,6 +12,7 @@ package explain
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -91,10 +92,29 @@ type Side struct {
 	Isolated bool
 	Policies []string
 	// Allowed is this side's verdict; AllowedBy the policy rule that accepted
-	// ("ns/name ingress rule 0"), DeniedBy the comment of the rule that dropped.
+	// ("ns/name ingress rule 0", or a ClusterNetworkPolicy rule as ClusterRuleText
+	// names it), DeniedBy what dropped: a ClusterNetworkPolicy rule, or the comment of
+	// the isolation chain's drop.
 	Allowed   bool
 	AllowedBy string
 	DeniedBy  string
+	// Tier is the tier that decided: "Admin", "NetworkPolicy", "Baseline", or empty
+	// when no rule did (not selected, or no rule of the selecting ClusterNetworkPolicies
+	// matched: allowed by default).
+	Tier string
+	// Passed names the Admin-tier Pass rule that handed the connection on, if any.
+	Passed string
+}
+
+// ClusterRuleText names a ClusterNetworkPolicy rule for people: "ClusterNetworkPolicy
+// deny-metadata, rule block-imds, Admin tier, priority 10" (an unnamed rule by its
+// direction and index: "ingress rule 2").
+func ClusterRuleText(ro ruleset.RuleOwner, dir compiler.Direction) string {
+	rule := fmt.Sprintf("%s rule %d", dir, ro.Rule)
+	if ro.Cluster.Name != "" {
+		rule = "rule " + ro.Cluster.Name
+	}
+	return fmt.Sprintf("ClusterNetworkPolicy %s, %s, %s tier, priority %d", ro.Policy.Name, rule, ro.Cluster.Tier, ro.Cluster.Priority)
 }
 
 // Hop is one node's judgement.
@@ -231,8 +251,9 @@ func pickAddrs(src *model.Pod, dst Endpoint, fam ruleset.Family) (netip.Addr, ne
 }
 
 // read takes this side's part of a hop's trace, through the owners of the hop's
-// compiled ruleset: the dispatch to an isolation chain (which names the isolating
-// policies), the policy rule that accepted, or the isolation chain's final drop.
+// compiled ruleset: the dispatch to the chain of the policies selecting the endpoint
+// (tier chains and the isolation chain name them), the rule that accepted or dropped,
+// and which tier it belongs to.
 func (s *Side) read(h Hop) {
 	s.Allowed = true
 	owners := h.Ruleset.Owners
@@ -243,21 +264,43 @@ func (s *Side) read(h Hop) {
 		}
 		s.Judged = true
 		ro, _ := owners.Rule(st.Chain, st.Rule)
-		if target := owners.Chain(st.Target); ro.Role == ruleset.RoleDispatch && target != nil && target.Role == ruleset.RoleIsolation {
-			s.Isolated = true
-			s.Policies = nil
-			for _, p := range target.Policies {
-				s.Policies = append(s.Policies, p.String())
+		if target := owners.Chain(st.Target); target != nil && st.Target != st.Chain {
+			switch target.Role {
+			case ruleset.RoleIsolation, ruleset.RoleAdminTier, ruleset.RoleBaselineTier:
+				if ro.Role == ruleset.RoleDispatch {
+					s.Isolated = true
+					s.Policies = nil
+				}
+				for _, p := range target.Policies {
+					if name := p.String(); !slices.Contains(s.Policies, name) {
+						s.Policies = append(s.Policies, name)
+					}
+				}
 			}
+		}
+		if ro.Role == ruleset.RoleClusterPass && ro.Cluster != nil && ro.Cluster.Tier == "Admin" {
+			s.Passed = ClusterRuleText(ro, co.Direction)
 		}
 		switch st.Verdict {
 		case "accept":
-			if ro.Role == ruleset.RoleAllow {
+			switch {
+			case ro.Role == ruleset.RoleAllow:
 				s.AllowedBy = fmt.Sprintf("%s %s rule %d", ro.Policy, co.Direction, ro.Rule)
+				s.Tier = "NetworkPolicy"
+			case ro.Cluster != nil:
+				s.AllowedBy = ClusterRuleText(ro, co.Direction)
+				s.Tier = ro.Cluster.Tier
 			}
 		case "drop":
 			s.Allowed = false
 			s.DeniedBy = st.Comment
+			switch {
+			case ro.Cluster != nil:
+				s.DeniedBy = ClusterRuleText(ro, co.Direction)
+				s.Tier = ro.Cluster.Tier
+			case co.Role == ruleset.RoleIsolation:
+				s.Tier = "NetworkPolicy"
+			}
 		}
 	}
 }
@@ -298,6 +341,32 @@ func endpointText(e Endpoint) string {
 }
 
 func (s Side) summary() string {
+	cluster := false
+	for _, p := range s.Policies {
+		if strings.HasPrefix(p, ruleset.KindClusterNetworkPolicy+"/") {
+			cluster = true
+		}
+	}
+	if cluster && s.Judged && s.Isolated {
+		// Selected by ClusterNetworkPolicies (and maybe NetworkPolicies): name the tier.
+		var b strings.Builder
+		fmt.Fprintf(&b, "selected by %s; ", strings.Join(s.Policies, ", "))
+		if s.Passed != "" {
+			fmt.Fprintf(&b, "passed on by %s; ", s.Passed)
+		}
+		switch {
+		case !s.Allowed && s.Tier == "NetworkPolicy":
+			b.WriteString("DENIED: no NetworkPolicy rule allows it")
+		case !s.Allowed:
+			fmt.Fprintf(&b, "DENIED by %s", s.DeniedBy)
+		case s.AllowedBy != "":
+			fmt.Fprintf(&b, "allowed by %s", s.AllowedBy)
+		default:
+			b.WriteString("allowed: no rule of the selecting policies matched")
+		}
+		fmt.Fprintf(&b, " (judged on %s)", s.Node)
+		return b.String()
+	}
 	switch {
 	case s.Node == "":
 		return "not judged: not a pod of the cluster, no policy applies"

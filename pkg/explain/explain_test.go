@@ -271,3 +271,69 @@ func TestExplainLongNames(t *testing.T) {
 	checkSide(t, "egress", ex.Egress, side{judged: true, isolated: true, allowed: true, policies: []string{key}, allowedBy: key + " egress rule 0"})
 	checkSide(t, "ingress", ex.Ingress, side{judged: true, isolated: true, allowed: true, policies: []string{key}, allowedBy: key + " ingress rule 1"})
 }
+
+// The demo with ClusterNetworkPolicies on top: an Admin deny overriding the backend's
+// NetworkPolicy, a Pass handing over to it, and a Baseline default for the rest.
+func TestExplainClusterTiers(t *testing.T) {
+	snap := load(t, "demo")
+	objs, err := manifest.Load([]string{"-"}, strings.NewReader(`
+apiVersion: policy.networking.k8s.io/v1beta1
+kind: ClusterNetworkPolicy
+metadata: {name: deny-metadata}
+spec:
+  tier: Admin
+  priority: 10
+  subject: {namespaces: {}}
+  egress:
+  - {name: block-imds, action: Deny, to: [{networks: ["169.254.169.254/32"]}]}
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: app-guard}
+spec:
+  tier: Admin
+  priority: 20
+  subject: {namespaces: {matchLabels: {kubernetes.io/metadata.name: app}}}
+  ingress:
+  - {name: frontend-to-np, action: Pass, from: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: frontend}}}}]}
+  - {name: no-other, action: Deny, from: [{namespaces: {matchLabels: {kubernetes.io/metadata.name: other}}}]}
+---
+apiVersion: policy.networking.k8s.io/v1beta1
+kind: ClusterNetworkPolicy
+metadata: {name: default-deny}
+spec:
+  tier: Baseline
+  priority: 0
+  subject: {namespaces: {}}
+  ingress:
+  - {action: Deny, from: [{namespaces: {}}]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap.ClusterPolicies = objs.ClusterPolicies
+
+	ex := mustExplain(t, snap, "app/frontend", "169.254.169.254", "80")
+	want := "DENIED by ClusterNetworkPolicy deny-metadata, rule block-imds, Admin tier, priority 10"
+	if ex.Allowed || ex.Egress.Tier != "Admin" || !strings.Contains(ex.Format(), want) {
+		t.Errorf("metadata: want %q:\n%s", want, ex.Format())
+	}
+
+	ex = mustExplain(t, snap, "other/client", "app/backend", "80")
+	want = "DENIED by ClusterNetworkPolicy app-guard, rule no-other, Admin tier, priority 20"
+	if ex.Allowed || ex.Ingress.Tier != "Admin" || !strings.Contains(ex.Format(), want) {
+		t.Errorf("client -> backend: want %q:\n%s", want, ex.Format())
+	}
+
+	ex = mustExplain(t, snap, "app/frontend", "app/backend", "80")
+	if !ex.Allowed || ex.Ingress.Tier != "NetworkPolicy" || ex.Ingress.AllowedBy != "app/backend-policy ingress rule 0" ||
+		!strings.Contains(ex.Ingress.Passed, "rule frontend-to-np") {
+		t.Errorf("frontend -> backend: passed to the NetworkPolicy, which allows:\n%s", ex.Format())
+	}
+
+	// ingress-nginx is not isolated by any NetworkPolicy: the Baseline default denies.
+	ex = mustExplain(t, snap, "app/frontend", "ingress-nginx/ingress-nginx-controller", "80")
+	if ex.Allowed || ex.Ingress.Tier != "Baseline" || !strings.Contains(ex.Format(), "DENIED by ClusterNetworkPolicy default-deny, ingress rule 0, Baseline tier, priority 0") {
+		t.Errorf("frontend -> ingress controller: want the baseline deny:\n%s", ex.Format())
+	}
+}

@@ -22,6 +22,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/yaml"
+	cnp "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpolicy/nftpolicy/pkg/model"
 )
@@ -31,6 +32,11 @@ type Objects struct {
 	Namespaces []*corev1.Namespace
 	Pods       []*corev1.Pod
 	Policies   []*networkingv1.NetworkPolicy
+	// ClusterPolicies are ClusterNetworkPolicies (policy.networking.k8s.io v1beta1, or
+	// v1alpha2, which has the same schema).
+	ClusterPolicies []*cnp.ClusterNetworkPolicy
+	// Nodes matter to ClusterNetworkPolicy `nodes` peers.
+	Nodes []*corev1.Node
 	// Skipped counts documents of other kinds, by kind.
 	Skipped map[string]int
 }
@@ -180,6 +186,18 @@ func (o *Objects) add(raw json.RawMessage, where string) error {
 			return err
 		}
 		o.Policies = append(o.Policies, np)
+	case tm.Kind == "ClusterNetworkPolicy" && group == cnp.GroupName:
+		p := &cnp.ClusterNetworkPolicy{}
+		if err := decode(p); err != nil {
+			return err
+		}
+		o.ClusterPolicies = append(o.ClusterPolicies, p)
+	case tm.Kind == "Node" && group == "":
+		n := &corev1.Node{}
+		if err := decode(n); err != nil {
+			return err
+		}
+		o.Nodes = append(o.Nodes, n)
 	default:
 		o.Skipped[tm.Kind]++
 	}
@@ -214,6 +232,10 @@ func (o *Objects) Snapshot(node string) *model.Snapshot {
 		snap.Pods = append(snap.Pods, model.PodFromAPI(p))
 	}
 	snap.Policies = append(snap.Policies, o.Policies...)
+	snap.ClusterPolicies = append(snap.ClusterPolicies, o.ClusterPolicies...)
+	for _, n := range o.Nodes {
+		snap.Nodes = append(snap.Nodes, model.NodeFromAPI(n))
+	}
 	return snap
 }
 
