@@ -18,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	cnp "sigs.k8s.io/network-policy-api/apis/v1beta1"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -421,6 +422,9 @@ func (c *Cluster) startControlPlane() error {
 
 	scheme := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return fmt.Errorf("control plane: %w", err)
+	}
+	if err := cnp.Install(scheme); err != nil {
 		return fmt.Errorf("control plane: %w", err)
 	}
 	if c.client, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
