@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	cnp "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpolicy/nftpolicy/pkg/compiler"
 	"github.com/nftpolicy/nftpolicy/pkg/explain"
@@ -77,6 +78,32 @@ func DemoPolicies() []*networkingv1.NetworkPolicy {
 					PodSelector:       &metav1.LabelSelector{MatchLabels: map[string]string{ingressNameKey: "ingress-nginx"}},
 				}}}},
 			},
+		},
+	}
+}
+
+// DemoClusterPolicy is the demo's cluster admin rule: an Admin-tier
+// ClusterNetworkPolicy that lets the client of namespace other (say, the cluster's
+// monitoring) reach the backend, whatever the app's own NetworkPolicies say — an admin
+// rule overriding a NetworkPolicy.
+func DemoClusterPolicy() *cnp.ClusterNetworkPolicy {
+	return &cnp.ClusterNetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "monitoring-reaches-backend"},
+		Spec: cnp.ClusterNetworkPolicySpec{
+			Tier:     cnp.AdminTier,
+			Priority: 10,
+			Subject: cnp.ClusterNetworkPolicySubject{Pods: &cnp.NamespacedPod{
+				NamespaceSelector: metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "app"}},
+				PodSelector:       metav1.LabelSelector{MatchLabels: map[string]string{"app": "backend"}},
+			}},
+			Ingress: []cnp.ClusterNetworkPolicyIngressRule{{
+				Name:   "from-monitoring",
+				Action: cnp.ClusterNetworkPolicyRuleActionAccept,
+				From: []cnp.ClusterNetworkPolicyIngressPeer{{
+					Namespaces: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "other"}},
+				}},
+				Protocols: []cnp.ClusterNetworkPolicyProtocol{{TCP: &cnp.ClusterNetworkPolicyProtocolTCP{DestinationPort: &cnp.Port{Number: demoPort}}}},
+			}},
 		},
 	}
 }
@@ -277,6 +304,37 @@ func RunDemo(ctx context.Context, opts DemoOptions) (err error) {
 		return fmt.Errorf("demo: %w", err)
 	}
 
+	say("A cluster admin's rule over the app's NetworkPolicy: installing the ClusterNetworkPolicy CRD (the agents notice it without a restart) and an Admin-tier policy")
+	if err := c.InstallCNPCRD(ctx, "standard"); err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	if err := c.Client().Create(ctx, DemoClusterPolicy()); err != nil {
+		return fmt.Errorf("demo: create ClusterNetworkPolicy: %w", err)
+	}
+	fmt.Fprintf(indent, "monitoring-reaches-backend (Admin tier, priority 10): pods app=backend of namespace app accept TCP/%d\n", demoPort)
+	fmt.Fprintf(indent, "                           from namespace other, before any NetworkPolicy is consulted\n")
+	wantAdmin := demoMatrices{}
+	for i := range c.Families() {
+		wantAdmin.pods = append(wantAdmin.pods, wantAfter.pods[i].Clone().Allow(client.Key(), backend.Key()))
+		wantAdmin.svc = append(wantAdmin.svc, wantAfter.svc[i].Clone().Allow(client.Key(), svcName))
+	}
+	start = time.Now()
+	admin, err := waitMatrices(ctx, opts.EnforceTimeout, probe, wantAdmin)
+	if err != nil {
+		for _, n := range nodes {
+			fmt.Fprintf(indent, "agent log of %s (last lines):\n%s\n", n.Name, tail(c.AgentLog(n.Name), 15))
+		}
+		return fmt.Errorf("demo: %w", err)
+	}
+	fmt.Fprintf(indent, "enforced after %v\n", time.Since(start).Round(10*time.Millisecond))
+	say("Reachability with the admin rule: other/client now reaches the backend, the rest is unchanged")
+	show(admin)
+	fmt.Fprintf(indent, "\nOK: the observed matrices equal the expected ones\n")
+	say("nftpolicy explain: the Admin tier decides before the NetworkPolicy")
+	if err := demoExplain(ctx, c, indent, []explainPair{{client, backend, true}, {client, frontend, false}}); err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+
 	node := backend.Node
 	say("The agent's ruleset on %s (runs %s and %s): ip netns exec %s nft list table inet nftpolicy", node.Name, backend.Key(), ingress.Key(), node.NS.Name())
 	table, err := node.NS.Exec(ctx, "nft", "list", "table", "inet", "nftpolicy")
@@ -314,6 +372,21 @@ func demoExplain(ctx context.Context, c *Cluster, out io.Writer, pairs []explain
 	}
 	for i := range nps.Items {
 		objs.Policies = append(objs.Policies, &nps.Items[i])
+	}
+	// ClusterNetworkPolicies and Nodes, once the CRD is installed (listing fails
+	// before: no such kind).
+	var cnps cnp.ClusterNetworkPolicyList
+	if err := c.Client().List(ctx, &cnps); err == nil {
+		for i := range cnps.Items {
+			objs.ClusterPolicies = append(objs.ClusterPolicies, &cnps.Items[i])
+		}
+		var nodes corev1.NodeList
+		if err := c.Client().List(ctx, &nodes); err != nil {
+			return fmt.Errorf("explain: listing nodes: %w", err)
+		}
+		for i := range nodes.Items {
+			objs.Nodes = append(objs.Nodes, &nodes.Items[i])
+		}
 	}
 	for i, pr := range pairs {
 		fmt.Fprintf(out, "%s$ nftpolicy explain --from %s --to %s --port %d/TCP\n", map[bool]string{true: "\n"}[i > 0], pr.from.Key(), pr.to.Key(), demoPort)
