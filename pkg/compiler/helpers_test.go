@@ -440,6 +440,12 @@ func newEngineFrom(snap *model.Snapshot, opts Options) *Engine {
 	for _, np := range snap.Policies {
 		e.SetPolicy(np)
 	}
+	for _, p := range snap.ClusterPolicies {
+		e.SetClusterPolicy(p)
+	}
+	for _, n := range snap.Nodes {
+		e.SetNode(n)
+	}
 	for _, p := range snap.Pods {
 		e.SetPod(p)
 	}
