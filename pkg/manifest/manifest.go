@@ -1,5 +1,5 @@
 // Package manifest reads the objects NetworkPolicy enforcement depends on — Namespaces,
-// Pods and NetworkPolicies — from YAML or JSON manifests: files, directories (every
+// Pods, NetworkPolicies, ClusterNetworkPolicies and Nodes — from YAML or JSON manifests: files, directories (every
 // *.yaml, *.yml and *.json in name order, not recursive) or a reader such as stdin.
 // A file may hold several documents (---) and List kinds (`kubectl get -o yaml` prints
 // a v1 List; PodList and the like are taken too). Other kinds (Services,
@@ -22,6 +22,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/yaml"
+	cnp "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpolicy/nftpolicy/pkg/model"
 )
@@ -31,6 +32,11 @@ type Objects struct {
 	Namespaces []*corev1.Namespace
 	Pods       []*corev1.Pod
 	Policies   []*networkingv1.NetworkPolicy
+	// ClusterPolicies are the ClusterNetworkPolicies, v1beta1 or v1alpha2 (one schema;
+	// the API server serves either as the other).
+	ClusterPolicies []*cnp.ClusterNetworkPolicy
+	// Nodes are what ClusterNetworkPolicy `nodes` peers select.
+	Nodes []*corev1.Node
 	// Skipped counts documents of other kinds, by kind.
 	Skipped map[string]int
 }
@@ -180,6 +186,18 @@ func (o *Objects) add(raw json.RawMessage, where string) error {
 			return err
 		}
 		o.Policies = append(o.Policies, np)
+	case tm.Kind == "ClusterNetworkPolicy" && group == cnp.GroupName:
+		p := &cnp.ClusterNetworkPolicy{}
+		if err := decode(p); err != nil {
+			return err
+		}
+		o.ClusterPolicies = append(o.ClusterPolicies, p)
+	case tm.Kind == "Node" && group == "":
+		n := &corev1.Node{}
+		if err := decode(n); err != nil {
+			return err
+		}
+		o.Nodes = append(o.Nodes, n)
 	default:
 		o.Skipped[tm.Kind]++
 	}
@@ -203,7 +221,8 @@ func withDefaultKind(item json.RawMessage, apiVersion, kind string) (json.RawMes
 }
 
 // Snapshot is the compiler's input for node: every pod (the compiler needs the remote
-// ones for selectors), the namespaces' labels and every policy. Namespaces that only
+// ones for selectors), the namespaces' labels, every policy and ClusterNetworkPolicy,
+// and the nodes. Namespaces that only
 // pods or policies name get the labels the API server would give them.
 func (o *Objects) Snapshot(node string) *model.Snapshot {
 	snap := &model.Snapshot{NodeName: node, Namespaces: map[string]*model.Namespace{}}
@@ -214,6 +233,10 @@ func (o *Objects) Snapshot(node string) *model.Snapshot {
 		snap.Pods = append(snap.Pods, model.PodFromAPI(p))
 	}
 	snap.Policies = append(snap.Policies, o.Policies...)
+	snap.ClusterPolicies = append(snap.ClusterPolicies, o.ClusterPolicies...)
+	for _, n := range o.Nodes {
+		snap.Nodes = append(snap.Nodes, model.NodeFromAPI(n))
+	}
 	return snap
 }
 
