@@ -7,9 +7,11 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
+	cnp "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpolicy/nftpolicy/pkg/compiler"
 	"github.com/nftpolicy/nftpolicy/pkg/dataplane"
+	"github.com/nftpolicy/nftpolicy/pkg/model"
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
 )
 
@@ -236,5 +238,11 @@ func (s *Syncer) noteApplied(rs *ruleset.Ruleset) {
 		cacheObjects.WithLabelValues("pods").Set(float64(pods))
 		cacheObjects.WithLabelValues("namespaces").Set(float64(namespaces))
 		cacheObjects.WithLabelValues("networkpolicies").Set(float64(policies))
+		// Few enough (tens of policies, thousands of nodes) to count on every sync.
+		var cnps, nodes int
+		s.engine.EachClusterPolicy(func(*cnp.ClusterNetworkPolicy) { cnps++ })
+		s.engine.EachNode(func(*model.Node) { nodes++ })
+		cacheObjects.WithLabelValues("clusternetworkpolicies").Set(float64(cnps))
+		cacheObjects.WithLabelValues("nodes").Set(float64(nodes))
 	}
 }
