@@ -54,7 +54,10 @@ func (c *Cluster) InstallCNPCRD(ctx context.Context, channel string) error {
 			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("ClusterNetworkPolicy CRD not served after 30s: %v", err)
+			if err == nil {
+				return fmt.Errorf("ClusterNetworkPolicy CRD not served after 30s")
+			}
+			return fmt.Errorf("ClusterNetworkPolicy CRD not served after 30s: %w", err)
 		}
 		select {
 		case <-ctx.Done():
