@@ -273,7 +273,7 @@ func TestChart(t *testing.T) {
 		}
 		wantArgs := []string{
 			"--node-name=$(NODE_NAME)", "--health-probe-bind-address=:9091", "--metrics-bind-address=:9090", "--metrics-secure=true",
-			"--resync-period=1m", "--revoke-established=true", "--log-denied=false", "--table=nftpolicy", "-v=0",
+			"--resync-period=1m", "--revoke-established=true", "--log-denied=false", "--table=nftpolicy", "--cluster-policy-check-period=10s", "-v=0",
 		}
 		if !slices.Equal(ctr.Args, wantArgs) {
 			t.Errorf("args = %q, want %q", ctr.Args, wantArgs)
@@ -303,7 +303,7 @@ func TestChart(t *testing.T) {
 		ctr := checkAgent(t, ds)
 		wantArgs := []string{
 			"--node-name=$(NODE_NAME)", "--health-probe-bind-address=:19091", "--metrics-bind-address=:19090",
-			"--metrics-secure=true", "--metrics-cert-dir=/etc/nftpolicy/metrics-certs", "--resync-period=30s", "--revoke-established=false", "--log-denied=true", "--table=nftpolicy_test", "-v=2", "--kubeconfig=",
+			"--metrics-secure=true", "--metrics-cert-dir=/etc/nftpolicy/metrics-certs", "--resync-period=30s", "--revoke-established=false", "--log-denied=true", "--table=nftpolicy_test", "--cluster-policy-check-period=5s", "-v=2", "--kubeconfig=",
 		}
 		if !slices.Equal(ctr.Args, wantArgs) {
 			t.Errorf("args = %q, want %q", ctr.Args, wantArgs)
