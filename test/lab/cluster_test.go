@@ -576,24 +576,7 @@ func TestClusterAgent(t *testing.T) {
 		Allow("app/remote", "app/backend").AllowSelf()
 	expect := func(what string) {
 		t.Helper()
-		for _, f := range c.Families() {
-			var got *Matrix
-			deadline := time.Now().Add(20 * time.Second)
-			for {
-				var err error
-				got, err = c.ProbeMatrix(ctx, pods, pods, PodTarget(f, 80), "tcp", ProbeOptions{})
-				if err != nil {
-					t.Fatal(err)
-				}
-				if Diff(want, got) == "" || time.Now().After(deadline) {
-					break
-				}
-			}
-			if d := Diff(want, got); d != "" {
-				t.Fatalf("%s: %s\nagent log node1:\n%s", what, d, tail(c.AgentLog("node1"), 30))
-			}
-			t.Logf("%s:\n%s", what, got)
-		}
+		awaitMatrix(t, c, what, pods, pods, 80, want)
 	}
 	expect("backend-policy (client -> backend is bridged in node1)")
 	if err := c.StopAgent("node1", syscall.SIGTERM); err != nil {
@@ -765,5 +748,34 @@ func TestClusterAgentBridgeIPv6NDP(t *testing.T) {
 	if !r.OK {
 		neigh, _ := isolated.NS.IP(ctx, "-6", "neigh")
 		t.Errorf("isolated -> open over IPv6 (same bridge): %v; isolated's neighbours:\n%s", r.Err, neigh)
+	}
+}
+
+// awaitMatrix probes TCP from every pod of froms to every pod of tos on port, over each
+// family of the cluster, until the matrix is want (at most 20 s), and fails the test
+// with the difference and the agents' last log lines otherwise.
+func awaitMatrix(t *testing.T, c *Cluster, what string, froms, tos []*ClusterPod, port int, want *Matrix) {
+	t.Helper()
+	for _, f := range c.Families() {
+		var got *Matrix
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			var err error
+			got, err = c.ProbeMatrix(context.Background(), froms, tos, PodTarget(f, port), "tcp", ProbeOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if Diff(want, got) == "" || time.Now().After(deadline) {
+				break
+			}
+		}
+		if d := Diff(want, got); d != "" {
+			var logs strings.Builder
+			for _, n := range c.Nodes() {
+				fmt.Fprintf(&logs, "\nagent log %s:\n%s", n.Name, tail(c.AgentLog(n.Name), 20))
+			}
+			t.Fatalf("%s (%v, tcp/%d): %s%s", what, f, port, d, logs.String())
+		}
+		t.Logf("%s (%v):\n%s", what, f, got)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"testing"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -61,24 +60,7 @@ func testClusterNetworkPolicy(t *testing.T, topo Topology) {
 	want := NewMatrix(fromNames, toNames, true)
 	expect := func(what string, port int) {
 		t.Helper()
-		for _, f := range c.Families() {
-			var got *Matrix
-			deadline := time.Now().Add(20 * time.Second)
-			for {
-				var err error
-				got, err = c.ProbeMatrix(ctx, froms, pods, PodTarget(f, port), "tcp", ProbeOptions{})
-				if err != nil {
-					t.Fatal(err)
-				}
-				if Diff(want, got) == "" || time.Now().After(deadline) {
-					break
-				}
-			}
-			if d := Diff(want, got); d != "" {
-				t.Fatalf("%s (%v, tcp/%d): %s\nagent log node1:\n%s\nagent log node2:\n%s", what, f, port, d,
-					tail(c.AgentLog("node1"), 20), tail(c.AgentLog("node2"), 20))
-			}
-		}
+		awaitMatrix(t, c, what, froms, pods, port, want)
 	}
 	apply := func(objs ...client.Object) {
 		t.Helper()

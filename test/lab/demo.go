@@ -284,16 +284,25 @@ func RunDemo(ctx context.Context, opts DemoOptions) (err error) {
 	fmt.Fprintf(indent, "app/frontend-from-ingress: pods app=frontend accept only pods %s=ingress-nginx of the namespace\n", ingressNameKey)
 	fmt.Fprintf(indent, "                           kubernetes.io/metadata.name=%s (the ingress controller)\n", ingressNS)
 
-	say("Waiting for the agents to enforce them (probing until the matrix is the expected one, at most %v)", opts.EnforceTimeout)
-	start := time.Now()
-	after, err := waitMatrices(ctx, opts.EnforceTimeout, probe, wantAfter)
-	if err != nil {
-		for _, n := range nodes {
-			fmt.Fprintf(indent, "agent log of %s (last lines):\n%s\n", n.Name, tail(c.AgentLog(n.Name), 15))
+	// enforced probes until the matrices are want, prints how long that took, and on
+	// failure the agents' last log lines.
+	enforced := func(want demoMatrices) (demoMatrices, error) {
+		start := time.Now()
+		got, err := waitMatrices(ctx, opts.EnforceTimeout, probe, want)
+		if err != nil {
+			for _, n := range nodes {
+				fmt.Fprintf(indent, "agent log of %s (last lines):\n%s\n", n.Name, tail(c.AgentLog(n.Name), 15))
+			}
+			return got, fmt.Errorf("demo: %w", err)
 		}
-		return fmt.Errorf("demo: %w", err)
+		fmt.Fprintf(indent, "enforced after %v\n", time.Since(start).Round(10*time.Millisecond))
+		return got, nil
 	}
-	fmt.Fprintf(indent, "enforced after %v\n", time.Since(start).Round(10*time.Millisecond))
+	say("Waiting for the agents to enforce them (probing until the matrix is the expected one, at most %v)", opts.EnforceTimeout)
+	after, err := enforced(wantAfter)
+	if err != nil {
+		return err
+	}
 
 	say("Reachability with the policies: only the ingress controller reaches the frontend, only the frontend reaches the backend")
 	show(after)
@@ -325,15 +334,10 @@ func RunDemo(ctx context.Context, opts DemoOptions) (err error) {
 		wantAdmin.pods = append(wantAdmin.pods, wantAfter.pods[i].Clone().Allow(client.Key(), backend.Key()))
 		wantAdmin.svc = append(wantAdmin.svc, wantAfter.svc[i].Clone().Allow(client.Key(), svcName))
 	}
-	start = time.Now()
-	admin, err := waitMatrices(ctx, opts.EnforceTimeout, probe, wantAdmin)
+	admin, err := enforced(wantAdmin)
 	if err != nil {
-		for _, n := range nodes {
-			fmt.Fprintf(indent, "agent log of %s (last lines):\n%s\n", n.Name, tail(c.AgentLog(n.Name), 15))
-		}
-		return fmt.Errorf("demo: %w", err)
+		return err
 	}
-	fmt.Fprintf(indent, "enforced after %v\n", time.Since(start).Round(10*time.Millisecond))
 	say("Reachability with the admin rule: other/client now reaches the backend, the rest is unchanged")
 	show(admin)
 	fmt.Fprintf(indent, "\nOK: the observed matrices equal the expected ones\n")
