@@ -48,9 +48,23 @@ const passPlaceholder = "\x00pass"
 type clusterFragment struct {
 	rules  []ruleset.Rule
 	owners []ruleset.RuleOwner
+	// fams is the address family each rule reads (0: both).
+	fams []ruleset.Family
 	// nodeGen is the node generation the node sets were filled at.
 	nodeGen uint64
 	emitted
+}
+
+type subjectsKey struct {
+	pod *model.Pod
+	dir Direction
+}
+
+type subjectsVal struct {
+	admin, baseline []*clusterPolicy
+	// gen: the generations of the policies and of the pod's namespace labels they were
+	// computed at.
+	gen [2]uint64
 }
 
 type clusterFragmentKey struct {
@@ -60,7 +74,22 @@ type clusterFragmentKey struct {
 
 // clusterSubjects returns the Admin and Baseline policies whose subject selects the pod
 // and that have rules for the direction, in evaluation order.
+//
+// Which policies select a pod depends only on the pod (an immutable object: a change
+// is a new one), the policies and the labels of its namespace, so the answer is kept
+// across compilations while none of them changed: a NetworkPolicy change rebuilding the
+// structure then does not match every local pod against every ClusterNetworkPolicy again.
 func (c *compilation) clusterSubjects(pod *model.Pod, dir Direction) (admin, baseline []*clusterPolicy) {
+	k := subjectsKey{pod, dir}
+	gen := [2]uint64{c.u.clusterPolicyGeneration(), c.u.namespaceGeneration(pod.Namespace)}
+	if v, ok := c.subjects[k]; ok {
+		return v.admin, v.baseline
+	}
+	if v, ok := c.prevSubjects[k]; ok && v.gen == gen {
+		c.subjects[k] = v
+		return v.admin, v.baseline
+	}
+	defer func() { c.subjects[k] = subjectsVal{admin, baseline, gen} }()
 	for _, p := range c.u.clusterPolicies() {
 		if len(p.rules(dir)) == 0 || !p.selects(c.u, pod) {
 			continue
@@ -86,7 +115,7 @@ func (c *compilation) clusterRules(p *clusterPolicy, dir Direction) *clusterFrag
 		saved := c.emitted
 		c.emitted = newEmitted()
 		f = &clusterFragment{nodeGen: c.u.nodeGeneration()}
-		f.rules, f.owners = c.compileClusterPolicy(p, dir)
+		f.rules, f.owners, f.fams = c.compileClusterPolicy(p, dir)
 		f.emitted = c.emitted
 		c.emitted = saved
 	}
@@ -96,9 +125,10 @@ func (c *compilation) clusterRules(p *clusterPolicy, dir Direction) *clusterFrag
 }
 
 // compileClusterPolicy compiles the rules of one policy in one direction, in order.
-func (c *compilation) compileClusterPolicy(p *clusterPolicy, dir Direction) ([]ruleset.Rule, []ruleset.RuleOwner) {
+func (c *compilation) compileClusterPolicy(p *clusterPolicy, dir Direction) ([]ruleset.Rule, []ruleset.RuleOwner, []ruleset.Family) {
 	var rules []ruleset.Rule
 	var owners []ruleset.RuleOwner
+	var fams []ruleset.Family
 	for _, r := range p.rules(dir) {
 		verdict, role := ruleset.Accept, ruleset.RoleClusterAccept
 		switch r.action {
@@ -120,10 +150,11 @@ func (c *compilation) compileClusterPolicy(p *clusterPolicy, dir Direction) ([]r
 			verdict = ruleset.Verdict{Kind: ruleset.VerdictGoto, Chain: c.clusterDenyChain(p, dir, r, owner, comment)}
 		}
 		var emitted []ruleset.Rule
+		var efams []ruleset.Family
 		if r.matchAll {
-			emitted = []ruleset.Rule{{Counter: true, Verdict: verdict, Comment: comment}}
+			emitted, efams = []ruleset.Rule{{Counter: true, Verdict: verdict, Comment: comment}}, []ruleset.Family{0}
 		} else {
-			emitted = c.emitRule(ruleSpec{comment: comment, dir: dir, peer: r.peer, hasPorts: r.hasPorts,
+			emitted, efams = c.emitRule(ruleSpec{comment: comment, dir: dir, peer: r.peer, hasPorts: r.hasPorts,
 				numeric: r.numeric, named: r.named, verdict: verdict,
 				namedSet: func(fam ruleset.Family, key ruleset.KeyType, suffix string) string {
 					return c.clusterNamedPortSet(p, dir, r, fam, key, suffix)
@@ -134,8 +165,9 @@ func (c *compilation) compileClusterPolicy(p *clusterPolicy, dir Direction) ([]r
 			owners = append(owners, owner)
 		}
 		rules = append(rules, emitted...)
+		fams = append(fams, efams...)
 	}
-	return rules, owners
+	return rules, owners, fams
 }
 
 // denyChainPrefix starts the names of the chains that log and drop what one
@@ -168,10 +200,12 @@ func (c *compilation) clusterNamedPortSet(p *clusterPolicy, dir Direction, r *cl
 	return name
 }
 
-// tierChain returns the chain of one tier for a class: the rules of the policies in
-// order, a Pass going to next (accepting when next is empty), and — in the Admin tier —
-// a goto next at the end.
-func (c *compilation) tierChain(dir Direction, tier cnp.Tier, pols []*clusterPolicy, next string) string {
+// tierChain returns the chain of one tier for a class and an address family: the rules
+// of the policies in order that can match a packet of the family (a dispatch map is per
+// family, so a packet never meets the other family's rules: half the rules to walk), a
+// Pass going to next (accepting when next is empty), and — in the Admin tier — a goto
+// next at the end.
+func (c *compilation) tierChain(dir Direction, tier cnp.Tier, pols []*clusterPolicy, next string, fam ruleset.Family) string {
 	keys := make([]string, len(pols))
 	for i, p := range pols {
 		keys[i] = p.key
@@ -180,7 +214,8 @@ func (c *compilation) tierChain(dir Direction, tier cnp.Tier, pols []*clusterPol
 	if tier == cnp.BaselineTier {
 		prefix, role = "baseline-", ruleset.RoleBaselineTier
 	}
-	name := prefix + short(dir) + "-" + shortHash(strings.Join(keys, ",")+">"+next)
+	suffix := map[ruleset.Family]string{ruleset.IPv4: "v4", ruleset.IPv6: "v6"}[fam]
+	name := prefix + short(dir) + "-" + shortHash(strings.Join(keys, ",")+">"+next) + "-" + suffix
 	if _, ok := c.chains[name]; ok {
 		return name
 	}
@@ -189,12 +224,15 @@ func (c *compilation) tierChain(dir Direction, tier cnp.Tier, pols []*clusterPol
 	if next != "" && tier == cnp.AdminTier {
 		pass = ruleset.Verdict{Kind: ruleset.VerdictGoto, Chain: next}
 	}
-	ch := &ruleset.Chain{Name: name, Comment: truncate(fmt.Sprintf("%s tier, %s: %s", tier, dir, strings.Join(keys, ", ")), ruleset.MaxCommentLen)}
+	ch := &ruleset.Chain{Name: name, Comment: truncate(fmt.Sprintf("%s tier, %s, IPv%d: %s", tier, dir, fam, strings.Join(keys, ", ")), ruleset.MaxCommentLen)}
 	owner := &ruleset.ChainOwner{Role: role, Direction: dir}
 	for _, p := range pols {
 		owner.Policies = append(owner.Policies, p.ref)
 		f := c.clusterRules(p, dir)
 		for i, r := range f.rules {
+			if f.fams[i] != 0 && f.fams[i] != fam {
+				continue
+			}
 			if r.Verdict.Kind == ruleset.VerdictGoto && r.Verdict.Chain == passPlaceholder {
 				r.Verdict = pass
 			}
@@ -234,20 +272,21 @@ func (c *compilation) samePriority(dir Direction, pols []*clusterPolicy) {
 	}
 }
 
-// classChain returns the chain a local pod is dispatched to for a direction, or "" when
-// no policy of either kind selects it. npChains and nps are the NetworkPolicies
-// isolating it, as for isolationChain.
-func (c *compilation) classChain(pod *model.Pod, dir Direction, npChains []string, nps []*policy) string {
+// classChain returns the chain a local pod's addresses of a family are dispatched to
+// for a direction, or "" when no policy of either kind selects it. npChains and nps are
+// the NetworkPolicies isolating it, as for isolationChain (whose chain serves both
+// families).
+func (c *compilation) classChain(pod *model.Pod, dir Direction, npChains []string, nps []*policy, fam ruleset.Family) string {
 	admin, baseline := c.clusterSubjects(pod, dir)
 	next := ""
 	switch {
 	case len(npChains) > 0:
 		next = c.isolationChain(dir, npChains, nps)
 	case len(baseline) > 0:
-		next = c.tierChain(dir, cnp.BaselineTier, baseline, "")
+		next = c.tierChain(dir, cnp.BaselineTier, baseline, "", fam)
 	}
 	if len(admin) > 0 {
-		return c.tierChain(dir, cnp.AdminTier, admin, next)
+		return c.tierChain(dir, cnp.AdminTier, admin, next, fam)
 	}
 	return next
 }

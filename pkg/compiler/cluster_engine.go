@@ -48,6 +48,7 @@ func (e *Engine) reindexClusterPolicies() {
 	}
 	sortClusterPolicies(ps)
 	e.cnpSorted = ps
+	e.cnpGen++
 	e.dirty = true
 }
 
@@ -121,3 +122,7 @@ func (e *Engine) eachNode(fn func(n *model.Node)) {
 }
 
 func (e *Engine) nodeGeneration() uint64 { return e.nodeGen }
+
+func (e *Engine) clusterPolicyGeneration() uint64 { return e.cnpGen }
+
+func (e *Engine) namespaceGeneration(ns string) uint64 { return e.nsGen[ns] }

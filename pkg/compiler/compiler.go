@@ -198,6 +198,9 @@ type compilation struct {
 	clusterFragments, prevClusterFragments map[clusterFragmentKey]*clusterFragment
 	// reportedPairs are the same-priority pairs already reported (samePriority).
 	reportedPairs map[string]bool
+	// subjects are the ClusterNetworkPolicies selecting each local pod, kept across
+	// compilations like the fragments (clusterSubjects).
+	subjects, prevSubjects map[subjectsKey]subjectsVal
 }
 
 type fragmentKey struct {
@@ -275,6 +278,7 @@ func newCompilation(u universe, opts Options) *compilation {
 
 		clusterFragments: map[clusterFragmentKey]*clusterFragment{},
 		reportedPairs:    map[string]bool{},
+		subjects:         map[subjectsKey]subjectsVal{},
 	}
 }
 
@@ -336,12 +340,14 @@ func (c *compilation) run() {
 				chains = append(chains, c.policyChain(p, dir))
 				pols = append(pols, p)
 			}
-			class := c.classChain(pod, dir, chains, pols)
-			if class == "" {
-				continue
-			}
 			for _, ip := range c.u.ownedIPs(pod) {
-				c.addDispatch(dir, ip, class)
+				fam := ruleset.IPv4
+				if ip.Is6() {
+					fam = ruleset.IPv6
+				}
+				if class := c.classChain(pod, dir, chains, pols, fam); class != "" {
+					c.addDispatch(dir, ip, class)
+				}
 			}
 		}
 	}
@@ -505,7 +511,7 @@ func (c *compilation) compileRule(p *policy, dir Direction, idx int, field strin
 	if len(peers) > 0 {
 		peer = c.parsePeers(p.np, field, peers)
 	}
-	return c.emitRule(ruleSpec{
+	rules, _ := c.emitRule(ruleSpec{
 		comment: truncate(fmt.Sprintf("%s %s rule %d", p.key, dir, idx), ruleset.MaxCommentLen),
 		dir:     dir, peer: peer, hasPorts: len(ports) > 0, numeric: numeric, named: named,
 		verdict: ruleset.Accept,
@@ -513,6 +519,7 @@ func (c *compilation) compileRule(p *policy, dir Direction, idx int, field strin
 			return c.namedPortSet(p, dir, idx, peer, named, fam, key, suffix)
 		},
 	})
+	return rules
 }
 
 // ruleSpec is one policy rule ready to emit: what it matches and its verdict.
@@ -531,14 +538,16 @@ type ruleSpec struct {
 	namedSet func(fam ruleset.Family, key ruleset.KeyType, suffix string) string
 }
 
-// emitRule compiles one rule. It matches a packet when its peer matches one of the
+// emitRule compiles one rule, returning with each emitted rule the address family it
+// reads (0: none, it serves both). It matches a packet when its peer matches one of the
 // peers (or there are no peers) and its port matches one of the ports (or there are no
 // ports). Numeric ports are the same for every pod, so they live in one `proto . port`
 // set; named ports resolve per pod, so they live in a set of `pod address . proto . port`
 // — for ingress the local selected pods (the destination), for egress the peer pods
 // (also the destination).
-func (c *compilation) emitRule(r ruleSpec) []ruleset.Rule {
+func (c *compilation) emitRule(r ruleSpec) ([]ruleset.Rule, []ruleset.Family) {
 	var rules []ruleset.Rule
+	var fams []ruleset.Family
 	for _, f := range families {
 		peerField := f.saddr
 		if r.dir == Egress {
@@ -560,7 +569,13 @@ func (c *compilation) emitRule(r ruleSpec) []ruleset.Rule {
 		// Without peer or port matches a rule reads no address: it is family-neutral and
 		// emitted once, under IPv4's turn.
 		neutral := r.peer == nil && f.fam == ruleset.IPv6
+		// The family each rule reads: 0 for the family-neutral ones.
+		fam := f.fam
+		if r.peer == nil {
+			fam = 0
+		}
 		emit := func(m ...ruleset.Match) ruleset.Rule {
+			fams = append(fams, fam)
 			return ruleset.Rule{Matches: m, Counter: true, Verdict: r.verdict, Comment: r.comment}
 		}
 		if !r.hasPorts {
@@ -582,6 +597,7 @@ func (c *compilation) emitRule(r ruleSpec) []ruleset.Rule {
 			set := r.namedSet(f.fam, f.key, f.suffix)
 			lookup := ruleset.Match{Kind: ruleset.MatchLookup,
 				Fields: []ruleset.Field{f.daddr, ruleset.FieldL4Proto, ruleset.FieldDPort}, Set: set}
+			fam = f.fam // the lookup reads the destination address
 			if r.dir == Egress {
 				// The named set holds only pods that match the peers already.
 				rules = append(rules, emit(lookup))
@@ -593,7 +609,7 @@ func (c *compilation) emitRule(r ruleSpec) []ruleset.Rule {
 			}
 		}
 	}
-	return rules
+	return rules, fams
 }
 
 func (c *compilation) portSet(ports []portRange) string {

@@ -42,6 +42,8 @@ type Engine struct {
 	cnpSorted  []*clusterPolicy                    // parsed, in evaluation order
 	nodes      map[string]*model.Node              // by name
 	nodeGen    uint64                              // counts node changes
+	cnpGen     uint64                              // counts ClusterNetworkPolicy changes
+	nsGen      map[string]uint64                   // counts label changes per namespace
 
 	// structure is the last compiled structure (pod sets empty); dirty asks for a new one.
 	structure *compilation
@@ -79,6 +81,7 @@ func NewEngine(node string, opts Options) *Engine {
 		invalid:    map[string][]Problem{},
 		cnps:       map[string]*engineClusterPolicy{},
 		nodes:      map[string]*model.Node{},
+		nsGen:      map[string]uint64{},
 		elems:      map[string][]ruleset.Element{},
 		pending:    map[string]*setDelta{},
 		dirty:      true,
@@ -295,6 +298,7 @@ func (e *Engine) changeNamespace(name string, l labels.Set) {
 	} else {
 		e.namespaces[name] = l
 	}
+	e.nsGen[name]++
 	for _, p := range pods {
 		e.contribute(p, true)
 	}
@@ -369,6 +373,7 @@ func (e *Engine) Flush() (*Result, *ruleset.Changes) {
 		if prev != nil {
 			c.prevFragments = prev.fragments
 			c.prevClusterFragments = prev.clusterFragments
+			c.prevSubjects = prev.subjects
 		}
 		c.run()
 		e.structure, e.dirty = c, false

@@ -37,6 +37,11 @@ type universe interface {
 	// that `nodes` peers may read changes.
 	eachNode(fn func(n *model.Node))
 	nodeGeneration() uint64
+	// clusterPolicyGeneration changes whenever a ClusterNetworkPolicy does, and
+	// namespaceGeneration whenever a namespace's labels do (what decides the subjects
+	// of ClusterNetworkPolicies).
+	clusterPolicyGeneration() uint64
+	namespaceGeneration(ns string) uint64
 }
 
 // snapshotUniverse is a universe over a snapshot, indexed once.
@@ -122,6 +127,8 @@ func (u *snapshotUniverse) policiesIn(ns string) []*policy     { return u.polici
 
 func (u *snapshotUniverse) clusterPolicies() []*clusterPolicy { return u.cnps }
 func (u *snapshotUniverse) nodeGeneration() uint64            { return 0 }
+func (u *snapshotUniverse) clusterPolicyGeneration() uint64   { return 0 }
+func (u *snapshotUniverse) namespaceGeneration(string) uint64 { return 0 }
 
 func (u *snapshotUniverse) eachNode(fn func(*model.Node)) {
 	for _, n := range u.nodes {
