@@ -77,10 +77,15 @@ func describeDenied(p nflog.Packet, applied *ruleset.Ruleset, podAt func(netip.A
 		return a.String()
 	}
 	var policies []string
+	var rule string
 	if applied != nil {
 		if co := applied.Owners.Chain(chain); co != nil {
 			for _, ref := range co.Policies {
 				policies = append(policies, ref.String())
+			}
+			// A ClusterNetworkPolicy Deny rule's chain: its drop names the rule.
+			if ro, ok := applied.Owners.Rule(chain, len(co.Rules)-1); ok && ro.Cluster != nil {
+				rule = ro.ClusterText(co.Direction)
 			}
 		}
 	}
@@ -88,5 +93,9 @@ func describeDenied(p nflog.Packet, applied *ruleset.Ruleset, podAt func(netip.A
 	if p.DPort != 0 {
 		kv = append(kv, "port", int(p.DPort))
 	}
-	return append(kv, "direction", string(dir), "policies", policies, "chain", chain), true
+	kv = append(kv, "direction", string(dir), "policies", policies, "chain", chain)
+	if rule != "" {
+		kv = append(kv, "rule", rule)
+	}
+	return kv, true
 }

@@ -10,6 +10,8 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	cnp "sigs.k8s.io/network-policy-api/apis/v1beta1"
+
 	"github.com/nftpolicy/nftpolicy/pkg/compiler"
 	"github.com/nftpolicy/nftpolicy/pkg/model"
 	"github.com/nftpolicy/nftpolicy/pkg/nflog"
@@ -99,5 +101,36 @@ func TestDescribeDeniedLongNames(t *testing.T) {
 		"policies", []string{ns + "/other", ns + "/" + name}})
 	if got := fmt.Sprint(kv[:12]); got != want {
 		t.Errorf("line\n %s\nwant\n %s", got, want)
+	}
+}
+
+// A packet dropped by a ClusterNetworkPolicy Deny rule is logged with the policy and
+// the rule (tier, priority, name).
+func TestDescribeDeniedClusterRule(t *testing.T) {
+	pod := func(ns, name, ip string) *model.Pod {
+		return &model.Pod{Namespace: ns, Name: name, NodeName: "n1", Phase: corev1.PodRunning, IPs: []netip.Addr{netip.MustParseAddr(ip)}}
+	}
+	snap := &model.Snapshot{NodeName: "n1",
+		Pods:       []*model.Pod{pod("app", "db", "10.0.0.2"), pod("other", "web", "10.0.0.3")},
+		Namespaces: map[string]*model.Namespace{"app": {Name: "app"}, "other": {Name: "other"}},
+		ClusterPolicies: []*cnp.ClusterNetworkPolicy{{ObjectMeta: metav1.ObjectMeta{Name: "guard"}, Spec: cnp.ClusterNetworkPolicySpec{
+			Tier: cnp.AdminTier, Priority: 7,
+			Subject: cnp.ClusterNetworkPolicySubject{Namespaces: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "app"}}},
+			Ingress: []cnp.ClusterNetworkPolicyIngressRule{{Name: "no-other", Action: cnp.ClusterNetworkPolicyRuleActionDeny,
+				From: []cnp.ClusterNetworkPolicyIngressPeer{{Namespaces: &metav1.LabelSelector{}}}}},
+		}}},
+	}
+	rs := compiler.Compile(snap, compiler.Options{LogDenied: true}).Ruleset
+	src, dst := netip.MustParseAddr("10.0.0.3"), netip.MustParseAddr("10.0.0.2")
+	tr := tracer.Trace(rs, tracer.Packet{Src: src, Dst: dst, Proto: 6, DPort: 5432})
+	if tr.Allowed() {
+		t.Fatalf("web -> db allowed: %v", tr.Steps)
+	}
+	kv, ok := describeDenied(nflog.Packet{Prefix: compiler.DenyLogPrefix(tr.Last().Chain), Src: src, Dst: dst, Proto: 6, DPort: 5432}, rs,
+		func(a netip.Addr) string { return map[netip.Addr]string{src: "other/web", dst: "app/db"}[a] })
+	got := fmt.Sprint(kv)
+	if !ok || !strings.Contains(got, "policies [ClusterNetworkPolicy/guard]") ||
+		!strings.Contains(got, "rule ClusterNetworkPolicy guard, rule no-other, Admin tier, priority 7") {
+		t.Errorf("got %v", kv)
 	}
 }

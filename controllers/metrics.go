@@ -31,7 +31,7 @@ var (
 	}, []string{"kind"})
 	cacheObjects = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "nftpolicy_cache_objects",
-		Help: "Objects the agent holds (informer caches and compiler indexes) by kind: pods, namespaces, networkpolicies.",
+		Help: "Objects the agent holds (informer caches and compiler indexes) by kind: pods, namespaces, networkpolicies, clusternetworkpolicies, nodes.",
 	}, []string{"kind"})
 	nodeEventsSuppressed = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "nftpolicy_node_events_suppressed_total",

@@ -1,6 +1,7 @@
 package controllers
 
-// Problems of policies that no node compiles.
+// Problems that no node's compile reports on its own: those of policies that no node
+// compiles, and those of ClusterNetworkPolicies, which every node's compile gives alike.
 //
 // A policy's rules are compiled only on the nodes where it selects a pod, so a policy
 // that selects none (typically: its namespace has no pods) is compiled nowhere and its
@@ -19,6 +20,16 @@ package controllers
 //     no Ready node is such a node, the reporter reports them as well, once; it leaves
 //     out whatever its own compile reports (the parse problems), so no agent reports a
 //     problem twice.
+//
+// ClusterNetworkPolicies select pods of any namespace and have no namespace of their
+// own; their problems depend on nothing but the object (compiler.ValidateCluster). Every
+// agent validates each one when it changes (Syncer.clusterValidated), every agent's
+// compile gives the same problems again, and only the reporter reports them, once for
+// the cluster, as Warning Events on the ClusterNetworkPolicy (in namespace "default",
+// where Events about cluster-scoped objects go). What a compile finds besides — two
+// policies of one tier and priority selecting a common pod (compiler.ErrSamePriority),
+// SCTP on a node whose kernel has none — is reported by each node that finds it, like a
+// NetworkPolicy's compile problems.
 //
 // Each report is one Warning Event per distinct problem while the problem lasts
 // (Syncer.report); the same problem after the set of reporting nodes changed is
@@ -44,9 +55,9 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/event"
 
 	"github.com/nftpolicy/nftpolicy/pkg/compiler"
+	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
 )
 
 // compilerOptions are the options of the engine and of Validate alike, so that a
@@ -86,15 +97,6 @@ func nodeReady(n *corev1.Node) bool {
 	return false
 }
 
-// nodeReadinessChanged passes the Node updates that can change the reporter or whether
-// a policy is compiled on a Ready node: a change of readiness. Status heartbeats, the
-// bulk of Node updates, do not pass.
-func nodeReadinessChanged(e event.UpdateEvent) bool {
-	o, ok1 := e.ObjectOld.(*corev1.Node)
-	n, ok2 := e.ObjectNew.(*corev1.Node)
-	return !ok1 || !ok2 || nodeReady(o) != nodeReady(n)
-}
-
 // readyNodes returns the Ready nodes of the cache and the first of them by name (the
 // reporter; "" when no node is Ready).
 func (s *Syncer) readyNodes(ctx context.Context) (map[string]bool, string, error) {
@@ -111,40 +113,66 @@ func (s *Syncer) readyNodes(ctx context.Context) (map[string]bool, string, error
 	return ready, first, err
 }
 
-// uncompiledProblems returns, when this agent is the reporter, the problems of the
-// policies that select no pod on a Ready node, less those in reported (what this
-// node's own compile reports); nil on the other agents.
-func (s *Syncer) uncompiledProblems(ctx context.Context, reported []compiler.Problem) ([]compiler.Problem, error) {
-	if len(s.validated) == 0 || s.engine == nil {
-		return nil, nil
+// reporterProblems returns, when this agent is the reporter, what it reports for the
+// whole cluster: the problems of the policies that select no pod on a Ready node, less
+// those in reported (what this node's own compile reports), and the problems of the
+// ClusterNetworkPolicies; nil on the other agents.
+func (s *Syncer) reporterProblems(ctx context.Context, reported []compiler.Problem) (uncompiled, cluster []compiler.Problem, _ error) {
+	if s.engine == nil || (len(s.validated) == 0 && len(s.clusterValidated) == 0) {
+		return nil, nil, nil
 	}
 	ready, first, err := s.readyNodes(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if first != s.NodeName {
-		return nil, nil
+		return nil, nil, nil
+	}
+	for _, problems := range s.clusterValidated {
+		cluster = append(cluster, problems...)
 	}
 	known := make(map[string]bool, len(reported))
 	for _, p := range reported {
 		known[p.Error()] = true
 	}
-	var out []compiler.Problem
 	for key, problems := range s.validated {
 		compiled, err := s.compiledOnReadyNode(ctx, key, ready)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if compiled {
 			continue
 		}
 		for _, p := range problems {
 			if !known[p.Error()] {
-				out = append(out, p)
+				uncompiled = append(uncompiled, p)
 			}
 		}
 	}
-	return out, nil
+	return uncompiled, cluster, nil
+}
+
+// withoutClusterWide returns problems less the ClusterNetworkPolicy problems that
+// ValidateCluster gives too (every node's compile gives them; the reporter reports
+// them). problems itself is left as it is.
+func (s *Syncer) withoutClusterWide(problems []compiler.Problem) []compiler.Problem {
+	if len(s.clusterValidated) == 0 {
+		return problems
+	}
+	wide := map[string]bool{}
+	for _, ps := range s.clusterValidated {
+		for _, p := range ps {
+			wide[p.Error()] = true
+		}
+	}
+	out := make([]compiler.Problem, 0, len(problems))
+	for _, p := range problems {
+		if p.Kind == ruleset.KindClusterNetworkPolicy && wide[p.Error()] {
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
 }
 
 // compiledOnReadyNode reports whether the policy selects, on a Ready node, a pod that

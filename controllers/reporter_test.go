@@ -137,16 +137,43 @@ func TestUncompiledPoliciesAreReportedByTheFirstReadyNode(t *testing.T) {
 	})
 }
 
-// Node heartbeats do not trigger a sync; a change of readiness does.
-func TestOnlyReadinessChangesOfNodesSync(t *testing.T) {
-	ready, heartbeat := testNode("n", corev1.ConditionTrue), testNode("n", corev1.ConditionTrue)
-	heartbeat.Status.Conditions[0].LastHeartbeatTime = metav1.Now()
-	if nodeReadinessChanged(event.UpdateEvent{ObjectOld: ready, ObjectNew: heartbeat}) {
-		t.Error("a heartbeat triggers a sync")
+// Node heartbeats and changes the agent does not read (other conditions, hostnames) do
+// not trigger a sync; a change of readiness, labels or IP addresses does.
+func TestOnlyNodeUpdatesThatMatterSync(t *testing.T) {
+	withAddrs := func(n *corev1.Node, addrs ...corev1.NodeAddress) *corev1.Node {
+		n.Status.Addresses = addrs
+		return n
 	}
-	for _, s := range []corev1.ConditionStatus{corev1.ConditionFalse, corev1.ConditionUnknown} {
-		if !nodeReadinessChanged(event.UpdateEvent{ObjectOld: ready, ObjectNew: testNode("n", s)}) {
-			t.Errorf("Ready → %s does not trigger a sync", s)
+	internal := corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: "192.168.0.1"}
+	base := func() *corev1.Node {
+		n := withAddrs(testNode("n", corev1.ConditionTrue), internal, corev1.NodeAddress{Type: corev1.NodeHostName, Address: "n"})
+		n.Labels = map[string]string{"zone": "a"}
+		return n
+	}
+	for _, tc := range []struct {
+		name   string
+		change func(n *corev1.Node)
+		want   bool
+	}{
+		{"heartbeat", func(n *corev1.Node) { n.Status.Conditions[0].LastHeartbeatTime = metav1.Now() }, false},
+		{"another condition", func(n *corev1.Node) {
+			n.Status.Conditions = append(n.Status.Conditions, corev1.NodeCondition{Type: corev1.NodeMemoryPressure, Status: corev1.ConditionTrue})
+		}, false},
+		{"hostname", func(n *corev1.Node) { n.Status.Addresses[1].Address = "renamed" }, false},
+		{"annotation", func(n *corev1.Node) { n.Annotations = map[string]string{"a": "b"} }, false},
+		{"NotReady", func(n *corev1.Node) { n.Status.Conditions[0].Status = corev1.ConditionFalse }, true},
+		{"Unknown", func(n *corev1.Node) { n.Status.Conditions[0].Status = corev1.ConditionUnknown }, true},
+		{"label", func(n *corev1.Node) { n.Labels["zone"] = "b" }, true},
+		{"new label", func(n *corev1.Node) { n.Labels["role"] = "edge" }, true},
+		{"InternalIP", func(n *corev1.Node) { n.Status.Addresses[0].Address = "192.168.0.2" }, true},
+		{"ExternalIP added", func(n *corev1.Node) {
+			n.Status.Addresses = append(n.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeExternalIP, Address: "203.0.113.1"})
+		}, true},
+	} {
+		n := base()
+		tc.change(n)
+		if got := nodeUpdateMatters(event.UpdateEvent{ObjectOld: base(), ObjectNew: n}); got != tc.want {
+			t.Errorf("%s: sync %v, want %v", tc.name, got, tc.want)
 		}
 	}
 }

@@ -23,6 +23,7 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	cnp "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpolicy/nftpolicy/internal/testns"
 	"github.com/nftpolicy/nftpolicy/pkg/dataplane/fake"
@@ -67,6 +68,7 @@ var _ = BeforeSuite(func() {
 
 	scheme := runtime.NewScheme()
 	Expect(clientgoscheme.AddToScheme(scheme)).To(Succeed())
+	Expect(cnp.Install(scheme)).To(Succeed())
 	k8s, err = client.New(cfg, client.Options{Scheme: scheme})
 	Expect(err).NotTo(HaveOccurred())
 
@@ -76,12 +78,15 @@ var _ = BeforeSuite(func() {
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
 			&corev1.Pod{}:       {Transform: TrimPod},
 			&corev1.Namespace{}: {Transform: TrimNamespace},
-		}},
+		}, DefaultWatchErrorHandler: WatchErrorHandler(logf.Log.WithName("watch"))},
 	})
 	Expect(err).NotTo(HaveOccurred())
 	dp = fake.New()
+	// Watching for ClusterNetworkPolicies as the agent does: the CRD is absent until
+	// clusterpolicies_envtest_test.go installs it.
 	syncer = &Syncer{Client: mgr.GetCache(), Dataplane: dp, NodeName: "n1", ResyncPeriod: 300 * time.Millisecond,
-		Recorder: mgr.GetEventRecorder("nftpolicy-agent"), Log: logf.Log.WithName("sync")}
+		ClusterPolicyCheckPeriod: 200 * time.Millisecond,
+		Recorder:                 mgr.GetEventRecorder("nftpolicy-agent"), Log: logf.Log.WithName("sync")}
 	Expect(syncer.SetupWithManager(mgr)).To(Succeed())
 	var ctx context.Context
 	ctx, cancel = context.WithCancel(context.Background())

@@ -1,6 +1,6 @@
-// Package controllers holds the agent's reconciler: every Pod, Namespace and
-// NetworkPolicy event folds into one coalesced sync that snapshots the informer caches,
-// compiles the node's ruleset and hands it to the dataplane.
+// Package controllers holds the agent's reconciler: every Pod, Namespace, NetworkPolicy,
+// ClusterNetworkPolicy and Node event folds into one coalesced sync that snapshots the
+// informer caches, compiles the node's ruleset and hands it to the dataplane.
 package controllers
 
 import (
@@ -21,7 +21,9 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/discovery"
 	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/workqueue"
@@ -34,6 +36,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	cnp "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpolicy/nftpolicy/pkg/compiler"
 	"github.com/nftpolicy/nftpolicy/pkg/dataplane"
@@ -93,6 +96,11 @@ type Syncer struct {
 	// LogDenied adds the rate-limited nflog rule to the isolation chains
 	// (compiler.Options.LogDenied); RunDenyLog reports what it logs.
 	LogDenied bool
+	// ClusterPolicyCheckPeriod is how often discovery is asked whether the
+	// ClusterNetworkPolicy CRD is served, so that one installed or removed while the
+	// agent runs is followed without a restart (clusterpolicies.go); 0 leaves
+	// ClusterNetworkPolicies unwatched. The manager's scheme must know them (cnp.Install).
+	ClusterPolicyCheckPeriod time.Duration
 
 	ready      atomic.Bool
 	applied    atomic.Pointer[ruleset.Ruleset] // the ruleset in the kernel (Applied)
@@ -103,6 +111,22 @@ type Syncer struct {
 	// validated are the problems compiler.Validate finds in each policy that has any,
 	// whether or not this node compiles it (reporter.go).
 	validated map[types.NamespacedName][]compiler.Problem
+	// clusterValidated are the problems compiler.ValidateCluster finds in each
+	// ClusterNetworkPolicy that has any: the same on every node, reported by the
+	// reporter alone (reporter.go).
+	clusterValidated map[string][]compiler.Problem
+
+	// The ClusterNetworkPolicy informer's store (nil while the kind is not served) and
+	// whether it changed since a sync compared it with the engine, set by the watcher
+	// (clusterpolicies.go) and guarded by cnpMu.
+	cnpMu      sync.Mutex
+	cnpStore   toolscache.Store
+	cnpSwapped bool
+	// clusterPoliciesPending holds the first sync until the watcher has asked discovery
+	// once, so that the first ruleset includes the ClusterNetworkPolicies in force.
+	clusterPoliciesPending atomic.Bool
+	// kicks asks for a sync from outside the watched kinds (the watcher's changes).
+	kicks chan kickEvent
 
 	// engine is the incremental compiler (nil until the first sync); gen the dataplane
 	// Generation of the Apply of its last Flush (zero when that Apply failed), the base
@@ -123,6 +147,8 @@ const (
 	kindPod objectKind = iota
 	kindNamespace
 	kindPolicy
+	kindNode
+	kindClusterPolicy
 )
 
 type dirtyKey struct {
@@ -130,22 +156,41 @@ type dirtyKey struct {
 	namespace, name string
 }
 
-// SetupWithManager registers the watches. Only the cache is read; nothing is written
-// to the API server except Events. Nodes only decide which agent reports the problems
-// of policies no node compiles (reporter.go): their events enqueue a sync and mark
-// nothing changed.
+// SetupWithManager registers the watches, and, with a ClusterPolicyCheckPeriod, the
+// runnable that watches ClusterNetworkPolicies once their CRD is served
+// (clusterpolicies.go). Only the cache and discovery are read; nothing is written to
+// the API server except Events. Nodes matter twice: their readiness decides which
+// agent reports the problems no node's compile reports (reporter.go), and their labels
+// and addresses are what ClusterNetworkPolicy `nodes` peers match.
 func (s *Syncer) SetupWithManager(mgr ctrl.Manager) error {
-	return ctrl.NewControllerManagedBy(mgr).
+	s.kicks = make(chan kickEvent, 1)
+	c, err := ctrl.NewControllerManagedBy(mgr).
 		Named("nftpolicy").
 		Watches(&networkingv1.NetworkPolicy{}, s.track(kindPolicy)).
 		Watches(&corev1.Pod{}, s.track(kindPod), builder.WithPredicates(predicate.Funcs{UpdateFunc: podUpdateMatters})).
 		Watches(&corev1.Namespace{}, s.track(kindNamespace), builder.WithPredicates(predicate.Funcs{UpdateFunc: namespaceUpdateMatters})).
-		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
-			return []reconcile.Request{syncRequest}
-		}), builder.WithPredicates(predicate.Funcs{UpdateFunc: nodeReadinessChanged})).
+		Watches(&corev1.Node{}, s.track(kindNode), builder.WithPredicates(predicate.Funcs{UpdateFunc: nodeUpdateMatters})).
+		WatchesRawSource(s.kickSource()).
 		// One worker: the engine and the table are one state.
 		WithOptions(controller.Options{MaxConcurrentReconciles: 1}).
-		Complete(s)
+		Build(s)
+	if err != nil {
+		return err
+	}
+	if s.ClusterPolicyCheckPeriod <= 0 {
+		return nil
+	}
+	gvk := schema.GroupVersionKind{Group: cnp.GroupVersion.Group, Version: cnp.GroupVersion.Version, Kind: "ClusterNetworkPolicy"}
+	if !mgr.GetScheme().Recognizes(gvk) {
+		return fmt.Errorf("watching ClusterNetworkPolicies: the manager's scheme lacks %s (cnp.Install)", gvk)
+	}
+	dc, err := discovery.NewDiscoveryClientForConfigAndClient(mgr.GetConfig(), mgr.GetHTTPClient())
+	if err != nil {
+		return fmt.Errorf("creating the discovery client: %w", err)
+	}
+	s.clusterPoliciesPending.Store(true)
+	return mgr.Add(&clusterPolicyWatcher{syncer: s, discovery: dc, informers: mgr.GetCache(), ctrl: c,
+		period: s.ClusterPolicyCheckPeriod, log: s.Log.WithName("clusterpolicies")})
 }
 
 // track returns the event handler of one kind of object: it notes the object as
@@ -200,6 +245,19 @@ func podUpdateMatters(e event.UpdateEvent) bool {
 	return !model.PodFromAPI(o).Equivalent(model.PodFromAPI(n))
 }
 
+// nodeUpdateMatters passes the Node updates that change what the agent reads of a
+// node: its readiness (reporter.go), its labels or its InternalIP and ExternalIP
+// addresses (ClusterNetworkPolicy `nodes` peers). Status heartbeats, the bulk of Node
+// updates, do not pass.
+func nodeUpdateMatters(e event.UpdateEvent) bool {
+	o, ok1 := e.ObjectOld.(*corev1.Node)
+	n, ok2 := e.ObjectNew.(*corev1.Node)
+	if !ok1 || !ok2 {
+		return true
+	}
+	return nodeReady(o) != nodeReady(n) || !model.NodeFromAPI(o).Equivalent(model.NodeFromAPI(n))
+}
+
 // namespaceUpdateMatters passes namespace updates that change labels.
 func namespaceUpdateMatters(e event.UpdateEvent) bool {
 	return !maps.Equal(e.ObjectOld.GetLabels(), e.ObjectNew.GetLabels())
@@ -221,6 +279,13 @@ func (s *Syncer) ReadyCheck(_ *http.Request) error {
 func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.Result, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.clusterPoliciesPending.Load() {
+		// Before the first ruleset: the watcher's first check (one discovery request,
+		// and the ClusterNetworkPolicies' list when the CRD is there) kicks a sync when
+		// done, successful or not. A cluster without the CRD waits for one request.
+		s.Log.V(1).Info("first sync waits for the first ClusterNetworkPolicy check")
+		return reconcile.Result{}, nil
+	}
 	start := time.Now()
 	verify := s.ResyncPeriod > 0 && time.Since(s.lastVerify) >= s.ResyncPeriod
 	dirty := s.takeDirty()
@@ -292,6 +357,12 @@ func (s *Syncer) update(ctx context.Context, dirty map[dirtyKey]bool, resync boo
 		s.engine = compiler.NewEngine(s.NodeName, s.compilerOptions())
 		resync = true
 	}
+	// The ClusterNetworkPolicies come from the watcher's store, not the cache: reading
+	// a kind through the cache would start an informer on it, served or not.
+	cnps, swapped := s.clusterPolicyStore()
+	if swapped || (resync && cnps != nil) {
+		s.syncClusterPolicies(cnps)
+	}
 	if resync {
 		return s.resync(ctx)
 	}
@@ -328,6 +399,20 @@ func (s *Syncer) update(ctx context.Context, dirty map[dirtyKey]bool, resync boo
 			} else if apierrors.IsNotFound(err) {
 				s.deletePolicy(k.namespace, k.name)
 				err = nil
+			}
+		case kindNode:
+			var n corev1.Node
+			if err = s.Client.Get(ctx, key, &n, client.UnsafeDisableDeepCopy); err == nil {
+				s.setNode(&n)
+			} else if apierrors.IsNotFound(err) {
+				s.engine.DeleteNode(k.name)
+				err = nil
+			}
+		case kindClusterPolicy:
+			// No store: the kind went away after the event, and the swap that noted it
+			// has emptied the engine.
+			if cnps != nil {
+				err = s.syncClusterPolicy(cnps, k.name)
 			}
 		}
 		if err != nil {
@@ -415,6 +500,28 @@ func (s *Syncer) resync(ctx context.Context) error {
 	for _, n := range goneNS {
 		e.DeleteNamespace(n)
 	}
+	return s.resyncNodes(ctx)
+}
+
+// resyncNodes makes the engine's nodes those of the cache.
+func (s *Syncer) resyncNodes(ctx context.Context) error {
+	seen := map[string]bool{}
+	if err := s.each(ctx, &corev1.Node{}, &corev1.NodeList{}, func(o client.Object) {
+		n := o.(*corev1.Node)
+		seen[n.Name] = true
+		s.setNode(n)
+	}); err != nil {
+		return err
+	}
+	var gone []string
+	s.engine.EachNode(func(n *model.Node) {
+		if !seen[n.Name] {
+			gone = append(gone, n.Name)
+		}
+	})
+	for _, n := range gone {
+		s.engine.DeleteNode(n)
+	}
 	return nil
 }
 
@@ -478,25 +585,45 @@ func (s *Syncer) revoke(rs *ruleset.Ruleset) error {
 	return errors.Join(err1, err2)
 }
 
+// problemSource tells why this node reports a problem.
+type problemSource int
+
+const (
+	// fromCompile: this node's compile found it.
+	fromCompile problemSource = iota
+	// fromUncompiled: a problem of a policy no node compiles; this node is the reporter.
+	fromUncompiled
+	// fromCluster: a ClusterNetworkPolicy's problem, the same on every node; this node
+	// is the reporter.
+	fromCluster
+)
+
 // report logs each problem and records it as a Warning Event on the policy, once per
 // distinct problem: a sync runs on every pod event, and the same complaint repeated on
-// every one of them would flood the API server. problems are this node's compile's;
-// on the reporter the problems of policies no node compiles are added (reporter.go).
+// every one of them would flood the API server. problems are this node's compile's,
+// less the ClusterNetworkPolicy problems every node's compile gives alike; on the
+// reporter, those and the problems of policies no node compiles are added
+// (reporter.go).
 func (s *Syncer) report(problems []compiler.Problem) {
 	ctx := context.Background()
 	current := map[string]bool{}
+	problems = s.withoutClusterWide(problems)
 	sortProblems(problems)
 	for _, p := range problems {
-		s.reportProblem(ctx, p, false, current)
+		s.reportProblem(ctx, p, fromCompile, current)
 	}
-	uncompiled, err := s.uncompiledProblems(ctx, problems)
+	uncompiled, cluster, err := s.reporterProblems(ctx, problems)
 	if err != nil {
 		// Not reported now; they stay out of current, so the next sync tries again.
-		s.Log.Error(err, "finding the problems of policies no node compiles")
+		s.Log.Error(err, "finding the problems the reporter reports")
 	}
 	sortProblems(uncompiled)
 	for _, p := range uncompiled {
-		s.reportProblem(ctx, p, true, current)
+		s.reportProblem(ctx, p, fromUncompiled, current)
+	}
+	sortProblems(cluster)
+	for _, p := range cluster {
+		s.reportProblem(ctx, p, fromCluster, current)
 	}
 	s.reported = current
 }
@@ -506,37 +633,73 @@ func sortProblems(ps []compiler.Problem) {
 }
 
 // reportProblem logs and records p unless it was reported by the previous report, and
-// notes it in current. uncompiled tells a problem of a policy no node compiles, which
-// this node reports as the reporter. Such a problem and the same one from this node's
-// compile share a key, so a policy whose pods come to this node is not reported again.
-func (s *Syncer) reportProblem(ctx context.Context, p compiler.Problem, uncompiled bool, current map[string]bool) {
+// notes it in current. A problem this node reports as the reporter and the same one
+// from this node's compile share a key, so a policy whose pods come to this node is
+// not reported again.
+func (s *Syncer) reportProblem(ctx context.Context, p compiler.Problem, src problemSource, current map[string]bool) {
 	msg := p.Error()
 	current[msg] = true
 	if s.reported[msg] {
 		return
 	}
-	if uncompiled {
+	switch src {
+	case fromUncompiled:
 		s.Log.Error(p.Err, "policy compiled on no node is invalid; reported by this node, the first Ready one", "kind", p.Kind, "namespace", p.Namespace, "name", p.Name, "field", p.Field)
-	} else {
+	case fromCluster:
+		s.Log.Error(p.Err, "ClusterNetworkPolicy cannot be fully enforced; reported by this node, the first Ready one", "kind", p.Kind, "name", p.Name, "field", p.Field)
+	default:
 		s.Log.Error(p.Err, "policy cannot be fully compiled; the rest is enforced", "kind", p.Kind, "namespace", p.Namespace, "name", p.Name, "field", p.Field)
 	}
-	if s.Recorder == nil || p.Kind != "NetworkPolicy" {
+	if s.Recorder == nil {
 		return
 	}
-	var np networkingv1.NetworkPolicy
-	if err := s.Client.Get(ctx, types.NamespacedName{Namespace: p.Namespace, Name: p.Name}, &np, client.UnsafeDisableDeepCopy); err != nil {
-		return // gone already
+	ref := s.problemRef(ctx, p)
+	if ref == nil {
+		return // gone already, or a kind without Events
 	}
-	ref := &corev1.ObjectReference{Kind: "NetworkPolicy", APIVersion: "networking.k8s.io/v1",
-		Namespace: np.Namespace, Name: np.Name, UID: np.UID, ResourceVersion: np.ResourceVersion}
 	reason := "CompileError"
-	if errors.Is(p.Err, compiler.ErrUnsupported) {
+	switch {
+	case errors.Is(p.Err, compiler.ErrUnsupported):
 		reason = "Unsupported"
+	case errors.Is(p.Err, compiler.ErrSamePriority):
+		reason = "SamePriority"
 	}
-	if uncompiled {
+	switch src {
+	case fromUncompiled:
 		s.Recorder.Eventf(ref, nil, corev1.EventTypeWarning, reason, "Validate",
 			"%s: %v (no node compiles this policy: it selects no pod on a Ready node; reported by node %s, the first Ready node)", p.Field, p.Err, s.NodeName)
-		return
+	case fromCluster:
+		s.Recorder.Eventf(ref, nil, corev1.EventTypeWarning, reason, "Validate",
+			"%s: %v (the same on every node; reported by node %s, the first Ready node)", p.Field, p.Err, s.NodeName)
+	default:
+		s.Recorder.Eventf(ref, nil, corev1.EventTypeWarning, reason, "Compile", "%s: %v (node %s)", p.Field, p.Err, s.NodeName)
 	}
-	s.Recorder.Eventf(ref, nil, corev1.EventTypeWarning, reason, "Compile", "%s: %v (node %s)", p.Field, p.Err, s.NodeName)
+}
+
+// problemRef is the object an Event about p is recorded on; nil when it is gone. A
+// ClusterNetworkPolicy is cluster-scoped: the recorder puts its Events in namespace
+// "default", as kubectl does.
+func (s *Syncer) problemRef(ctx context.Context, p compiler.Problem) *corev1.ObjectReference {
+	switch p.Kind {
+	case "NetworkPolicy":
+		var np networkingv1.NetworkPolicy
+		if err := s.Client.Get(ctx, types.NamespacedName{Namespace: p.Namespace, Name: p.Name}, &np, client.UnsafeDisableDeepCopy); err != nil {
+			return nil
+		}
+		return &corev1.ObjectReference{Kind: "NetworkPolicy", APIVersion: "networking.k8s.io/v1",
+			Namespace: np.Namespace, Name: np.Name, UID: np.UID, ResourceVersion: np.ResourceVersion}
+	case ruleset.KindClusterNetworkPolicy:
+		// From the engine, which holds what the store held at this sync: reading the
+		// cache would start an informer on a kind that may not be served.
+		if s.engine == nil {
+			return nil
+		}
+		c := s.engine.ClusterPolicy(p.Name)
+		if c == nil {
+			return nil
+		}
+		return &corev1.ObjectReference{Kind: ruleset.KindClusterNetworkPolicy, APIVersion: cnp.GroupVersion.String(),
+			Name: c.Name, UID: c.UID, ResourceVersion: c.ResourceVersion}
+	}
+	return nil
 }

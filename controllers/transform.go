@@ -56,21 +56,33 @@ func TrimNamespace(obj any) (any, error) {
 	}}, nil
 }
 
-// TrimNode is the cache transform for Nodes: it keeps a node's name and the status of
-// its Ready condition, all the agent reads (the first Ready node by name reports the
-// problems of policies no node compiles: reporter.go). A node's status, images and
-// addresses are kilobytes; the trimmed node is a few dozen bytes.
+// TrimNode is the cache transform for Nodes: it keeps what the agent reads of a node —
+// its name, labels, the status of its Ready condition (the first Ready node by name
+// reports the problems no node's compile reports: reporter.go) and its InternalIP and
+// ExternalIP addresses (ClusterNetworkPolicy `nodes` peers select nodes by label and
+// match their addresses: model.NodeFromAPI). A node's images, other conditions and
+// heartbeat times are kilobytes that change every few seconds; the trimmed node is a
+// few hundred bytes.
 func TrimNode(obj any) (any, error) {
 	n, ok := obj.(*corev1.Node)
 	if !ok {
 		return obj, nil
 	}
-	out := &corev1.Node{TypeMeta: n.TypeMeta, ObjectMeta: metav1.ObjectMeta{Name: n.Name, UID: n.UID, ResourceVersion: n.ResourceVersion}}
+	out := &corev1.Node{TypeMeta: n.TypeMeta, ObjectMeta: metav1.ObjectMeta{
+		Name: n.Name, UID: n.UID, ResourceVersion: n.ResourceVersion, Labels: n.Labels,
+	}}
 	for _, c := range n.Status.Conditions {
 		if c.Type == corev1.NodeReady {
 			// Only type and status: heartbeat times change without changing readiness.
 			out.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: c.Status}}
 			break
+		}
+	}
+	for _, a := range n.Status.Addresses {
+		// Hostnames and DNS names are not matched by a `nodes` peer (it matches packets
+		// by address), so they are dropped like the rest.
+		if a.Type == corev1.NodeInternalIP || a.Type == corev1.NodeExternalIP {
+			out.Status.Addresses = append(out.Status.Addresses, a)
 		}
 	}
 	return out, nil

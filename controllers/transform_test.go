@@ -49,27 +49,44 @@ func TestTrimPodKeepsWhatEnforcementReads(t *testing.T) {
 	}
 }
 
-// TestTrimNodeKeepsNameAndReadiness: the trimmed node keeps its name and readiness and
-// nothing else; heartbeats (new condition times) trim to the same readiness; trimming
-// twice changes nothing; a node without a Ready condition is not Ready.
-func TestTrimNodeKeepsNameAndReadiness(t *testing.T) {
+// TestTrimNodeKeepsWhatTheAgentReads: the trimmed node keeps its name, labels,
+// readiness and InternalIP/ExternalIP addresses and nothing else (images, annotations,
+// other conditions, hostnames, heartbeat times); its model is the node's; heartbeats
+// trim to the same node; trimming twice changes nothing; a node without a Ready
+// condition is not Ready.
+func TestTrimNodeKeepsWhatTheAgentReads(t *testing.T) {
 	now := metav1.Now()
-	full := &corev1.Node{
-		ObjectMeta: metav1.ObjectMeta{Name: "node-a", ResourceVersion: "9", Labels: map[string]string{"zone": "z"}, Annotations: map[string]string{"big": "x"}},
-		Spec:       corev1.NodeSpec{PodCIDR: "10.244.1.0/24"},
-		Status: corev1.NodeStatus{
-			Conditions: []corev1.NodeCondition{
-				{Type: corev1.NodeMemoryPressure, Status: corev1.ConditionFalse},
-				{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: now, Reason: "KubeletReady", Message: "kubelet is posting ready status"},
+	full := func(heartbeat metav1.Time) *corev1.Node {
+		return &corev1.Node{
+			ObjectMeta: metav1.ObjectMeta{Name: "node-a", UID: "u", ResourceVersion: "9", Labels: map[string]string{"zone": "z"}, Annotations: map[string]string{"big": "x"}},
+			Spec:       corev1.NodeSpec{PodCIDR: "10.244.1.0/24"},
+			Status: corev1.NodeStatus{
+				Conditions: []corev1.NodeCondition{
+					{Type: corev1.NodeMemoryPressure, Status: corev1.ConditionFalse, LastHeartbeatTime: heartbeat},
+					{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: heartbeat, Reason: "KubeletReady", Message: "kubelet is posting ready status"},
+				},
+				Images: []corev1.ContainerImage{{Names: []string{"registry/image:tag"}, SizeBytes: 1 << 20}},
+				Addresses: []corev1.NodeAddress{
+					{Type: corev1.NodeHostName, Address: "node-a"},
+					{Type: corev1.NodeInternalIP, Address: "192.168.0.1"},
+					{Type: corev1.NodeInternalDNS, Address: "node-a.internal"},
+					{Type: corev1.NodeExternalIP, Address: "203.0.113.1"},
+					{Type: corev1.NodeInternalIP, Address: "fd00::1"},
+				},
 			},
-			Images:    []corev1.ContainerImage{{Names: []string{"registry/image:tag"}, SizeBytes: 1 << 20}},
-			Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.168.0.1"}},
-		},
+		}
 	}
-	once, _ := TrimNode(full)
+	once, _ := TrimNode(full(now))
 	twice, _ := TrimNode(once)
-	want := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a", ResourceVersion: "9"},
-		Status: corev1.NodeStatus{Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}}}}
+	want := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a", UID: "u", ResourceVersion: "9", Labels: map[string]string{"zone": "z"}},
+		Status: corev1.NodeStatus{
+			Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}},
+			Addresses: []corev1.NodeAddress{
+				{Type: corev1.NodeInternalIP, Address: "192.168.0.1"},
+				{Type: corev1.NodeExternalIP, Address: "203.0.113.1"},
+				{Type: corev1.NodeInternalIP, Address: "fd00::1"},
+			},
+		}}
 	for i, got := range []any{once, twice} {
 		if !reflect.DeepEqual(got, want) {
 			t.Errorf("trimmed %d times: %+v, want %+v", i+1, got, want)
@@ -77,9 +94,18 @@ func TestTrimNodeKeepsNameAndReadiness(t *testing.T) {
 		if !nodeReady(got.(*corev1.Node)) {
 			t.Errorf("trimmed %d times: not Ready", i+1)
 		}
+		if m, w := model.NodeFromAPI(got.(*corev1.Node)), model.NodeFromAPI(full(now)); !reflect.DeepEqual(m, w) {
+			t.Errorf("trimmed %d times: model %+v, want %+v", i+1, m, w)
+		}
+	}
+	if later, _ := TrimNode(full(metav1.NewTime(now.Add(10e9)))); !reflect.DeepEqual(later, once) {
+		t.Errorf("a heartbeat changes the trimmed node: %+v, was %+v", later, once)
 	}
 	bare, _ := TrimNode(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "new"}})
 	if nodeReady(bare.(*corev1.Node)) {
 		t.Error("a node without a Ready condition is Ready")
+	}
+	if tomb, _ := TrimNode("tombstone"); tomb != "tombstone" {
+		t.Errorf("a non-Node is changed: %v", tomb)
 	}
 }

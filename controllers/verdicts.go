@@ -7,9 +7,11 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
+	cnp "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpolicy/nftpolicy/pkg/compiler"
 	"github.com/nftpolicy/nftpolicy/pkg/dataplane"
+	"github.com/nftpolicy/nftpolicy/pkg/model"
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
 )
 
@@ -29,6 +31,12 @@ var (
 	descDroppedPackets = prometheus.NewDesc("nftpolicy_policy_dropped_packets_total",
 		"Packets dropped for local pods the policy isolates because no policy selecting the pod allowed them (counted for every policy isolating the pod; restart when the set of policies isolating a pod changes).",
 		[]string{"namespace", "policy", "direction"}, nil)
+	descClusterRulePackets = prometheus.NewDesc("nftpolicy_cluster_policy_rule_packets_total",
+		"Packets of new connections a ClusterNetworkPolicy rule matched on this node, by its action (Accept, Deny, Pass); rule is the rule's name, or its index when it has none (kernel rule counters; they restart when a tier chain holding the rule is rewritten).",
+		[]string{"policy", "tier", "direction", "rule", "action"}, nil)
+	descClusterRuleBytes = prometheus.NewDesc("nftpolicy_cluster_policy_rule_bytes_total",
+		"Bytes of the packets counted by nftpolicy_cluster_policy_rule_packets_total.",
+		[]string{"policy", "tier", "direction", "rule", "action"}, nil)
 	descPodsIsolated = prometheus.NewDesc("nftpolicy_local_pods_isolated",
 		"Addresses of local pods isolated by at least one policy, by direction (a dual-stack pod counts once per address family).",
 		[]string{"direction"}, nil)
@@ -56,7 +64,7 @@ var _ prometheus.Collector = (*VerdictCollector)(nil)
 
 // Describe implements prometheus.Collector.
 func (c *VerdictCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descAllowedPackets, descAllowedBytes, descDroppedPackets, descPodsIsolated, descPolicies} {
+	for _, d := range []*prometheus.Desc{descAllowedPackets, descAllowedBytes, descDroppedPackets, descClusterRulePackets, descClusterRuleBytes, descPodsIsolated, descPolicies} {
 		ch <- d
 	}
 }
@@ -105,6 +113,10 @@ func (c *VerdictCollector) Collect(ch chan<- prometheus.Metric) {
 	for k, n := range v.dropped {
 		ch <- prometheus.MustNewConstMetric(descDroppedPackets, prometheus.CounterValue, float64(n), k.namespace, k.name, k.dir)
 	}
+	for k, n := range v.cluster {
+		ch <- prometheus.MustNewConstMetric(descClusterRulePackets, prometheus.CounterValue, float64(n.packets), k.policy, k.tier, k.dir, k.rule, k.action)
+		ch <- prometheus.MustNewConstMetric(descClusterRuleBytes, prometheus.CounterValue, float64(n.bytes), k.policy, k.tier, k.dir, k.rule, k.action)
+	}
 }
 
 type policyDir struct{ namespace, name, dir string }
@@ -115,9 +127,13 @@ type ruleKey struct {
 
 type packetsBytes struct{ packets, bytes uint64 }
 
+// clusterRuleKey names one ClusterNetworkPolicy rule's counters.
+type clusterRuleKey struct{ policy, tier, dir, rule, action string }
+
 type verdicts struct {
 	allowed  map[ruleKey]packetsBytes
 	dropped  map[policyDir]uint64
+	cluster  map[clusterRuleKey]packetsBytes
 	policies map[ruleset.PolicyRef]bool // policies in force
 }
 
@@ -131,10 +147,38 @@ type verdicts struct {
 // one policy rule are summed), the drop ending an isolation chain to every policy the
 // chain isolates with.
 func attribute(rs *ruleset.Ruleset, kernel map[string][]dataplane.RuleCounter) verdicts {
-	v := verdicts{allowed: map[ruleKey]packetsBytes{}, dropped: map[policyDir]uint64{}, policies: map[ruleset.PolicyRef]bool{}}
+	v := verdicts{allowed: map[ruleKey]packetsBytes{}, dropped: map[policyDir]uint64{}, cluster: map[clusterRuleKey]packetsBytes{},
+		policies: map[ruleset.PolicyRef]bool{}}
 	for _, ch := range rs.Chains {
 		co := rs.Owners.Chain(ch.Name)
-		if co == nil || (co.Role != ruleset.RoleIsolation && co.Role != ruleset.RolePolicy) {
+		if co == nil {
+			continue
+		}
+		// A ClusterNetworkPolicy rule is counted where the tier chains match it (not
+		// again in its deny-log chain). One rule of a policy may be inlined in the tier
+		// chains of several sets of pods: their counts add up.
+		if co.Role == ruleset.RoleAdminTier || co.Role == ruleset.RoleBaselineTier {
+			kc, ok := lineUp(ch, kernel[ch.Name])
+			if !ok {
+				continue
+			}
+			for i, ro := range co.Rules {
+				if ro.Cluster == nil || !ch.Rules[i].Counter || !kc[i].Counted {
+					continue
+				}
+				rule := ro.Cluster.Name
+				if rule == "" {
+					rule = strconv.Itoa(ro.Rule)
+				}
+				k := clusterRuleKey{ro.Policy.Name, ro.Cluster.Tier, string(co.Direction), rule, ro.Cluster.Action}
+				pb := v.cluster[k]
+				pb.packets += kc[i].Packets
+				pb.bytes += kc[i].Bytes
+				v.cluster[k] = pb
+			}
+			continue
+		}
+		if co.Role != ruleset.RoleIsolation && co.Role != ruleset.RolePolicy {
 			continue
 		}
 		dir := string(co.Direction)
@@ -194,5 +238,11 @@ func (s *Syncer) noteApplied(rs *ruleset.Ruleset) {
 		cacheObjects.WithLabelValues("pods").Set(float64(pods))
 		cacheObjects.WithLabelValues("namespaces").Set(float64(namespaces))
 		cacheObjects.WithLabelValues("networkpolicies").Set(float64(policies))
+		// Few enough (tens of policies, thousands of nodes) to count on every sync.
+		var cnps, nodes int
+		s.engine.EachClusterPolicy(func(*cnp.ClusterNetworkPolicy) { cnps++ })
+		s.engine.EachNode(func(*model.Node) { nodes++ })
+		cacheObjects.WithLabelValues("clusternetworkpolicies").Set(float64(cnps))
+		cacheObjects.WithLabelValues("nodes").Set(float64(nodes))
 	}
 }

@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -9,6 +10,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	cnp "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpolicy/nftpolicy/pkg/compiler"
 	"github.com/nftpolicy/nftpolicy/pkg/dataplane"
@@ -152,5 +154,50 @@ func checkVerdicts(t *testing.T, v verdicts, wantAllowed map[ruleKey]packetsByte
 	}
 	if len(v.policies) != policies {
 		t.Errorf("policies in force = %v, want %d", v.policies, policies)
+	}
+}
+
+// ClusterNetworkPolicy rules are counted per rule and action where the tier chains
+// match them: a rule inlined in the tier chains of two sets of pods sums both, and a
+// Deny rule's deny-log chain (--log-denied) is not counted again.
+func TestAttributeClusterRules(t *testing.T) {
+	pod := func(ns, name, ip string, l map[string]string) *model.Pod {
+		return &model.Pod{Namespace: ns, Name: name, NodeName: "n1", Labels: l, Phase: corev1.PodRunning, IPs: []netip.Addr{netip.MustParseAddr(ip)}}
+	}
+	all := &metav1.LabelSelector{}
+	snap := &model.Snapshot{NodeName: "n1",
+		Pods: []*model.Pod{pod("app", "db", "10.0.0.2", map[string]string{"app": "db"}), pod("app", "web", "10.0.0.3", nil)},
+		Policies: []*networkingv1.NetworkPolicy{{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "db-only"},
+			Spec: networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}}}}},
+		ClusterPolicies: []*cnp.ClusterNetworkPolicy{{ObjectMeta: metav1.ObjectMeta{Name: "guard"}, Spec: cnp.ClusterNetworkPolicySpec{
+			Tier: cnp.AdminTier, Priority: 7, Subject: cnp.ClusterNetworkPolicySubject{Namespaces: all},
+			Ingress: []cnp.ClusterNetworkPolicyIngressRule{
+				{Name: "no-imds", Action: cnp.ClusterNetworkPolicyRuleActionDeny, From: []cnp.ClusterNetworkPolicyIngressPeer{{Namespaces: &metav1.LabelSelector{MatchLabels: map[string]string{"x": "y"}}}}},
+				{Action: cnp.ClusterNetworkPolicyRuleActionPass, From: []cnp.ClusterNetworkPolicyIngressPeer{{Namespaces: all}}},
+			},
+		}}},
+	}
+	rs := compiler.Compile(snap, compiler.Options{LogDenied: true}).Ruleset
+	kernel := map[string][]dataplane.RuleCounter{}
+	tierChains := 0
+	for _, ch := range rs.Chains {
+		if co := rs.Owners.Chain(ch.Name); co.Role == ruleset.RoleAdminTier {
+			tierChains++
+		}
+		for _, r := range ch.Rules {
+			kernel[ch.Name] = append(kernel[ch.Name], dataplane.RuleCounter{Packets: 1, Bytes: 100, Counted: r.Counter, Comment: r.Comment})
+		}
+	}
+	if tierChains != 2 {
+		t.Fatalf("%d admin tier chains, want 2 (db is isolated by a NetworkPolicy, web is not)", tierChains)
+	}
+	v := attribute(rs, kernel)
+	// Each rule compiles to one kernel rule per family, in each of the two chains.
+	want := map[clusterRuleKey]packetsBytes{
+		{"guard", "Admin", "ingress", "no-imds", "Deny"}: {4, 400},
+		{"guard", "Admin", "ingress", "1", "Pass"}:       {4, 400},
+	}
+	if fmt.Sprint(v.cluster) != fmt.Sprint(want) {
+		t.Errorf("cluster rules %v, want %v", v.cluster, want)
 	}
 }

@@ -32,6 +32,7 @@ import (
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	cnp "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpolicy/nftpolicy/controllers"
 	"github.com/nftpolicy/nftpolicy/pkg/compiler"
@@ -52,6 +53,7 @@ type options struct {
 	verbosity    int
 	gcPercent    int
 	pprofAddr    string
+	cnpCheck     time.Duration
 }
 
 func main() {
@@ -79,6 +81,7 @@ func run(args []string) error {
 	fs.IntVar(&o.gcPercent, "gc-percent", 25, "Go GC target percentage (GOGC) once the first ruleset is applied. The agent holds a large, stable cache and allocates little once synced, so a low value keeps its memory near the live heap at little CPU cost (startup, which decodes the whole cluster, runs with Go's default 100); the GOGC environment variable overrides it, and GOMEMLIMIT (set by the Helm chart from the memory limit) bounds it.")
 	fs.BoolVar(&o.logDenied, "log-denied", false, "Log the first packets of denied connections (rate-limited, through nflog group 100) as \"denied connection\" lines naming the pods, port and isolating policies.")
 	fs.StringVar(&o.pprofAddr, "pprof-bind-address", "0", "Address of the Go pprof endpoints (/debug/pprof/); \"0\" disables them.")
+	fs.DurationVar(&o.cnpCheck, "cluster-policy-check-period", controllers.DefaultClusterPolicyCheckPeriod, "How often the agent asks the API server whether the ClusterNetworkPolicy CRD (policy.networking.k8s.io/v1beta1) is served, so that one installed or removed later is followed without a restart (sooner after a failed check); 0 ignores ClusterNetworkPolicies.")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage:\n  nftpolicy-agent [flags]\n  nftpolicy-agent cleanup [--table NAME]   remove the agent's table\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -123,13 +126,23 @@ func run(args []string) error {
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
 		return err
 	}
+	// Known to the scheme whether or not the CRD is installed: the agent watches them
+	// only once discovery says they are served (controllers.Syncer.ClusterPolicyCheckPeriod).
+	if err := cnp.Install(scheme); err != nil {
+		return err
+	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 scheme,
 		Metrics:                metricsOpts,
 		HealthProbeBindAddress: o.probeAddr,
 		PprofBindAddress:       o.pprofAddr,
 		Cache: cache.Options{
+			// ClusterNetworkPolicies are small and few: stripping managedFields is all
+			// the trimming they need.
 			DefaultTransform: cache.TransformStripManagedFields(),
+			// The ClusterNetworkPolicy informer fails on every retry between the CRD's
+			// removal and the watcher's next check: not an error worth a log line each.
+			DefaultWatchErrorHandler: controllers.WatchErrorHandler(log.WithName("watch")),
 			ByObject: map[client.Object]cache.ByObject{
 				&corev1.Pod{}:       {Transform: controllers.TrimPod},
 				&corev1.Namespace{}: {Transform: controllers.TrimNamespace},
@@ -150,13 +163,14 @@ func run(args []string) error {
 			// rather than at the runtime's leisure.
 			debug.FreeOSMemory()
 		},
-		Client:       mgr.GetCache(),
-		Dataplane:    dp,
-		NodeName:     o.nodeName,
-		Table:        o.table,
-		ResyncPeriod: o.resyncPeriod,
-		Recorder:     mgr.GetEventRecorder("nftpolicy-agent"),
-		Log:          log.WithName("sync"),
+		Client:                   mgr.GetCache(),
+		Dataplane:                dp,
+		NodeName:                 o.nodeName,
+		Table:                    o.table,
+		ResyncPeriod:             o.resyncPeriod,
+		Recorder:                 mgr.GetEventRecorder("nftpolicy-agent"),
+		Log:                      log.WithName("sync"),
+		ClusterPolicyCheckPeriod: o.cnpCheck,
 		// This kernel cannot match SCTP ports: policies using them get an Event.
 		SCTPUnsupported: !controllers.KernelHasSCTP(),
 	}
@@ -194,7 +208,7 @@ func run(args []string) error {
 	if err := mgr.AddReadyzCheck("apiserver", apiCheck.Check); err != nil {
 		return err
 	}
-	log.Info("starting", "node", o.nodeName, "table", "inet "+o.table, "resyncPeriod", o.resyncPeriod)
+	log.Info("starting", "node", o.nodeName, "table", "inet "+o.table, "resyncPeriod", o.resyncPeriod, "clusterPolicyCheckPeriod", o.cnpCheck)
 	// On SIGTERM the manager stops and the table stays in the kernel: the node keeps
 	// enforcing the last ruleset until the next agent replaces it (fail closed).
 	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {

@@ -20,9 +20,12 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	policyclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
 
 	"github.com/nftpolicy/nftpolicy/pkg/compiler"
 	"github.com/nftpolicy/nftpolicy/pkg/dataplane/netlink"
@@ -225,7 +228,8 @@ func runExplain(args []string, stdin io.Reader, out io.Writer) error {
 	return nil
 }
 
-// fromCluster lists namespaces, pods and policies from the API server.
+// fromCluster lists namespaces, pods, NetworkPolicies, nodes and — when their CRD is
+// installed — ClusterNetworkPolicies from the API server.
 func fromCluster(kubeconfig string) (*manifest.Objects, error) {
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
 	if kubeconfig != "" {
@@ -235,6 +239,11 @@ func fromCluster(kubeconfig string) (*manifest.Objects, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading kubeconfig: %w", err)
 	}
+	return fromConfig(cfg)
+}
+
+// fromConfig lists what fromCluster lists, through cfg.
+func fromConfig(cfg *rest.Config) (*manifest.Objects, error) {
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("creating a client: %w", err)
@@ -262,6 +271,29 @@ func fromCluster(kubeconfig string) (*manifest.Objects, error) {
 	}
 	for i := range nps.Items {
 		objs.Policies = append(objs.Policies, &nps.Items[i])
+	}
+	nodes, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("listing nodes: %w", err)
+	}
+	for i := range nodes.Items {
+		objs.Nodes = append(objs.Nodes, &nodes.Items[i])
+	}
+	pcs, err := policyclient.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("creating a client: %w", err)
+	}
+	cnps, err := pcs.PolicyV1beta1().ClusterNetworkPolicies().List(ctx, metav1.ListOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		// The CRD is not installed (most clusters): no ClusterNetworkPolicies, as the
+		// agent sees it.
+	case err != nil:
+		return nil, fmt.Errorf("listing clusternetworkpolicies: %w", err)
+	default:
+		for i := range cnps.Items {
+			objs.ClusterPolicies = append(objs.ClusterPolicies, &cnps.Items[i])
+		}
 	}
 	return objs, nil
 }

@@ -1,23 +1,32 @@
-// Package npeval is a small reference evaluator of networking.k8s.io/v1 NetworkPolicy,
-// written from the API documentation and deliberately independent of pkg/compiler: it
-// answers "is this connection allowed?" by walking the policies directly, with no sets,
-// chains or indexes. Tests use it as the oracle the compiled ruleset (judged by
-// pkg/tracer) must agree with.
+// Package npeval is a small reference evaluator of networking.k8s.io/v1 NetworkPolicy
+// and policy.networking.k8s.io/v1beta1 ClusterNetworkPolicy, written from the API
+// documentation and deliberately independent of pkg/compiler: it answers "is this
+// connection allowed?" by walking the policies directly, with no sets, chains or
+// indexes. Tests use it as the oracle the compiled ruleset (judged by pkg/tracer) must
+// agree with.
 //
-// Where an object is invalid (it would not pass API validation but reached the agent
-// anyway), the part that cannot be understood allows nothing and everything else still
-// applies; a policy whose podSelector cannot be parsed is ignored as a whole, because
-// which pods it isolates is unknown.
+// Each end of a connection is judged on its own (egress at the source pod, ingress at
+// the destination pod) through the tiers in order: the Admin ClusterNetworkPolicies,
+// then the NetworkPolicies, then the Baseline ClusterNetworkPolicies, then the default
+// (allowed); see Verdict and cnp.go.
+//
+// Where a NetworkPolicy is invalid (it would not pass API validation but reached the
+// agent anyway), the part that cannot be understood allows nothing and everything else
+// still applies; a policy whose podSelector cannot be parsed is ignored as a whole,
+// because which pods it isolates is unknown. Invalid ClusterNetworkPolicies fail closed
+// as their API prescribes (see cnp.go).
 package npeval
 
 import (
 	"net/netip"
+	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	cnp "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpolicy/nftpolicy/pkg/model"
 )
@@ -30,9 +39,18 @@ type Cluster struct {
 	Pods       []*model.Pod
 	Namespaces map[string]*model.Namespace
 	Policies   []*networkingv1.NetworkPolicy
+	// ClusterPolicies are the ClusterNetworkPolicies of both tiers, in any order.
+	ClusterPolicies []*cnp.ClusterNetworkPolicy
+	// Nodes are the cluster's nodes: the addresses `nodes` egress peers match.
+	Nodes []*model.Node
 }
 
-// Conn is the first packet of a connection.
+// ProtocolICMP may be given as Conn.Proto for ICMP (or ICMPv6, by the addresses'
+// family): only rules without ports or protocols match it.
+const ProtocolICMP corev1.Protocol = "ICMP"
+
+// Conn is the first packet of a connection. Proto is TCP, UDP, SCTP or any other
+// protocol (ProtocolICMP, say), for which Port means nothing. Replies are not modelled.
 type Conn struct {
 	Src, Dst netip.Addr
 	Proto    corev1.Protocol
@@ -43,11 +61,37 @@ type Conn struct {
 type Evaluator struct {
 	c      Cluster
 	owners map[netip.Addr]*model.Pod
+	// admin and baseline are the valid ClusterNetworkPolicies of each tier in the
+	// order they are evaluated.
+	admin, baseline []*clusterPolicy
+
+	mu   sync.Mutex
+	sels map[*metav1.LabelSelector]parsedSelector
 }
 
-// New indexes which pod owns each address.
+type parsedSelector struct {
+	sel labels.Selector
+	err error
+}
+
+// selector parses a label selector once per Evaluator (hostile clusters have rules of
+// hundreds of selectors, and parsing dominated their evaluation). Selectors are known
+// by address: the cluster state must not change while its Evaluator is in use.
+func (e *Evaluator) selector(ls *metav1.LabelSelector) (labels.Selector, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if p, ok := e.sels[ls]; ok {
+		return p.sel, p.err
+	}
+	sel, err := metav1.LabelSelectorAsSelector(ls)
+	e.sels[ls] = parsedSelector{sel, err}
+	return sel, err
+}
+
+// New indexes which pod owns each address and orders the ClusterNetworkPolicies.
 func New(c Cluster) *Evaluator {
-	e := &Evaluator{c: c, owners: map[netip.Addr]*model.Pod{}}
+	e := &Evaluator{c: c, owners: map[netip.Addr]*model.Pod{}, sels: map[*metav1.LabelSelector]parsedSelector{}}
+	e.admin, e.baseline = orderClusterPolicies(c.ClusterPolicies)
 	for _, p := range c.Pods {
 		if !participates(p) {
 			continue
@@ -89,29 +133,24 @@ func (e *Evaluator) Owner(ip netip.Addr) *model.Pod { return e.owners[ip.Unmap()
 
 // Allowed reports whether the connection may be opened: the source pod's egress
 // policies must allow it, and the destination pod's ingress policies too. An address
-// that no pod owns is not subject to policy on its side.
-func (e *Evaluator) Allowed(c Conn) bool {
-	c.Src, c.Dst = c.Src.Unmap(), c.Dst.Unmap()
-	src, dst := e.Owner(c.Src), e.Owner(c.Dst)
-	return e.side(networkingv1.PolicyTypeEgress, src, dst, c) && e.side(networkingv1.PolicyTypeIngress, dst, src, c)
-}
+// that no pod owns is not subject to policy on its side. Verdict says why.
+func (e *Evaluator) Allowed(c Conn) bool { return e.Verdict(c).Allowed }
 
-// side judges one end: self is the pod whose policies apply (nil: none), peer the pod at
-// the other end (nil: an address outside the pods).
-func (e *Evaluator) side(dir networkingv1.PolicyType, self, peer *model.Pod, c Conn) bool {
-	if self == nil {
-		return true
-	}
+// npSide judges one end by the NetworkPolicies alone: self is the pod whose policies
+// apply, peer the pod at the other end (nil: an address outside the pods). isolated
+// reports whether any policy selects self for the direction; then the connection is
+// allowed iff some rule allows it, and policy (namespace/name) and rule (its index in
+// the policy's ingress or egress list) name the first such rule.
+func (e *Evaluator) npSide(dir networkingv1.PolicyType, self, peer *model.Pod, c Conn) (isolated, allowed bool, policy string, rule int) {
 	peerIP, dst := c.Src, self
 	if dir == networkingv1.PolicyTypeEgress {
 		peerIP, dst = c.Dst, peer
 	}
-	isolated := false
 	for _, np := range e.c.Policies {
 		if np.Namespace != self.Namespace {
 			continue
 		}
-		sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
+		sel, err := e.selector(&np.Spec.PodSelector)
 		if err != nil || !sel.Matches(labels.Set(self.Labels)) {
 			continue
 		}
@@ -120,20 +159,20 @@ func (e *Evaluator) side(dir networkingv1.PolicyType, self, peer *model.Pod, c C
 		}
 		isolated = true
 		if dir == networkingv1.PolicyTypeIngress {
-			for _, r := range np.Spec.Ingress {
+			for i, r := range np.Spec.Ingress {
 				if e.ruleAllows(np, r.From, r.Ports, peer, peerIP, dst, c) {
-					return true
+					return true, true, np.Namespace + "/" + np.Name, i
 				}
 			}
 		} else {
-			for _, r := range np.Spec.Egress {
+			for i, r := range np.Spec.Egress {
 				if e.ruleAllows(np, r.To, r.Ports, peer, peerIP, dst, c) {
-					return true
+					return true, true, np.Namespace + "/" + np.Name, i
 				}
 			}
 		}
 	}
-	return !isolated
+	return isolated, !isolated, "", -1
 }
 
 // hasType applies the policyTypes default: Ingress always, Egress when there are
@@ -195,7 +234,7 @@ func (e *Evaluator) peerMatches(np *networkingv1.NetworkPolicy, p networkingv1.N
 			return false
 		}
 	} else {
-		sel, err := metav1.LabelSelectorAsSelector(p.NamespaceSelector)
+		sel, err := e.selector(p.NamespaceSelector)
 		if err != nil || !sel.Matches(e.namespaceLabels(peer.Namespace)) {
 			return false
 		}
@@ -203,7 +242,7 @@ func (e *Evaluator) peerMatches(np *networkingv1.NetworkPolicy, p networkingv1.N
 	if p.PodSelector == nil {
 		return true
 	}
-	sel, err := metav1.LabelSelectorAsSelector(p.PodSelector)
+	sel, err := e.selector(p.PodSelector)
 	return err == nil && sel.Matches(labels.Set(peer.Labels))
 }
 

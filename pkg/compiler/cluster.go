@@ -112,6 +112,13 @@ func (c *compilation) compileClusterPolicy(p *clusterPolicy, dir Direction) ([]r
 			name = " " + r.name
 		}
 		comment := truncate(fmt.Sprintf("%s %s %d %s rule %d%s: %s", p.key, p.tier, p.priority, dir, r.index, name, r.action), ruleset.MaxCommentLen)
+		owner := ruleset.RuleOwner{Role: role, Policy: p.ref, Rule: r.index, Cluster: &ruleset.ClusterRule{
+			Tier: string(p.tier), Priority: p.priority, Name: r.name, Action: string(r.action)}}
+		if role == ruleset.RoleClusterDeny && c.opts.LogDenied {
+			// The drop moves to a chain of its own that logs first (rate-limited, so the
+			// limit never decides whether a packet is dropped).
+			verdict = ruleset.Verdict{Kind: ruleset.VerdictGoto, Chain: c.clusterDenyChain(p, dir, r, owner, comment)}
+		}
 		var emitted []ruleset.Rule
 		if r.matchAll {
 			emitted = []ruleset.Rule{{Counter: true, Verdict: verdict, Comment: comment}}
@@ -122,14 +129,33 @@ func (c *compilation) compileClusterPolicy(p *clusterPolicy, dir Direction) ([]r
 					return c.clusterNamedPortSet(p, dir, r, fam, key, suffix)
 				}})
 		}
-		owner := ruleset.RuleOwner{Role: role, Policy: p.ref, Rule: r.index, Cluster: &ruleset.ClusterRule{
-			Tier: string(p.tier), Priority: p.priority, Name: r.name, Action: string(r.action)}}
+
 		for range emitted {
 			owners = append(owners, owner)
 		}
 		rules = append(rules, emitted...)
 	}
 	return rules, owners
+}
+
+// denyChainPrefix starts the names of the chains that log and drop what one
+// ClusterNetworkPolicy Deny rule matches (Options.LogDenied).
+func denyChainPrefix(dir Direction) string { return "deny-" + short(dir) + "-" }
+
+// clusterDenyChain returns the chain a Deny rule goes to under LogDenied: it logs the
+// packet with the chain's name as prefix (DeniedChainOf reverses it) and drops it.
+func (c *compilation) clusterDenyChain(p *clusterPolicy, dir Direction, r *clusterRule, owner ruleset.RuleOwner, comment string) string {
+	name := denyChainPrefix(dir) + shortHash(fmt.Sprintf("%s/%s/%d", p.key, dir, r.index))
+	if _, ok := c.chains[name]; ok {
+		return name
+	}
+	ch := &ruleset.Chain{Name: name, Comment: comment, Rules: []ruleset.Rule{
+		c.opts.denyLogRule(name),
+		{Counter: true, Verdict: ruleset.Drop, Comment: comment},
+	}}
+	c.addChain(ch, &ruleset.ChainOwner{Role: ruleset.RoleClusterDenyLog, Direction: dir, Policies: []ruleset.PolicyRef{p.ref},
+		Rules: []ruleset.RuleOwner{{Role: ruleset.RoleDenyLog}, owner}})
+	return name
 }
 
 // clusterNamedPortSet is namedPortSet for a ClusterNetworkPolicy rule: for ingress the

@@ -14,6 +14,7 @@ package compiler
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"sort"
 	"strings"
 
@@ -261,6 +262,12 @@ func parseClusterRule(obj *cnp.ClusterNetworkPolicy, dir Direction, i int, name 
 				failClosed(pf+".networks", fmt.Errorf("no networks"))
 			}
 			for k, cidr := range peer.Networks {
+				// The API accepts only canonical CIDRs (no host bits, no IPv4-mapped
+				// IPv6): anything else bypassed validation and fails closed.
+				if p, err := netip.ParsePrefix(string(cidr)); err != nil || p != p.Masked() || p.Addr().Is4In6() {
+					failClosed(fmt.Sprintf("%s.networks[%d]", pf, k), fmt.Errorf("%q is not a CIDR in canonical form", cidr))
+					continue
+				}
 				block, fam, key, err := parseIPBlock(&networkingv1.IPBlock{CIDR: string(cidr)})
 				if err != nil {
 					failClosed(fmt.Sprintf("%s.networks[%d]", pf, k), err)
@@ -269,6 +276,8 @@ func parseClusterRule(obj *cnp.ClusterNetworkPolicy, dir Direction, i int, name 
 				cidrs[fam] = append(cidrs[fam], block...)
 				cidrKeys = append(cidrKeys, key)
 			}
+		case len(peer.DomainNames) == 0:
+			failClosed(pf+".domainNames", fmt.Errorf("no domain names"))
 		case peer.DomainNames != nil:
 			// The subject of a later issue: until then the peer matches nothing.
 			bad(pf+".domainNames", fmt.Errorf("%w: domainNames peers are not supported yet; this peer matches nothing", ErrUnsupported))
@@ -289,6 +298,9 @@ func parseClusterRule(obj *cnp.ClusterNetworkPolicy, dir Direction, i int, name 
 
 	if protocols != nil {
 		r.hasPorts = true
+		if len(protocols) == 0 {
+			failClosed(field+".protocols", fmt.Errorf("an empty list (omit protocols to match every protocol)"))
+		}
 	}
 	for j, pr := range protocols {
 		pf := fmt.Sprintf("%s.protocols[%d]", field, j)

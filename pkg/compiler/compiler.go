@@ -141,8 +141,8 @@ func (o Options) denyLogRule(chain string) ruleset.Rule {
 // within the kernel's 127-byte prefix.
 func DenyLogPrefix(chain string) string { return chain + " " }
 
-// IsolationChainOf returns the isolation chain a LogDenied prefix names and the
-// direction it judges. The prefix is all the kernel hands back with a logged packet,
+// IsolationChainOf returns the chain a LogDenied prefix names — an isolation chain, or
+// the deny chain of a ClusterNetworkPolicy Deny rule — and the direction it judges. The prefix is all the kernel hands back with a logged packet,
 // so it is decoded here, next to isolationChain which names the chains; the policies
 // the chain isolates with are in the compiled ruleset's Owners.
 func IsolationChainOf(prefix string) (string, Direction, bool) {
@@ -151,7 +151,7 @@ func IsolationChainOf(prefix string) (string, Direction, bool) {
 		return "", "", false
 	}
 	for _, dir := range []Direction{Ingress, Egress} {
-		if strings.HasPrefix(chain, isolationChainPrefix(dir)) {
+		if strings.HasPrefix(chain, isolationChainPrefix(dir)) || strings.HasPrefix(chain, denyChainPrefix(dir)) {
 			return chain, dir, true
 		}
 	}

@@ -166,3 +166,35 @@ func TestLogDeniedOptions(t *testing.T) {
 		t.Error("IsolationChainOf accepted a prefix without the separator")
 	}
 }
+
+// TestLogDeniedClusterDeny: a ClusterNetworkPolicy Deny rule logs too, with the prefix
+// of its own deny chain, whose owner names the policy and the rule; the verdicts are
+// those without the option.
+func TestLogDeniedClusterDeny(t *testing.T) {
+	c := upstream(t)
+	c.clusterPolicy(cIngress(adminPol("guard", 10, nsSubject("x")), deny, "no-y", peers(peerNS("y"))))
+	rs := Compile(c.snapshot("n1"), Options{LogDenied: true}).Ruleset
+	if err := rs.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	src, dst := c.endpoint("y/a", ruleset.IPv4), c.endpoint("x/a", ruleset.IPv4)
+	res := tracer.New(rs).Trace(tracer.Packet{Src: src.Addr, Dst: dst.Addr, Proto: ruleset.ProtoTCP, DPort: 80})
+	if res.Allowed() {
+		t.Fatalf("y/a -> x/a allowed")
+	}
+	var prefix string
+	for _, s := range res.Steps {
+		if strings.Contains(s.Text, "log prefix") {
+			prefix = s.Chain + " "
+		}
+	}
+	chain, dir, ok := IsolationChainOf(prefix)
+	co := rs.Owners.Chain(chain)
+	if !ok || dir != Ingress || co == nil || len(co.Policies) != 1 || co.Policies[0].String() != "ClusterNetworkPolicy/guard" {
+		t.Fatalf("prefix %q: chain %q %v %v owner %+v; trace %+v", prefix, chain, dir, ok, co, res.Steps)
+	}
+	if ro, _ := rs.Owners.Rule(chain, 1); ro.Cluster == nil || ro.Cluster.Name != "no-y" {
+		t.Errorf("the deny chain's drop is owned by %+v", ro)
+	}
+	c.expect(tcp("y/a", "x/a", 80, false), tcp("z/a", "x/a", 80, true))
+}

@@ -1,6 +1,7 @@
 package compiler
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"reflect"
@@ -12,8 +13,10 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	cnp "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpolicy/nftpolicy/internal/npeval"
+	"github.com/nftpolicy/nftpolicy/internal/npeval/hostile"
 	"github.com/nftpolicy/nftpolicy/pkg/model"
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
 	"github.com/nftpolicy/nftpolicy/pkg/tracer"
@@ -48,6 +51,15 @@ func FuzzCompile(f *testing.F) {
 	// y (whose object lacks the label).
 	f.Add([]byte{0, 0, 0, 0, 0, 1, 0, 0, 0, 3, 1, 0, 0, 1, 0, 0, 1, 0, 1, 0, 1, 1, 1, 12, 0})
 	f.Add([]byte{0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 1, 0, 0, 1, 0, 0, 1, 0, 1, 0, 1, 1, 1, 10, 0})
+	// ClusterNetworkPolicies: after the pods and policies, a count and the generator's
+	// bytes (internal/npeval/hostile.RandomClusterPolicies).
+	for i := range 8 {
+		seed := []byte{0x05, 4, 0, 0, 0, 0, 1, 0x11, 1, 3, 2, 0, 0, 1, 0x22, 2, 0, 0, 1, 0x12, 0, 1, 1, 1, 0x03, 0, 0, byte(1 + i%4)}
+		for j := range 96 {
+			seed = append(seed, byte((j*37+i*11)%251))
+		}
+		f.Add(seed)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cl := decodeCluster(data)
 		checkCluster(t, cl)
@@ -59,6 +71,8 @@ type fuzzCluster struct {
 	pods       []*model.Pod
 	namespaces map[string]*model.Namespace
 	policies   []*networkingv1.NetworkPolicy
+	cnps       []*cnp.ClusterNetworkPolicy
+	nodes      []*model.Node
 	// nodeIPs are the nodes' own addresses (hostNetwork pods use them).
 	nodeIPs map[string][]netip.Addr
 	// external are addresses outside the cluster (one inside the pod range).
@@ -136,6 +150,15 @@ func decodeCluster(data []byte) *fuzzCluster {
 	nPol := r.pick(5)
 	for i := range nPol {
 		c.policies = append(c.policies, decodePolicy(r, i))
+	}
+	// Then the number of ClusterNetworkPolicies; the rest of the input drives their
+	// generator (internal/npeval/hostile), valid and invalid shapes alike. Inputs that
+	// end before (the older corpus) have none.
+	nCNP := r.pick(5)
+	if r.i < len(r.b) {
+		src := &hostile.Bytes{B: r.b[r.i:]}
+		c.nodes = hostile.RandomNodes(src, c.nodeIPs)
+		c.cnps = hostile.RandomClusterPolicies(src, npeval.Cluster{Pods: c.pods, Namespaces: c.namespaces}, nCNP, true)
 	}
 	return c
 }
@@ -345,7 +368,8 @@ func checkCluster(t *testing.T, c *fuzzCluster) {
 	rulesets := map[string]*ruleset.Ruleset{}
 	tracers := map[string]*tracer.Tracer{}
 	for _, node := range fuzzNodes {
-		snap := &model.Snapshot{NodeName: node, Pods: c.pods, Namespaces: c.namespaces, Policies: c.policies}
+		snap := &model.Snapshot{NodeName: node, Pods: c.pods, Namespaces: c.namespaces, Policies: c.policies,
+			ClusterPolicies: c.cnps, Nodes: c.nodes}
 		res := Compile(snap, Options{Revocation: true})
 		if err := res.Ruleset.Validate(); err != nil {
 			t.Fatalf("node %s: invalid ruleset: %v\n%s\n%s", node, err, describeFuzzCluster(c), ruleset.Render(res.Ruleset))
@@ -369,7 +393,7 @@ func checkCluster(t *testing.T, c *fuzzCluster) {
 		tracers[node] = tracer.New(res.Ruleset)
 	}
 
-	ev := npeval.New(npeval.Cluster{Pods: c.pods, Namespaces: c.namespaces, Policies: c.policies})
+	ev := npeval.New(npeval.Cluster{Pods: c.pods, Namespaces: c.namespaces, Policies: c.policies, ClusterPolicies: c.cnps, Nodes: c.nodes})
 	owners := model.IPOwners(c.pods)
 	var ends []tracer.Endpoint
 	seen := map[netip.Addr]bool{}
@@ -421,8 +445,8 @@ func checkCluster(t *testing.T, c *fuzzCluster) {
 				}
 				want := ev.Allowed(npeval.Conn{Src: src.Addr, Dst: dst.Addr, Proto: pr.proto, Port: pr.port})
 				if got != want {
-					t.Fatalf("%s -> %s %s/%d: ruleset allowed=%v, npeval %v\n%s\ntrace:\n  %s", src.Addr, dst.Addr, pr.proto, pr.port, got, want,
-						describeFuzzCluster(c), strings.Join(trace, "\n  "))
+					t.Fatalf("%s -> %s %s/%d: ruleset allowed=%v, npeval %v (%s)\n%s\ntrace:\n  %s", src.Addr, dst.Addr, pr.proto, pr.port, got, want,
+						ev.Verdict(npeval.Conn{Src: src.Addr, Dst: dst.Addr, Proto: pr.proto, Port: pr.port}), describeFuzzCluster(c), strings.Join(trace, "\n  "))
 				}
 			}
 		}
@@ -451,6 +475,13 @@ func describeFuzzCluster(c *fuzzCluster) string {
 	}
 	for _, np := range c.policies {
 		fmt.Fprintf(&b, "policy %s/%s: %s\n", np.Namespace, np.Name, np.Spec.String())
+	}
+	for _, n := range c.nodes {
+		fmt.Fprintf(&b, "node %s labels=%v addrs=%v\n", n.Name, n.Labels, n.Addrs)
+	}
+	for _, p := range c.cnps {
+		spec, _ := json.Marshal(p.Spec)
+		fmt.Fprintf(&b, "clusternetworkpolicy %s: %s\n", p.Name, spec)
 	}
 	return b.String()
 }

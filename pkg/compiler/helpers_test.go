@@ -165,21 +165,24 @@ func checkOwners(rs *ruleset.Ruleset) error {
 			case ruleset.RoleIsolationDrop:
 				ok = co.Role == ruleset.RoleIsolation && r.Verdict == ruleset.Drop && i == len(ch.Rules)-1
 			case ruleset.RoleDenyLog:
-				ok = co.Role == ruleset.RoleIsolation && r.Log != nil
+				ok = (co.Role == ruleset.RoleIsolation || co.Role == ruleset.RoleClusterDenyLog) && r.Log != nil
 			case ruleset.RoleDispatch:
 				ok = co.Role == ruleset.RoleBase && r.VMap != nil && o.Sets[r.VMap.Map] != nil && o.Sets[r.VMap.Map].Direction == co.Direction
 			case ruleset.RoleEstablished, ruleset.RoleNeighbourDiscovery, ruleset.RoleRevoked:
 				ok = co.Role == ruleset.RoleBase
 			case ruleset.RoleClusterAccept, ruleset.RoleClusterDeny, ruleset.RoleClusterPass:
 				want := map[ruleset.Role]string{ruleset.RoleClusterAccept: "Accept", ruleset.RoleClusterDeny: "Deny", ruleset.RoleClusterPass: "Pass"}[ro.Role]
-				ok = (co.Role == ruleset.RoleAdminTier || co.Role == ruleset.RoleBaselineTier) && ro.Policy.Cluster() &&
+				ok = (co.Role == ruleset.RoleAdminTier || co.Role == ruleset.RoleBaselineTier || co.Role == ruleset.RoleClusterDenyLog) && ro.Policy.Cluster() &&
 					ro.Cluster != nil && (ro.Cluster.Action == want || (ro.Role == ruleset.RoleClusterDeny && r.Verdict == ruleset.Drop)) &&
 					slices.Contains(co.Policies, ro.Policy)
 				switch ro.Role {
 				case ruleset.RoleClusterAccept:
 					ok = ok && r.Verdict == ruleset.Accept
 				case ruleset.RoleClusterDeny:
-					ok = ok && r.Verdict == ruleset.Drop
+					// A drop, or (LogDenied) a goto to the rule's deny chain.
+					target := o.Chain(r.Verdict.Chain)
+					ok = ok && (r.Verdict == ruleset.Drop || (r.Verdict.Kind == ruleset.VerdictGoto && target != nil &&
+						target.Role == ruleset.RoleClusterDenyLog && target.Policies[0] == ro.Policy))
 				case ruleset.RoleClusterPass:
 					ok = ok && (r.Verdict == ruleset.Accept || (r.Verdict.Kind == ruleset.VerdictGoto && o.Chain(r.Verdict.Chain) != nil))
 				}
@@ -436,6 +439,12 @@ func newEngineFrom(snap *model.Snapshot, opts Options) *Engine {
 	}
 	for _, np := range snap.Policies {
 		e.SetPolicy(np)
+	}
+	for _, p := range snap.ClusterPolicies {
+		e.SetClusterPolicy(p)
+	}
+	for _, n := range snap.Nodes {
+		e.SetNode(n)
 	}
 	for _, p := range snap.Pods {
 		e.SetPod(p)

@@ -28,6 +28,10 @@ type Problem struct {
 }
 
 func (p Problem) Error() string {
+	if p.Namespace == "" {
+		// Cluster-scoped (ClusterNetworkPolicy).
+		return fmt.Sprintf("%s %s: %s: %v", p.Kind, p.Name, p.Field, p.Err)
+	}
 	return fmt.Sprintf("%s %s/%s: %s: %v", p.Kind, p.Namespace, p.Name, p.Field, p.Err)
 }
 

@@ -92,8 +92,8 @@ type Side struct {
 	Isolated bool
 	Policies []string
 	// Allowed is this side's verdict; AllowedBy the policy rule that accepted
-	// ("ns/name ingress rule 0", or a ClusterNetworkPolicy rule as ClusterRuleText
-	// names it), DeniedBy what dropped: a ClusterNetworkPolicy rule, or the comment of
+	// ("ns/name ingress rule 0", or a ClusterNetworkPolicy rule as
+	// ruleset.RuleOwner.ClusterText names it), DeniedBy what dropped: a ClusterNetworkPolicy rule, or the comment of
 	// the isolation chain's drop.
 	Allowed   bool
 	AllowedBy string
@@ -104,17 +104,6 @@ type Side struct {
 	Tier string
 	// Passed names the Admin-tier Pass rule that handed the connection on, if any.
 	Passed string
-}
-
-// ClusterRuleText names a ClusterNetworkPolicy rule for people: "ClusterNetworkPolicy
-// deny-metadata, rule block-imds, Admin tier, priority 10" (an unnamed rule by its
-// direction and index: "ingress rule 2").
-func ClusterRuleText(ro ruleset.RuleOwner, dir compiler.Direction) string {
-	rule := fmt.Sprintf("%s rule %d", dir, ro.Rule)
-	if ro.Cluster.Name != "" {
-		rule = "rule " + ro.Cluster.Name
-	}
-	return fmt.Sprintf("ClusterNetworkPolicy %s, %s, %s tier, priority %d", ro.Policy.Name, rule, ro.Cluster.Tier, ro.Cluster.Priority)
 }
 
 // Hop is one node's judgement.
@@ -279,7 +268,7 @@ func (s *Side) read(h Hop) {
 			}
 		}
 		if ro.Role == ruleset.RoleClusterPass && ro.Cluster != nil && ro.Cluster.Tier == "Admin" {
-			s.Passed = ClusterRuleText(ro, co.Direction)
+			s.Passed = ro.ClusterText(co.Direction)
 		}
 		switch st.Verdict {
 		case "accept":
@@ -288,7 +277,7 @@ func (s *Side) read(h Hop) {
 				s.AllowedBy = fmt.Sprintf("%s %s rule %d", ro.Policy, co.Direction, ro.Rule)
 				s.Tier = "NetworkPolicy"
 			case ro.Cluster != nil:
-				s.AllowedBy = ClusterRuleText(ro, co.Direction)
+				s.AllowedBy = ro.ClusterText(co.Direction)
 				s.Tier = ro.Cluster.Tier
 			}
 		case "drop":
@@ -296,7 +285,7 @@ func (s *Side) read(h Hop) {
 			s.DeniedBy = st.Comment
 			switch {
 			case ro.Cluster != nil:
-				s.DeniedBy = ClusterRuleText(ro, co.Direction)
+				s.DeniedBy = ro.ClusterText(co.Direction)
 				s.Tier = ro.Cluster.Tier
 			case co.Role == ruleset.RoleIsolation:
 				s.Tier = "NetworkPolicy"

@@ -1,5 +1,5 @@
 // Package manifest reads the objects NetworkPolicy enforcement depends on — Namespaces,
-// Pods and NetworkPolicies — from YAML or JSON manifests: files, directories (every
+// Pods, NetworkPolicies, ClusterNetworkPolicies and Nodes — from YAML or JSON manifests: files, directories (every
 // *.yaml, *.yml and *.json in name order, not recursive) or a reader such as stdin.
 // A file may hold several documents (---) and List kinds (`kubectl get -o yaml` prints
 // a v1 List; PodList and the like are taken too). Other kinds (Services,
@@ -32,10 +32,10 @@ type Objects struct {
 	Namespaces []*corev1.Namespace
 	Pods       []*corev1.Pod
 	Policies   []*networkingv1.NetworkPolicy
-	// ClusterPolicies are ClusterNetworkPolicies (policy.networking.k8s.io v1beta1, or
-	// v1alpha2, which has the same schema).
+	// ClusterPolicies are the ClusterNetworkPolicies, v1beta1 or v1alpha2 (one schema;
+	// the API server serves either as the other).
 	ClusterPolicies []*cnp.ClusterNetworkPolicy
-	// Nodes matter to ClusterNetworkPolicy `nodes` peers.
+	// Nodes are what ClusterNetworkPolicy `nodes` peers select.
 	Nodes []*corev1.Node
 	// Skipped counts documents of other kinds, by kind.
 	Skipped map[string]int
@@ -221,7 +221,8 @@ func withDefaultKind(item json.RawMessage, apiVersion, kind string) (json.RawMes
 }
 
 // Snapshot is the compiler's input for node: every pod (the compiler needs the remote
-// ones for selectors), the namespaces' labels and every policy. Namespaces that only
+// ones for selectors), the namespaces' labels, every policy and ClusterNetworkPolicy,
+// and the nodes. Namespaces that only
 // pods or policies name get the labels the API server would give them.
 func (o *Objects) Snapshot(node string) *model.Snapshot {
 	snap := &model.Snapshot{NodeName: node, Namespaces: map[string]*model.Namespace{}}

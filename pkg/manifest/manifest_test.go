@@ -39,6 +39,50 @@ metadata: {name: d}
 	}
 }
 
+// ClusterNetworkPolicies of either served version and Nodes (as `kubectl get nodes -o
+// yaml` prints them) reach the snapshot.
+func TestReadClusterPoliciesAndNodes(t *testing.T) {
+	in := `apiVersion: policy.networking.k8s.io/v1beta1
+kind: ClusterNetworkPolicy
+metadata: {name: deny-all}
+spec:
+  tier: Admin
+  priority: 10
+  subject: {namespaces: {}}
+  ingress: [{action: Deny, from: [{namespaces: {}}]}]
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: baseline}
+spec: {tier: Baseline, priority: 5, subject: {namespaces: {}}}
+---
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Node
+  metadata: {name: n1, labels: {zone: a}}
+  status:
+    addresses: [{type: InternalIP, address: 192.168.0.1}, {type: Hostname, address: n1}]
+`
+	objs, err := Load([]string{"-"}, strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap := objs.Snapshot("n1")
+	if len(snap.ClusterPolicies) != 2 || snap.ClusterPolicies[0].Name != "deny-all" || snap.ClusterPolicies[0].Namespace != "" ||
+		snap.ClusterPolicies[0].Spec.Priority != 10 || snap.ClusterPolicies[1].Spec.Tier != "Baseline" {
+		t.Fatalf("cluster policies: %+v", snap.ClusterPolicies)
+	}
+	if len(snap.Nodes) != 1 || snap.Nodes[0].Name != "n1" || snap.Nodes[0].Labels["zone"] != "a" ||
+		len(snap.Nodes[0].Addrs) != 1 || snap.Nodes[0].Addrs[0].String() != "192.168.0.1" {
+		t.Fatalf("nodes: %+v", snap.Nodes)
+	}
+	if len(objs.Skipped) != 0 {
+		t.Fatalf("skipped: %v", objs.Skipped)
+	}
+}
+
 func TestReadErrors(t *testing.T) {
 	for _, in := range []string{
 		"kind: [",                          // not YAML

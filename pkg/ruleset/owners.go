@@ -1,5 +1,7 @@
 package ruleset
 
+import "fmt"
+
 // Direction is the direction of traffic a chain judges for the local pods it serves.
 type Direction string
 
@@ -49,6 +51,9 @@ const (
 	// RoleBaselineTier: the Baseline-tier rules of the ClusterNetworkPolicies selecting a
 	// set of pods not isolated by any NetworkPolicy.
 	RoleBaselineTier Role = "baseline-tier"
+	// RoleClusterDenyLog: under --log-denied, where one ClusterNetworkPolicy Deny rule
+	// sends what it matches: a log rule, then the drop.
+	RoleClusterDenyLog Role = "cluster-deny-log"
 )
 
 // Roles of rules.
@@ -122,6 +127,21 @@ type ClusterRule struct {
 	Priority int32
 	Name     string // the rule's name, may be empty
 	Action   string // Accept, Deny or Pass
+}
+
+// ClusterText names the ClusterNetworkPolicy rule of an owner for people:
+// "ClusterNetworkPolicy deny-metadata, rule block-imds, Admin tier, priority 10" (an
+// unnamed rule by its direction and index: "ingress rule 2"). Empty when the owner is
+// not a ClusterNetworkPolicy rule.
+func (r RuleOwner) ClusterText(dir Direction) string {
+	if r.Cluster == nil {
+		return ""
+	}
+	rule := fmt.Sprintf("%s rule %d", dir, r.Rule)
+	if r.Cluster.Name != "" {
+		rule = "rule " + r.Cluster.Name
+	}
+	return fmt.Sprintf("ClusterNetworkPolicy %s, %s, %s tier, priority %d", r.Policy.Name, rule, r.Cluster.Tier, r.Cluster.Priority)
 }
 
 // PolicyRule is one rule of a policy: spec.<Direction>[Rule].

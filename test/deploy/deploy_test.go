@@ -430,7 +430,8 @@ func (a access) String() string {
 // reads /metrics itself.
 func agentAccess(secureMetrics bool) []access {
 	var cases []access
-	for _, r := range []struct{ group, resource string }{{"", "pods"}, {"", "namespaces"}, {"networking.k8s.io", "networkpolicies"}, {"", "nodes"}} {
+	for _, r := range []struct{ group, resource string }{{"", "pods"}, {"", "namespaces"}, {"networking.k8s.io", "networkpolicies"},
+		{"policy.networking.k8s.io", "clusternetworkpolicies"}, {"", "nodes"}} {
 		for _, v := range []string{"get", "list", "watch"} {
 			cases = append(cases, access{group: r.group, resource: r.resource, verb: v, allowed: true})
 		}

@@ -201,7 +201,7 @@ func testClusterNetworkPolicy(t *testing.T, topo Topology) {
 	// beats the NetworkPolicy of z; a range denies x -> y on 80-81.
 	named := clusterPolicy("z-named", cnp.AdminTier, 0, nsSel("z"))
 	named.Spec.Ingress = []cnp.ClusterNetworkPolicyIngressRule{{Action: cnp.ClusterNetworkPolicyRuleActionAccept,
-		From: []cnp.ClusterNetworkPolicyIngressPeer{{Namespaces: nsSel("y")}},
+		From:      []cnp.ClusterNetworkPolicyIngressPeer{{Namespaces: nsSel("y")}},
 		Protocols: []cnp.ClusterNetworkPolicyProtocol{{DestinationNamedPort: "tcp-81"}}}}
 	apply(named)
 	expect("named port tcp-81 accepted: port 80 unchanged", 80)

@@ -3,6 +3,10 @@
 // of excepts, overlapping CIDRs, IPv4 and IPv6 in one rule, a pod with thousands of
 // labels, and 63-character names wherever the API allows them. The compiler's hostile
 // tests check it against npeval; the kernel test applies its ruleset.
+//
+// ClusterNetworkPolicies are opt-in, so that Cluster stays NetworkPolicy-only:
+// CNPCluster adds ClusterPolicies (valid, at the API's limits) and Nodes, and
+// RandomClusterPolicies and RandomNodes generate random ones, valid or not, for fuzzers.
 package hostile
 
 import (
