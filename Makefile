@@ -151,6 +151,10 @@ chart: helm ## helm lint and helm template the chart (rendered into _out/helm/);
 conformance-build: envtest-assets ## Build the conformance cluster's binaries from the module proxy into bin/conformance (cached).
 	@hack/conformance/build.sh $(BIN)/conformance
 
+.PHONY: cnp-conformance-build
+cnp-conformance-build: ## Build the upstream ClusterNetworkPolicy conformance suite (sigs.k8s.io/network-policy-api, test/cnpconformance) into bin/conformance/cnp-conformance.test.
+	$(GO) test -c -o $(BIN)/conformance/cnp-conformance.test ./test/cnpconformance
+
 # kind (make kind, make conformance): the multi-node test bed, hack/kind/.
 KIND_CLUSTER    ?= nftpolicy
 # auto: kind's stock node image and kindnet where Docker Hub answers, else the offline
@@ -183,7 +187,7 @@ kind-down: ## Delete the kind cluster(s) and the Docker engine make kind started
 	@hack/kind/cluster.sh down
 
 .PHONY: conformance
-conformance: conformance-build kind-image image helm ## Upstream NetworkPolicy e2e suite on 3-node kind clusters, one per CONFORMANCE_RUNS entry (root); one "N passed, M failed (…)" line per run.
+conformance: conformance-build cnp-conformance-build kind-image image helm ## Upstream NetworkPolicy e2e suite, then the ClusterNetworkPolicy conformance suite, on 3-node kind clusters, one per CONFORMANCE_RUNS entry (root); lines "N passed, M failed (…)" and "cnp: N passed, M failed (…)" per run (CONFORMANCE_CNP=report|gate|off).
 	@IMAGE=$(IMAGE) IMAGE_ARCHIVE=$(CURDIR)/$(IMAGE_ARCHIVE) KIND_NODE_IMAGE=$(KIND_OFFLINE_IMAGE) MAKE="$(MAKE)" hack/kind/conformance.sh
 
 .PHONY: conformance-down

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# `make conformance`: the upstream Kubernetes NetworkPolicy e2e suite against nftpolicy
-# on kind clusters (hack/kind/cluster.sh): a control plane and two workers, one agent per
-# node, installed with Helm. One suite run per entry of CONFORMANCE_RUNS, each on a new
-# cluster:
+# `make conformance`: the upstream Kubernetes NetworkPolicy e2e suite, then the upstream
+# ClusterNetworkPolicy conformance suite, against nftpolicy on kind clusters
+# (hack/kind/cluster.sh): a control plane and two workers, one agent per node, installed
+# with Helm (with the experimental channel of the ClusterNetworkPolicy CRD). One run of
+# both suites per entry of CONFORMANCE_RUNS, each on a new cluster:
 #
 #   CONFORMANCE_RUNS="vxlan/iptables/ipv4 host-gw/nftables/ipv4 host-gw/iptables/ipv6" (default)
 #     TOPOLOGY/PROXY/FAMILY: Flannel's backend (vxlan, host-gw), kube-proxy's mode
@@ -11,11 +12,19 @@
 # For each run: ginkgo --procs=$CONFORMANCE_PROCS --focus=Netpol --skip=SCTPConnectivity,
 # JUnit report in _out/conformance/RUN/junit.xml, and for each failed spec the evidence
 # (matrices, policies, every node's nft table, the agents' logs) in
-# _out/conformance/RUN/evidence/. It prints one line per run:
+# _out/conformance/RUN/evidence/. Then, on the same cluster, the ClusterNetworkPolicy
+# suite (sigs.k8s.io/network-policy-api, test/cnpconformance) with --all-features:
+# its go test output in _out/conformance/RUN/cnp.json (test2json) and cnp.log, its
+# report in _out/conformance/RUN/cnp-report.yaml; on a kernel without SCTP the tests
+# that probe SCTP are skipped. CONFORMANCE_CNP: report (the default) prints its line
+# without letting its failures fail the run, gate counts them, off skips the suite.
+# Two lines per run:
 #   48 passed, 0 failed (kind, 3 nodes, flannel vxlan, kube-proxy iptables, ipv4)
-# and exits non-zero when a spec failed or a cluster could not run the suite. Every
-# cluster, and the Docker engine when the harness started it, is removed at the end,
-# also after a failure or Ctrl-C (hack/kind/cluster.sh down).
+#   cnp: 18 passed, 0 failed, 12 skipped (kind, 3 nodes, flannel vxlan, kube-proxy iptables, ipv4; SCTP: kernel has none)
+# and exits non-zero when a spec failed (with CONFORMANCE_CNP=gate, a CNP test too) or a
+# cluster could not run the suite. Every cluster, and the Docker engine when the harness
+# started it, is removed at the end, also after a failure or Ctrl-C (hack/kind/cluster.sh
+# down).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -25,6 +34,8 @@ PROCS="${CONFORMANCE_PROCS:-4}"
 FOCUS="${CONFORMANCE_FOCUS:-Netpol}"
 SKIP="${CONFORMANCE_SKIP:-SCTPConnectivity}"
 RUNS="${CONFORMANCE_RUNS:-vxlan/iptables/ipv4 host-gw/nftables/ipv4 host-gw/iptables/ipv6}"
+CNP_MODE="${CONFORMANCE_CNP:-report}"
+CNP_TEST="$CONF_BIN/cnp-conformance.test"
 # A cluster name of its own: make kind's cluster (KIND_CLUSTER) is left alone.
 export KIND_CLUSTER="${CONFORMANCE_CLUSTER:-nftpolicy-conformance}"
 cluster="$root/hack/kind/cluster.sh"
@@ -38,6 +49,11 @@ flock -n 9 || die "another make conformance is running (/run/lock/nftpolicy-conf
 for f in "$CONF_BIN/e2e-netpol.test" "$CONF_BIN/ginkgo" "$CONF_BIN/kubectl"; do
   [ -e "$f" ] || die "$f is missing: run it through make conformance"
 done
+case "$CNP_MODE" in
+  report | gate) [ -e "$CNP_TEST" ] || die "$CNP_TEST is missing: run it through make conformance" ;;
+  off) ;;
+  *) die "CONFORMANCE_CNP=$CNP_MODE: want report, gate or off" ;;
+esac
 for run in $RUNS; do
   IFS=/ read -r topology proxy family <<<"$run"
   case "$topology/$proxy/$family" in
@@ -66,6 +82,45 @@ summary() {
   ' "$junit"
 }
 
+# cnp_summary JSON: "N passed, M failed[, K skipped]" of the ClusterNetworkPolicy suite,
+# from go test's events (test2json): its tests are the subtests TestConformance/<name>.
+# A test the suite skips through its SkipTests (SCTP) passes, having logged "Skipping
+# <name>": counted skipped. A failure outside every test (setup: the base pods, the
+# CRDs) counts as one failure.
+cnp_summary() {
+  local json="$1"
+  if [ ! -s "$json" ]; then
+    echo "0 passed, 1 failed"
+    return
+  fi
+  awk '
+    {
+      action = ""; test = ""
+      if (match($0, /"Action":"[a-z]+"/)) action = substr($0, RSTART + 10, RLENGTH - 11)
+      if (match($0, /"Test":"[^"]*"/)) test = substr($0, RSTART + 8, RLENGTH - 9)
+      if (test == "TestConformance") {
+        if (action == "pass" || action == "fail" || action == "skip") top = action
+        next
+      }
+      if (test !~ /^TestConformance\/[^\/]+$/) next
+      name = substr(test, 17)
+      if (action == "output" && index($0, "Skipping " name "\\n")) skipped_by_suite[name] = 1
+      if (action == "pass" || action == "fail" || action == "skip") result[name] = action
+    }
+    END {
+      for (name in result) {
+        if (result[name] == "fail") { failed++; print "CNP FAILED: " name > "/dev/stderr" }
+        else if (result[name] == "skip" || skipped_by_suite[name]) skipped++
+        else passed++
+      }
+      if (top != "pass" && failed == 0) { failed = 1; print "CNP FAILED: TestConformance (" (top == "" ? "did not finish" : top) ")" > "/dev/stderr" }
+      printf "%d passed, %d failed", passed, failed
+      if (skipped) printf ", %d skipped", skipped
+      printf "\n"
+    }
+  ' "$json"
+}
+
 lines=()
 finish() {
   local rc=$?
@@ -75,7 +130,9 @@ finish() {
   local line failed=0
   for line in "${lines[@]}"; do
     echo "$line"
-    case "$line" in *" 0 failed "*) ;; *) failed=1 ;; esac
+    # The ClusterNetworkPolicy suite's failures count only with CONFORMANCE_CNP=gate.
+    case "$line" in "cnp: "*) [ "$CNP_MODE" = gate ] || continue ;; esac
+    case "$line" in *" 0 failed "* | *" 0 failed,"*) ;; *) failed=1 ;; esac
   done
   [ ${#lines[@]} -gt 0 ] || { echo "0 passed, 1 failed (no run finished)"; failed=1; }
   [ "$failed" = 0 ] && exit "$rc"
@@ -96,6 +153,34 @@ stop_if_interrupted() {
 
 # The previous run's clusters, and whatever a crashed run left, go first.
 "$cluster" down
+version="$(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown)"
+cnp_module="sigs.k8s.io/network-policy-api $(go -C "$root" list -m -f '{{.Version}}' sigs.k8s.io/network-policy-api 2>/dev/null || echo '?')"
+
+# run_cnp NAME DIR DESC: the ClusterNetworkPolicy suite on the current cluster; adds
+# its line.
+run_cnp() {
+  local name="$1" dir="$2" desc="$3" rc line note=""
+  log "running the ClusterNetworkPolicy conformance suite ($cnp_module, --all-features)"
+  set +e
+  # test2json's markers (-test.v=test2json) are turned into events afterwards: one
+  # run, both the events and a plain log.
+  NFTPOLICY_CNP_CONFORMANCE=1 KUBECONFIG="$KUBECONFIG" "$CNP_TEST" \
+    -test.run='^TestConformance$' -test.v=test2json -test.timeout=60m \
+    -all-features -conformance-profiles=ClusterNetworkPolicy -report-output="$dir/cnp-report.yaml" \
+    -organization=nftpolicy -project=nftpolicy -url=https://github.com/nftpolicy/nftpolicy \
+    -version="$version" -contact=https://github.com/nftpolicy/nftpolicy/issues \
+    -additional-info="make conformance (hack/kind/conformance.sh), run $name: $desc" \
+    >"$dir/cnp.out" 2>&1
+  rc=$?
+  set -e
+  go tool test2json -t -p cnpconformance <"$dir/cnp.out" >"$dir/cnp.json" || true
+  tr -d '\026' <"$dir/cnp.out" >"$dir/cnp.log" && rm -f "$dir/cnp.out"
+  grep -q 'SCTP: kernel has none' "$dir/cnp.log" && note="; SCTP: kernel has none"
+  line="$(cnp_summary "$dir/cnp.json")"
+  [ "$rc" = 0 ] || case "$line" in *" 0 failed"*) line="${line/ 0 failed/ 1 failed}" ;; esac
+  lines+=("cnp: $line ($desc$note)")
+  log "cnp: $line ($desc$note); go test exit code $rc; log $dir/cnp.log, report $dir/cnp-report.yaml"
+}
 
 for run in $RUNS; do
   stop_if_interrupted
@@ -105,8 +190,11 @@ for run in $RUNS; do
   rm -rf "$dir" && mkdir -p "$dir/evidence"
   desc="kind, 3 nodes, flannel $topology, kube-proxy $proxy, $family"
   log "run $name: $desc"
+  # The experimental channel of the ClusterNetworkPolicy CRD: --all-features runs the
+  # tests of its experimental fields too.
   if ! KIND_TOPOLOGY="$topology" KIND_PROXY_MODE="$proxy" KIND_IP_FAMILY="$family" KIND_WORKERS=2 \
-    KIND_AGENT_ARGS="--set logLevel=1" "$cluster" up 2>&1 | tee "$dir/cluster.log" >&2; then
+    KIND_AGENT_ARGS="--set logLevel=1 --set clusterNetworkPolicy.crds=experimental" \
+    "$cluster" up 2>&1 | tee "$dir/cluster.log" >&2; then
     stop_if_interrupted
     lines+=("0 passed, 1 failed ($desc: the cluster did not come up, see $dir/cluster.log)")
     continue
@@ -130,16 +218,24 @@ for run in $RUNS; do
   grep -q 'status="interrupted"' "$dir/junit.xml" 2>/dev/null && interrupted=1
   stop_if_interrupted
   tail -n 5 "$dir/ginkgo.log" >&2
-  log "suite finished (ginkgo exit code $suite_rc); collecting the agents' logs and rulesets"
+  log "suite finished (ginkgo exit code $suite_rc); collecting the rulesets"
   for n in $nodes; do
     docker exec "$n" nft list table inet nftpolicy >"$dir/nft-$n.txt" 2>&1 || true
   done
-  "$CONF_BIN/kubectl" --kubeconfig "$KUBECONFIG" -n kube-system logs -l app.kubernetes.io/name=nftpolicy \
-    --prefix --tail=-1 >"$dir/agent.log" 2>&1 || true
   line="$(summary "$dir/junit.xml")"
   [ "$suite_rc" = 0 ] || case "$line" in *" 0 failed") line="${line% 0 failed} 1 failed" ;; esac
   lines+=("$line ($desc)")
   log "$line ($desc); JUnit report $dir/junit.xml"
   ls "$dir/evidence"/*.txt >/dev/null 2>&1 && log "evidence of failed specs: $dir/evidence/"
+  if [ "$CNP_MODE" != off ]; then
+    run_cnp "$name" "$dir" "$desc"
+    stop_if_interrupted
+    for n in $nodes; do
+      docker exec "$n" nft list table inet nftpolicy >"$dir/cnp-nft-$n.txt" 2>&1 || true
+    done
+  fi
+  log "collecting the agents' logs"
+  "$CONF_BIN/kubectl" --kubeconfig "$KUBECONFIG" -n kube-system logs -l app.kubernetes.io/name=nftpolicy \
+    --prefix --tail=-1 >"$dir/agent.log" 2>&1 || true
   "$root/bin/kind/kind" delete cluster --name "$KIND_CLUSTER" >&2 || true
 done

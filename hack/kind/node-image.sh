@@ -13,7 +13,7 @@
 #   bin/kind          etcd coredns flanneld crictl capwrap (hack/kind/build.sh)
 #   Debian bookworm   the node's root file system (systemd, containerd, runc, CNI
 #                     plugins, iptables, nftables, conntrack) and the base layer of
-#                     the kube-proxy and Flannel images, from mmdebstrap
+#                     the kube-proxy, Flannel and CNP-suite agnhost images, from mmdebstrap
 #   kind's module     the base image's entrypoint, systemd units and sysctls
 #                     (sigs.k8s.io/kind images/base/files), unmodified
 # Cached: the two Debian trees (keyed by their package lists) and the final root file
@@ -71,6 +71,15 @@ kube_dir="$(cd / && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@$K
 agnhost_tag="$(sed -n 's/.*configs\[Agnhost\] = Config{list.PromoterE2eRegistry, "agnhost", "\([^"]*\)"}.*/\1/p' "$kube_dir/test/utils/image/manifest.go")"
 [ -n "$agnhost_tag" ] || die "cannot read agnhost's version from k8s.io/kubernetes@$K8S_VERSION test/utils/image/manifest.go"
 AGNHOST_IMAGE="registry.k8s.io/e2e-test-images/agnhost:$agnhost_tag"
+# The ClusterNetworkPolicy conformance suite's agnhost (make conformance), at the tag its
+# base manifests name: the same binary on the Debian layer, since they start it with
+# /bin/bash -c.
+cnp_version="$(go -C "$root" list -m -f '{{.Version}}' sigs.k8s.io/network-policy-api)"
+cnp_dir="$(cd / && GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/network-policy-api@$cnp_version" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
+mapfile -t cnp_agnhost < <(grep -o 'registry\.k8s\.io/e2e-test-images/agnhost:[^" ]*' "$cnp_dir/conformance/base/manifests.yaml" | sort -u)
+[ "${#cnp_agnhost[@]}" = 1 ] ||
+  die "want one agnhost image in sigs.k8s.io/network-policy-api@$cnp_version conformance/base/manifests.yaml, found ${#cnp_agnhost[@]}: ${cnp_agnhost[*]}"
+AGNHOST_CNP_IMAGE="${cnp_agnhost[0]}"
 
 # debian NAME PACKAGES...: a cached Debian root file system tar in $cache/NAME.tar.
 debian() {
@@ -107,6 +116,7 @@ inputs="$( (
   sha256sum "$CONF_BIN"/{kubelet,kubeadm,kubectl,kube-controller-manager,kube-scheduler,kube-proxy,agnhost,pause} \
     "$K8S_BIN/kube-apiserver" "$KIND_BIN"/{etcd,coredns,flanneld,crictl,capwrap} \
     "$cache/node-rootfs.tar.version" "$cache/net-base.tar.version" "$0"
+  echo "$AGNHOST_IMAGE $AGNHOST_CNP_IMAGE"
   find "$files" "$kind_dir/images/base/files" -type f -print0 | sort -z | xargs -0 sha256sum
 ) | sha256sum | cut -c1-16)"
 if [ "$(docker image inspect -f '{{index .Config.Labels "io.nftpolicy.kind-node.inputs"}}' "$IMAGE" 2>/dev/null)" = "$inputs" ]; then
@@ -132,6 +142,10 @@ if [ ! -f "$final" ] || [ "$(cat "$final.version" 2>/dev/null)" != "$inputs" ]; 
   img coredns -ref "$COREDNS_IMAGE" -file "$KIND_BIN/coredns:/coredns" -entrypoint /coredns
   img pause -ref "$PAUSE_IMAGE" -file "$CONF_BIN/pause:/pause" -entrypoint /pause -user 65535:65535
   img agnhost -ref "$AGNHOST_IMAGE" -file "$CONF_BIN/agnhost:/agnhost" -entrypoint /agnhost -cmd pause
+  if [ "$AGNHOST_CNP_IMAGE" != "$AGNHOST_IMAGE" ]; then
+    img agnhost-cnp -ref "$AGNHOST_CNP_IMAGE" -layer "$cache/net-base.tar" \
+      -file "$CONF_BIN/agnhost:/agnhost" -entrypoint /agnhost -cmd pause
+  fi
   img flannel -ref "$FLANNEL_IMAGE" -layer "$cache/net-base.tar" \
     -file "$KIND_BIN/flanneld:/opt/bin/flanneld" -entrypoint /opt/bin/flanneld
 

@@ -280,7 +280,7 @@ func parseClusterRule(obj *cnp.ClusterNetworkPolicy, dir Direction, i int, name 
 			failClosed(pf+".domainNames", fmt.Errorf("no domain names"))
 		case peer.DomainNames != nil:
 			// The subject of a later issue: until then the peer matches nothing.
-			bad(pf+".domainNames", fmt.Errorf("%w: domainNames peers are not supported yet; this peer matches nothing", ErrUnsupported))
+			bad(pf+".domainNames", fmt.Errorf("%w: domainNames peers are not supported yet by nftpolicy; this peer matches nothing", ErrUnsupported))
 		}
 	}
 	if failed {
@@ -324,7 +324,7 @@ func parseClusterRule(obj *cnp.ClusterNetworkPolicy, dir Direction, i int, name 
 		case pr.SCTP != nil:
 			proto, port = corev1.ProtocolSCTP, pr.SCTP.DestinationPort
 			if opts.SCTPUnsupported {
-				bad(pf+".sctp", fmt.Errorf("%w: the kernel has no SCTP, so this protocol matches nothing here", ErrUnsupported))
+				bad(pf+".sctp", fmt.Errorf("%w on this node: the kernel has no SCTP, so this protocol matches nothing here", ErrUnsupported))
 			}
 		default:
 			// A named port is resolved on the destination pod with whatever protocol its

@@ -480,7 +480,10 @@ func describeFuzzCluster(c *fuzzCluster) string {
 		fmt.Fprintf(&b, "node %s labels=%v addrs=%v\n", n.Name, n.Labels, n.Addrs)
 	}
 	for _, p := range c.cnps {
-		spec, _ := json.Marshal(p.Spec)
+		spec, err := json.Marshal(p.Spec)
+		if err != nil {
+			spec = []byte(err.Error())
+		}
 		fmt.Fprintf(&b, "clusternetworkpolicy %s: %s\n", p.Name, spec)
 	}
 	return b.String()

@@ -16,8 +16,9 @@ import (
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
 )
 
-// ErrUnsupported marks Problems of features the node lacks, as opposed to invalid input.
-var ErrUnsupported = errors.New("unsupported on this node")
+// ErrUnsupported marks Problems of features the node (or nftpolicy) lacks, as opposed
+// to invalid input.
+var ErrUnsupported = errors.New("unsupported")
 
 // Problem is an input the compiler could not use: the object and field it came from and
 // why. The rest of the snapshot is compiled regardless.
@@ -143,7 +144,7 @@ func sctpProblems(np *networkingv1.NetworkPolicy) []Problem {
 		for j, p := range ports {
 			if p.Protocol != nil && *p.Protocol == corev1.ProtocolSCTP {
 				out = append(out, policyProblem(np, fmt.Sprintf("%s.ports[%d].protocol", field, j),
-					fmt.Errorf("%w: the kernel has no SCTP, so this port allows nothing here", ErrUnsupported)))
+					fmt.Errorf("%w on this node: the kernel has no SCTP, so this port allows nothing here", ErrUnsupported)))
 			}
 		}
 	}

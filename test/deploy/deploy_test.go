@@ -238,13 +238,17 @@ func checkAgent(t *testing.T, ds *appsv1.DaemonSet) *corev1.Container {
 	return c
 }
 
+// cnpCRD is the ClusterNetworkPolicy CRD's kind/name as kinds lists it.
+const cnpCRD = "CustomResourceDefinition/clusternetworkpolicies.policy.networking.k8s.io"
+
 // checkDefaultDeploy checks what the chart's default rendering and config/default
-// share: exactly the agent's objects, each accepted by the API server (dry run), and a
-// DaemonSet that tolerates every taint and whose agent container passes checkAgent.
-// what starts the message of a wrong set of objects.
-func checkDefaultDeploy(t *testing.T, c client.Client, objs []*unstructured.Unstructured, what string) (*appsv1.DaemonSet, *corev1.Container) {
+// share: exactly the agent's objects (and extra ones), each accepted by the API server
+// (dry run), and a DaemonSet that tolerates every taint and whose agent container passes
+// checkAgent. what starts the message of a wrong set of objects.
+func checkDefaultDeploy(t *testing.T, c client.Client, objs []*unstructured.Unstructured, what string, extra ...string) (*appsv1.DaemonSet, *corev1.Container) {
 	t.Helper()
-	want := []string{"ClusterRole/nftpolicy-agent", "ClusterRole/nftpolicy-metrics-reader", "ClusterRoleBinding/nftpolicy-agent", "DaemonSet/nftpolicy-agent", "ServiceAccount/nftpolicy-agent"}
+	want := append([]string{"ClusterRole/nftpolicy-agent", "ClusterRole/nftpolicy-metrics-reader", "ClusterRoleBinding/nftpolicy-agent", "DaemonSet/nftpolicy-agent", "ServiceAccount/nftpolicy-agent"}, extra...)
+	slices.Sort(want)
 	if got := kinds(objs); !slices.Equal(got, want) {
 		t.Errorf("%s %v, want %v", what, got, want)
 	}
@@ -261,7 +265,9 @@ func TestChart(t *testing.T) {
 
 	t.Run("defaults", func(t *testing.T) {
 		objs := helmTemplate(t, helm)
-		ds, ctr := checkDefaultDeploy(t, c, objs, "rendered")
+		// The ClusterNetworkPolicy CRD of the standard channel by default.
+		ds, ctr := checkDefaultDeploy(t, c, objs, "rendered", cnpCRD)
+		checkCNPCRD(t, objs, "standard")
 		if ds.Namespace != "kube-system" || ds.Spec.Template.Spec.ServiceAccountName != "nftpolicy-agent" {
 			t.Errorf("DaemonSet %s/%s runs as %q", ds.Namespace, ds.Name, ds.Spec.Template.Spec.ServiceAccountName)
 		}
@@ -287,10 +293,11 @@ func TestChart(t *testing.T) {
 	t.Run("every value set", func(t *testing.T) {
 		objs := helmTemplate(t, helm, "--values", filepath.Join("testdata", "all-values.yaml"))
 		want := []string{"ClusterRole/np-agent", "ClusterRole/np-metrics-reader", "ClusterRoleBinding/np-agent", "ClusterRoleBinding/np-metrics-reader",
-			"DaemonSet/np-agent", "Service/np-agent-metrics", "ServiceAccount/np-sa", "ServiceMonitor/np-agent"}
+			cnpCRD, "DaemonSet/np-agent", "Service/np-agent-metrics", "ServiceAccount/np-sa", "ServiceMonitor/np-agent"}
 		if got := kinds(objs); !slices.Equal(got, want) {
 			t.Errorf("rendered %v, want %v", got, want)
 		}
+		checkCNPCRD(t, objs, "experimental")
 		applyDryRun(t, c, objs)
 		ds := find[appsv1.DaemonSet](t, objs, "DaemonSet")
 		ctr := checkAgent(t, ds)
@@ -381,6 +388,37 @@ func TestChart(t *testing.T) {
 		checkAccess(t, c, "system:serviceaccount:kube-system:nftpolicy-agent", agentAccess(false))
 	})
 
+	t.Run("ClusterNetworkPolicy CRD channels", func(t *testing.T) {
+		// Each channel renders its CRD and changes nothing else; none renders none.
+		others := func(objs []*unstructured.Unstructured) []*unstructured.Unstructured {
+			return slices.DeleteFunc(slices.Clone(objs), func(u *unstructured.Unstructured) bool { return u.GetKind() == "CustomResourceDefinition" })
+		}
+		base := others(helmTemplate(t, helm))
+		for _, channel := range []string{"standard", "experimental", "none"} {
+			objs := helmTemplate(t, helm, "--set", "clusterNetworkPolicy.crds="+channel)
+			if channel == "none" {
+				for _, u := range objs {
+					if u.GetKind() == "CustomResourceDefinition" {
+						t.Errorf("crds=none renders CRD %s", u.GetName())
+					}
+				}
+			} else {
+				checkCNPCRD(t, objs, channel)
+				applyDryRun(t, c, objs)
+			}
+			if got := others(objs); !equality.Semantic.DeepEqual(got, base) {
+				t.Errorf("crds=%s changes objects other than the CRD: %v", channel, kinds(got))
+			}
+			checkCNPRules(t, objs)
+		}
+		// The value is checked: a typo is an error, not a silent none.
+		args := []string{"template", "nftpolicy", filepath.Join(chart.RepoRoot(t), "config", "helm", "nftpolicy"), "--set", "clusterNetworkPolicy.crds=Experimental"}
+		out, err := exec.Command(helm, args...).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "want standard, experimental or none") {
+			t.Errorf("helm %s: %v, want an error naming the channels:\n%s", strings.Join(args, " "), err, out)
+		}
+	})
+
 	t.Run("lint", func(t *testing.T) {
 		chart := filepath.Join(chart.RepoRoot(t), "config", "helm", "nftpolicy")
 		for _, args := range [][]string{
@@ -430,15 +468,23 @@ func (a access) String() string {
 // reads /metrics itself.
 func agentAccess(secureMetrics bool) []access {
 	var cases []access
-	for _, r := range []struct{ group, resource string }{{"", "pods"}, {"", "namespaces"}, {"networking.k8s.io", "networkpolicies"},
-		{"policy.networking.k8s.io", "clusternetworkpolicies"}, {"", "nodes"}} {
+	for _, r := range []struct{ group, resource string }{
+		{"", "pods"}, {"", "namespaces"}, {"networking.k8s.io", "networkpolicies"}, {"", "nodes"},
+		{"policy.networking.k8s.io", "clusternetworkpolicies"},
+	} {
 		for _, v := range []string{"get", "list", "watch"} {
 			cases = append(cases, access{group: r.group, resource: r.resource, verb: v, allowed: true})
 		}
-		for _, v := range []string{"create", "update", "patch", "delete"} {
+		for _, v := range []string{"create", "update", "patch", "delete", "deletecollection"} {
 			cases = append(cases, access{group: r.group, resource: r.resource, verb: v})
 		}
 	}
+	// ClusterNetworkPolicies are read, never written: not even their status.
+	for _, v := range []string{"get", "update", "patch"} {
+		cases = append(cases, access{group: "policy.networking.k8s.io", resource: "clusternetworkpolicies/status", verb: v})
+	}
+	cases = append(cases, access{group: "apiextensions.k8s.io", resource: "customresourcedefinitions", verb: "list"},
+		access{group: "apiextensions.k8s.io", resource: "customresourcedefinitions", verb: "create"})
 	for _, g := range []string{"", "events.k8s.io"} {
 		cases = append(cases, access{group: g, resource: "events", verb: "create", allowed: true}, access{group: g, resource: "events", verb: "patch", allowed: true},
 			access{group: g, resource: "events", verb: "delete"}, access{group: g, resource: "events", verb: "list"})
@@ -492,6 +538,8 @@ func checkRules(t *testing.T, objs []*unstructured.Unstructured, secureMetrics b
 	if agentRole == nil {
 		t.Fatalf("no agent ClusterRole in %v", kinds(objs))
 	}
+	checkReadOnlyRule(t, agentRole, "policy.networking.k8s.io", "clusternetworkpolicies")
+	checkReadOnlyRule(t, agentRole, "", "nodes")
 	reviews := 0
 	for _, r := range agentRole.Rules {
 		if slices.Contains(r.Resources, "tokenreviews") || slices.Contains(r.Resources, "subjectaccessreviews") {
@@ -512,6 +560,42 @@ func checkRules(t *testing.T, objs []*unstructured.Unstructured, secureMetrics b
 		if !equality.Semantic.DeepEqual(reader.Rules, want) {
 			t.Errorf("metrics-reader rules %+v, want %+v", reader.Rules, want)
 		}
+	}
+}
+
+// checkCNPRules checks the agent's ClusterRole reads ClusterNetworkPolicies and nodes
+// (checkReadOnlyRule).
+func checkCNPRules(t *testing.T, objs []*unstructured.Unstructured) {
+	t.Helper()
+	for _, u := range objs {
+		if u.GetKind() == "ClusterRole" && !strings.HasSuffix(u.GetName(), "-metrics-reader") {
+			r := decodeStrict[rbacv1.ClusterRole](t, u)
+			checkReadOnlyRule(t, r, "policy.networking.k8s.io", "clusternetworkpolicies")
+			checkReadOnlyRule(t, r, "", "nodes")
+			return
+		}
+	}
+	t.Fatalf("no agent ClusterRole in %v", kinds(objs))
+}
+
+// checkReadOnlyRule checks that exactly one rule of role names the resource (or a
+// subresource of it) in the group, and that it grants get, list and watch on it and
+// nothing else; and that no other rule grants anything in that group, but for the core
+// group which other resources share.
+func checkReadOnlyRule(t *testing.T, role *rbacv1.ClusterRole, group, resource string) {
+	t.Helper()
+	var found []rbacv1.PolicyRule
+	for _, r := range role.Rules {
+		names := slices.ContainsFunc(r.Resources, func(res string) bool { return res == resource || strings.HasPrefix(res, resource+"/") })
+		if names {
+			found = append(found, r)
+		} else if group != "" && slices.Contains(r.APIGroups, group) {
+			t.Errorf("ClusterRole %s rule %+v grants more in %s than %s", role.Name, r, group, resource)
+		}
+	}
+	want := rbacv1.PolicyRule{APIGroups: []string{group}, Resources: []string{resource}, Verbs: []string{"get", "list", "watch"}}
+	if len(found) != 1 || !equality.Semantic.DeepEqual(found[0], want) {
+		t.Errorf("ClusterRole %s rules on %s: %+v, want exactly %+v", role.Name, resource, found, want)
 	}
 }
 
@@ -579,6 +663,19 @@ func TestKustomizeBases(t *testing.T) {
 	checkRules(t, objs, true)
 	applyRBAC(t, c, objs)
 	checkAccess(t, c, "system:serviceaccount:kube-system:nftpolicy-agent", agentAccess(true))
+
+	// The CRD, apart (config/crd/CHANNEL): upstream's file of each channel, unchanged.
+	for _, channel := range []string{"standard", "experimental"} {
+		objs := kustomizeResources(t, filepath.Join(chart.RepoRoot(t), "config", "crd", channel))
+		if got := kinds(objs); !slices.Equal(got, []string{cnpCRD}) {
+			t.Errorf("config/crd/%s has %v, want %s", channel, got, cnpCRD)
+			continue
+		}
+		if want := upstreamCRD(t, channel); !equality.Semantic.DeepEqual(objs[0], want) {
+			t.Errorf("config/crd/%s is not upstream's %s CRD", channel, channel)
+		}
+		applyDryRun(t, c, objs)
+	}
 }
 
 // kustomizeResources reads a kustomization that only lists resources (files or other

@@ -170,3 +170,32 @@ func tail(s string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// ClusterPoliciesWatchedLog is what an agent logs once it watches ClusterNetworkPolicies
+// (controllers/clusterpolicies.go).
+const ClusterPoliciesWatchedLog = "ClusterNetworkPolicies are served; watching them"
+
+// WaitAgentsLog waits until the log of every node's agent contains line.
+func (c *Cluster) WaitAgentsLog(ctx context.Context, line string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		missing := ""
+		for _, n := range c.Nodes() {
+			if !strings.Contains(c.AgentLog(n.Name), line) {
+				missing = n.Name
+				break
+			}
+		}
+		if missing == "" {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the agent of %s did not log %q within %v", missing, line, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}

@@ -54,7 +54,10 @@ func (c *Cluster) InstallCNPCRD(ctx context.Context, channel string) error {
 			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("ClusterNetworkPolicy CRD not served after 30s: %v", err)
+			if err == nil {
+				return fmt.Errorf("ClusterNetworkPolicy CRD not served after 30s")
+			}
+			return fmt.Errorf("ClusterNetworkPolicy CRD not served after 30s: %w", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -66,12 +69,13 @@ func (c *Cluster) InstallCNPCRD(ctx context.Context, channel string) error {
 
 // Apply creates obj, or updates it to obj's spec and labels when it exists.
 func (c *Cluster) Apply(ctx context.Context, obj client.Object) error {
-	err := c.client.Create(ctx, obj)
-	if !apierrors.IsAlreadyExists(err) {
-		return err
-	}
 	cur := obj.DeepCopyObject().(client.Object)
-	if err := c.client.Get(ctx, client.ObjectKeyFromObject(obj), cur); err != nil {
+	err := c.client.Get(ctx, client.ObjectKeyFromObject(obj), cur)
+	switch {
+	case apierrors.IsNotFound(err):
+		obj.SetResourceVersion("")
+		return c.client.Create(ctx, obj)
+	case err != nil:
 		return err
 	}
 	obj.SetResourceVersion(cur.GetResourceVersion())

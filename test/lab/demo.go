@@ -305,9 +305,16 @@ func RunDemo(ctx context.Context, opts DemoOptions) (err error) {
 	}
 
 	say("A cluster admin's rule over the app's NetworkPolicy: installing the ClusterNetworkPolicy CRD (the agents notice it without a restart) and an Admin-tier policy")
+	crdAt := time.Now()
 	if err := c.InstallCNPCRD(ctx, "standard"); err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
+	// The agents look for the CRD every --cluster-policy-check-period (10s): wait for
+	// them to watch it, so that the enforcement time below is the policy's alone.
+	if err := c.WaitAgentsLog(ctx, ClusterPoliciesWatchedLog, 30*time.Second); err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	fmt.Fprintf(indent, "every agent watches ClusterNetworkPolicies %v after the CRD was created\n", time.Since(crdAt).Round(100*time.Millisecond))
 	if err := c.Client().Create(ctx, DemoClusterPolicy()); err != nil {
 		return fmt.Errorf("demo: create ClusterNetworkPolicy: %w", err)
 	}

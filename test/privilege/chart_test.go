@@ -1,11 +1,12 @@
-// Package privilege proves the agent runs with least privilege: the
-// lab agent talks to the API server as the Helm chart's own ServiceAccount, bound to
-// the chart's own ClusterRole, and enforces; that identity is refused everything the
-// agent does not need; and the agent works with exactly the capabilities the chart's
-// DaemonSet grants (CAP_NET_ADMIN, conntrack revocation included) and fails clearly
-// with none. Its metrics endpoint, secure by default, answers only a token bound to
-// the chart's metrics-reader ClusterRole (issue #11 item 10), over HTTPS, with the
-// certificate it is given when it is given one.
+// Package privilege proves the agent runs with least privilege: the lab agent talks to
+// the API server as the Helm chart's own ServiceAccount, bound to the chart's own
+// ClusterRole, and enforces (with the chart's ClusterNetworkPolicy CRD installed); that
+// identity is refused everything the agent does not need (ClusterNetworkPolicies it
+// only reads, status included); and the agent works with exactly the capabilities the
+// chart's DaemonSet grants (CAP_NET_ADMIN, conntrack revocation included) and fails
+// clearly with none. Its metrics endpoint, secure by default, answers only a token
+// bound to the chart's metrics-reader ClusterRole (issue #11 item 10), over HTTPS, with
+// the certificate it is given when it is given one.
 //
 // Run (as root, with bin/k8s and bin/helm built):
 //
@@ -21,6 +22,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
 
@@ -50,6 +52,7 @@ type chart struct {
 	metricsReader  *rbacv1.ClusterRole // for scrapers of the agent's /metrics
 	binding        *rbacv1.ClusterRoleBinding
 	serviceAccount *corev1.ServiceAccount
+	cnpCRD         *unstructured.Unstructured // the ClusterNetworkPolicy CRD (standard channel by default)
 }
 
 // renderChart runs `helm template` with the default values and decodes the objects the
@@ -78,6 +81,9 @@ func renderChart(t testing.TB) *chart {
 		case "ServiceAccount":
 			c.serviceAccount = &corev1.ServiceAccount{}
 			into = c.serviceAccount
+		case "CustomResourceDefinition":
+			c.cnpCRD = u
+			into = &apiextensionsv1.CustomResourceDefinition{}
 		default:
 			continue
 		}
@@ -89,8 +95,8 @@ func renderChart(t testing.TB) *chart {
 			t.Fatalf("%s %s does not decode strictly: %v", u.GetKind(), u.GetName(), err)
 		}
 	}
-	if c.daemonSet == nil || c.clusterRole == nil || c.metricsReader == nil || c.binding == nil || c.serviceAccount == nil {
-		t.Fatalf("the default rendering lacks a DaemonSet, the agent's or the metrics-reader ClusterRole, a ClusterRoleBinding or a ServiceAccount: %d objects", len(c.objs))
+	if c.daemonSet == nil || c.clusterRole == nil || c.metricsReader == nil || c.binding == nil || c.serviceAccount == nil || c.cnpCRD == nil {
+		t.Fatalf("the default rendering lacks a DaemonSet, the agent's or the metrics-reader ClusterRole, a ClusterRoleBinding, a ServiceAccount or the ClusterNetworkPolicy CRD: %d objects", len(c.objs))
 	}
 	return c
 }

@@ -30,7 +30,10 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -100,6 +103,7 @@ type env struct {
 	chart    *chart
 	admin    kubernetes.Interface
 	sa       kubernetes.Interface // the chart's ServiceAccount, by its token
+	saDyn    dynamic.Interface    // the same, for ClusterNetworkPolicies
 	saConfig *rest.Config
 	saUser   string
 	// Bearer tokens for the agent's /metrics: of a ServiceAccount bound to the
@@ -180,6 +184,9 @@ func (e *env) setup(ctx context.Context, t *testing.T) {
 	if e.sa, err = kubernetes.NewForConfig(e.saConfig); err != nil {
 		t.Fatal(err)
 	}
+	if e.saDyn, err = dynamic.NewForConfig(e.saConfig); err != nil {
+		t.Fatal(err)
+	}
 	// The token must authenticate as the ServiceAccount and nothing else (no
 	// system:masters, which would make every check below meaningless).
 	ssr, err := e.sa.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{})
@@ -197,6 +204,7 @@ func (e *env) setup(ctx context.Context, t *testing.T) {
 	}
 	t.Logf("token authenticates as %s, groups %v", e.saUser, ssr.Status.UserInfo.Groups)
 	e.kubeconfig = writeKubeconfig(t, e.saConfig)
+	e.installCNPCRD(ctx, t)
 
 	for _, ns := range []string{testNS, rbacNS} {
 		if err := e.c.CreateNamespace(ctx, ns, nil); err != nil {
@@ -267,6 +275,43 @@ func (e *env) setupScrapers(ctx context.Context, t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("%s is bound to ClusterRole %s; %s/%s has no role", user, reader, rbacNS, metricsNobody)
+}
+
+// cnpGVR is where ClusterNetworkPolicies are served.
+var cnpGVR = schema.GroupVersionResource{Group: "policy.networking.k8s.io", Version: "v1beta1", Resource: "clusternetworkpolicies"}
+
+// cnpTarget is the ClusterNetworkPolicy the ServiceAccount reads and must not change:
+// its subject is namespaces no namespace matches and it has no rule, so it changes no
+// verdict of an agent that enforces it.
+const cnpTarget = "privilege-target"
+
+// installCNPCRD creates the chart's ClusterNetworkPolicy CRD, as rendered, waits until
+// it is served and creates cnpTarget.
+func (e *env) installCNPCRD(ctx context.Context, t *testing.T) {
+	t.Helper()
+	if err := e.c.Client().Create(ctx, e.chart.cnpCRD.DeepCopy()); err != nil {
+		t.Fatalf("create the chart's CRD %s: %v", e.chart.cnpCRD.GetName(), err)
+	}
+	admin, err := dynamic.NewForConfig(e.c.RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cnp := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "policy.networking.k8s.io/v1beta1", "kind": "ClusterNetworkPolicy",
+		"metadata": map[string]any{"name": cnpTarget},
+		"spec": map[string]any{"tier": "Baseline", "priority": int64(1000), "subject": map[string]any{
+			"namespaces": map[string]any{"matchLabels": map[string]any{"nftpolicy.io/privilege-test": "no-such-namespace"}},
+		}},
+	}}
+	// Until the CRD is established and its API discovered, creating fails with NotFound.
+	if err := poll(ctx, enforceTimeout, 200*time.Millisecond, func() error {
+		_, err := admin.Resource(cnpGVR).Create(ctx, cnp, metav1.CreateOptions{})
+		return err
+	}); err != nil {
+		t.Fatalf("create ClusterNetworkPolicy %s: %v", cnpTarget, err)
+	}
+	t.Logf("installed the chart's CRD %s (%s channel) and ClusterNetworkPolicy %s",
+		e.chart.cnpCRD.GetName(), e.chart.cnpCRD.GetAnnotations()["policy.networking.k8s.io/channel"], cnpTarget)
 }
 
 // writeKubeconfig writes a kubeconfig holding only cfg's server, CA and bearer token.
@@ -349,6 +394,14 @@ func (e *env) checkRefused(ctx context.Context, t *testing.T) {
 		t.Fatal(err)
 	}
 	ev, err := e.admin.CoreV1().Events(rbacNS).Create(ctx, coreEvent(rbacNS, "target"), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	adminDyn, err := dynamic.NewForConfig(e.c.RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cnp, err := adminDyn.Resource(cnpGVR).Get(ctx, cnpTarget, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -446,6 +499,42 @@ func (e *env) checkRefused(ctx context.Context, t *testing.T) {
 			return err
 		}},
 		{"impersonate a user in system:masters", func() error { _, err := imp.CoreV1().Namespaces().List(ctx, metav1.ListOptions{}); return err }},
+		{"create a clusternetworkpolicy", func() error {
+			u := cnp.DeepCopy()
+			u.SetName("intruder")
+			u.SetResourceVersion("")
+			_, err := e.saDyn.Resource(cnpGVR).Create(ctx, u, metav1.CreateOptions{})
+			return err
+		}},
+		{"update a clusternetworkpolicy", func() error {
+			u := cnp.DeepCopy()
+			_ = unstructured.SetNestedField(u.Object, int64(999), "spec", "priority")
+			_, err := e.saDyn.Resource(cnpGVR).Update(ctx, u, metav1.UpdateOptions{})
+			return err
+		}},
+		{"patch a clusternetworkpolicy", func() error {
+			_, err := e.saDyn.Resource(cnpGVR).Patch(ctx, cnpTarget, types.MergePatchType, mergePatch, metav1.PatchOptions{})
+			return err
+		}},
+		{"update a clusternetworkpolicy's status", func() error {
+			u := cnp.DeepCopy()
+			_ = unstructured.SetNestedSlice(u.Object, []any{map[string]any{
+				"type": "Accepted", "status": "True", "reason": "Intruder", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z",
+			}}, "status", "conditions")
+			_, err := e.saDyn.Resource(cnpGVR).UpdateStatus(ctx, u, metav1.UpdateOptions{})
+			return err
+		}},
+		{"patch a clusternetworkpolicy's status", func() error {
+			_, err := e.saDyn.Resource(cnpGVR).Patch(ctx, cnpTarget, types.MergePatchType, []byte(`{"status":{"conditions":[]}}`), metav1.PatchOptions{}, "status")
+			return err
+		}},
+		{"delete a clusternetworkpolicy", func() error {
+			return e.saDyn.Resource(cnpGVR).Delete(ctx, cnpTarget, metav1.DeleteOptions{})
+		}},
+		{"delete the ClusterNetworkPolicy CRD", func() error {
+			return e.saDyn.Resource(schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}).
+				Delete(ctx, e.chart.cnpCRD.GetName(), metav1.DeleteOptions{})
+		}},
 	} {
 		err := tc.do()
 		if !apierrors.IsForbidden(err) {
@@ -461,11 +550,15 @@ func (e *env) checkRefused(ctx context.Context, t *testing.T) {
 	if _, err := e.admin.NetworkingV1().NetworkPolicies(rbacNS).Get(ctx, np.Name, metav1.GetOptions{}); err != nil {
 		t.Errorf("policy after the refused delete: %v", err)
 	}
+	if got, err := adminDyn.Resource(cnpGVR).Get(ctx, cnpTarget, metav1.GetOptions{}); err != nil || got.GetResourceVersion() != cnp.GetResourceVersion() {
+		t.Errorf("ClusterNetworkPolicy %s after the refused writes: err %v, changed: %v", cnpTarget, err, err == nil)
+	}
 }
 
 // checkAllowed does, with the ServiceAccount's token, what the agent does: list and
-// watch the three kinds it caches, create and patch Events (core and events.k8s.io,
-// which client-go's recorders use), and review a scraper's token and access.
+// watch the kinds it caches (ClusterNetworkPolicies included), create and patch Events
+// (core and events.k8s.io, which client-go's recorders use), and review a scraper's
+// token and access.
 func (e *env) checkAllowed(ctx context.Context, t *testing.T) {
 	sa := e.sa
 	watch := func(w interface{ Stop() }, err error) error {
@@ -498,6 +591,19 @@ func (e *env) checkAllowed(ctx context.Context, t *testing.T) {
 		{"get a node", func() error { _, err := sa.CoreV1().Nodes().Get(ctx, "node1", metav1.GetOptions{}); return err }},
 		{"list nodes", func() error { _, err := sa.CoreV1().Nodes().List(ctx, metav1.ListOptions{}); return err }},
 		{"watch nodes", func() error { return watch(sa.CoreV1().Nodes().Watch(ctx, metav1.ListOptions{})) }},
+		// ClusterNetworkPolicies, through the chart's CRD.
+		{"list clusternetworkpolicies", func() error {
+			l, err := e.saDyn.Resource(cnpGVR).List(ctx, metav1.ListOptions{})
+			if err == nil && len(l.Items) != 1 {
+				err = fmt.Errorf("listed %d clusternetworkpolicies, want %s", len(l.Items), cnpTarget)
+			}
+			return err
+		}},
+		{"watch clusternetworkpolicies", func() error { return watch(e.saDyn.Resource(cnpGVR).Watch(ctx, metav1.ListOptions{})) }},
+		{"get a clusternetworkpolicy", func() error {
+			_, err := e.saDyn.Resource(cnpGVR).Get(ctx, cnpTarget, metav1.GetOptions{})
+			return err
+		}},
 		{"create and patch an Event", func() error {
 			ev, err := sa.CoreV1().Events(testNS).Create(ctx, coreEvent(testNS, "server"), metav1.CreateOptions{})
 			if err != nil {
