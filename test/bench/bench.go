@@ -67,6 +67,16 @@ type Profile struct {
 	ResyncPeriod time.Duration `json:"resync_period_ns"`
 	ResyncWindow time.Duration `json:"resync_window_ns"`
 
+	// The ClusterNetworkPolicy load, on top of Medium: CNPAdmin Admin-tier and
+	// CNPBaseline Baseline-tier policies with 10 ingress and 10 egress rules each;
+	// CNPClientPolicies of the Admin ones select the client and the server (0: no
+	// ClusterNetworkPolicy measurements). CNPLatencyCycles deny+allow cycles of
+	// each of the two API write → enforced experiments with the load.
+	CNPAdmin          int `json:"cnp_admin"`
+	CNPBaseline       int `json:"cnp_baseline"`
+	CNPClientPolicies int `json:"cnp_client_policies"`
+	CNPLatencyCycles  int `json:"cnp_latency_cycles"`
+
 	// GoBenchTime is go test's -benchtime, GoBenchFilter its -bench.
 	GoBenchTime   string `json:"gobench_time"`
 	GoBenchFilter string `json:"gobench_filter"`
@@ -83,6 +93,7 @@ func FullProfile() Profile {
 		ConntrackSweep: []time.Duration{0, 300 * time.Millisecond, time.Second},
 		IdleWindow:     10 * time.Second, ChurnWindow: 10 * time.Second, ChurnRate: 10,
 		ResyncPeriod: 2 * time.Second, ResyncWindow: 8 * time.Second,
+		CNPAdmin: 50, CNPBaseline: 50, CNPClientPolicies: 5, CNPLatencyCycles: 60,
 		GoBenchTime: "5x", GoBenchFilter: ".",
 	}
 }
@@ -99,6 +110,7 @@ func QuickProfile() Profile {
 		ConntrackSweep: []time.Duration{0, 500 * time.Millisecond},
 		IdleWindow:     3 * time.Second, ChurnWindow: 3 * time.Second, ChurnRate: 10,
 		ResyncPeriod: time.Second, ResyncWindow: 3 * time.Second,
+		CNPAdmin: 50, CNPBaseline: 50, CNPClientPolicies: 5, CNPLatencyCycles: 10,
 		GoBenchTime: "1x", GoBenchFilter: ".",
 	}
 }
@@ -114,6 +126,7 @@ func TinyProfile() Profile {
 		ConntrackSweep: []time.Duration{100 * time.Millisecond},
 		IdleWindow:     300 * time.Millisecond, ChurnWindow: 500 * time.Millisecond, ChurnRate: 10,
 		ResyncPeriod: 300 * time.Millisecond, ResyncWindow: 700 * time.Millisecond,
+		CNPAdmin: 6, CNPBaseline: 2, CNPClientPolicies: 5, CNPLatencyCycles: 3,
 		GoBenchTime: "1x", GoBenchFilter: "DiffOneLabelChange/pods=1000/",
 	}
 }
@@ -184,8 +197,11 @@ type Report struct {
 	DataPath  *DataPathReport     `json:"datapath,omitempty"`
 	Control   *ControlPlaneReport `json:"controlplane,omitempty"`
 	Resource  *ResourcesReport    `json:"resources,omitempty"`
-	GoBench   *GoBenchReport      `json:"gobench,omitempty"`
-	Targets   []Target            `json:"targets"`
+	// CNP describes the ClusterNetworkPolicy load of the data path's (e) and (f) and
+	// of the control plane's experiments with it.
+	CNP     *CNPReport     `json:"cnp,omitempty"`
+	GoBench *GoBenchReport `json:"gobench,omitempty"`
+	Targets []Target       `json:"targets"`
 	// Steps times every step of the run.
 	Steps []Step `json:"steps"`
 	// Errors lists the steps that failed; the rest of the run went on.
@@ -287,13 +303,18 @@ func (r *runner) runLab(ctx context.Context) {
 		r.step(ctx, "datapath: ruleset (d) and SYN flood at "+p.Medium.String(), 5*time.Minute, func(ctx context.Context) error {
 			return r.captureRuleset(ctx, "d")
 		})
-		r.step(ctx, "datapath: rounds", 10*time.Minute, r.dataPathRounds)
+	}
+	if (dp || cp) && p.cnpWanted() {
+		r.clusterPolicies(ctx, dp, cp)
+	}
+	if dp {
+		r.step(ctx, "datapath: rounds", 15*time.Minute, r.dataPathRounds)
 		r.rep.DataPath.summarize()
 	}
 	if cp {
 		r.coldAndIncremental(ctx, p.Medium, p.ColdSyncReps, false)
 		r.step(ctx, "controlplane: API write → enforced at "+p.Medium.String(), 10*time.Minute, func(ctx context.Context) error {
-			return r.enforceLatency(ctx, p.LatencyCycles, p.ConntrackSweep)
+			return r.enforceLatency(ctx, enforceSpec{what: enforceNP, pair: r.env.pair, kinds: enforceKinds, cycles: p.LatencyCycles, sweep: p.ConntrackSweep})
 		})
 	}
 	if rs {
@@ -308,13 +329,46 @@ func (r *runner) runLab(ctx context.Context) {
 	if cp {
 		r.coldAndIncremental(ctx, p.Large, p.LargeColdSyncReps, true)
 		r.step(ctx, "controlplane: API write → enforced at "+p.Large.String(), 10*time.Minute, func(ctx context.Context) error {
-			return r.enforceLatency(ctx, p.LargeLatencyCycles, nil)
+			return r.enforceLatency(ctx, enforceSpec{what: enforceNP, pair: r.env.pair, kinds: enforceKinds, cycles: p.LargeLatencyCycles})
 		})
 	}
 	if rs {
 		r.step(ctx, "resources at "+p.Large.String(), 10*time.Minute, func(ctx context.Context) error {
 			return r.resources(ctx, p.Large)
 		})
+	}
+}
+
+// clusterPolicies loads the ClusterNetworkPolicies over the current scale, captures
+// the data path's configuration (e) and runs the enforcement experiments with them,
+// then removes them (CRD and all) so that what follows measures NetworkPolicies alone,
+// as before.
+func (r *runner) clusterPolicies(ctx context.Context, dp, cp bool) {
+	p, e := r.opts.Profile, r.env
+	r.rep.CNP = &CNPReport{Channel: cnpChannel, Background: e.loaded, Admin: p.CNPAdmin, Baseline: p.CNPBaseline,
+		RulesPerDirection: cnpRulesPerDirection, ClientPolicies: p.cnpBench()}
+	at := e.loaded.String() + fmt.Sprintf(" + %d ClusterNetworkPolicies", r.rep.CNP.objects())
+	r.step(ctx, fmt.Sprintf("cnp: the CRD and %d ClusterNetworkPolicies", r.rep.CNP.objects()), 5*time.Minute, func(ctx context.Context) error {
+		return e.loadCNP(ctx, p, r.rep.CNP)
+	})
+	if e.cnpLoaded {
+		if dp {
+			r.step(ctx, "datapath: ruleset (e) at "+at, 5*time.Minute, func(ctx context.Context) error {
+				return r.captureRuleset(ctx, "e")
+			})
+		}
+		if cp {
+			r.step(ctx, "controlplane: ClusterNetworkPolicy write → enforced at "+at, 10*time.Minute, func(ctx context.Context) error {
+				return r.enforceLatency(ctx, enforceSpec{what: enforceCNP, pair: e.pair, kinds: cnpEnforceKinds, cycles: p.CNPLatencyCycles})
+			})
+			r.step(ctx, "controlplane: NetworkPolicy write → enforced for pods no ClusterNetworkPolicy selects at "+at, 10*time.Minute, func(ctx context.Context) error {
+				return r.enforceLatency(ctx, enforceSpec{what: enforceNPUnselected, pair: e.pair2, kinds: enforceKinds, cycles: p.CNPLatencyCycles})
+			})
+		}
+	}
+	if e.cnpInstalled {
+		// Also after an interrupt: the rest of the run (if any) must not see them.
+		r.step(context.WithoutCancel(ctx), "cnp: remove the ClusterNetworkPolicies and the CRD", 3*time.Minute, e.unloadCNP)
 	}
 }
 

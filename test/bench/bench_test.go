@@ -143,8 +143,8 @@ func TestParseGroups(t *testing.T) {
 	}
 }
 
-// TestSmoke runs every lab measurement once at a tiny scale (TinyProfile): about
-// half a minute. It needs root, nft, conntrack and the control plane; the agent is
+// TestSmoke runs every lab measurement once at a tiny scale (TinyProfile), the
+// ClusterNetworkPolicy ones included: about half a minute. It needs root, nft, conntrack and the control plane; the agent is
 // $NFTPOLICY_AGENT (make test sets it) or built here. The Go benchmarks are left
 // out: they would run go test inside go test; their parser is tested above.
 func TestSmoke(t *testing.T) {
@@ -199,10 +199,15 @@ func TestSmoke(t *testing.T) {
 			t.Errorf("target %q was not measured", tg.Name)
 		}
 	}
-	if dp := rep.DataPath; dp == nil || len(dp.Summary) != 4 {
-		t.Errorf("data path: want 4 configurations, got %+v", dp)
+	if dp := rep.DataPath; dp == nil || len(dp.Summary) != len(dataPathConfigs) {
+		t.Errorf("data path: want %d configurations, got %+v", len(dataPathConfigs), dp)
 	} else if dp.Flood == nil || dp.Flood.Sent == 0 || dp.Flood.Accepted != 0 {
 		t.Errorf("SYN flood: %+v", dp.Flood)
+	}
+	// The ClusterNetworkPolicy path: the agents' tables held the load, the flow of
+	// (e) walked the bench policies' rules.
+	if c := rep.CNP; c == nil || c.WalkedRules["node1"] < cnpRulesPerDirection || c.WalkedRules["node2"] < cnpRulesPerDirection {
+		t.Errorf("ClusterNetworkPolicy load: %+v", c)
 	}
 	if cp := rep.Control; cp != nil {
 		for _, c := range cp.Cold {
@@ -210,12 +215,13 @@ func TestSmoke(t *testing.T) {
 				t.Errorf("cold sync %s: %d transactions, %d elements", c.Scale, c.Transactions, c.Elements)
 			}
 		}
-		if len(cp.Enforce) != 2 {
-			t.Errorf("API write → enforced: want 2 scales, got %d", len(cp.Enforce))
+		// Two scales without ClusterNetworkPolicies, two experiments with them.
+		if len(cp.Enforce) != 4 {
+			t.Errorf("API write → enforced: want 4 experiments, got %d", len(cp.Enforce))
 		}
 		for _, er := range cp.Enforce {
 			if er.Failures != 0 || er.Revoked.N == 0 || len(er.Trials) == 0 {
-				t.Errorf("API write → enforced at %s: %d failures, %d revocations", er.Scale, er.Failures, er.Revoked.N)
+				t.Errorf("API write → enforced at %s %q: %d failures, %d revocations", er.Scale, er.What, er.Failures, er.Revoked.N)
 			}
 		}
 	}

@@ -387,8 +387,16 @@ func (e *env) patch(ctx context.Context, resource, ns, name string, patch any) e
 // millisecond, an established connection sends every millisecond, and node2's
 // nf_tables generation is polled every millisecond.
 type EnforceReport struct {
-	Scale  Scale          `json:"scale"`
-	Trials []EnforceTrial `json:"trials"`
+	Scale Scale `json:"scale"`
+	// What was changed and measured: "" NetworkPolicy changes on client → server
+	// (without ClusterNetworkPolicies); enforceCNP ClusterNetworkPolicy changes on
+	// client → server with the ClusterNetworkPolicy load; enforceNPUnselected
+	// NetworkPolicy changes on client2 → server2, which no ClusterNetworkPolicy
+	// selects, with the load.
+	What string `json:"what,omitempty"`
+	// ClusterPolicies is the number of ClusterNetworkPolicies loaded meanwhile.
+	ClusterPolicies int            `json:"cluster_policies,omitempty"`
+	Trials          []EnforceTrial `json:"trials"`
 	// Enforced is write returned → first probe (by its start) with the new
 	// outcome, over every change; Deny and Allow split it.
 	Enforced Summary `json:"enforced_ms"`
@@ -446,6 +454,24 @@ type EnforceTrial struct {
 
 var enforceKinds = []string{"policy-update", "pod-label", "policy-delete-create"}
 
+// What an enforcement experiment measures (EnforceReport.What).
+const (
+	enforceNP           = ""
+	enforceCNP          = "cnp"
+	enforceNPUnselected = "np-unselected-cnp"
+)
+
+// enforceSpec is one API write → enforced experiment: its changes are made in turn
+// (kinds[cycle % len]) on pair's flow.
+type enforceSpec struct {
+	what   string
+	pair   *flowPair
+	kinds  []string
+	cycles int
+	// sweep are the conntrack fills of the revocation sweep after the cycles.
+	sweep []time.Duration
+}
+
 const (
 	probeInterval = time.Millisecond
 	probeTimeout  = 100 * time.Millisecond
@@ -455,11 +481,14 @@ const (
 	revokedQuiet = 200 * time.Millisecond
 )
 
-// enforceLatency runs cycles deny+allow cycles with agents on both nodes and, with
-// sweep, the conntrack sweep.
-func (r *runner) enforceLatency(ctx context.Context, cycles int, sweep []time.Duration) error {
+// enforceLatency runs the experiment's deny+allow cycles with agents on both nodes
+// and then its conntrack sweep.
+func (r *runner) enforceLatency(ctx context.Context, spec enforceSpec) error {
 	e := r.env
-	er := &EnforceReport{Scale: e.loaded}
+	er := &EnforceReport{Scale: e.loaded, What: spec.what}
+	if e.cnpLoaded {
+		er.ClusterPolicies = r.opts.Profile.CNPAdmin + r.opts.Profile.CNPBaseline
+	}
 	r.rep.Control.Enforce = append(r.rep.Control.Enforce, er)
 	defer er.summarize()
 	if err := e.flushNodes(ctx); err != nil {
@@ -471,6 +500,16 @@ func (r *runner) enforceLatency(ctx context.Context, cycles int, sweep []time.Du
 		return err
 	}
 	node2 := agents[1]
+	if spec.what == enforceCNP {
+		// Every change would time out against agents that ignore them.
+		text, err := nft(ctx, e.n2.NS, "-s", "list", "table", "inet", "nftpolicy")
+		if err != nil {
+			return err
+		}
+		if _, err := checkCNPTable(text, e.n2.Name, r.opts.Profile); err != nil {
+			return fmt.Errorf("node2: %w", err)
+		}
+	}
 	before, err := node2.syncStats(ctx)
 	if err != nil {
 		return err
@@ -480,36 +519,36 @@ func (r *runner) enforceLatency(ctx context.Context, cycles int, sweep []time.Du
 		return err
 	}
 	defer gw.Close()
-	pr := startProber(e.client.NS, netip.AddrPortFrom(e.server.IPv4, sinkPort), probeInterval, probeTimeout)
+	fp := spec.pair
+	pr := startProber(fp.client.NS, fp.sinkAddr(), probeInterval, probeTimeout)
 	defer pr.Close()
 	if _, ok := pr.flipAfter(time.Now(), true, probeStreak, effectWait); !ok {
 		return errors.New("the prober never got through before the first change")
 	}
-	echoTo := netip.AddrPortFrom(e.server.IPv4, echoPort)
-	for cycle := range cycles {
+	for cycle := range spec.cycles {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		kind := enforceKinds[cycle%len(enforceKinds)]
-		flow, err := startEchoFlow(e.client.NS, echoTo)
+		kind := spec.kinds[cycle%len(spec.kinds)]
+		flow, err := startEchoFlow(fp.client.NS, fp.echoAddr())
 		if err != nil {
 			return fmt.Errorf("cycle %d: %w", cycle, err)
 		}
-		deny := r.change(ctx, gw, pr, cycle, kind, false, flow)
+		deny := r.change(ctx, gw, pr, fp, cycle, kind, false, flow)
 		flow.Close()
-		allow := r.change(ctx, gw, pr, cycle, kind, true, nil)
+		allow := r.change(ctx, gw, pr, fp, cycle, kind, true, nil)
 		er.Trials = append(er.Trials, deny, allow)
 		if deny.Error != "" || allow.Error != "" {
 			er.Failures++
 			r.opts.logf("   cycle %d (%s): %s %s", cycle, kind, deny.Error, allow.Error)
 		}
-		if (cycle+1)%10 == 0 || cycle == cycles-1 {
+		if (cycle+1)%10 == 0 || cycle == spec.cycles-1 {
 			r.opts.logf("   %d/%d cycles; last: deny %.0f ms (kernel %.0f ms, revoked %.0f ms), allow %.0f ms",
-				cycle+1, cycles, deny.EnforcedMs, deny.KernelMs, deny.RevokedMs, allow.EnforcedMs)
+				cycle+1, spec.cycles, deny.EnforcedMs, deny.KernelMs, deny.RevokedMs, allow.EnforcedMs)
 		}
 	}
-	for _, fill := range sweep {
-		pt, err := r.sweepPoint(ctx, gw, pr, fill)
+	for _, fill := range spec.sweep {
+		pt, err := r.sweepPoint(ctx, gw, pr, fp, fill)
 		if err != nil {
 			return err
 		}
@@ -553,33 +592,33 @@ func startEchoFlow(ns *lab.Netns, to netip.AddrPort) (*echo.Flow, error) {
 // sweepPoint fills the conntrack tables with a connect-close burst of length fill
 // from the client to the server, then denies the client (a policy update) with an
 // established flow running, and allows it again.
-func (r *runner) sweepPoint(ctx context.Context, gw *genWatcher, pr *prober, fill time.Duration) (SweepPoint, error) {
+func (r *runner) sweepPoint(ctx context.Context, gw *genWatcher, pr *prober, fp *flowPair, fill time.Duration) (SweepPoint, error) {
 	e := r.env
 	var pt SweepPoint
-	flow, err := startEchoFlow(e.client.NS, netip.AddrPortFrom(e.server.IPv4, echoPort))
+	flow, err := startEchoFlow(fp.client.NS, fp.echoAddr())
 	if err != nil {
 		return pt, fmt.Errorf("sweep: %w", err)
 	}
 	defer flow.Close()
 	if fill > 0 {
-		if _, err := connectLoad(e.client.NS, netip.AddrPortFrom(e.server.IPv4, sinkPort), 8, fill); err != nil {
+		if _, err := connectLoad(fp.client.NS, fp.sinkAddr(), 8, fill); err != nil {
 			return pt, err
 		}
 	}
 	pt.Entries = conntrackCount(e.n2.NS)
-	deny := r.change(ctx, gw, pr, -1, "policy-update", false, flow)
+	deny := r.change(ctx, gw, pr, fp, -1, "policy-update", false, flow)
 	pt.KernelMs, pt.RevokedMs, pt.Error = deny.KernelMs, deny.RevokedMs, deny.Error
 	pt.DelayMs = pt.RevokedMs - pt.KernelMs
-	allow := r.change(ctx, gw, pr, -1, "policy-update", true, nil)
+	allow := r.change(ctx, gw, pr, fp, -1, "policy-update", true, nil)
 	if allow.Error != "" {
 		return pt, fmt.Errorf("sweep: allowing again: %s", allow.Error)
 	}
 	return pt, nil
 }
 
-// change makes one deny (allow=false) or allow change of the given kind and measures
-// when it took effect.
-func (r *runner) change(ctx context.Context, gw *genWatcher, pr *prober, cycle int, kind string, allow bool, flow *echo.Flow) EnforceTrial {
+// change makes one deny (allow=false) or allow change of the given kind on fp's flow
+// and measures when it took effect.
+func (r *runner) change(ctx context.Context, gw *genWatcher, pr *prober, fp *flowPair, cycle int, kind string, allow bool, flow *echo.Flow) EnforceTrial {
 	e := r.env
 	t := EnforceTrial{Cycle: cycle, Kind: kind, Direction: "deny"}
 	if allow {
@@ -593,19 +632,21 @@ func (r *runner) change(ctx context.Context, gw *genWatcher, pr *prober, cycle i
 	var err error
 	switch kind {
 	case "policy-update":
-		err = e.patch(ctx, "networkpolicies", benchNS, "server-allow", map[string]any{"spec": serverAllowPolicy(access).Spec})
+		err = e.patch(ctx, "networkpolicies", benchNS, "server"+fp.suffix+"-allow", map[string]any{"spec": serverAllowPolicy(fp.suffix, access).Spec})
 	case "pod-label":
 		label := "none"
 		if allow {
 			label = "granted"
 		}
-		err = e.patch(ctx, "pods", benchNS, "client", map[string]any{"metadata": map[string]any{"labels": map[string]string{"access": label}}})
+		err = e.patch(ctx, "pods", benchNS, fp.client.Name, map[string]any{"metadata": map[string]any{"labels": map[string]string{"access": label}}})
 	case "policy-delete-create":
 		if allow {
-			_, err = e.cs.NetworkingV1().NetworkPolicies(benchNS).Create(ctx, serverAllowPolicy("granted"), metav1.CreateOptions{})
+			_, err = e.cs.NetworkingV1().NetworkPolicies(benchNS).Create(ctx, serverAllowPolicy(fp.suffix, "granted"), metav1.CreateOptions{})
 		} else {
-			err = e.cs.NetworkingV1().NetworkPolicies(benchNS).Delete(ctx, "server-allow", metav1.DeleteOptions{})
+			err = e.cs.NetworkingV1().NetworkPolicies(benchNS).Delete(ctx, "server"+fp.suffix+"-allow", metav1.DeleteOptions{})
 		}
+	default:
+		err = e.changeCNP(ctx, fp, kind, allow)
 	}
 	tw := time.Now()
 	t.WriteMs = ms(tw.Sub(t0))

@@ -17,16 +17,36 @@ import (
 	"github.com/nftpolicy/nftpolicy/test/lab"
 )
 
-// The data path configurations. (c) and (d) are the agents' own tables, captured
+// The data path configurations. (c), (d) and (e) are the agents' own tables, captured
 // from the kernel while the agents ran and loaded back with nft for every run, so
-// that the four configurations can alternate within a round in seconds.
-var dataPathConfigs = []string{"a", "b", "c", "d"}
+// that the configurations can alternate within a round in seconds. (f) is (e)'s
+// table with another flow measured: client2 → server2, which no ClusterNetworkPolicy
+// selects.
+var dataPathConfigs = []string{"a", "b", "c", "d", "e", "f"}
 
 var dataPathConfigNames = map[string]string{
 	"a": "no rules (no table, no conntrack)",
 	"b": "conntrack only (forward chains with ct state established,related accept)",
 	"c": "nftpolicy, a policy allowing the flow",
 	"d": "nftpolicy, the same with the background load",
+	"e": "nftpolicy, (d) plus the ClusterNetworkPolicy load; the client and the server are subjects of Admin policies whose rules the flow walks to a Pass",
+	"f": "(e)'s ruleset, the flow client2 → server2 between pods no ClusterNetworkPolicy selects (NetworkPolicies of the same shape as (d)'s)",
+}
+
+// rulesetOf is the configuration whose table a configuration loads.
+func rulesetOf(cfg string) string {
+	if cfg == "f" {
+		return "e"
+	}
+	return cfg
+}
+
+// flowOf is the pair whose flow a configuration measures.
+func (e *env) flowOf(cfg string) *flowPair {
+	if cfg == "f" {
+		return e.pair2
+	}
+	return e.pair
 }
 
 // ctOnlyTable is configuration (b): the agent's two forward base chains at the same
@@ -131,21 +151,20 @@ func (r *runner) captureRuleset(ctx context.Context, cfg string) error {
 	if err != nil {
 		return fmt.Errorf("agents' ruleset (%s): %w", cfg, err)
 	}
-	if r.rulesets == nil {
-		r.rulesets = map[string]map[string]string{}
-	}
-	r.rulesets[cfg] = map[string]string{}
-	dp := r.rep.DataPath
-	if dp.Rulesets == nil {
-		dp.Rulesets = map[string]map[string]RulesetSize{}
-	}
-	dp.Rulesets[cfg] = map[string]RulesetSize{}
+	// Kept only when complete: a configuration without its ruleset is left out of
+	// the rounds.
+	texts, sizes, walked := map[string]string{}, map[string]RulesetSize{}, map[string]int{}
 	for _, a := range agents {
 		text, err := nft(ctx, a.node.NS, "-s", "list", "table", "inet", "nftpolicy")
 		if err != nil {
 			return err
 		}
-		r.rulesets[cfg][a.node.Name] = text
+		if cfg == "e" {
+			if walked[a.node.Name], err = checkCNPTable(text, a.node.Name, r.opts.Profile); err != nil {
+				return fmt.Errorf("%s: %w", a.node.Name, err)
+			}
+		}
+		texts[a.node.Name] = text
 		m, err := a.metrics(ctx)
 		if err != nil {
 			return err
@@ -153,12 +172,23 @@ func (r *runner) captureRuleset(ctx context.Context, cfg string) error {
 		size := func(kind string) int {
 			return int(m.Sum("nftpolicy_ruleset_size", map[string]string{"kind": kind}))
 		}
-		dp.Rulesets[cfg][a.node.Name] = RulesetSize{Chains: size("chains"), Rules: size("rules"), Elements: size("elements")}
+		sizes[a.node.Name] = RulesetSize{Chains: size("chains"), Rules: size("rules"), Elements: size("elements")}
 	}
-	if cfg == "d" {
-		if err := r.flood(ctx, agents); err != nil {
-			return err
-		}
+	if r.rulesets == nil {
+		r.rulesets = map[string]map[string]string{}
+	}
+	r.rulesets[cfg] = texts
+	dp := r.rep.DataPath
+	if dp.Rulesets == nil {
+		dp.Rulesets = map[string]map[string]RulesetSize{}
+	}
+	dp.Rulesets[cfg] = sizes
+	switch cfg {
+	case "d":
+		return r.flood(ctx, agents)
+	case "e":
+		r.rep.CNP.WalkedRules = walked
+		r.opts.logf("   rules before the Pass that decides client → server: node1 (egress) %d, node2 (ingress) %d", walked["node1"], walked["node2"])
 	}
 	return nil
 }
@@ -204,11 +234,13 @@ func (e *env) startAgents(ctx context.Context, extra ...string) ([]*agentRun, er
 	return agents, nil
 }
 
-// checkEnforced checks the bench's flows: client → server allowed, attacker →
-// denied dropped.
+// checkEnforced checks the bench's flows: client → server and client2 → server2
+// allowed, attacker → denied dropped.
 func (e *env) checkEnforced() error {
-	if err := e.connect(e.client, e.server, sinkPort, 2*time.Second); err != nil {
-		return fmt.Errorf("client → server should be allowed: %w", err)
+	for _, fp := range []*flowPair{e.pair, e.pair2} {
+		if err := e.connect(fp.client, fp.server, sinkPort, 2*time.Second); err != nil {
+			return fmt.Errorf("%s → %s should be allowed: %w", fp.client.Name, fp.server.Name, err)
+		}
 	}
 	if err := e.connect(e.attacker, e.denied, sinkPort, 300*time.Millisecond); err == nil {
 		return errors.New("attacker → denied should be denied, but it connected")
@@ -282,7 +314,7 @@ func (r *runner) dataPathRounds(ctx context.Context) error {
 	e, p, dp := r.env, r.opts.Profile, r.rep.DataPath
 	dp.Configs = dataPathConfigNames
 	configs := slices.DeleteFunc(slices.Clone(dataPathConfigs), func(c string) bool {
-		return (c == "c" || c == "d") && r.rulesets[c] == nil
+		return c != "a" && c != "b" && r.rulesets[rulesetOf(c)] == nil
 	})
 	dir := filepath.Join(r.opts.OutDir, "rulesets")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -296,8 +328,8 @@ func (r *runner) dataPathRounds(ctx context.Context) error {
 			switch cfg {
 			case "b":
 				body += ctOnlyTable
-			case "c", "d":
-				body += r.rulesets[cfg][n.Name]
+			default:
+				body += r.rulesets[rulesetOf(cfg)][n.Name]
 			}
 			f := filepath.Join(dir, fmt.Sprintf("%s-%s.nft", cfg, n.Name))
 			if err := os.WriteFile(f, []byte(body), 0o644); err != nil {
@@ -316,8 +348,6 @@ func (r *runner) dataPathRounds(ctx context.Context) error {
 	}
 	defer func() { _ = apply("a") }()
 	flush := func() error { return errors.Join(flushConntrack(ctx, e.n1.NS), flushConntrack(ctx, e.n2.NS)) }
-	sink := netip.AddrPortFrom(e.server.IPv4, sinkPort)
-	stream := netip.AddrPortFrom(e.server.IPv4, discardPort)
 	for round := range p.Rounds {
 		order := slices.Concat(configs[round%len(configs):], configs[:round%len(configs)])
 		for _, cfg := range order {
@@ -327,12 +357,13 @@ func (r *runner) dataPathRounds(ctx context.Context) error {
 			if err := apply(cfg); err != nil {
 				return err
 			}
+			fp := e.flowOf(cfg)
 			if round == 0 {
 				// The reloaded tables must still enforce.
-				if err := e.connect(e.client, e.server, sinkPort, 2*time.Second); err != nil {
-					return fmt.Errorf("configuration %s: client → server: %w", cfg, err)
+				if err := e.connect(fp.client, fp.server, sinkPort, 2*time.Second); err != nil {
+					return fmt.Errorf("configuration %s: %s → %s: %w", cfg, fp.client.Name, fp.server.Name, err)
 				}
-				if cfg == "c" || cfg == "d" {
+				if cfg != "a" && cfg != "b" {
 					if err := e.connect(e.attacker, e.denied, sinkPort, 300*time.Millisecond); err == nil {
 						return fmt.Errorf("configuration %s: attacker → denied connected", cfg)
 					}
@@ -342,7 +373,7 @@ func (r *runner) dataPathRounds(ctx context.Context) error {
 				if err := flush(); err != nil {
 					return err
 				}
-				run, err := connectLoad(e.client.NS, sink, conc, p.ConnectDuration)
+				run, err := connectLoad(fp.client.NS, fp.sinkAddr(), conc, p.ConnectDuration)
 				if err != nil {
 					return err
 				}
@@ -359,7 +390,7 @@ func (r *runner) dataPathRounds(ctx context.Context) error {
 			if err := flush(); err != nil {
 				return err
 			}
-			st, err := streamLoad(e.client.NS, stream, e.discard, p.StreamDuration)
+			st, err := streamLoad(fp.client.NS, fp.streamAddr(), fp.discard, p.StreamDuration)
 			if err != nil {
 				return fmt.Errorf("configuration %s: %w", cfg, err)
 			}
@@ -439,7 +470,7 @@ func (dp *DataPathReport) summarize() {
 			dp.Paired[name] = PairedStat{Samples: samples, Median: Median(samples)}
 		}
 	}
-	for _, cmp := range [][2]string{{"d", "b"}, {"c", "b"}, {"b", "a"}, {"d", "c"}} {
+	for _, cmp := range [][2]string{{"d", "b"}, {"c", "b"}, {"b", "a"}, {"d", "c"}, {"e", "b"}, {"f", "b"}, {"e", "d"}, {"f", "d"}} {
 		x, y := cmp[0], cmp[1]
 		if dp.Summary[x] == nil || dp.Summary[y] == nil {
 			continue

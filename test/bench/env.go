@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -18,8 +20,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	cnp "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpolicy/nftpolicy/test/echo"
 	"github.com/nftpolicy/nftpolicy/test/lab"
@@ -47,12 +52,19 @@ type env struct {
 	c    *lab.Cluster
 	cs   kubernetes.Interface
 
-	n1, n2                           *lab.ClusterNode
-	client, server, denied, attacker *lab.ClusterPod
+	n1, n2           *lab.ClusterNode
+	denied, attacker *lab.ClusterPod
+	deniedSink       *sinkServer
+	// pair is client → server, the flow every measurement uses (and the one the
+	// ClusterNetworkPolicies select); pair2 is client2 → server2, the same
+	// NetworkPolicies' shape with no ClusterNetworkPolicy selecting either pod.
+	pair, pair2 *flowPair
 
-	sink, deniedSink *sinkServer
-	echo             *echo.Server
-	discard          *discardServer
+	// cnpc writes ClusterNetworkPolicies (JSON: CRDs have no protobuf);
+	// cnpInstalled is set from the CRD's installation until its removal, cnpLoaded
+	// while the ClusterNetworkPolicy load is in the API server.
+	cnpc                    client.Client
+	cnpInstalled, cnpLoaded bool
 
 	loaded   Scale
 	agentSeq atomic.Int64
@@ -99,24 +111,19 @@ func startEnv(ctx context.Context, opts *Options) (_ *env, err error) {
 	if err := c.CreateNamespace(ctx, benchNS, map[string]string{"purpose": "bench"}); err != nil {
 		return nil, err
 	}
-	for _, p := range []struct {
-		pod    **lab.ClusterPod
-		name   string
-		node   string
-		labels map[string]string
-	}{
-		{&e.client, "client", "node1", map[string]string{"app": "client", "access": "granted"}},
-		{&e.attacker, "attacker", "node1", map[string]string{"app": "attacker"}},
-		{&e.server, "server", "node2", map[string]string{"app": "server"}},
-		{&e.denied, "denied", "node2", map[string]string{"app": "denied"}},
-	} {
+	e.pair, e.pair2 = &flowPair{suffix: ""}, &flowPair{suffix: "2"}
+	fields := map[string]**lab.ClusterPod{
+		"client": &e.pair.client, "server": &e.pair.server, "client2": &e.pair2.client, "server2": &e.pair2.server,
+		"attacker": &e.attacker, "denied": &e.denied,
+	}
+	for _, p := range benchPods {
 		// No container ports: the lab would serve them; the bench runs its own
 		// servers.
-		if *p.pod, err = c.CreatePod(ctx, lab.PodSpec{Namespace: benchNS, Name: p.name, Node: p.node, Labels: p.labels}); err != nil {
+		if *fields[p.name], err = c.CreatePod(ctx, lab.PodSpec{Namespace: benchNS, Name: p.name, Node: p.node, Labels: maps.Clone(p.labels)}); err != nil {
 			return nil, err
 		}
 	}
-	for _, p := range []*lab.ClusterPod{e.client, e.attacker} {
+	for _, p := range []*lab.ClusterPod{e.pair.client, e.pair2.client, e.attacker} {
 		// Headroom for the connect-close loops (they close with RST, so ports are
 		// free again at once; this only matters if something lingers).
 		if err := p.NS.Sysctl("net/ipv4/ip_local_port_range", "1024 65535"); err != nil {
@@ -126,14 +133,10 @@ func startEnv(ctx context.Context, opts *Options) (_ *env, err error) {
 			return nil, err
 		}
 	}
-	if e.sink, err = serveSink(e.server.NS, sinkPort); err != nil {
-		return nil, err
-	}
-	if e.echo, err = echo.Serve(e.server.NS, echoPort, echo.Options{IPv4Only: true}); err != nil {
-		return nil, err
-	}
-	if e.discard, err = serveDiscard(e.server.NS, discardPort); err != nil {
-		return nil, err
+	for _, fp := range []*flowPair{e.pair, e.pair2} {
+		if err := fp.serve(); err != nil {
+			return nil, err
+		}
 	}
 	if e.deniedSink, err = serveSink(e.denied.NS, sinkPort); err != nil {
 		return nil, err
@@ -143,41 +146,116 @@ func startEnv(ctx context.Context, opts *Options) (_ *env, err error) {
 			return nil, fmt.Errorf("create policy %s: %w", np.Name, err)
 		}
 	}
+	// ClusterNetworkPolicies are custom resources: JSON only, through a client that
+	// knows their types; no client-side rate limit either.
+	ccfg := c.RESTConfig()
+	ccfg.QPS, ccfg.Burst = -1, 0
+	scheme := runtime.NewScheme()
+	if err := cnp.Install(scheme); err != nil {
+		return nil, err
+	}
+	if e.cnpc, err = client.New(ccfg, client.Options{Scheme: scheme}); err != nil {
+		return nil, err
+	}
 	return e, nil
 }
 
-// benchPolicies: the server accepts the client (pods labelled access=granted) on the
-// bench ports and is isolated by a second policy too, so that deleting the first one
-// denies; the client may only reach the server; the denied pod accepts nothing.
-func benchPolicies() []*networkingv1.NetworkPolicy {
-	return []*networkingv1.NetworkPolicy{
-		serverAllowPolicy("granted"),
-		{
-			ObjectMeta: metav1.ObjectMeta{Namespace: benchNS, Name: "server-isolate"},
-			Spec: networkingv1.NetworkPolicySpec{
-				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "server"}},
-				PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
-			},
-		},
-		{
-			ObjectMeta: metav1.ObjectMeta{Namespace: benchNS, Name: "client-egress"},
-			Spec: networkingv1.NetworkPolicySpec{
-				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "client"}},
-				Egress: []networkingv1.NetworkPolicyEgressRule{{
-					To:    []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "server"}}}},
-					Ports: benchPorts(),
-				}},
-				PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeEgress},
-			},
-		},
-		{
-			ObjectMeta: metav1.ObjectMeta{Namespace: benchNS, Name: "denied-isolate"},
-			Spec: networkingv1.NetworkPolicySpec{
-				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "denied"}},
-				PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
-			},
-		},
+// benchPods are the pods of the bench namespace: every measured flow crosses from
+// node1 to node2. client and server carry the label the bench's Admin
+// ClusterNetworkPolicies select; client2 and server2 have NetworkPolicies of the same
+// shape as theirs and no ClusterNetworkPolicy selects them.
+var benchPods = []struct {
+	name, node string
+	labels     map[string]string
+}{
+	{"client", "node1", map[string]string{"app": "client", "access": "granted", cnpSubjectLabel: cnpSubjectValue}},
+	{"attacker", "node1", map[string]string{"app": "attacker"}},
+	{"server", "node2", map[string]string{"app": "server", cnpSubjectLabel: cnpSubjectValue}},
+	{"denied", "node2", map[string]string{"app": "denied"}},
+	{"client2", "node1", map[string]string{"app": "client2", "access": "granted"}},
+	{"server2", "node2", map[string]string{"app": "server2"}},
+}
+
+// flowPair is a client on node1 and a server on node2 running the bench's servers.
+type flowPair struct {
+	// suffix ends the names and app labels of the pair's pods and policies: "" for
+	// client and server, "2" for client2 and server2.
+	suffix         string
+	client, server *lab.ClusterPod
+	sink           *sinkServer
+	echo           *echo.Server
+	discard        *discardServer
+}
+
+// serve starts the server's sink, echo and discard servers.
+func (fp *flowPair) serve() (err error) {
+	if fp.sink, err = serveSink(fp.server.NS, sinkPort); err != nil {
+		return err
 	}
+	if fp.echo, err = echo.Serve(fp.server.NS, echoPort, echo.Options{IPv4Only: true}); err != nil {
+		return err
+	}
+	fp.discard, err = serveDiscard(fp.server.NS, discardPort)
+	return err
+}
+
+func (fp *flowPair) close() error {
+	var errs []error
+	if fp.sink != nil {
+		errs = append(errs, fp.sink.Close())
+	}
+	if fp.echo != nil {
+		errs = append(errs, fp.echo.Close())
+	}
+	if fp.discard != nil {
+		errs = append(errs, fp.discard.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// sinkAddr, echoAddr and streamAddr are the server's ports.
+func (fp *flowPair) sinkAddr() netip.AddrPort { return netip.AddrPortFrom(fp.server.IPv4, sinkPort) }
+func (fp *flowPair) echoAddr() netip.AddrPort { return netip.AddrPortFrom(fp.server.IPv4, echoPort) }
+func (fp *flowPair) streamAddr() netip.AddrPort {
+	return netip.AddrPortFrom(fp.server.IPv4, discardPort)
+}
+
+// benchPolicies: for each pair, the server accepts pods labelled access=granted on the
+// bench ports and is isolated by a second policy too, so that deleting the first one
+// denies; the client may only reach its server; the denied pod accepts nothing. Both
+// pairs' policies have the same shape, so their flows take the same path through the
+// NetworkPolicy chains.
+func benchPolicies() []*networkingv1.NetworkPolicy {
+	var out []*networkingv1.NetworkPolicy
+	for _, sfx := range []string{"", "2"} {
+		out = append(out,
+			serverAllowPolicy(sfx, "granted"),
+			&networkingv1.NetworkPolicy{
+				ObjectMeta: metav1.ObjectMeta{Namespace: benchNS, Name: "server" + sfx + "-isolate"},
+				Spec: networkingv1.NetworkPolicySpec{
+					PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "server" + sfx}},
+					PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
+				},
+			},
+			&networkingv1.NetworkPolicy{
+				ObjectMeta: metav1.ObjectMeta{Namespace: benchNS, Name: "client" + sfx + "-egress"},
+				Spec: networkingv1.NetworkPolicySpec{
+					PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "client" + sfx}},
+					Egress: []networkingv1.NetworkPolicyEgressRule{{
+						To:    []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "server" + sfx}}}},
+						Ports: benchPorts(),
+					}},
+					PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeEgress},
+				},
+			})
+	}
+	return append(out, &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: benchNS, Name: "denied-isolate"},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "denied"}},
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
+		},
+	})
 }
 
 func benchPorts() []networkingv1.NetworkPolicyPort {
@@ -186,12 +264,12 @@ func benchPorts() []networkingv1.NetworkPolicyPort {
 	return []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &p, EndPort: &end}}
 }
 
-// serverAllowPolicy lets pods labelled access=<access> reach the server.
-func serverAllowPolicy(access string) *networkingv1.NetworkPolicy {
+// serverAllowPolicy lets pods labelled access=<access> reach server<sfx>.
+func serverAllowPolicy(sfx, access string) *networkingv1.NetworkPolicy {
 	return &networkingv1.NetworkPolicy{
-		ObjectMeta: metav1.ObjectMeta{Namespace: benchNS, Name: "server-allow"},
+		ObjectMeta: metav1.ObjectMeta{Namespace: benchNS, Name: "server" + sfx + "-allow"},
 		Spec: networkingv1.NetworkPolicySpec{
-			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "server"}},
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "server" + sfx}},
 			Ingress: []networkingv1.NetworkPolicyIngressRule{{
 				From:  []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"access": access}}}},
 				Ports: benchPorts(),
@@ -205,17 +283,13 @@ func serverAllowPolicy(access string) *networkingv1.NetworkPolicy {
 // and process (agents included) and the API server.
 func (e *env) Close() error {
 	var errs []error
-	if e.sink != nil {
-		errs = append(errs, e.sink.Close())
+	for _, fp := range []*flowPair{e.pair, e.pair2} {
+		if fp != nil {
+			errs = append(errs, fp.close())
+		}
 	}
 	if e.deniedSink != nil {
 		errs = append(errs, e.deniedSink.Close())
-	}
-	if e.echo != nil {
-		errs = append(errs, e.echo.Close())
-	}
-	if e.discard != nil {
-		errs = append(errs, e.discard.Close())
 	}
 	errs = append(errs, e.c.Close())
 	return errors.Join(errs...)

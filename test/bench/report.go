@@ -70,8 +70,7 @@ func evaluateTargets(rep *Report) []Target {
 	bg := p.Medium.String()
 	for _, c := range []string{"c1", "c8"} {
 		v, ok := paired("cps_" + c + " d/b")
-		loops := map[string]string{"c1": "1 loop", "c8": "8 loops"}[c]
-		add(Target{Name: fmt.Sprintf("new connections/s (d)/(b), %s", loops), Value: v, Op: ">=", Limit: 0.95,
+		add(Target{Name: fmt.Sprintf("new connections/s (d)/(b), %s", loopsText(c)), Value: v, Op: ">=", Limit: 0.95,
 			Detail: "median of per-round ratios; (d) = nftpolicy with " + bg + " pods/policies"}, ok)
 	}
 	v, ok := paired("p50_us_c1 d-b")
@@ -80,6 +79,30 @@ func evaluateTargets(rep *Report) []Target {
 	v, ok = paired("stream d/b")
 	add(Target{Name: "established throughput (d)/(b)", Value: v, Op: ">=", Limit: 0.98,
 		Detail: "one TCP stream; median of per-round ratios"}, ok)
+	if p.cnpWanted() {
+		cnpDetail := ""
+		if c := rep.CNP; c != nil {
+			cnpDetail = fmt.Sprintf("; (e) = (d) + %d ClusterNetworkPolicies, the flow crosses %d + %d Admin rules (node1 + node2) to a Pass", c.objects(), c.WalkedRules["node1"], c.WalkedRules["node2"])
+		}
+		for _, c := range []string{"c1", "c8"} {
+			v, ok := paired("cps_" + c + " e/b")
+			add(Target{Name: fmt.Sprintf("new connections/s (e)/(b), %s", loopsText(c)), Value: v, Op: ">=", Limit: 0.95,
+				Detail: "median of per-round ratios" + cnpDetail}, ok)
+		}
+		v, ok := paired("p50_us_c1 e-b")
+		add(Target{Name: "added p50 connect latency (e)-(b)", Value: v, Unit: "µs", Op: "<=", Limit: 2,
+			Detail: "1 loop; median of per-round differences; the client under ClusterNetworkPolicies"}, ok)
+		for _, c := range []string{"c1", "c8"} {
+			v, ok := paired("cps_" + c + " f/b")
+			add(Target{Name: fmt.Sprintf("new connections/s (f)/(b), %s", loopsText(c)), Value: v, Op: ">=", Limit: 0.95,
+				Detail: "median of per-round ratios; (f) = (e)'s ruleset, client2 → server2, which no ClusterNetworkPolicy selects"}, ok)
+		}
+		for _, c := range []string{"c1", "c8"} {
+			v, ok := paired("cps_" + c + " f/d")
+			add(Target{Name: fmt.Sprintf("pods no CNP selects: new connections/s (f)/(d), %s", loopsText(c)), Value: v, Op: ">=", Limit: 0.95,
+				Detail: "median of per-round ratios; the same NetworkPolicy path with and without the ClusterNetworkPolicy load"}, ok)
+		}
+	}
 	if dp != nil && dp.Flood != nil {
 		f := dp.Flood
 		add(Target{Name: "SYN flood at a denied pod: agent CPU increase", Value: f.RaisePct, Unit: "% core", Op: "<=", Limit: 0.5,
@@ -106,26 +129,40 @@ func evaluateTargets(rep *Report) []Target {
 		add(Target{Name: "pod/policy change → kernel inside the agent, p99 at " + p.Large.String(), Value: Percentile(xs, 0.99), Unit: "ms", Op: "<", Limit: 50,
 			Detail: fmt.Sprintf("compute + commit per sync, %d changes of %d kinds", len(xs), len(incrementalKinds))}, len(xs) > 0)
 	}
-	for _, sc := range []Scale{p.Medium, p.Large} {
-		var er *EnforceReport
-		if cp != nil {
-			for _, x := range cp.Enforce {
-				if x.Scale == sc {
-					er = x
-				}
-			}
-		}
+	enforceTargets := func(er *EnforceReport, what, revocation, at string) {
 		ok := er != nil && er.Enforced.N > 0
 		detail := ""
 		if ok {
 			detail = fmt.Sprintf("%d changes, %d failed; new connection every 1 ms", len(er.Trials), er.Failures)
 		}
-		add(Target{Name: "API write → enforced, p99 at " + sc.String(), Value: val(ok, func() float64 { return er.Enforced.P99 }), Unit: "ms", Op: "<", Limit: 300, Detail: detail}, ok && er.Failures == 0)
+		add(Target{Name: what + " → enforced, p99 at " + at, Value: val(ok, func() float64 { return er.Enforced.P99 }), Unit: "ms", Op: "<", Limit: 300, Detail: detail}, ok && er.Failures == 0)
 		ok = er != nil && er.Revoked.N > 0
-		add(Target{Name: "revocation of an established flow, p99 at " + sc.String(), Value: val(ok, func() float64 { return er.Revoked.P99 }), Unit: "ms", Op: "<", Limit: 500,
+		add(Target{Name: revocation + ", p99 at " + at, Value: val(ok, func() float64 { return er.Revoked.P99 }), Unit: "ms", Op: "<", Limit: 500,
 			Detail: val2(ok, func() string {
 				return fmt.Sprintf("%d denies; last echo after the write; %.0f ms of it after the commit (median)", er.Revoked.N, er.RevocationDelay.P50)
 			})}, ok)
+	}
+	enforceAt := func(sc Scale, what string) *EnforceReport {
+		if cp == nil {
+			return nil
+		}
+		for _, x := range cp.Enforce {
+			if x.Scale == sc && x.What == what {
+				return x
+			}
+		}
+		return nil
+	}
+	for _, sc := range []Scale{p.Medium, p.Large} {
+		enforceTargets(enforceAt(sc, enforceNP), "API write", "revocation of an established flow", sc.String())
+	}
+	if p.cnpWanted() {
+		at := p.Medium.String() + " + CNPs"
+		if c := rep.CNP; c != nil {
+			at = fmt.Sprintf("%s + %d CNPs", c.Background, c.objects())
+		}
+		enforceTargets(enforceAt(p.Medium, enforceCNP), "ClusterNetworkPolicy write", "revocation by a ClusterNetworkPolicy write", at)
+		enforceTargets(enforceAt(p.Medium, enforceNPUnselected), "pods no CNP selects: NetworkPolicy write", "pods no CNP selects: revocation", at)
 	}
 	for _, c := range []struct {
 		s     Scale
@@ -215,6 +252,8 @@ func evaluateTargets(rep *Report) []Target {
 	return ts
 }
 
+func loopsText(c string) string { return map[string]string{"c1": "1 loop", "c8": "8 loops"}[c] }
+
 func val(ok bool, f func() float64) float64 {
 	if !ok {
 		return 0
@@ -293,9 +332,10 @@ func (rep *Report) PrintTable(w io.Writer) {
 			if s == nil {
 				continue
 			}
-			name := "(" + cfg + ") " + map[string]string{"a": "no rules", "b": "conntrack only", "c": "nftpolicy", "d": "nftpolicy + " + dp.Background.String()}[cfg]
+			name := "(" + cfg + ") " + map[string]string{"a": "no rules", "b": "conntrack only", "c": "nftpolicy", "d": "nftpolicy + " + dp.Background.String(),
+				"e": "(d) + CNPs, client under Admin", "f": "(e), pods no CNP selects"}[cfg]
 			size := ""
-			if rs := dp.Rulesets[cfg]; rs != nil {
+			if rs := dp.Rulesets[rulesetOf(cfg)]; rs != nil {
 				size = fmt.Sprintf("%d/%d", rs["node1"].Elements, rs["node2"].Elements)
 			}
 			row(name, fmt.Sprintf("%.0f", s.CPS1), fmt.Sprintf("%.0f/%.0f", s.P50us1, s.P99us1),
@@ -303,15 +343,20 @@ func (rep *Report) PrintTable(w io.Writer) {
 		}
 		row()
 		row("paired per round", "median", "middle half of the rounds")
-		for _, k := range []string{"cps_c1 d/b", "cps_c8 d/b", "cps_c1 c/b", "cps_c8 c/b", "cps_c1 d/c", "cps_c1 b/a", "stream d/b", "stream c/b", "stream b/a"} {
+		for _, k := range []string{"cps_c1 d/b", "cps_c8 d/b", "cps_c1 c/b", "cps_c8 c/b", "cps_c1 d/c", "cps_c1 b/a",
+			"cps_c1 e/b", "cps_c8 e/b", "cps_c1 e/d", "cps_c8 e/d", "cps_c1 f/b", "cps_c8 f/b", "cps_c1 f/d", "cps_c8 f/d",
+			"stream d/b", "stream c/b", "stream b/a", "stream e/b", "stream f/b"} {
 			if s, ok := dp.Paired[k]; ok {
 				row(k, fmt.Sprintf("%.3f", s.Median), fmt.Sprintf("%.3f – %.3f", Percentile(s.Samples, 0.25), Percentile(s.Samples, 0.75)))
 			}
 		}
-		for _, k := range []string{"p50_us_c1 d-b", "p50_us_c1 c-b", "p50_us_c1 d-c", "p50_us_c1 b-a"} {
+		for _, k := range []string{"p50_us_c1 d-b", "p50_us_c1 c-b", "p50_us_c1 d-c", "p50_us_c1 b-a", "p50_us_c1 e-b", "p50_us_c1 e-d", "p50_us_c1 f-d"} {
 			if s, ok := dp.Paired[k]; ok {
 				row(k, fmt.Sprintf("%+.2f µs", s.Median), fmt.Sprintf("%+.2f – %+.2f", Percentile(s.Samples, 0.25), Percentile(s.Samples, 0.75)))
 			}
+		}
+		if c := rep.CNP; c != nil && dp.Summary["e"] != nil {
+			row(fmt.Sprintf("(e), (f): %s", c.describe()))
 		}
 		if f := dp.Flood; f != nil {
 			var cpu []string
@@ -373,13 +418,30 @@ func (rep *Report) PrintTable(w io.Writer) {
 				row(cells...)
 			}
 		}
-		for _, er := range cp.Enforce {
+		// NetworkPolicy alone first, then the experiments with ClusterNetworkPolicies.
+		var enforce []*EnforceReport
+		for _, np := range []bool{true, false} {
+			for _, er := range cp.Enforce {
+				if (er.What == enforceNP) == np {
+					enforce = append(enforce, er)
+				}
+			}
+		}
+		for _, er := range enforce {
 			if er.Enforced.N == 0 {
 				continue
 			}
 			row()
-			row(fmt.Sprintf("API WRITE → ENFORCED at %s: %d changes (%d failed); node2's agent %.0f ms compute + %.0f ms commit per sync; %d conntrack entries on node2 at the end",
-				er.Scale, len(er.Trials), er.Failures, er.AgentComputeMs, er.AgentCommitMs, er.ConntrackEntries))
+			title := fmt.Sprintf("API WRITE → ENFORCED at %s", er.Scale)
+			at := fmt.Sprintf("%s + %d CNPs", er.Scale, er.ClusterPolicies)
+			switch er.What {
+			case enforceCNP:
+				title = fmt.Sprintf("CLUSTERNETWORKPOLICY WRITE → ENFORCED at %s (client → server under the Admin policies; %s)", at, strings.Join(cnpEnforceKinds, ", "))
+			case enforceNPUnselected:
+				title = fmt.Sprintf("NETWORKPOLICY WRITE → ENFORCED for pods no CNP selects at %s (client2 → server2; %s)", at, strings.Join(enforceKinds, ", "))
+			}
+			row(fmt.Sprintf("%s: %d changes (%d failed); node2's agent %.0f ms compute + %.0f ms commit per sync; %d conntrack entries on node2 at the end",
+				title, len(er.Trials), er.Failures, er.AgentComputeMs, er.AgentCommitMs, er.ConntrackEntries))
 			row("ms after the write returned", "p50", "p90", "p99", "max", "n")
 			for _, x := range []struct {
 				name string
