@@ -67,7 +67,7 @@ type ResourceRun struct {
 	OpenWatches float64 `json:"open_watches"`
 }
 
-var watchedResources = []string{"pods", "namespaces", "networkpolicies"}
+var watchedResources = []string{"pods", "namespaces", "networkpolicies", "nodes", "clusternetworkpolicies"}
 
 func (r *runner) resources(ctx context.Context, s Scale) (err error) {
 	e, p := r.env, r.opts.Profile
