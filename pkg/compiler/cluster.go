@@ -226,13 +226,25 @@ func (c *compilation) tierChain(dir Direction, tier cnp.Tier, pols []*clusterPol
 	}
 	ch := &ruleset.Chain{Name: name, Comment: truncate(fmt.Sprintf("%s tier, %s, IPv%d: %s", tier, dir, fam, strings.Join(keys, ", ")), ruleset.MaxCommentLen)}
 	owner := &ruleset.ChainOwner{Role: role, Direction: dir}
+	// Every rule of a tier chain ends in a verdict (accept, drop or goto), so a rule
+	// whose matches an earlier rule already has can never match, and nothing after a
+	// rule without matches can be reached: they are left out (fewer rules to walk; common
+	// when several policies of a class deny the same peers).
+	seen := map[string]bool{}
+	ended := false
 	for _, p := range pols {
 		owner.Policies = append(owner.Policies, p.ref)
 		f := c.clusterRules(p, dir)
 		for i, r := range f.rules {
-			if f.fams[i] != 0 && f.fams[i] != fam {
+			if ended || (f.fams[i] != 0 && f.fams[i] != fam) {
 				continue
 			}
+			key := ruleset.FormatRule(ruleset.Rule{Matches: r.Matches})
+			if seen[key] {
+				continue
+			}
+			seen[key] = true
+			ended = len(r.Matches) == 0
 			if r.Verdict.Kind == ruleset.VerdictGoto && r.Verdict.Chain == passPlaceholder {
 				r.Verdict = pass
 			}
@@ -240,7 +252,7 @@ func (c *compilation) tierChain(dir Direction, tier cnp.Tier, pols []*clusterPol
 			owner.Rules = append(owner.Rules, f.owners[i])
 		}
 	}
-	if tier == cnp.AdminTier && next != "" {
+	if tier == cnp.AdminTier && next != "" && !ended {
 		ch.Rules = append(ch.Rules, ruleset.Rule{Verdict: ruleset.Verdict{Kind: ruleset.VerdictGoto, Chain: next},
 			Comment: "no Admin rule matched: on to NetworkPolicy and Baseline"})
 		owner.Rules = append(owner.Rules, ruleset.RuleOwner{Role: ruleset.RoleTierNext})

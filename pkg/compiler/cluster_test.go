@@ -361,3 +361,41 @@ func TestClusterExplainOwners(t *testing.T) {
 		t.Errorf("the deny is not attributed to deny-metadata/block-imds: %+v", results)
 	}
 }
+
+// Rules that can never match are left out of a tier chain: one whose matches an
+// earlier rule has (every tier rule ends in a verdict), and every rule after one that
+// matches everything. Verdicts are those of the policies as written.
+func TestUnreachableTierRulesLeftOut(t *testing.T) {
+	c := upstream(t)
+	c.clusterPolicy(cIngress(adminPol("first", 1, nsSubject("x")), deny, "y-80", peers(peerNS("y")), cTCP(80)))
+	second := adminPol("second", 2, nsSubject("x"))
+	cIngress(second, accept, "y-80-again", peers(peerNS("y")), cTCP(80)) // shadowed by first
+	cIngress(second, accept, "z", peers(peerNS("z")))
+	c.clusterPolicy(second)
+	c.clusterPolicy(cIngress(cIngress(adminPol("third", 3, nsSubject("x")), deny, "all", nil), accept, "after-all", peers(peerNS("y"))))
+	c.expect(tcp("y/a", "x/a", 80, false), tcp("z/a", "x/a", 80, true), tcp("y/a", "x/a", 81, false), tcp("x/b", "x/a", 80, false))
+	rs := c.compile("n1").Ruleset
+	checked := 0
+	for _, ch := range rs.Chains {
+		co := rs.Owners.Chain(ch.Name)
+		if co.Role != ruleset.RoleAdminTier || !strings.HasSuffix(ch.Name, "-v4") {
+			continue
+		}
+		checked++
+		var names []string
+		for _, ro := range co.Rules {
+			if ro.Cluster != nil {
+				names = append(names, ro.Cluster.Name)
+			} else {
+				names = append(names, string(ro.Role))
+			}
+		}
+		// first's rule, second's z rule, third's match-all deny; no goto after it.
+		if got := strings.Join(names, ","); got != "y-80,z,all" {
+			t.Errorf("%s holds rules %s, want y-80,z,all\n%s", ch.Name, got, ruleset.Render(rs))
+		}
+	}
+	if checked == 0 {
+		t.Fatal("no Admin chain for IPv4 on n1")
+	}
+}
