@@ -18,12 +18,12 @@
 # report in _out/conformance/RUN/cnp-report.yaml; on a kernel without SCTP the tests
 # that probe SCTP among TCP and UDP run without their SCTP probes
 # (test/cnpconformance/nosctp) and those that probe only SCTP are skipped.
-# CONFORMANCE_CNP: report (the default) prints its line without letting its failures
-# fail the run, gate counts them, off skips the suite. Two lines per run:
+# CONFORMANCE_CNP: gate (the default) counts its failures, report prints its line
+# without letting them fail the run, off skips the suite. Two lines per run:
 #   48 passed, 0 failed (kind, 3 nodes, flannel vxlan, kube-proxy iptables, ipv4)
 #   cnp: 26 passed, 0 failed, 4 skipped (kind, 3 nodes, flannel vxlan, kube-proxy iptables, ipv4; SCTP: kernel has none; SCTP probes removed from 8 tests, 4 SCTP tests skipped)
-# and exits non-zero when a spec failed (with CONFORMANCE_CNP=gate, a CNP test too) or a
-# cluster could not run the suite. Every cluster, and the Docker engine when the harness
+# and exits non-zero when a spec or a CNP test failed (with CONFORMANCE_CNP=report, only
+# a spec) or a cluster could not run the suite. Every cluster, and the Docker engine when the harness
 # started it, is removed at the end, also after a failure or Ctrl-C (hack/kind/cluster.sh
 # down).
 set -euo pipefail
@@ -35,7 +35,7 @@ PROCS="${CONFORMANCE_PROCS:-4}"
 FOCUS="${CONFORMANCE_FOCUS:-Netpol}"
 SKIP="${CONFORMANCE_SKIP:-SCTPConnectivity}"
 RUNS="${CONFORMANCE_RUNS:-vxlan/iptables/ipv4 host-gw/nftables/ipv4 host-gw/iptables/ipv6}"
-CNP_MODE="${CONFORMANCE_CNP:-report}"
+CNP_MODE="${CONFORMANCE_CNP:-gate}"
 CNP_TEST="$CONF_BIN/cnp-conformance.test"
 # A cluster name of its own: make kind's cluster (KIND_CLUSTER) is left alone.
 export KIND_CLUSTER="${CONFORMANCE_CLUSTER:-nftpolicy-conformance}"
