@@ -151,6 +151,10 @@ chart: helm ## helm lint and helm template the chart (rendered into _out/helm/);
 conformance-build: envtest-assets ## Build the conformance cluster's binaries from the module proxy into bin/conformance (cached).
 	@hack/conformance/build.sh $(BIN)/conformance
 
+.PHONY: cnp-conformance-generate
+cnp-conformance-generate: ## Regenerate test/cnpconformance/nosctp (the CNP suite's tests that probe SCTP among TCP and UDP, without their SCTP probes) after a bump of sigs.k8s.io/network-policy-api.
+	$(GO) run ./hack/cnpconformance-nosctp -o test/cnpconformance/nosctp
+
 .PHONY: cnp-conformance-build
 cnp-conformance-build: ## Build the upstream ClusterNetworkPolicy conformance suite (sigs.k8s.io/network-policy-api, test/cnpconformance) into bin/conformance/cnp-conformance.test.
 	$(GO) test -c -o $(BIN)/conformance/cnp-conformance.test ./test/cnpconformance
@@ -187,7 +191,7 @@ kind-down: ## Delete the kind cluster(s) and the Docker engine make kind started
 	@hack/kind/cluster.sh down
 
 .PHONY: conformance
-conformance: conformance-build cnp-conformance-build kind-image image helm ## Upstream NetworkPolicy e2e suite, then the ClusterNetworkPolicy conformance suite, on 3-node kind clusters, one per CONFORMANCE_RUNS entry (root); lines "N passed, M failed (…)" and "cnp: N passed, M failed (…)" per run (CONFORMANCE_CNP=report|gate|off).
+conformance: conformance-build cnp-conformance-build kind-image image helm ## Upstream NetworkPolicy e2e suite, then the ClusterNetworkPolicy conformance suite, on 3-node kind clusters, one per CONFORMANCE_RUNS entry (root); lines "N passed, M failed (…)" and "cnp: N passed, M failed (…)" per run (CONFORMANCE_CNP=gate|report|off, gate by default).
 	@IMAGE=$(IMAGE) IMAGE_ARCHIVE=$(CURDIR)/$(IMAGE_ARCHIVE) KIND_NODE_IMAGE=$(KIND_OFFLINE_IMAGE) MAKE="$(MAKE)" hack/kind/conformance.sh
 
 .PHONY: conformance-down

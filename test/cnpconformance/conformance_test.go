@@ -2,6 +2,7 @@ package cnpconformance
 
 import (
 	"flag"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -19,13 +20,15 @@ import (
 	"sigs.k8s.io/network-policy-api/conformance/tests"
 	"sigs.k8s.io/network-policy-api/conformance/utils/flags"
 	"sigs.k8s.io/network-policy-api/conformance/utils/suite"
+
+	"github.com/nftpolicy/nftpolicy/test/cnpconformance/nosctp"
 )
 
 // The suite's own flags (--all-features, --supported-features, --exempt-features,
 // --conformance-profiles, --report-output, --cleanup-base-resources, --debug and the
 // implementation's --organization, --project, --url, --version, --contact,
 // --additional-info) come with its flags package; this one is ours.
-var sctpFlag = flag.String("sctp", "auto", "whether the cluster's kernel has SCTP: auto (this machine's kernel, which kind nodes share), on, off (serve the base pods without SCTP servers and skip the tests that probe SCTP)")
+var sctpFlag = flag.String("sctp", "auto", "whether the cluster's kernel has SCTP: auto (this machine's kernel, which kind nodes share), on (upstream's tests unchanged), off (the base pods without SCTP servers, the tests that probe SCTP among other protocols without their SCTP probes, those that probe only SCTP skipped)")
 
 // enableEnv must be set for TestConformance to run: it needs a cluster (KUBECONFIG)
 // with nftpolicy and the experimental CRD installed; make test only compiles it.
@@ -33,7 +36,8 @@ const enableEnv = "NFTPOLICY_CNP_CONFORMANCE"
 
 // TestConformance is upstream's TestConformanceProfiles (conformance/
 // conformance_profile_test.go) with one addition, for kernels without SCTP (see the
-// package comment): every ConformanceTest is a subtest TestConformance/<ShortName>.
+// package comment): every ConformanceTest is a subtest TestConformance/<ShortName>,
+// and a line "cnp-note: …" says which tests ran (Plan.Note), for the harness's line.
 func TestConformance(t *testing.T) {
 	if os.Getenv(enableEnv) == "" {
 		t.Skipf("the ClusterNetworkPolicy conformance suite runs against a cluster: set %s=1 and KUBECONFIG, or run make conformance", enableEnv) //nolint:forbidigo // an opt-in, not a missing environment: make conformance runs it on its clusters
@@ -67,7 +71,8 @@ func TestConformance(t *testing.T) {
 		ExemptFeatures:             suite.ParseSupportedFeatures(*flags.ExemptFeatures),
 		EnableAllSupportedFeatures: *flags.EnableAllSupportedFeatures,
 	}
-	withoutSCTP(t, &opts)
+	plan := withoutSCTP(t, &opts)
+	t.Logf("cnp-note: %s", plan.Note())
 	profiles := suite.ParseConformanceProfiles(*flags.ConformanceProfiles)
 	t.Logf("Running conformance tests with cleanup: %t, debug: %t, all features: %t, supported features: [%v], exempt features: [%v], conformance profiles: [%v]",
 		*flags.CleanupBaseResources, *flags.ShowDebug, *flags.EnableAllSupportedFeatures, *flags.SupportedFeatures, *flags.ExemptFeatures, *flags.ConformanceProfiles)
@@ -75,7 +80,7 @@ func TestConformance(t *testing.T) {
 	if profiles.Len() == 0 {
 		s := suite.New(opts)
 		s.Setup(t)
-		s.Run(t, tests.ConformanceTests)
+		s.Run(t, plan.Tests)
 		return
 	}
 	implementation, err := suite.ParseImplementation(*flags.ImplementationOrganization, *flags.ImplementationProject,
@@ -92,12 +97,15 @@ func TestConformance(t *testing.T) {
 		t.Fatalf("error creating experimental conformance test suite: %v", err)
 	}
 	s.Setup(t)
-	if err := s.Run(t, tests.ConformanceTests); err != nil {
+	if err := s.Run(t, plan.Tests); err != nil {
 		t.Fatal(err)
 	}
 	report, err := s.Report()
 	if err != nil {
 		t.Fatalf("error generating conformance profile report: %v", err)
+	}
+	if err := plan.AmendReport(report, s.SupportedFeatures); err != nil {
+		t.Fatalf("amending the report for the tests run without SCTP: %v", err)
 	}
 	raw, err := yaml.Marshal(report)
 	if err != nil {
@@ -111,40 +119,39 @@ func TestConformance(t *testing.T) {
 	t.Logf("Conformance report:\n%s", raw)
 }
 
-// withoutSCTP adapts opts to a kernel without SCTP (-sctp=off, or auto on such a
-// kernel): the base manifests without SCTP servers, served to the suite over HTTPS
-// from this process (the suite reads them from its embedded files or an https:// URL,
-// and only the URL can be given other content), and the tests that probe SCTP skipped.
-func withoutSCTP(t *testing.T, opts *suite.Options) {
+// withoutSCTP plans the run: on a kernel with SCTP (-sctp=on, or auto on such a
+// kernel) upstream's tests, unchanged. Without (-sctp=off, or auto): the base manifests
+// without SCTP servers, served to the suite over HTTPS from this process (the suite
+// reads them from its embedded files or an https:// URL, and only the URL can be given
+// other content), the tests that probe SCTP among other protocols as package nosctp
+// has them, and those that probe only SCTP skipped.
+func withoutSCTP(t *testing.T, opts *suite.Options) *Plan {
 	t.Helper()
 	var why string
+	hasSCTP := false
 	switch *sctpFlag {
 	case "on":
-		return
+		hasSCTP, why = true, "-sctp=on"
 	case "off":
 		why = "-sctp=off"
 	case "auto":
 		ok, err := KernelSCTP()
+		hasSCTP = ok
 		if ok {
-			t.Logf("SCTP: the kernel has it; every test runs")
-			return
+			why = "an SCTP socket opens"
+		} else {
+			why = err.Error()
 		}
-		why = err.Error()
 	default:
 		t.Fatalf("-sctp=%s: want auto, on or off", *sctpFlag)
 	}
-	skip, err := TestsProbingSCTP(conformance.Manifests, "tests")
+	plan, err := NewPlan(tests.ConformanceTests, hasSCTP)
 	if err != nil {
-		t.Fatalf("finding the tests that probe SCTP: %v", err)
+		t.Fatal(err)
 	}
-	known := map[string]bool{}
-	for _, ct := range tests.ConformanceTests {
-		known[ct.ShortName] = true
-	}
-	for _, name := range skip {
-		if !known[name] {
-			t.Fatalf("test %s, found probing SCTP in the suite's sources, is not among its ConformanceTests", name)
-		}
+	if plan.SCTP {
+		t.Logf("SCTP: the kernel has it (%s); every test is upstream's, unchanged", why)
+		return plan
 	}
 	base, err := conformance.Manifests.ReadFile("base/manifests.yaml")
 	if err != nil {
@@ -164,7 +171,16 @@ func withoutSCTP(t *testing.T, opts *suite.Options) {
 		srv.Close()
 	})
 	opts.BaseManifests = srv.URL + "/base/manifests.yaml"
-	opts.SkipTests = skip
-	t.Logf("SCTP: kernel has none (%s): the base pods run without their %d SCTP servers, and the %d tests that probe SCTP are skipped: %s",
-		why, servers, len(skip), strings.Join(skip, ", "))
+	opts.SkipTests = plan.Skip
+	var rewritten []string
+	for _, name := range plan.RewrittenNames() {
+		p := plan.Rewritten[name]
+		rewritten = append(rewritten, fmt.Sprintf("%s (%d of %d probes)", name, p.SCTP, p.SCTP+p.Other))
+	}
+	t.Logf("SCTP: kernel has none (%s): the base pods run without their %d SCTP servers; "+
+		"%d tests run without their SCTP probes (package nosctp, generated from %s %s): %s; "+
+		"%d tests probe only SCTP and are skipped: %s",
+		why, servers, len(rewritten), nosctp.Module, nosctp.Version, strings.Join(rewritten, ", "),
+		len(plan.Skip), strings.Join(plan.Skip, ", "))
+	return plan
 }
