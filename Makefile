@@ -191,7 +191,7 @@ kind-down: ## Delete the kind cluster(s) and the Docker engine make kind started
 	@hack/kind/cluster.sh down
 
 .PHONY: conformance
-conformance: conformance-build cnp-conformance-build kind-image image helm ## Upstream NetworkPolicy e2e suite, then the ClusterNetworkPolicy conformance suite, on 3-node kind clusters, one per CONFORMANCE_RUNS entry (root); lines "N passed, M failed (…)" and "cnp: N passed, M failed (…)" per run (CONFORMANCE_CNP=gate|report|off, gate by default).
+conformance: conformance-build cnp-conformance-build kind-image image helm ## Upstream NetworkPolicy e2e suite, then the ClusterNetworkPolicy conformance suite, on 3-node kind clusters, one per CONFORMANCE_RUNS entry (root); lines "N passed, M failed (…)" and "cnp: N passed, M failed (…)" (CONFORMANCE_CNP=gate|report|off, gate by default; CONFORMANCE_CNP_RUNS=first|all, first by default).
 	@IMAGE=$(IMAGE) IMAGE_ARCHIVE=$(CURDIR)/$(IMAGE_ARCHIVE) KIND_NODE_IMAGE=$(KIND_OFFLINE_IMAGE) MAKE="$(MAKE)" hack/kind/conformance.sh
 
 .PHONY: conformance-down

@@ -32,6 +32,12 @@ var sctpFlag = flag.String("sctp", "auto", "whether the cluster's kernel has SCT
 
 // enableEnv must be set for TestConformance to run: it needs a cluster (KUBECONFIG)
 // with nftpolicy and the experimental CRD installed; make test only compiles it.
+// requestTimeoutFlag bounds one probe (agnhost connect --timeout). Upstream's 3s makes
+// every expected denial cost two full timeouts (the suite's Eventually, then its final
+// check); on a kind cluster an allowed connection takes milliseconds, and an allowed
+// probe that times out is retried until the suite's PokeTimeout anyway.
+var requestTimeoutFlag = flag.Duration("request-timeout", 0, "bound of one probe's connect (0: the suite's default, 3s)")
+
 const enableEnv = "NFTPOLICY_CNP_CONFORMANCE"
 
 // TestConformance is upstream's TestConformanceProfiles (conformance/
@@ -71,6 +77,8 @@ func TestConformance(t *testing.T) {
 		ExemptFeatures:             suite.ParseSupportedFeatures(*flags.ExemptFeatures),
 		EnableAllSupportedFeatures: *flags.EnableAllSupportedFeatures,
 	}
+	// Zero fields take the suite's defaults (config.SetupTimeoutConfig).
+	opts.TimeoutConfig.RequestTimeout = *requestTimeoutFlag
 	plan := withoutSCTP(t, &opts)
 	t.Logf("cnp-note: %s", plan.Note())
 	profiles := suite.ParseConformanceProfiles(*flags.ConformanceProfiles)
