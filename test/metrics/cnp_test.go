@@ -2,7 +2,6 @@ package metrics
 
 import (
 	"context"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -10,7 +9,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	cnp "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
-	"github.com/nftpolicy/nftpolicy/internal/testns"
 	"github.com/nftpolicy/nftpolicy/test/bench"
 	"github.com/nftpolicy/nftpolicy/test/lab"
 )
@@ -20,31 +18,9 @@ import (
 // gives a denied-connection log line naming the policy and rule; one its Accept rule
 // admits moves the Accept counter; the cache gauge counts the policy.
 func TestClusterPolicyRuleCounters(t *testing.T) {
-	lab.SkipUnlessCluster(t)
-	agent := os.Getenv("NFTPOLICY_AGENT")
-	if agent == "" {
-		testns.SkipUnlessRequired(t, "NFTPOLICY_AGENT is not set (make build; make test sets it)")
-	}
-	if err := lab.CleanupStale(""); err != nil {
-		t.Logf("cleaning up stale labs: %v", err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	c, err := lab.StartCluster(ctx, lab.ClusterOptions{
-		Nodes: 2, Topology: lab.Routed, AgentBinary: agent, Progress: lab.TestLog(t),
-		AgentArgs: []string{"--metrics-bind-address", metricsAddr, "--log-denied", "--cluster-policy-check-period", "1s"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Errorf("close the lab: %v", err)
-		}
-	})
-	if err := c.CreateNamespace(ctx, ns, nil); err != nil {
-		t.Fatal(err)
-	}
+	c := startLab(ctx, t, "--cluster-policy-check-period", "1s")
 	pod := func(name, node string, ports ...int32) *lab.ClusterPod {
 		p, err := c.CreatePod(ctx, lab.PodSpec{Namespace: ns, Name: name, Node: node,
 			Labels: map[string]string{"role": name}, Ports: lab.TCPUDPPorts(ports...)})

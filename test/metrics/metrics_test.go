@@ -116,34 +116,9 @@ func ingressFrom(name string, podLabels, fromLabels map[string]string, ports ...
 // packet and byte counters; a denied one moves exactly the drop counter of the policy
 // isolating its target; series of an unrelated policy and of the other rule do not move.
 func TestVerdictCounters(t *testing.T) {
-	lab.SkipUnlessCluster(t)
-	agent := os.Getenv("NFTPOLICY_AGENT")
-	if agent == "" {
-		testns.SkipUnlessRequired(t, "NFTPOLICY_AGENT is not set (make build; make test sets it)")
-	}
-	if err := lab.CleanupStale(""); err != nil {
-		t.Logf("cleaning up stale labs: %v", err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	c, err := lab.StartCluster(ctx, lab.ClusterOptions{
-		Nodes: 2, Topology: lab.Routed, AgentBinary: agent, Progress: lab.TestLog(t),
-		// The lab starts agents with metrics off (and plain HTTP, --metrics-secure=false,
-		// for whoever turns them on); a later flag wins. --log-denied: the
-		// denied probe below must also give one "denied connection" log line.
-		AgentArgs: []string{"--metrics-bind-address", metricsAddr, "--log-denied"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := c.Close(); err != nil {
-			t.Errorf("close the lab: %v", err)
-		}
-	})
-	if err := c.CreateNamespace(ctx, ns, nil); err != nil {
-		t.Fatal(err)
-	}
+	c := startLab(ctx, t)
 	pod := func(name, node string, labels map[string]string, ports ...int32) *lab.ClusterPod {
 		p, err := c.CreatePod(ctx, lab.PodSpec{Namespace: ns, Name: name, Node: node, Labels: labels, Ports: lab.TCPUDPPorts(ports...)})
 		if err != nil {
@@ -299,4 +274,36 @@ func TestVerdictCounters(t *testing.T) {
 			t.Errorf("series %s missing; have %v", want, a)
 		}
 	}
+}
+
+// startLab starts a 2-node routed lab whose agents serve their metrics on metricsAddr
+// and log denied connections, with namespace ns created; closed at the test's end.
+// The lab starts agents with metrics off (and plain HTTP, --metrics-secure=false, for
+// whoever turns them on); a later flag wins.
+func startLab(ctx context.Context, t *testing.T, extraArgs ...string) *lab.Cluster {
+	t.Helper()
+	lab.SkipUnlessCluster(t)
+	agent := os.Getenv("NFTPOLICY_AGENT")
+	if agent == "" {
+		testns.SkipUnlessRequired(t, "NFTPOLICY_AGENT is not set (make build; make test sets it)")
+	}
+	if err := lab.CleanupStale(""); err != nil {
+		t.Logf("cleaning up stale labs: %v", err)
+	}
+	c, err := lab.StartCluster(ctx, lab.ClusterOptions{
+		Nodes: 2, Topology: lab.Routed, AgentBinary: agent, Progress: lab.TestLog(t),
+		AgentArgs: append([]string{"--metrics-bind-address", metricsAddr, "--log-denied"}, extraArgs...),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Errorf("close the lab: %v", err)
+		}
+	})
+	if err := c.CreateNamespace(ctx, ns, nil); err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
