@@ -140,9 +140,10 @@ func testCNPLoad(t *testing.T, p Profile) {
 				}
 			}
 		}
-		// At least one nft rule per ClusterNetworkPolicy rule (pod and namespace
-		// peers have one per family, networks only IPv4).
-		if want := cnpRulesPerDirection*p.cnpBench() - 1; n < want || n != at {
+		// At least the rules of one bench policy: the chain is per family, and a rule
+		// whose matches an earlier bench policy's rule already has is left out as
+		// unreachable (the bench policies repeat some of their peers and ports).
+		if want := cnpRulesPerDirection; n < want || n != at {
 			t.Errorf("%s: %d rules before the Pass (the tracer's step: %d), want at least %d", node, n, at, want)
 		}
 		t.Logf("%s: %d rules before the Pass", node, n)
