@@ -285,11 +285,11 @@ func (c *compilation) samePriority(dir Direction, pols []*clusterPolicy) {
 }
 
 // classChain returns the chain a local pod's addresses of a family are dispatched to
-// for a direction, or "" when no policy of either kind selects it. npChains and nps are
-// the NetworkPolicies isolating it, as for isolationChain (whose chain serves both
+// for a direction, or "" when no policy of either kind selects it: admin and baseline
+// are the ClusterNetworkPolicies whose subject it is (clusterSubjects), npChains and
+// nps the NetworkPolicies isolating it, as for isolationChain (whose chain serves both
 // families).
-func (c *compilation) classChain(pod *model.Pod, dir Direction, npChains []string, nps []*policy, fam ruleset.Family) string {
-	admin, baseline := c.clusterSubjects(pod, dir)
+func (c *compilation) classChain(dir Direction, admin, baseline []*clusterPolicy, npChains []string, nps []*policy, fam ruleset.Family) string {
 	next := ""
 	switch {
 	case len(npChains) > 0:

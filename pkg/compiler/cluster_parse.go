@@ -46,6 +46,8 @@ type clusterPolicy struct {
 	ingress, egress         []*clusterRule
 	// usesNodes: some egress rule has a `nodes` peer (its sets depend on the Nodes).
 	usesNodes bool
+	// audit: the policy is in audit mode (AuditAnnotation).
+	audit bool
 }
 
 // clusterRule is one parsed rule.
@@ -131,6 +133,11 @@ func parseClusterPolicy(obj *cnp.ClusterNetworkPolicy, opts Options) (*clusterPo
 	bad := func(field string, err error) { problems = append(problems, clusterProblem(obj, field, err)) }
 	ref := ruleset.PolicyRef{Kind: ruleset.KindClusterNetworkPolicy, Name: obj.Name}
 	p := &clusterPolicy{obj: obj, key: ref.String(), ref: ref, tier: obj.Spec.Tier, priority: obj.Spec.Priority}
+	if audit, err := auditMode(obj.Annotations); err != nil {
+		bad(auditField, err)
+	} else {
+		p.audit = audit
+	}
 	switch obj.Spec.Tier {
 	case cnp.AdminTier, cnp.BaselineTier:
 	default:
@@ -261,20 +268,34 @@ func parseClusterRule(obj *cnp.ClusterNetworkPolicy, dir Direction, i int, name 
 			if len(peer.Networks) == 0 {
 				failClosed(pf+".networks", fmt.Errorf("no networks"))
 			}
+			// The API accepts only canonical CIDRs (no host bits, no IPv4-mapped IPv6):
+			// anything else bypassed validation, and the whole peer fails closed (the API
+			// would refuse the whole object; keeping the peer's other CIDRs would be a
+			// guess at what was meant).
+			peerCIDRs := map[ruleset.Family]addrSet{}
+			var peerKeys []string
+			valid := true
 			for k, cidr := range peer.Networks {
-				// The API accepts only canonical CIDRs (no host bits, no IPv4-mapped
-				// IPv6): anything else bypassed validation and fails closed.
-				if p, err := netip.ParsePrefix(string(cidr)); err != nil || p != p.Masked() || p.Addr().Is4In6() {
-					failClosed(fmt.Sprintf("%s.networks[%d]", pf, k), fmt.Errorf("%q is not a CIDR in canonical form", cidr))
-					continue
+				p, err := netip.ParsePrefix(string(cidr))
+				if err != nil || p != p.Masked() || p.Addr().Is4In6() {
+					failClosed(fmt.Sprintf("%s.networks[%d]", pf, k), fmt.Errorf("%q is not a CIDR in canonical form: the peer is ignored", cidr))
+					valid = false
+					break
 				}
 				block, fam, key, err := parseIPBlock(&networkingv1.IPBlock{CIDR: string(cidr)})
 				if err != nil {
-					failClosed(fmt.Sprintf("%s.networks[%d]", pf, k), err)
-					continue
+					failClosed(fmt.Sprintf("%s.networks[%d]", pf, k), fmt.Errorf("%w: the peer is ignored", err))
+					valid = false
+					break
 				}
-				cidrs[fam] = append(cidrs[fam], block...)
-				cidrKeys = append(cidrKeys, key)
+				peerCIDRs[fam] = append(peerCIDRs[fam], block...)
+				peerKeys = append(peerKeys, key)
+			}
+			if valid {
+				for fam, b := range peerCIDRs {
+					cidrs[fam] = append(cidrs[fam], b...)
+				}
+				cidrKeys = append(cidrKeys, peerKeys...)
 			}
 		case len(peer.DomainNames) == 0:
 			failClosed(pf+".domainNames", fmt.Errorf("no domain names"))

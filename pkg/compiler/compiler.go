@@ -94,6 +94,11 @@ type Options struct {
 	// Revocation adds the rule that drops packets of connections marked revoked
 	// (ct mark & CtMarkMask == RevokedMark) ahead of `ct state established accept`.
 	Revocation bool
+	// Audit is the whole node in audit mode (the agent's --audit): nothing is dropped;
+	// every connection the policies would deny is counted (and logged under LogDenied)
+	// in an audit-deny chain instead (see audit.go). The caller leaves Revocation off:
+	// nothing is to be revoked when nothing is enforced.
+	Audit bool
 	// SCTPUnsupported says the node's kernel has no SCTP: rules with SCTP ports are
 	// still compiled (no packet can match them) and each such port is a Problem
 	// wrapping ErrUnsupported.
@@ -198,6 +203,8 @@ type compilation struct {
 	clusterFragments, prevClusterFragments map[clusterFragmentKey]*clusterFragment
 	// reportedPairs are the same-priority pairs already reported (samePriority).
 	reportedPairs map[string]bool
+	// copied: audit mode copied some chains (audit.go); the originals may be unreachable.
+	copied bool
 	// subjects are the ClusterNetworkPolicies selecting each local pod, kept across
 	// compilations like the fragments (clusterSubjects).
 	subjects, prevSubjects map[subjectsKey]subjectsVal
@@ -345,11 +352,14 @@ func (c *compilation) run() {
 				if ip.Is6() {
 					fam = ruleset.IPv6
 				}
-				if class := c.classChain(pod, dir, chains, pols, fam); class != "" {
+				if class := c.podChain(pod, dir, chains, pols, fam); class != "" {
 					c.addDispatch(dir, ip, class)
 				}
 			}
 		}
+	}
+	if c.copied {
+		c.dropUnreachable()
 	}
 }
 

@@ -29,6 +29,15 @@ type randomWorld struct {
 	policies   map[string]*networkingv1.NetworkPolicy
 	cnps       map[string]*cnp.ClusterNetworkPolicy
 	nodes      map[string]*model.Node
+	// audit: a third of the policies carry the audit annotation.
+	audit bool
+}
+
+// maybeAudit annotates a third of the policies of an audit world.
+func (w *randomWorld) maybeAudit(o metav1.Object) {
+	if w.audit && w.r.Intn(3) == 0 {
+		o.SetAnnotations(map[string]string{AuditAnnotation: ModeAudit})
+	}
 }
 
 // clusterPolicy is a random ClusterNetworkPolicy, occasionally invalid.
@@ -52,6 +61,7 @@ func (w *randomWorld) clusterPolicy() *cnp.ClusterNetworkPolicy {
 	for range w.r.Intn(3) {
 		p = cEgress(p, actions[w.r.Intn(3)], "", w.clusterPeers(true), w.clusterProtocols()...)
 	}
+	w.maybeAudit(p)
 	return p
 }
 
@@ -217,6 +227,7 @@ func (w *randomWorld) policy() *networkingv1.NetworkPolicy {
 	if w.r.Intn(20) == 0 {
 		np.Spec.PodSelector.MatchExpressions = []metav1.LabelSelectorRequirement{{Key: "app", Operator: "Bogus"}}
 	}
+	w.maybeAudit(np)
 	return np
 }
 
@@ -323,6 +334,11 @@ func TestEngineMatchesCompile(t *testing.T) {
 			w.cnps, w.nodes = map[string]*cnp.ClusterNetworkPolicy{}, map[string]*model.Node{}
 		}
 		opts := Options{Revocation: seed%2 == 0, LogDenied: seed%3 == 0}
+		// Every fourth world audits some policies, one in ten the whole node.
+		w.audit = seed%4 == 1
+		if seed%10 == 7 {
+			opts.Audit, opts.Revocation = true, false
+		}
 		e := NewEngine("node-0", opts)
 		var prev *ruleset.Ruleset
 		var log []string
@@ -365,7 +381,7 @@ func TestEngineMatchesCompile(t *testing.T) {
 		}
 	}
 	// The ClusterNetworkPolicy half must have exercised both tiers.
-	if tierChains[ruleset.RoleAdminTier] == 0 || tierChains[ruleset.RoleBaselineTier] == 0 {
+	if tierChains[ruleset.RoleAdminTier] == 0 || tierChains[ruleset.RoleBaselineTier] == 0 || tierChains[ruleset.RoleShadow] == 0 || tierChains[ruleset.RoleAuditDeny] == 0 || tierChains[ruleset.RoleAuditAllow] == 0 {
 		t.Errorf("tier chains compiled: %v; want both tiers exercised", tierChains)
 	}
 }

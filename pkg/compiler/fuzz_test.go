@@ -60,6 +60,14 @@ func FuzzCompile(f *testing.F) {
 		}
 		f.Add(seed)
 	}
+	// Audit mode (the last byte, see decodeCluster): policies audited, then the node.
+	for i, last := range []byte{0x9f, 0x83, 0xff, 0xe4} {
+		seed := []byte{0x05, 4, 0, 0, 0, 0, 1, 0x11, 1, 3, 2, 0, 0, 1, 0x22, 2, 0, 0, 1, 0x12, 0, 1, 1, 1, 0x03, 0, 0, byte(1 + i%4)}
+		for j := range 96 {
+			seed = append(seed, byte((j*41+i*13)%251))
+		}
+		f.Add(append(seed, last))
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cl := decodeCluster(data)
 		checkCluster(t, cl)
@@ -77,6 +85,9 @@ type fuzzCluster struct {
 	nodeIPs map[string][]netip.Addr
 	// external are addresses outside the cluster (one inside the pod range).
 	external []netip.Addr
+	// audit: the node is in audit mode (Options.Audit); some policies may carry the
+	// audit annotation too.
+	audit bool
 }
 
 // byteReader hands out the fuzz input a byte at a time; past the end it yields zeros,
@@ -159,6 +170,23 @@ func decodeCluster(data []byte) *fuzzCluster {
 		src := &hostile.Bytes{B: r.b[r.i:]}
 		c.nodes = hostile.RandomNodes(src, c.nodeIPs)
 		c.cnps = hostile.RandomClusterPolicies(src, npeval.Cluster{Pods: c.pods, Namespaces: c.namespaces}, nCNP, true)
+	}
+	// Audit mode, from the input's last byte (read again: it also decoded something
+	// above, so that older corpus entries keep their clusters): with its top bit set,
+	// its low bits put policies in audit mode, and bits 5 and 6 together the node.
+	if len(data) > 0 && data[len(data)-1]&0x80 != 0 {
+		m := int(data[len(data)-1])
+		for i, np := range c.policies {
+			if m>>(i%5)&1 != 0 {
+				np.Annotations = map[string]string{AuditAnnotation: ModeAudit}
+			}
+		}
+		for i, p := range c.cnps {
+			if m>>((i+2)%5)&1 != 0 {
+				p.Annotations = map[string]string{AuditAnnotation: ModeAudit}
+			}
+		}
+		c.audit = m&0x60 == 0x60
 	}
 	return c
 }
@@ -370,11 +398,12 @@ func checkCluster(t *testing.T, c *fuzzCluster) {
 	for _, node := range fuzzNodes {
 		snap := &model.Snapshot{NodeName: node, Pods: c.pods, Namespaces: c.namespaces, Policies: c.policies,
 			ClusterPolicies: c.cnps, Nodes: c.nodes}
-		res := Compile(snap, Options{Revocation: true})
+		opts := Options{Revocation: !c.audit, Audit: c.audit, LogDenied: len(c.pods)%2 == 0}
+		res := Compile(snap, opts)
 		if err := res.Ruleset.Validate(); err != nil {
 			t.Fatalf("node %s: invalid ruleset: %v\n%s\n%s", node, err, describeFuzzCluster(c), ruleset.Render(res.Ruleset))
 		}
-		eres, _ := newEngineFrom(snap, Options{Revocation: true}).Flush()
+		eres, _ := newEngineFrom(snap, opts).Flush()
 		if d := ruleset.Diff(res.Ruleset, eres.Ruleset); !d.Empty() {
 			t.Fatalf("node %s: Engine and Compile differ\n%s\n--- Compile\n%s\n--- Engine\n%s", node, describeFuzzCluster(c),
 				ruleset.Render(res.Ruleset), ruleset.Render(eres.Ruleset))
@@ -393,7 +422,28 @@ func checkCluster(t *testing.T, c *fuzzCluster) {
 		tracers[node] = tracer.New(res.Ruleset)
 	}
 
+	// ev judges as if every policy were enforced; enf as the node enforces: without the
+	// audited policies (nothing under Options.Audit). The kernel's verdict must be enf's,
+	// and it must count in audit chains exactly where the two differ.
 	ev := npeval.New(npeval.Cluster{Pods: c.pods, Namespaces: c.namespaces, Policies: c.policies, ClusterPolicies: c.cnps, Nodes: c.nodes})
+	enf := ev
+	if c.audit {
+		enf = npeval.New(npeval.Cluster{Pods: c.pods, Namespaces: c.namespaces, Nodes: c.nodes})
+	} else if audited(c) {
+		var nps []*networkingv1.NetworkPolicy
+		var cnps []*cnp.ClusterNetworkPolicy
+		for _, np := range c.policies {
+			if !IsAudit(np.Annotations) {
+				nps = append(nps, np)
+			}
+		}
+		for _, p := range c.cnps {
+			if !IsAudit(p.Annotations) {
+				cnps = append(cnps, p)
+			}
+		}
+		enf = npeval.New(npeval.Cluster{Pods: c.pods, Namespaces: c.namespaces, Policies: nps, ClusterPolicies: cnps, Nodes: c.nodes})
+	}
 	owners := model.IPOwners(c.pods)
 	var ends []tracer.Endpoint
 	seen := map[netip.Addr]bool{}
@@ -443,14 +493,69 @@ func checkCluster(t *testing.T, c *fuzzCluster) {
 						trace = append(trace, h.Node+": "+s.String())
 					}
 				}
-				want := ev.Allowed(npeval.Conn{Src: src.Addr, Dst: dst.Addr, Proto: pr.proto, Port: pr.port})
-				if got != want {
-					t.Fatalf("%s -> %s %s/%d: ruleset allowed=%v, npeval %v (%s)\n%s\ntrace:\n  %s", src.Addr, dst.Addr, pr.proto, pr.port, got, want,
-						ev.Verdict(npeval.Conn{Src: src.Addr, Dst: dst.Addr, Proto: pr.proto, Port: pr.port}), describeFuzzCluster(c), strings.Join(trace, "\n  "))
+				conn := npeval.Conn{Src: src.Addr, Dst: dst.Addr, Proto: pr.proto, Port: pr.port}
+				want := enf.Verdict(conn)
+				if got != want.Allowed {
+					t.Fatalf("%s -> %s %s/%d: ruleset allowed=%v, npeval %v (as if the audited policies were enforced: %s)\n%s\ntrace:\n  %s", src.Addr, dst.Addr, pr.proto, pr.port, got,
+						want, ev.Verdict(conn), describeFuzzCluster(c), strings.Join(trace, "\n  "))
+				}
+				if gotAudit, wantAudit := auditHits(j, rulesets), expectedAudit(ev.Verdict(conn), want); gotAudit != wantAudit {
+					t.Fatalf("%s -> %s %s/%d: audit chains %q, want %q (as if enforced: %s; enforced: %s)\n%s\ntrace:\n  %s", src.Addr, dst.Addr, pr.proto, pr.port,
+						gotAudit, wantAudit, ev.Verdict(conn), want, describeFuzzCluster(c), strings.Join(trace, "\n  "))
 				}
 			}
 		}
 	}
+}
+
+// audited reports whether a policy of the cluster carries the audit annotation.
+func audited(c *fuzzCluster) bool {
+	for _, np := range c.policies {
+		if IsAudit(np.Annotations) {
+			return true
+		}
+	}
+	for _, p := range c.cnps {
+		if IsAudit(p.Annotations) {
+			return true
+		}
+	}
+	return false
+}
+
+// auditHits lists the audit chains a connection's first packet went through, as
+// "<role> <direction>" in path order.
+func auditHits(j tracer.Judgement, rulesets map[string]*ruleset.Ruleset) string {
+	var hits []string
+	for _, h := range j.Hops {
+		for _, s := range h.Result.Steps {
+			if co := rulesets[h.Node].Owners.Chain(s.Chain); co != nil && s.Rule >= 0 && s.Rule < len(co.Rules) &&
+				(co.Rules[s.Rule].Role == ruleset.RoleAuditDeny || co.Rules[s.Rule].Role == ruleset.RoleAuditAllow) {
+				hits = append(hits, string(co.Role)+" "+string(co.Direction))
+			}
+		}
+	}
+	return strings.Join(hits, ", ")
+}
+
+// expectedAudit is what auditHits must find: per side the kernel judges (the ingress
+// only when the egress passed), an audit-deny where the policies as if enforced deny and
+// the enforced ones allow, an audit-allow for the reverse.
+func expectedAudit(asIf, enforced npeval.Verdict) string {
+	var hits []string
+	side := func(dir Direction, a, e npeval.Decision) {
+		switch {
+		case !a.Allowed && e.Allowed:
+			hits = append(hits, string(ruleset.RoleAuditDeny)+" "+string(dir))
+		case a.Allowed && !e.Allowed:
+			hits = append(hits, string(ruleset.RoleAuditAllow)+" "+string(dir))
+		}
+	}
+	side(Egress, asIf.Egress, enforced.Egress)
+	if enforced.Egress.Allowed {
+		side(Ingress, asIf.Ingress, enforced.Ingress)
+	}
+	return strings.Join(hits, ", ")
 }
 
 func distinctProblems(ps []Problem) []string {

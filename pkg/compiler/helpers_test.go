@@ -30,6 +30,8 @@ type cluster struct {
 	cnps       []*cnp.ClusterNetworkPolicy
 	nodeIPs    map[string][]netip.Addr
 	nodeLabels map[string]map[string]string
+	// opts are the compiler's options (zero by default).
+	opts Options
 }
 
 func newCluster(t *testing.T) *cluster {
@@ -124,7 +126,7 @@ func (c *cluster) clusterPolicy(p *cnp.ClusterNetworkPolicy) *cluster {
 }
 
 func (c *cluster) compile(node string) *Result {
-	res := Compile(c.snapshot(node), Options{})
+	res := Compile(c.snapshot(node), c.opts)
 	if err := res.Ruleset.Validate(); err != nil {
 		c.t.Fatalf("compiled ruleset for %s is invalid: %v\n%s", node, err, ruleset.Render(res.Ruleset))
 	}
@@ -150,6 +152,22 @@ func checkOwners(rs *ruleset.Ruleset) error {
 		if co == nil || len(co.Rules) != len(ch.Rules) || co.Direction == "" {
 			return fmt.Errorf("chain %s: owner %+v does not describe its %d rules", ch.Name, co, len(ch.Rules))
 		}
+		if copiedChain(ch.Name) {
+			// A copy (audit mode): its rules keep the owners of the rules they copy, with
+			// verdicts leading to other copies or to the audit chains.
+			for i, r := range ch.Rules {
+				ro := co.Rules[i]
+				target := r.Verdict.Kind == ruleset.VerdictJump || r.Verdict.Kind == ruleset.VerdictGoto
+				if ro.Role == "" || (target && o.Chain(r.Verdict.Chain) == nil) ||
+					(ro.Role == ruleset.RoleChainEnd && (i != len(ch.Rules)-1 || len(r.Matches) != 0)) {
+					return fmt.Errorf("copied chain %s rule %d (%s): owner %+v", ch.Name, i, ruleset.FormatRule(r), ro)
+				}
+			}
+			if (co.Role == ruleset.RoleShadow) != strings.HasPrefix(ch.Name, "shadow-") {
+				return fmt.Errorf("copied chain %s has role %s", ch.Name, co.Role)
+			}
+			continue
+		}
 		var jumped []ruleset.PolicyRef
 		for i, r := range ch.Rules {
 			ro := co.Rules[i]
@@ -165,7 +183,11 @@ func checkOwners(rs *ruleset.Ruleset) error {
 			case ruleset.RoleIsolationDrop:
 				ok = co.Role == ruleset.RoleIsolation && r.Verdict == ruleset.Drop && i == len(ch.Rules)-1
 			case ruleset.RoleDenyLog:
-				ok = (co.Role == ruleset.RoleIsolation || co.Role == ruleset.RoleClusterDenyLog) && r.Log != nil
+				ok = (co.Role == ruleset.RoleIsolation || co.Role == ruleset.RoleClusterDenyLog || co.Role == ruleset.RoleAuditDeny) && r.Log != nil
+			case ruleset.RoleAuditDeny:
+				ok = co.Role == ruleset.RoleAuditDeny && r.Verdict == ruleset.Accept && r.Counter && len(co.Policies) > 0 && i == len(ch.Rules)-1
+			case ruleset.RoleAuditAllow:
+				ok = co.Role == ruleset.RoleAuditAllow && r.Verdict == ruleset.Drop && r.Counter && len(co.Policies) > 0 && i == len(ch.Rules)-1
 			case ruleset.RoleDispatch:
 				ok = co.Role == ruleset.RoleBase && r.VMap != nil && o.Sets[r.VMap.Map] != nil && o.Sets[r.VMap.Map].Direction == co.Direction
 			case ruleset.RoleEstablished, ruleset.RoleNeighbourDiscovery, ruleset.RoleRevoked:
@@ -206,6 +228,11 @@ func checkOwners(rs *ruleset.Ruleset) error {
 		}
 	}
 	return nil
+}
+
+// copiedChain reports whether a chain is one of audit mode's copies.
+func copiedChain(name string) bool {
+	return strings.HasPrefix(name, "shadow-") || strings.HasPrefix(name, "enforce-")
 }
 
 // describeOwners prints owners for a failure message.

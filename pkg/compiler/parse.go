@@ -43,6 +43,9 @@ type policy struct {
 	ref             ruleset.PolicyRef
 	selector        labels.Selector
 	ingress, egress bool
+	// audit: the policy is in audit mode (AuditAnnotation): judged as if enforced, not
+	// enforced.
+	audit bool
 }
 
 func (p *policy) applies(dir Direction) bool {
@@ -68,7 +71,11 @@ func parsePolicy(np *networkingv1.NetworkPolicy, opts Options) (*policy, []Probl
 		return nil, append(problems, policyProblem(np, "spec.podSelector", err))
 	}
 	ref := ruleset.PolicyRef{Namespace: np.Namespace, Name: np.Name}
-	p := &policy{np: np, key: ref.String(), ref: ref, selector: sel}
+	audit, err := auditMode(np.Annotations)
+	if err != nil {
+		problems = append(problems, policyProblem(np, auditField, err))
+	}
+	p := &policy{np: np, key: ref.String(), ref: ref, selector: sel, audit: audit}
 	if len(np.Spec.PolicyTypes) == 0 {
 		p.ingress = true
 		p.egress = len(np.Spec.Egress) > 0

@@ -54,6 +54,17 @@ const (
 	// RoleClusterDenyLog: under --log-denied, where one ClusterNetworkPolicy Deny rule
 	// sends what it matches: a log rule, then the drop.
 	RoleClusterDenyLog Role = "cluster-deny-log"
+	// RoleShadow: a copy of a class's chains judging a connection as if the audited
+	// policies were enforced; it counts nothing and its verdicts go on to the enforced
+	// copies (RoleIsolation, RolePolicy, ... copies keep their role) or to the audit
+	// chains. Its rules keep the owners of the rules they copy.
+	RoleShadow Role = "shadow"
+	// RoleAuditDeny: counts (and under --log-denied logs) connections that the chain's
+	// Policies, audited, would deny, and accepts them.
+	RoleAuditDeny Role = "audit-deny"
+	// RoleAuditAllow: counts connections that the chain's Policies, audited, would
+	// allow, and drops them (the enforced policies deny them).
+	RoleAuditAllow Role = "audit-allow"
 )
 
 // Roles of rules.
@@ -71,6 +82,7 @@ const (
 	RoleClusterDeny   Role = "cluster-deny"   // Deny: dropped
 	RoleClusterPass   Role = "cluster-pass"   // Pass: the rest of the tier is skipped
 	RoleTierNext      Role = "tier-next"      // the end of the Admin tier: on to NetworkPolicy, then Baseline
+	RoleChainEnd      Role = "chain-end"      // the end of a copied chain (audit mode): what falling off the original's end meant, allowed
 )
 
 // Roles of sets.
