@@ -104,6 +104,11 @@ type Side struct {
 	Tier string
 	// Passed names the Admin-tier Pass rule that handed the connection on, if any.
 	Passed string
+	// Audit says what policies in audit mode (nftpolicy.io/mode: audit, or the agent's
+	// --audit) would change on this side, as the kernel counts it: "x/deny-all would
+	// deny it" (it passes) or "x/allow-z would allow it" (it is dropped). Empty when they
+	// agree with the enforced verdict or none selects the endpoint.
+	Audit string
 }
 
 // Hop is one node's judgement.
@@ -253,24 +258,44 @@ func (s *Side) read(h Hop) {
 		}
 		s.Judged = true
 		ro, _ := owners.Rule(st.Chain, st.Rule)
-		if target := owners.Chain(st.Target); target != nil && st.Target != st.Chain {
+		// Audit mode: the shadow copies only pick the enforced copy to go on with; the
+		// audit chains count where the two disagree.
+		switch co.Role {
+		case ruleset.RoleShadow:
+			if ro.Role == ruleset.RoleDispatch {
+				continue
+			}
+			if target := owners.Chain(st.Target); target != nil && target.Role != ruleset.RoleShadow {
+				// Entering the enforced copy: its policies are what the side is judged by.
+				s.readTarget(target, ruleset.RoleDispatch)
+			}
+			continue
+		case ruleset.RoleAuditDeny, ruleset.RoleAuditAllow:
+			if ro.Role == co.Role {
+				s.Audit = fmt.Sprintf("%s would %s it", policyList(co.Policies), map[ruleset.Role]string{ruleset.RoleAuditDeny: "deny", ruleset.RoleAuditAllow: "allow"}[co.Role])
+			}
+			continue
+		}
+		verdict := st.Verdict
+		if target := owners.Chain(st.Target); target != nil {
 			switch target.Role {
-			case ruleset.RoleIsolation, ruleset.RoleAdminTier, ruleset.RoleBaselineTier:
+			case ruleset.RoleAuditDeny:
+				verdict = "accept" // what the enforced policies do; the audit chain counts
+			case ruleset.RoleAuditAllow:
+				verdict = "drop"
+			case ruleset.RoleShadow:
 				if ro.Role == ruleset.RoleDispatch {
-					s.Isolated = true
-					s.Policies = nil
-				}
-				for _, p := range target.Policies {
-					if name := p.String(); !slices.Contains(s.Policies, name) {
-						s.Policies = append(s.Policies, name)
-					}
+					s.Isolated, s.Policies = false, nil
 				}
 			}
+		}
+		if target := owners.Chain(st.Target); target != nil && st.Target != st.Chain {
+			s.readTarget(target, ro.Role)
 		}
 		if ro.Role == ruleset.RoleClusterPass && ro.Cluster != nil && ro.Cluster.Tier == "Admin" {
 			s.Passed = ro.ClusterText(co.Direction)
 		}
-		switch st.Verdict {
+		switch verdict {
 		case "accept":
 			switch {
 			case ro.Role == ruleset.RoleAllow:
@@ -292,6 +317,31 @@ func (s *Side) read(h Hop) {
 			}
 		}
 	}
+}
+
+// readTarget notes the policies of a chain the side's path goes to: the chain a
+// dispatch (role: how it was reached) sends the endpoint to starts the list.
+func (s *Side) readTarget(target *ruleset.ChainOwner, role ruleset.Role) {
+	switch target.Role {
+	case ruleset.RoleIsolation, ruleset.RoleAdminTier, ruleset.RoleBaselineTier:
+		if role == ruleset.RoleDispatch {
+			s.Isolated = true
+			s.Policies = nil
+		}
+		for _, p := range target.Policies {
+			if name := p.String(); !slices.Contains(s.Policies, name) {
+				s.Policies = append(s.Policies, name)
+			}
+		}
+	}
+}
+
+func policyList(refs []ruleset.PolicyRef) string {
+	names := make([]string, len(refs))
+	for i, r := range refs {
+		names[i] = r.String()
+	}
+	return strings.Join(names, ", ")
 }
 
 // Format prints the explanation for people.
@@ -330,6 +380,13 @@ func endpointText(e Endpoint) string {
 }
 
 func (s Side) summary() string {
+	if s.Audit == "" {
+		return s.verdictText()
+	}
+	return s.verdictText() + "; audit: " + s.Audit + " (not enforced)"
+}
+
+func (s Side) verdictText() string {
 	cluster := false
 	for _, p := range s.Policies {
 		if strings.HasPrefix(p, ruleset.KindClusterNetworkPolicy+"/") {

@@ -337,3 +337,47 @@ spec:
 		t.Errorf("frontend -> ingress controller: want the baseline deny:\n%s", ex.Format())
 	}
 }
+
+// TestExplainAudit: policies in audit mode do not change the verdict explain gives (the
+// enforced one), and each side says what they would change.
+func TestExplainAudit(t *testing.T) {
+	snap := load(t, "demo")
+	objs, err := manifest.Load([]string{"-"}, strings.NewReader(`
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: other, annotations: {nftpolicy.io/mode: audit}}
+spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: backend-from-other, namespace: app, annotations: {nftpolicy.io/mode: audit}}
+spec:
+  podSelector: {matchLabels: {app: backend}}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: other}}}]}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap.Policies = append(snap.Policies, objs.Policies...)
+
+	// other/client's egress: the audited deny-all would deny; enforced, nothing isolates.
+	ex := mustExplain(t, snap, "other/client", "app/frontend", "80")
+	if ex.Allowed || ex.Egress.Audit != "other/deny-all would deny it" || !ex.Egress.Allowed || ex.Egress.Isolated {
+		t.Errorf("client -> frontend: want egress allowed with the audit note, ingress denied by the enforced policy:\n%s", ex.Format())
+	}
+	// client -> backend: the audited backend-from-other would allow what backend-policy denies.
+	ex = mustExplain(t, snap, "other/client", "app/backend", "80")
+	if ex.Allowed || ex.Ingress.Audit != "app/backend-from-other would allow it" || ex.Ingress.Allowed ||
+		!slices.Equal(ex.Ingress.Policies, []string{"app/backend-policy"}) {
+		t.Errorf("client -> backend: want denied by backend-policy, audit would allow:\n%s", ex.Format())
+	}
+	if !strings.Contains(ex.Format(), "audit: other/deny-all would deny it (not enforced)") ||
+		!strings.Contains(ex.Format(), "audit: app/backend-from-other would allow it (not enforced)") {
+		t.Errorf("format:\n%s", ex.Format())
+	}
+	// frontend -> backend: allowed by the enforced rule; the audited policy agrees.
+	ex = mustExplain(t, snap, "app/frontend", "app/backend", "80")
+	if !ex.Allowed || ex.Ingress.Audit != "" || ex.Ingress.AllowedBy != "app/backend-policy ingress rule 0" {
+		t.Errorf("frontend -> backend:\n%s", ex.Format())
+	}
+}
