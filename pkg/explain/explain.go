@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -129,16 +130,69 @@ type Explanation struct {
 
 // Explain answers req over the cluster state snap (its NodeName is ignored: every
 // judging node's ruleset is compiled). opts must be the agent's (Table, Revocation).
+// To ask many questions over one snapshot, build an Explainer once.
 func Explain(snap *model.Snapshot, req Request, opts compiler.Options) (*Explanation, error) {
+	return NewExplainer(snap, opts).Explain(req)
+}
+
+// Explainer answers any number of requests over one cluster state, compiling each
+// judging node's ruleset (and indexing its sets for the tracer) only the first time a
+// request needs it: `nftpolicy reach` asks it about every pair of pods, which would
+// otherwise compile two rulesets per pair. It is safe for concurrent use; snap must not
+// change while it is in use.
+type Explainer struct {
+	snap   *model.Snapshot
+	opts   compiler.Options
+	pods   map[string]*model.Pod
+	owners map[netip.Addr]*model.Pod
+
+	mu    sync.Mutex
+	nodes map[string]*compiledNode
+	cache *tracer.Cache
+}
+
+// compiledNode is one node's ruleset, its tracer and the compiler's complaints.
+type compiledNode struct {
+	rs       *ruleset.Ruleset
+	tracer   *tracer.Tracer
+	problems []compiler.Problem
+}
+
+// NewExplainer prepares an Explainer over snap (its NodeName is ignored). opts must be
+// the agent's (Table, Revocation).
+func NewExplainer(snap *model.Snapshot, opts compiler.Options) *Explainer {
+	e := &Explainer{snap: snap, opts: opts, pods: make(map[string]*model.Pod, len(snap.Pods)),
+		owners: model.IPOwners(snap.Pods), nodes: map[string]*compiledNode{}, cache: tracer.NewCache()}
+	for _, p := range snap.Pods {
+		e.pods[p.Key()] = p
+	}
+	return e
+}
+
+// node returns node's compiled ruleset, compiling it on first use.
+func (e *Explainer) node(name string) *compiledNode {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if n := e.nodes[name]; n != nil {
+		return n
+	}
+	s := *e.snap
+	s.NodeName = name
+	res := compiler.Compile(&s, e.opts)
+	// The rulesets of different nodes share no set objects, but one cache keeps the
+	// indexes in one place for the life of the Explainer.
+	n := &compiledNode{rs: res.Ruleset, tracer: tracer.NewWithCache(res.Ruleset, e.cache), problems: res.Problems}
+	e.nodes[name] = n
+	return n
+}
+
+// Explain answers req.
+func (e *Explainer) Explain(req Request) (*Explanation, error) {
 	protoNum, ok := compiler.ProtocolNumber(req.Protocol)
 	if !ok {
 		return nil, fmt.Errorf("protocol %q: want TCP, UDP or SCTP", req.Protocol)
 	}
-	pods := map[string]*model.Pod{}
-	for _, p := range snap.Pods {
-		pods[p.Key()] = p
-	}
-	src := pods[req.From]
+	src := e.pods[req.From]
 	if src == nil {
 		return nil, fmt.Errorf("--from %s: no such pod", req.From)
 	}
@@ -148,9 +202,9 @@ func Explain(snap *model.Snapshot, req Request, opts compiler.Options) (*Explana
 	var dst Endpoint
 	if a, err := netip.ParseAddr(req.To); err == nil {
 		a = a.Unmap()
-		dst = Endpoint{Pod: model.IPOwners(snap.Pods)[a], Addr: a}
+		dst = Endpoint{Pod: e.owners[a], Addr: a}
 	} else {
-		p := pods[req.To]
+		p := e.pods[req.To]
 		if p == nil {
 			return nil, fmt.Errorf("--to %s: no such pod (want namespace/name or an IP address)", req.To)
 		}
@@ -174,20 +228,18 @@ func Explain(snap *model.Snapshot, req Request, opts compiler.Options) (*Explana
 	}
 	seen := map[string]bool{}
 	rulesets := map[string]*ruleset.Ruleset{}
-	compile := func(node string) (*tracer.Tracer, error) {
-		s := *snap
-		s.NodeName = node
-		res := compiler.Compile(&s, opts)
-		for _, p := range res.Problems {
+	tracerOf := func(node string) (*tracer.Tracer, error) {
+		n := e.node(node)
+		for _, p := range n.problems {
 			if k := p.Error(); !seen[k] {
 				seen[k] = true
 				ex.Problems = append(ex.Problems, p)
 			}
 		}
-		rulesets[node] = res.Ruleset
-		return tracer.New(res.Ruleset), nil
+		rulesets[node] = n.rs
+		return n.tracer, nil
 	}
-	j, err := tracer.Judge(from.tracer(), dst.tracer(), tracer.Packet{Proto: protoNum, DPort: req.Port}, compile)
+	j, err := tracer.Judge(from.tracer(), dst.tracer(), tracer.Packet{Proto: protoNum, DPort: req.Port}, tracerOf)
 	if err != nil {
 		return nil, err
 	}
