@@ -18,6 +18,8 @@ import (
 	"sort"
 	"strings"
 
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -37,8 +39,21 @@ type Objects struct {
 	ClusterPolicies []*cnp.ClusterNetworkPolicy
 	// Nodes are what ClusterNetworkPolicy `nodes` peers select.
 	Nodes []*corev1.Node
+	// Workloads are the pod templates of Deployments, StatefulSets, DaemonSets,
+	// ReplicaSets, Jobs and CronJobs: a GitOps repository holds these rather than pods,
+	// and `nftpolicy reach` stands one pod in for each workload that has no pod in the
+	// input. Policy is enforced on pods only, so they are also counted in Skipped.
+	Workloads []*Workload
 	// Skipped counts documents of other kinds, by kind.
 	Skipped map[string]int
+}
+
+// Workload is a controller of pods and the template its pods are made from.
+type Workload struct {
+	// Kind is Deployment, StatefulSet, DaemonSet, ReplicaSet, Job or CronJob.
+	Kind            string
+	Namespace, Name string
+	Template        corev1.PodTemplateSpec
 }
 
 // Load reads every path in order; "-" reads stdin.
@@ -198,10 +213,70 @@ func (o *Objects) add(raw json.RawMessage, where string) error {
 			return err
 		}
 		o.Nodes = append(o.Nodes, n)
+	case group == "apps" || group == "batch":
+		w, err := decodeWorkload(tm.Kind, decode)
+		if err != nil {
+			return err
+		}
+		if w != nil {
+			if w.Namespace == "" {
+				w.Namespace = "default"
+			}
+			o.Workloads = append(o.Workloads, w)
+		}
+		o.Skipped[tm.Kind]++
 	default:
 		o.Skipped[tm.Kind]++
 	}
 	return nil
+}
+
+// decodeWorkload decodes the controllers of pods (nil for other kinds of apps and
+// batch, e.g. ControllerRevision).
+func decodeWorkload(kind string, decode func(any) error) (*Workload, error) {
+	var meta metav1.ObjectMeta
+	var tmpl *corev1.PodTemplateSpec
+	switch kind {
+	case "Deployment":
+		var d appsv1.Deployment
+		if err := decode(&d); err != nil {
+			return nil, err
+		}
+		meta, tmpl = d.ObjectMeta, &d.Spec.Template
+	case "StatefulSet":
+		var d appsv1.StatefulSet
+		if err := decode(&d); err != nil {
+			return nil, err
+		}
+		meta, tmpl = d.ObjectMeta, &d.Spec.Template
+	case "DaemonSet":
+		var d appsv1.DaemonSet
+		if err := decode(&d); err != nil {
+			return nil, err
+		}
+		meta, tmpl = d.ObjectMeta, &d.Spec.Template
+	case "ReplicaSet":
+		var d appsv1.ReplicaSet
+		if err := decode(&d); err != nil {
+			return nil, err
+		}
+		meta, tmpl = d.ObjectMeta, &d.Spec.Template
+	case "Job":
+		var d batchv1.Job
+		if err := decode(&d); err != nil {
+			return nil, err
+		}
+		meta, tmpl = d.ObjectMeta, &d.Spec.Template
+	case "CronJob":
+		var d batchv1.CronJob
+		if err := decode(&d); err != nil {
+			return nil, err
+		}
+		meta, tmpl = d.ObjectMeta, &d.Spec.JobTemplate.Spec.Template
+	default:
+		return nil, nil
+	}
+	return &Workload{Kind: kind, Namespace: meta.Namespace, Name: meta.Name, Template: *tmpl}, nil
 }
 
 // withDefaultKind sets apiVersion and kind on an item that has none.

@@ -33,6 +33,10 @@ metadata: {name: d}
 	if objs.Skipped["Deployment"] != 1 {
 		t.Fatalf("skipped: %v", objs.Skipped)
 	}
+	// The Deployment's pod template is kept for reach.
+	if len(objs.Workloads) != 1 || objs.Workloads[0].Kind != "Deployment" || objs.Workloads[0].Name != "d" || objs.Workloads[0].Namespace != "default" {
+		t.Fatalf("workloads: %+v", objs.Workloads)
+	}
 	snap := objs.Snapshot("n1")
 	if snap.NodeName != "n1" || len(snap.Pods) != 1 || snap.Pods[0].IPs[0].String() != "10.0.0.1" {
 		t.Fatalf("snapshot: %+v", snap)
