@@ -99,7 +99,7 @@ func (m *Matrix) WriteHTML(w io.Writer) error {
 						mixed = append(mixed, b)
 					}
 					row.Cells = append(row.Cells, htmlCell{Class: verdictClass(b.Verdict), Style: blockStyle(b), Text: text,
-						Tip: fmt.Sprintf("%s → %s %s %s\n%s\n\n%s", gf.Label(), gt.Label(), port, familyName(f), b.Summary(), b.Explanation),
+						Tip:  fmt.Sprintf("%s → %s %s %s\n%s\n\n%s", gf.Label(), gt.Label(), port, familyName(f), b.Summary(), b.Explanation),
 						Data: gf.ID + "|" + gt.ID})
 				}
 				t.Rows = append(t.Rows, row)
