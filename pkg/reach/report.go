@@ -35,8 +35,10 @@ type Block struct {
 	Explanation string `json:"explanation"`
 	// Cells lists every cell of a mixed block (of every block with expand).
 	Cells []Cell `json:"cells,omitempty"`
-	// Size is the block's rows × columns, for "all N×M pairs".
+	// Rows and Cols are the block's size, for "all N×M pairs".
 	Rows, Cols int `json:"-"`
+	// fromLabel and toLabel name the groups for people.
+	fromLabel, toLabel string
 }
 
 // blockJSON fixes the JSON names of From and To.
@@ -49,13 +51,14 @@ type blockJSON struct {
 	Pairs       int     `json:"pairs"`
 	Allowed     int     `json:"allowed"`
 	Denied      int     `json:"denied"`
+	Summary     string  `json:"summary"`
 	Explanation string  `json:"explanation"`
 	Cells       []Cell  `json:"cells,omitempty"`
 }
 
 // MarshalJSON implements json.Marshaler.
 func (b Block) MarshalJSON() ([]byte, error) {
-	return json.Marshal(blockJSON{b.Family, b.Port, b.From, b.To, b.Verdict, b.Pairs, b.Allowed, b.Denied, b.Explanation, b.Cells})
+	return json.Marshal(blockJSON{b.Family, b.Port, b.From, b.To, b.Verdict, b.Pairs, b.Allowed, b.Denied, b.Summary(), b.Explanation, b.Cells})
 }
 
 // Summary is the block's verdict for people: "allowed: all 2×3 pairs", "mixed: 1 of 4
@@ -68,7 +71,7 @@ func (b *Block) Summary() string {
 		return "a pod to itself: always allowed"
 	}
 	if b.Rows*b.Cols > 1 {
-		return fmt.Sprintf("%s: holds for all %d×%d pairs of the pods of %s → %s", b.Verdict, b.Rows, b.Cols, b.From, b.To)
+		return fmt.Sprintf("%s: holds for all %d×%d pairs, all pods of %s → all of %s", b.Verdict, b.Rows, b.Cols, b.fromLabel, b.toLabel)
 	}
 	return string(b.Verdict)
 }
@@ -102,7 +105,8 @@ func (m *Matrix) Blocks(expand bool) []Block {
 				rs := spans[gf.ID]
 				for _, gt := range m.Groups {
 					cs := spans[gt.ID]
-					b := Block{Family: familyName(f), Port: port.String(), From: gf.ID, To: gt.ID, Rows: rs[1] - rs[0], Cols: cs[1] - cs[0]}
+					b := Block{Family: familyName(f), Port: port.String(), From: gf.ID, To: gt.ID, Rows: rs[1] - rs[0], Cols: cs[1] - cs[0],
+						fromLabel: gf.Label(), toLabel: gt.Label()}
 					rep := [2]int{-1, -1}
 					firstDenied := [2]int{-1, -1}
 					var common Verdict
