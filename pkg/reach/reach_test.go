@@ -214,7 +214,7 @@ func TestGroupsAndCollapse(t *testing.T) {
 		t.Errorf("mixed block: %+v", mixed)
 	}
 	uniform := blockOf(t, blocks, "a/Deployment/web", "b/StatefulSet/db")
-	if s := uniform.Summary(); !strings.Contains(s, "all 3×2 pairs") {
+	if s := uniform.Summary(); !strings.Contains(s, "all 6 pairs (3×2 pods)") {
 		t.Errorf("summary %q", s)
 	}
 	if n := len(blockOf(t, m.Blocks(true), "a/Deployment/web", "b/StatefulSet/db").Cells); n != 6 {

@@ -26,7 +26,8 @@ type Block struct {
 	From, To string
 	// Verdict is the cells' common verdict (a pod to itself counts as any), or Mixed.
 	Verdict Verdict `json:"verdict"`
-	// Pairs counts the cells; Allowed and Denied those with that verdict.
+	// Pairs counts the cells but a pod's to itself; Allowed and Denied those with
+	// that verdict (the rest have no address of the family).
 	Pairs   int `json:"pairs"`
 	Allowed int `json:"allowed"`
 	Denied  int `json:"denied"`
@@ -70,8 +71,8 @@ func (b *Block) Summary() string {
 	case Self:
 		return "a pod to itself: always allowed"
 	}
-	if b.Rows*b.Cols > 1 {
-		return fmt.Sprintf("%s: holds for all %d×%d pairs, all pods of %s → all of %s", b.Verdict, b.Rows, b.Cols, b.fromLabel, b.toLabel)
+	if b.Pairs > 1 {
+		return fmt.Sprintf("%s: holds for all %d pairs (%d×%d pods), all pods of %s → all of %s", b.Verdict, b.Pairs, b.Rows, b.Cols, b.fromLabel, b.toLabel)
 	}
 	return string(b.Verdict)
 }
@@ -113,7 +114,9 @@ func (m *Matrix) Blocks(expand bool) []Block {
 					for r := rs[0]; r < rs[1]; r++ {
 						for c := cs[0]; c < cs[1]; c++ {
 							v := m.verdicts[fi][pi][r][c]
-							b.Pairs++
+							if v != Self {
+								b.Pairs++
+							}
 							switch v {
 							case Allowed:
 								b.Allowed++
