@@ -53,7 +53,12 @@ type Workload struct {
 	// Kind is Deployment, StatefulSet, DaemonSet, ReplicaSet, Job or CronJob.
 	Kind            string
 	Namespace, Name string
-	Template        corev1.PodTemplateSpec
+	// Controller is the workload's own controller (a Deployment's ReplicaSet, a
+	// CronJob's Job), nil when none.
+	Controller *metav1.OwnerReference
+	// Replicas is spec.replicas where the kind has it (nil: unset or no such field).
+	Replicas *int32
+	Template corev1.PodTemplateSpec
 }
 
 // Load reads every path in order; "-" reads stdin.
@@ -236,19 +241,20 @@ func (o *Objects) add(raw json.RawMessage, where string) error {
 func decodeWorkload(kind string, decode func(any) error) (*Workload, error) {
 	var meta metav1.ObjectMeta
 	var tmpl *corev1.PodTemplateSpec
+	var replicas *int32
 	switch kind {
 	case "Deployment":
 		var d appsv1.Deployment
 		if err := decode(&d); err != nil {
 			return nil, err
 		}
-		meta, tmpl = d.ObjectMeta, &d.Spec.Template
+		meta, tmpl, replicas = d.ObjectMeta, &d.Spec.Template, d.Spec.Replicas
 	case "StatefulSet":
 		var d appsv1.StatefulSet
 		if err := decode(&d); err != nil {
 			return nil, err
 		}
-		meta, tmpl = d.ObjectMeta, &d.Spec.Template
+		meta, tmpl, replicas = d.ObjectMeta, &d.Spec.Template, d.Spec.Replicas
 	case "DaemonSet":
 		var d appsv1.DaemonSet
 		if err := decode(&d); err != nil {
@@ -260,7 +266,7 @@ func decodeWorkload(kind string, decode func(any) error) (*Workload, error) {
 		if err := decode(&d); err != nil {
 			return nil, err
 		}
-		meta, tmpl = d.ObjectMeta, &d.Spec.Template
+		meta, tmpl, replicas = d.ObjectMeta, &d.Spec.Template, d.Spec.Replicas
 	case "Job":
 		var d batchv1.Job
 		if err := decode(&d); err != nil {
@@ -276,7 +282,7 @@ func decodeWorkload(kind string, decode func(any) error) (*Workload, error) {
 	default:
 		return nil, nil
 	}
-	return &Workload{Kind: kind, Namespace: meta.Namespace, Name: meta.Name, Template: *tmpl}, nil
+	return &Workload{Kind: kind, Namespace: meta.Namespace, Name: meta.Name, Controller: metav1.GetControllerOf(&meta), Replicas: replicas, Template: *tmpl}, nil
 }
 
 // withDefaultKind sets apiVersion and kind on an item that has none.

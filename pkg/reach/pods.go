@@ -201,7 +201,15 @@ func collect(objs *manifest.Objects, namespaces []string) *population {
 		meta := w.Template.ObjectMeta
 		meta.Namespace, meta.Name = w.Namespace, strings.ToLower(w.Kind)+"/"+w.Name
 		id := groupID(w.Namespace, w.Kind, w.Name)
-		if covered[id] || !inScope(w.Namespace) {
+		switch {
+		case covered[id] || !inScope(w.Namespace):
+			continue
+		case w.Controller != nil:
+			// A Deployment's ReplicaSet, a CronJob's Job (`kubectl get all` lists
+			// both): the controller stands in for its pods, not each revision.
+			continue
+		case w.Replicas != nil && *w.Replicas == 0:
+			pop.skipped = append(pop.skipped, Skipped{Pod: w.Kind + " " + w.Namespace + "/" + w.Name, Reason: "scaled to zero replicas: no pod to stand in for"})
 			continue
 		}
 		covered[id] = true

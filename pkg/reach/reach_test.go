@@ -475,3 +475,35 @@ func TestHTMLSelfContained(t *testing.T) {
 		t.Errorf("page lacks the explanation of client -> backend")
 	}
 }
+
+// A `kubectl get all` dump holds Deployments, their ReplicaSets and their pods: the
+// pods are the rows, no stand-in is made for a workload that has pods or a controller
+// of its own, and one scaled to zero is reported.
+func TestWorkloadsWithTheirPods(t *testing.T) {
+	objs := parse(t, append(slices.Clone(base),
+		`{apiVersion: apps/v1, kind: Deployment, metadata: {namespace: a, name: web},
+		  spec: {selector: {matchLabels: {app: web}}, template: {metadata: {labels: {app: web}}, spec: {containers: [{name: c, image: i}]}}}}`,
+		`{apiVersion: apps/v1, kind: ReplicaSet, metadata: {namespace: a, name: web-5f9c, ownerReferences: [{apiVersion: apps/v1, kind: Deployment, name: web, uid: u, controller: true}]},
+		  spec: {selector: {matchLabels: {app: web}}, template: {metadata: {labels: {app: web}}, spec: {containers: [{name: c, image: i}]}}}}`,
+		`{apiVersion: apps/v1, kind: ReplicaSet, metadata: {namespace: a, name: web-0ld, ownerReferences: [{apiVersion: apps/v1, kind: Deployment, name: web, uid: u, controller: true}]},
+		  spec: {replicas: 0, selector: {matchLabels: {app: web}}, template: {metadata: {labels: {app: web}}, spec: {containers: [{name: c, image: i}]}}}}`,
+		`{apiVersion: apps/v1, kind: StatefulSet, metadata: {namespace: b, name: db},
+		  spec: {selector: {matchLabels: {app: db}}, template: {metadata: {labels: {app: db}}, spec: {containers: [{name: c, image: i}]}}}}`,
+		`{apiVersion: apps/v1, kind: Deployment, metadata: {namespace: b, name: idle},
+		  spec: {replicas: 0, selector: {matchLabels: {app: idle}}, template: {metadata: {labels: {app: idle}}, spec: {containers: [{name: c, image: i}]}}}}`)...)
+	m, err := Compute(objs, Options{Compiler: agentOpts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Pods) != 7 || len(m.Groups) != 4 {
+		t.Errorf("%d pods in %d groups, want the 7 pods in 4 groups", len(m.Pods), len(m.Groups))
+	}
+	for _, p := range m.Pods {
+		if p.Workload != "" || p.SyntheticIPs {
+			t.Errorf("stand-in or synthetic pod %+v", p)
+		}
+	}
+	if len(m.Skipped) != 1 || m.Skipped[0].Pod != "Deployment b/idle" {
+		t.Errorf("skipped %+v", m.Skipped)
+	}
+}
