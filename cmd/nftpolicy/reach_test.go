@@ -2,12 +2,21 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/nftpolicy/nftpolicy/internal/testns"
+	"github.com/nftpolicy/nftpolicy/pkg/manifest"
 )
 
 // The demo's manifests for kind (pods without IPs or nodes) as a directory: the
@@ -128,6 +137,68 @@ func TestReachUsageErrors(t *testing.T) {
 		err := run(append([]string{"reach"}, args...), nil, &bytes.Buffer{})
 		if err == nil || errors.Is(err, errFound) {
 			t.Errorf("%v: err %v, want a usage error", args, err)
+		}
+	}
+}
+
+// --after alone compares with the live cluster: the pods the API server holds (no IPs:
+// nothing runs them, so both sides give them the same synthetic addresses) under the
+// cluster's policies (none) against the same pods under the demo's policies.
+func TestReachAfterAgainstCluster(t *testing.T) {
+	assets := os.Getenv("KUBEBUILDER_ASSETS")
+	if assets == "" {
+		assets, _ = filepath.Abs("../../bin/k8s")
+	}
+	if _, err := os.Stat(filepath.Join(assets, "kube-apiserver")); err != nil {
+		testns.SkipUnlessRequired(t, "no control plane in %s: run `make envtest-assets`", assets)
+	}
+	env := &envtest.Environment{BinaryAssetsDirectory: assets}
+	cfg, err := env.Start()
+	if err != nil {
+		t.Fatalf("starting envtest: %v", err)
+	}
+	defer func() {
+		if err := env.Stop(); err != nil {
+			t.Errorf("stopping envtest: %v", err)
+		}
+	}()
+	workload, err := manifest.Load([]string{"../../config/samples/demo/workload.yaml"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.New(cfg, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, ns := range workload.Namespaces {
+		if err := c.Create(ctx, ns); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, p := range workload.Pods {
+		if err := c.Create(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["envtest"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: cfg.CAData}
+	kc.AuthInfos["envtest"] = &clientcmdapi.AuthInfo{ClientCertificateData: cfg.CertData, ClientKeyData: cfg.KeyData, Token: cfg.BearerToken}
+	kc.Contexts["envtest"] = &clientcmdapi.Context{Cluster: "envtest", AuthInfo: "envtest"}
+	kc.CurrentContext = "envtest"
+	if err := clientcmd.WriteToFile(*kc, kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+
+	var out bytes.Buffer
+	err = run([]string{"reach", "--kubeconfig", kubeconfig, "--after", "../../config/samples/demo"}, nil, &out)
+	if !errors.Is(err, errFound) {
+		t.Fatalf("err %v, want errFound\n%s", err, out.String())
+	}
+	for _, s := range []string{"- other/client -> app/backend: allowed -> DENIED", "4 of 16 cells changed: 4 newly denied"} {
+		if !strings.Contains(out.String(), s) {
+			t.Errorf("lacks %q:\n%s", s, out.String())
 		}
 	}
 }
