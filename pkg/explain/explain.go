@@ -148,11 +148,12 @@ type Explainer struct {
 
 	mu    sync.Mutex
 	nodes map[string]*compiledNode
-	cache *tracer.Cache
 }
 
-// compiledNode is one node's ruleset, its tracer and the compiler's complaints.
+// compiledNode is one node's ruleset, its tracer and the compiler's complaints,
+// compiled once.
 type compiledNode struct {
+	once     sync.Once
 	rs       *ruleset.Ruleset
 	tracer   *tracer.Tracer
 	problems []compiler.Problem
@@ -162,27 +163,32 @@ type compiledNode struct {
 // the agent's (Table, Revocation).
 func NewExplainer(snap *model.Snapshot, opts compiler.Options) *Explainer {
 	e := &Explainer{snap: snap, opts: opts, pods: make(map[string]*model.Pod, len(snap.Pods)),
-		owners: model.IPOwners(snap.Pods), nodes: map[string]*compiledNode{}, cache: tracer.NewCache()}
+		owners: model.IPOwners(snap.Pods), nodes: map[string]*compiledNode{}}
 	for _, p := range snap.Pods {
 		e.pods[p.Key()] = p
 	}
 	return e
 }
 
-// node returns node's compiled ruleset, compiling it on first use.
+// node returns node's compiled ruleset, compiling it on first use. The lock only
+// guards the map: requests judged on other nodes do not wait for a compile.
 func (e *Explainer) node(name string) *compiledNode {
 	e.mu.Lock()
-	defer e.mu.Unlock()
-	if n := e.nodes[name]; n != nil {
-		return n
+	n := e.nodes[name]
+	if n == nil {
+		n = &compiledNode{}
+		e.nodes[name] = n
 	}
-	s := *e.snap
-	s.NodeName = name
-	res := compiler.Compile(&s, e.opts)
-	// The rulesets of different nodes share no set objects, but one cache keeps the
-	// indexes in one place for the life of the Explainer.
-	n := &compiledNode{rs: res.Ruleset, tracer: tracer.NewWithCache(res.Ruleset, e.cache), problems: res.Problems}
-	e.nodes[name] = n
+	e.mu.Unlock()
+	n.once.Do(func() {
+		s := *e.snap
+		s.NodeName = name
+		res := compiler.Compile(&s, e.opts)
+		n.rs, n.problems = res.Ruleset, res.Problems
+		// A Tracer indexes each set on first use and keeps the index, so every later
+		// request judged on this node looks its addresses up in O(1).
+		n.tracer = tracer.New(res.Ruleset)
+	})
 	return n
 }
 
