@@ -179,7 +179,7 @@ func dumpCluster(ctx context.Context, c *Cluster, path string) error {
 	if err := c.Client().List(ctx, &cnps); err == nil {
 		for i := range cnps.Items {
 			p := &cnps.Items[i]
-			p.SetGroupVersionKind(cnp.SchemeGroupVersion.WithKind("ClusterNetworkPolicy"))
+			p.SetGroupVersionKind(schema.GroupVersionKind{Group: cnp.GroupVersion.Group, Version: cnp.GroupVersion.Version, Kind: "ClusterNetworkPolicy"})
 			items = append(items, p)
 		}
 	}
