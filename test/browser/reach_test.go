@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -60,51 +61,29 @@ func chromium(t *testing.T) string {
 	return ""
 }
 
-func TestReachHTMLInBrowser(t *testing.T) {
-	exe := chromium(t)
-
-	// A small scenario with both verdicts and a mixed block: the demo (only the
-	// frontend reaches the backend, only the ingress controller the frontend) plus a
-	// canary of the frontend (same group) whose egress is closed: mixed blocks.
-	objs, err := manifest.Load([]string{"../../pkg/render/testdata/demo"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	extra := `apiVersion: v1
-kind: Pod
-metadata: {namespace: app, name: frontend-canary, labels: {app: frontend, tier: canary}}
-spec: {nodeName: node1, containers: [{name: c, image: x, ports: [{name: http, containerPort: 80}]}]}
-status: {phase: Running, podIPs: [{ip: 10.244.1.77}]}
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {namespace: app, name: canary-no-egress}
-spec: {podSelector: {matchLabels: {tier: canary}}, policyTypes: [Egress]}
-`
-	if err := objs.Read(strings.NewReader(extra), "extra"); err != nil {
-		t.Fatal(err)
-	}
-	m, err := reach.Compute(objs, reach.Options{Compiler: compiler.Options{Table: compiler.DefaultTable, Revocation: true}})
-	if err != nil {
-		t.Fatal(err)
-	}
+// writePage writes a page through write into a temporary file and returns its path.
+func writePage(t *testing.T, write func(io.Writer) error) string {
+	t.Helper()
 	page := filepath.Join(t.TempDir(), "reach.html")
 	f, err := os.Create(page)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := m.WriteHTML(f); err != nil {
+	if err := write(f); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
-	// What the page must show: every block of the group table.
-	want := map[string]reach.Block{}
-	for _, b := range m.Blocks(false) {
-		want[b.From+"|"+b.To] = b
-	}
+	return page
+}
 
+// openOffline starts headless chromium with the network cut off, loads page from
+// file:// and waits for its first table cell. At the end of the test it checks that
+// nothing but the page itself was requested.
+func openOffline(t *testing.T, page string) context.Context {
+	t.Helper()
+	exe := chromium(t)
 	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(exe),
 		// Root (as make test runs) needs no sandbox; the page is ours.
 		chromedp.NoSandbox,
@@ -116,9 +95,9 @@ spec: {podSelector: {matchLabels: {tier: canary}}, policyTypes: [Egress]}
 		chromedp.UserDataDir(t.TempDir()),
 	)
 	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
+	t.Cleanup(cancelAlloc)
 	bctx, cancelBrowser := chromedp.NewContext(actx)
-	defer cancelBrowser()
+	t.Cleanup(cancelBrowser)
 
 	var mu sync.Mutex
 	var requests []string
@@ -137,12 +116,103 @@ spec: {podSelector: {matchLabels: {tier: canary}}, policyTypes: [Egress]}
 	if err := goOffline(bctx); err != nil {
 		t.Fatal(err)
 	}
-
 	ctx, cancel := context.WithTimeout(bctx, 60*time.Second)
-	defer cancel()
-	if err := chromedp.Do(ctx, chromedp.Navigate("file://"+page), chromedp.WaitVisible(chromedp.CSS("table.matrix td[data-cell]"))); err != nil {
+	t.Cleanup(cancel)
+	if err := chromedp.Do(ctx, chromedp.Navigate("file://"+page), chromedp.WaitVisible(chromedp.CSS("table.matrix td"))); err != nil {
 		t.Fatalf("loading %s: %v", page, err)
 	}
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		// The listener must have seen the page's own request, or it proves nothing.
+		if len(requests) == 0 {
+			t.Errorf("no request seen, not even the page's")
+		}
+		for _, u := range requests {
+			if u != "file://"+page {
+				t.Errorf("the page requested %s", u)
+			}
+		}
+	})
+	return ctx
+}
+
+// hover moves the mouse onto the cell data-cell=cell, waits for the tooltip and
+// returns its text.
+func hover(t *testing.T, ctx context.Context, cell string) string {
+	t.Helper()
+	vis, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`getComputedStyle(document.getElementById('tip')).display !== 'none'`))
+	if err != nil || vis {
+		t.Fatalf("tooltip visible before the hover (%v)", err)
+	}
+	var box struct{ X, Y float64 }
+	raw, err := chromedp.Run(ctx, chromedp.Evaluate[[]byte](`(() => { const td = document.querySelector('td[data-cell="`+cell+`"]'); td.scrollIntoView(); const r = td.getBoundingClientRect(); return {X: r.left + r.width/2, Y: r.top + r.height/2}; })()`))
+	if err != nil {
+		t.Fatalf("finding cell %s: %v", cell, err)
+	}
+	if err := json.Unmarshal(raw, &box); err != nil {
+		t.Fatal(err)
+	}
+	hoverCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := chromedp.Do(hoverCtx, chromedp.MouseEvent(input.DispatchMouseEventTypeMouseMoved, box.X, box.Y),
+		chromedp.WaitVisible(chromedp.ID("tip"))); err != nil {
+		t.Fatalf("hovering %s: no tooltip: %v", cell, err)
+	}
+	tip, err := chromedp.Run(ctx, chromedp.Text(chromedp.ID("tip")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tip
+}
+
+var agentOpts = compiler.Options{Table: compiler.DefaultTable, Revocation: true}
+
+// demo is the explain test data's demo (only the frontend reaches the backend, only
+// the ingress controller the frontend), with or without its policies.
+func demo(t *testing.T, withPolicies bool) *manifest.Objects {
+	t.Helper()
+	paths := []string{"../../pkg/render/testdata/demo"}
+	if !withPolicies {
+		paths = []string{"../../pkg/render/testdata/demo/namespaces.yaml", "../../pkg/render/testdata/demo/pods.yaml"}
+	}
+	objs, err := manifest.Load(paths, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return objs
+}
+
+func TestReachHTMLInBrowser(t *testing.T) {
+	chromium(t)
+	// Both verdicts and mixed blocks: the demo plus a canary of the frontend (same
+	// group) whose egress is closed.
+	objs := demo(t, true)
+	extra := `apiVersion: v1
+kind: Pod
+metadata: {namespace: app, name: frontend-canary, labels: {app: frontend, tier: canary}}
+spec: {nodeName: node1, containers: [{name: c, image: x, ports: [{name: http, containerPort: 80}]}]}
+status: {phase: Running, podIPs: [{ip: 10.244.1.77}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {namespace: app, name: canary-no-egress}
+spec: {podSelector: {matchLabels: {tier: canary}}, policyTypes: [Egress]}
+`
+	if err := objs.Read(strings.NewReader(extra), "extra"); err != nil {
+		t.Fatal(err)
+	}
+	m, err := reach.Compute(objs, reach.Options{Compiler: agentOpts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	page := writePage(t, m.WriteHTML)
+	// What the page must show: every block of the group table.
+	want := map[string]reach.Block{}
+	for _, b := range m.Blocks(false) {
+		want[b.From+"|"+b.To] = b
+	}
+	ctx := openOffline(t, page)
 
 	// The matrix: every block of the first table, with its verdict's class.
 	raw, err := chromedp.Run(ctx, chromedp.Evaluate[[]byte](`Array.from(document.querySelectorAll('table.matrix')[0].querySelectorAll('td[data-cell]')).map(td => [td.dataset.cell, td.className, td.textContent])`))
@@ -174,28 +244,7 @@ spec: {podSelector: {matchLabels: {tier: canary}}, policyTypes: [Egress]}
 	if want[denied].Verdict != reach.Denied {
 		t.Fatalf("%s is %s in the matrix, want denied", denied, want[denied].Verdict)
 	}
-	vis, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`getComputedStyle(document.getElementById('tip')).display !== 'none'`))
-	if err != nil || vis {
-		t.Fatalf("tooltip visible before any hover (%v)", err)
-	}
-	var box struct{ X, Y float64 }
-	raw, err = chromedp.Run(ctx, chromedp.Evaluate[[]byte](`(() => { const td = document.querySelector('td[data-cell="`+denied+`"]'); td.scrollIntoView(); const r = td.getBoundingClientRect(); return {X: r.left + r.width/2, Y: r.top + r.height/2}; })()`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(raw, &box); err != nil {
-		t.Fatal(err)
-	}
-	hoverCtx, cancelHover := context.WithTimeout(ctx, 10*time.Second)
-	defer cancelHover()
-	if err := chromedp.Do(hoverCtx, chromedp.MouseEvent(input.DispatchMouseEventTypeMouseMoved, box.X, box.Y),
-		chromedp.WaitVisible(chromedp.ID("tip"))); err != nil {
-		t.Fatalf("hovering %s: %v", denied, err)
-	}
-	tip, err := chromedp.Run(ctx, chromedp.Text(chromedp.ID("tip")))
-	if err != nil {
-		t.Fatal(err)
-	}
+	tip := hover(t, ctx, denied)
 	wantTip, err := m.Explain(ruleset.IPv4, reach.Port{Protocol: "TCP", Port: 80}, "other/client", "app/backend")
 	if err != nil {
 		t.Fatal(err)
@@ -205,17 +254,44 @@ spec: {podSelector: {matchLabels: {tier: canary}}, policyTypes: [Egress]}
 			t.Errorf("tooltip lacks %q:\n%s", s, tip)
 		}
 	}
+}
 
-	// Nothing but the page itself was asked for.
-	mu.Lock()
-	defer mu.Unlock()
-	// The listener must have seen the page's own request, or it proves nothing.
-	if len(requests) == 0 {
-		t.Errorf("no request seen, not even the page's")
+// The --before/--after page: one row per changed cell, the after side's explanation
+// on hover.
+func TestReachDiffHTMLInBrowser(t *testing.T) {
+	chromium(t)
+	d, err := reach.Diff(demo(t, false), demo(t, true), reach.Options{Compiler: agentOpts})
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, u := range requests {
-		if u != "file://"+page {
-			t.Errorf("the page requested %s", u)
+	ctx := openOffline(t, writePage(t, d.WriteHTML))
+	raw, err := chromedp.Run(ctx, chromedp.Evaluate[[]byte](`Array.from(document.querySelectorAll('td[data-cell]')).map(td => [td.dataset.cell, td.className])`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows [][2]string
+	if err := json.Unmarshal(raw, &rows); err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != len(d.Changes) || len(rows) == 0 {
+		t.Fatalf("%d changed rows in the page, want %d: %s", len(rows), len(d.Changes), raw)
+	}
+	for i, c := range d.Changes {
+		if rows[i][0] != c.From+"|"+c.To || rows[i][1] != string(c.After) {
+			t.Errorf("row %d: %v, want %s|%s %s", i, rows[i], c.From, c.To, c.After)
 		}
+	}
+	var lost *reach.Change
+	for i, c := range d.Changes {
+		if c.From == "other/client" && c.To == "app/backend" {
+			lost = &d.Changes[i]
+		}
+	}
+	if lost == nil || !lost.Revoked() {
+		t.Fatalf("client -> backend is not a lost flow: %+v", d.Changes)
+	}
+	tip := hover(t, ctx, "other/client|app/backend")
+	if strings.TrimSpace(tip) != strings.TrimSpace(lost.Explanation) || !strings.Contains(tip, "DENIED") {
+		t.Errorf("tooltip:\n%s\nwant the after side's explanation:\n%s", tip, lost.Explanation)
 	}
 }
