@@ -237,6 +237,8 @@ func (m *Matrix) judge(fi, pi, from, to int) (Verdict, error) {
 	switch {
 	case to == from:
 		return Self, nil
+	case to >= len(m.Pods) && slices.Contains(m.Pods[from].model.IPs, m.Addrs[to-len(m.Pods)]):
+		return Self, nil // --to-addr is the source's own address
 	case !m.hasFamily(from, f) || !m.hasFamily(to, f):
 		return NA, nil
 	}
