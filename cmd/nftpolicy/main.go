@@ -48,7 +48,7 @@ const usage = `Usage:
 
 -f, --before and --after take files, directories (*.yaml, *.yml, *.json) or - for stdin,
 and may be repeated (--before/--after also comma-separated). reach --after without
---before compares with the cluster (--kubeconfig).
+--before compares the cluster (--kubeconfig) with the cluster after applying them.
 Exit status: 0 ok; 1 render --diff found a difference, explain: denied or drift,
 reach --after: a flow changed from allowed to denied; 2 error.
 `

@@ -33,7 +33,7 @@ func runReach(args []string, stdin io.Reader, out io.Writer) error {
 	c.register(fs)
 	var before, after, namespaces, ports, addrs list
 	fs.Var(&before, "before", "The state before: manifest file, directory or -; repeatable or comma-separated (default with --after: the cluster).")
-	fs.Var(&after, "after", "The state after (e.g. the pull request's manifests): print only the cells that change; exit 1 when a flow becomes denied.")
+	fs.Var(&after, "after", "The state after (e.g. the pull request's manifests): print only the cells that change; exit 1 when a flow becomes denied. Without --before: the cluster with these manifests applied.")
 	fs.Var(&namespaces, "namespace", "Only pods of this namespace as sources and destinations; repeatable or comma-separated (all by default).")
 	fs.Var(&namespaces, "n", "Short for --namespace.")
 	fs.Var(&ports, "port", "Destination port, 80/TCP; repeatable or comma-separated (default: every container port the destination pods declare, else 80/TCP).")
@@ -127,6 +127,12 @@ func runReach(args []string, stdin io.Reader, out io.Writer) error {
 	a, err := load("--after", after)
 	if err != nil {
 		return err
+	}
+	if len(before) == 0 {
+		// Against the cluster, --after is a change to it (what `kubectl apply -f` of a
+		// pull request would make of it): a repository of policies and Deployments
+		// has no pods of its own, and the cluster's pods are what it acts on.
+		a = b.Apply(a)
 	}
 	d, err := reach.Diff(b, a, opts)
 	if err != nil {

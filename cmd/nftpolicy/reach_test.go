@@ -141,9 +141,10 @@ func TestReachUsageErrors(t *testing.T) {
 	}
 }
 
-// --after alone compares with the live cluster: the pods the API server holds (no IPs:
-// nothing runs them, so both sides give them the same synthetic addresses) under the
-// cluster's policies (none) against the same pods under the demo's policies.
+// --after alone compares the live cluster with the cluster after applying the
+// manifests: the pods the API server holds (no IPs: nothing runs them, so both sides
+// give them the same synthetic addresses) under the cluster's policies (none) and
+// under the demo's.
 func TestReachAfterAgainstCluster(t *testing.T) {
 	assets := os.Getenv("KUBEBUILDER_ASSETS")
 	if assets == "" {
@@ -191,14 +192,21 @@ func TestReachAfterAgainstCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var out bytes.Buffer
-	err = run([]string{"reach", "--kubeconfig", kubeconfig, "--after", "../../config/samples/demo"}, nil, &out)
-	if !errors.Is(err, errFound) {
-		t.Fatalf("err %v, want errFound\n%s", err, out.String())
-	}
-	for _, s := range []string{"- other/client -> app/backend: allowed -> DENIED", "4 of 16 cells changed: 4 newly denied"} {
-		if !strings.Contains(out.String(), s) {
-			t.Errorf("lacks %q:\n%s", s, out.String())
+	// The demo's whole directory, or only its policies: applied to the cluster, both
+	// are the same change.
+	for _, after := range []string{"../../config/samples/demo", "../../config/samples/demo/policies.yaml"} {
+		var out bytes.Buffer
+		err = run([]string{"reach", "--kubeconfig", kubeconfig, "--after", after}, nil, &out)
+		if !errors.Is(err, errFound) {
+			t.Fatalf("--after %s: err %v, want errFound\n%s", after, err, out.String())
+		}
+		for _, s := range []string{"- other/client -> app/backend: allowed -> DENIED", "4 of 16 cells changed: 4 newly denied"} {
+			if !strings.Contains(out.String(), s) {
+				t.Errorf("--after %s: lacks %q:\n%s", after, s, out.String())
+			}
+		}
+		if strings.Contains(out.String(), "only ") {
+			t.Errorf("--after %s: pods of one side only:\n%s", after, out.String())
 		}
 	}
 }

@@ -330,3 +330,61 @@ func (o *Objects) Pod(namespace, name string) *corev1.Pod {
 	}
 	return nil
 }
+
+// Apply returns the objects o would be after applying p as `kubectl apply` would: an
+// object of p replaces the object of the same kind and name in o (namespace/name for
+// namespaced kinds), other objects of p are added, the rest of o is kept. A pod of p
+// that has no status (a manifest, not a running pod) keeps the node, phase and
+// addresses of the pod it replaces, as the API server would keep them. o and p are not
+// modified; the objects are shared, except those pods.
+func (o *Objects) Apply(p *Objects) *Objects {
+	out := &Objects{Skipped: map[string]int{}}
+	for k, n := range o.Skipped {
+		out.Skipped[k] += n
+	}
+	for k, n := range p.Skipped {
+		out.Skipped[k] += n
+	}
+	out.Namespaces = applyNamed(o.Namespaces, p.Namespaces, func(n *corev1.Namespace) string { return n.Name })
+	out.Policies = applyNamed(o.Policies, p.Policies, func(n *networkingv1.NetworkPolicy) string { return n.Namespace + "/" + n.Name })
+	out.ClusterPolicies = applyNamed(o.ClusterPolicies, p.ClusterPolicies, func(n *cnp.ClusterNetworkPolicy) string { return n.Name })
+	out.Nodes = applyNamed(o.Nodes, p.Nodes, func(n *corev1.Node) string { return n.Name })
+	out.Workloads = applyNamed(o.Workloads, p.Workloads, func(w *Workload) string { return w.Kind + " " + w.Namespace + "/" + w.Name })
+	old := map[string]*corev1.Pod{}
+	for _, pod := range o.Pods {
+		old[pod.Namespace+"/"+pod.Name] = pod
+	}
+	pods := make([]*corev1.Pod, 0, len(p.Pods))
+	for _, pod := range p.Pods {
+		if prev := old[pod.Namespace+"/"+pod.Name]; prev != nil && pod.Status.PodIP == "" && len(pod.Status.PodIPs) == 0 {
+			pod = pod.DeepCopy()
+			pod.Status = *prev.Status.DeepCopy()
+			if pod.Spec.NodeName == "" {
+				pod.Spec.NodeName = prev.Spec.NodeName
+			}
+		}
+		pods = append(pods, pod)
+	}
+	out.Pods = applyNamed(o.Pods, pods, func(n *corev1.Pod) string { return n.Namespace + "/" + n.Name })
+	return out
+}
+
+// applyNamed is base with each element of changes replacing the one of the same name,
+// or added after the others.
+func applyNamed[T any](base, changes []T, name func(T) string) []T {
+	index := map[string]int{}
+	out := make([]T, 0, len(base)+len(changes))
+	for _, x := range base {
+		index[name(x)] = len(out)
+		out = append(out, x)
+	}
+	for _, x := range changes {
+		if i, ok := index[name(x)]; ok {
+			out[i] = x
+			continue
+		}
+		index[name(x)] = len(out)
+		out = append(out, x)
+	}
+	return out
+}
