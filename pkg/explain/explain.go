@@ -192,40 +192,59 @@ func (e *Explainer) node(name string) *compiledNode {
 	return n
 }
 
-// Explain answers req.
-func (e *Explainer) Explain(req Request) (*Explanation, error) {
+// resolve finds the ends of req and the protocol number.
+func (e *Explainer) resolve(req Request) (from, dst Endpoint, proto uint8, err error) {
 	protoNum, ok := compiler.ProtocolNumber(req.Protocol)
 	if !ok {
-		return nil, fmt.Errorf("protocol %q: want TCP, UDP or SCTP", req.Protocol)
+		return from, dst, 0, fmt.Errorf("protocol %q: want TCP, UDP or SCTP", req.Protocol)
 	}
 	src := e.pods[req.From]
 	if src == nil {
-		return nil, fmt.Errorf("--from %s: no such pod", req.From)
+		return from, dst, 0, fmt.Errorf("--from %s: no such pod", req.From)
 	}
 	if !src.Eligible() {
-		return nil, fmt.Errorf("--from %s: pod takes no part in policy (no IP, ended, or not scheduled)", req.From)
+		return from, dst, 0, fmt.Errorf("--from %s: pod takes no part in policy (no IP, ended, or not scheduled)", req.From)
 	}
-	var dst Endpoint
 	if a, err := netip.ParseAddr(req.To); err == nil {
 		a = a.Unmap()
 		dst = Endpoint{Pod: e.owners[a], Addr: a}
 	} else {
 		p := e.pods[req.To]
 		if p == nil {
-			return nil, fmt.Errorf("--to %s: no such pod (want namespace/name or an IP address)", req.To)
+			return from, dst, 0, fmt.Errorf("--to %s: no such pod (want namespace/name or an IP address)", req.To)
 		}
 		if !p.Eligible() {
-			return nil, fmt.Errorf("--to %s: pod takes no part in policy (no IP, ended, or not scheduled)", req.To)
+			return from, dst, 0, fmt.Errorf("--to %s: pod takes no part in policy (no IP, ended, or not scheduled)", req.To)
 		}
 		dst = Endpoint{Pod: p}
 	}
 	srcAddr, dstAddr, err := pickAddrs(src, dst, req.Family)
 	if err != nil {
+		return from, dst, 0, err
+	}
+	dst.Addr = dstAddr
+	return Endpoint{Pod: src, Addr: srcAddr}, dst, protoNum, nil
+}
+
+// Allowed answers req's verdict only, as Explain's Allowed: the same ends, rulesets
+// and walk (tracer.Allowed is tracer.Judge without recording the path), for callers
+// that judge many pairs and explain few.
+func (e *Explainer) Allowed(req Request) (bool, error) {
+	from, dst, protoNum, err := e.resolve(req)
+	if err != nil {
+		return false, err
+	}
+	return tracer.Allowed(from.tracer(), dst.tracer(), tracer.Packet{Proto: protoNum, DPort: req.Port},
+		func(node string) (*tracer.Tracer, error) { return e.node(node).tracer, nil })
+}
+
+// Explain answers req.
+func (e *Explainer) Explain(req Request) (*Explanation, error) {
+	from, dst, protoNum, err := e.resolve(req)
+	if err != nil {
 		return nil, err
 	}
-	from := Endpoint{Pod: src, Addr: srcAddr}
-	dst.Addr = dstAddr
-
+	src := from.Pod
 	ex := &Explanation{From: from, To: dst, Protocol: req.Protocol, Port: req.Port,
 		Egress:  Side{Direction: compiler.Egress, Endpoint: from.Name(), Node: src.NodeName},
 		Ingress: Side{Direction: compiler.Ingress, Endpoint: dst.Name()}}

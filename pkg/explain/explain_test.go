@@ -130,6 +130,9 @@ func TestExplainerReusesRulesets(t *testing.T) {
 			if got.Allowed != want.Allowed || got.Format() != want.Format() {
 				t.Errorf("%s -> %s: Explainer says\n%s\nExplain says\n%s", from, to, got.Format(), want.Format())
 			}
+			if allowed, err := e.Allowed(req); err != nil || allowed != want.Allowed {
+				t.Errorf("%s -> %s: Allowed %v (%v), Explain %v", from, to, allowed, err, want.Allowed)
+			}
 		}
 	}
 	nodes := map[string]bool{}

@@ -242,11 +242,12 @@ func (m *Matrix) judge(fi, pi, from, to int) (Verdict, error) {
 	case !m.hasFamily(from, f) || !m.hasFamily(to, f):
 		return NA, nil
 	}
-	ex, err := m.explainer.Explain(m.request(fi, pi, from, to))
+	// The verdict alone (the explanation of the few cells shown is built on demand).
+	allowed, err := m.explainer.Allowed(m.request(fi, pi, from, to))
 	if err != nil {
 		return "", fmt.Errorf("judging %s -> %s %s %s: %w", m.Pods[from].Key, m.destination(to), m.Ports[pi], familyName(f), err)
 	}
-	if ex.Allowed {
+	if allowed {
 		return Allowed, nil
 	}
 	return Denied, nil
