@@ -56,7 +56,7 @@ func runReach(args []string, stdin io.Reader, out io.Writer) error {
 	}
 	var err error
 	if opts.Addrs, err = reach.ParseAddrs(addrs); err != nil {
-		return fmt.Errorf("reach: %w", err)
+		return fmt.Errorf("reach: --to-addr: %w", err)
 	}
 	if *ipv6 {
 		*family = "ipv6"

@@ -359,13 +359,13 @@ func (e *errWriter) printf(format string, args ...any) {
 	}
 }
 
-// ParseAddrs parses --to-addr values.
+// ParseAddrs parses destination addresses (--to-addr).
 func ParseAddrs(ss []string) ([]netip.Addr, error) {
 	var out []netip.Addr
 	for _, s := range ss {
 		a, err := netip.ParseAddr(s)
 		if err != nil {
-			return nil, fmt.Errorf("--to-addr %q: %w", s, err)
+			return nil, fmt.Errorf("address %q: %w", s, err)
 		}
 		out = append(out, a.Unmap())
 	}
