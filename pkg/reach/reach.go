@@ -102,7 +102,6 @@ type Matrix struct {
 	// verdicts[family][port][from][to]; to indexes Pods then Addrs.
 	verdicts [][][][]Verdict
 
-	pop       *population
 	explainer *explain.Explainer
 }
 
@@ -134,7 +133,7 @@ func defaultPorts(pods []*Pod) []Port {
 
 // compute judges pop's pods over ports (opts.Ports, else ports, else the default).
 func compute(pop *population, opts Options, ports []Port) (*Matrix, error) {
-	m := &Matrix{Families: opts.Families, Ports: opts.Ports, Addrs: opts.Addrs, Skipped: pop.skipped, pop: pop,
+	m := &Matrix{Families: opts.Families, Ports: opts.Ports, Addrs: opts.Addrs, Skipped: pop.skipped,
 		explainer: explain.NewExplainer(pop.snap, opts.Compiler)}
 	if len(m.Families) == 0 {
 		m.Families = []ruleset.Family{ruleset.IPv4}
