@@ -33,11 +33,12 @@ build: ## Build the agent into bin/nftpolicy-agent and the CLI into bin/nftpolic
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/nftpolicy ./cmd/nftpolicy
 
 .PHONY: deps
-deps: ## Install the Debian packages the tests need (nft, ip, conntrack) when missing.
+deps: ## Install the Debian packages the tests need (nft, ip, conntrack, chromium) when missing.
 	@missing=""; \
 	command -v nft >/dev/null || missing="$$missing nftables"; \
 	command -v ip >/dev/null || missing="$$missing iproute2"; \
 	command -v conntrack >/dev/null || missing="$$missing conntrack"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "==> installing$$missing"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "need root to install$$missing" >&2; exit 1; fi; \

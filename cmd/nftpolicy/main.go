@@ -1,12 +1,16 @@
 // Command nftpolicy is the operator's tool for nftpolicy (wiring only; the work is in
-// pkg/manifest, pkg/render and pkg/explain):
+// pkg/manifest, pkg/render, pkg/explain and pkg/reach):
 //
 //	nftpolicy render  --node N -f manifests...   the ruleset the agent would program on N
 //	nftpolicy render  --node N -f ... --diff     ... compared with this machine's kernel
 //	nftpolicy explain --from ns/pod --to ns/pod|ip --port 80/TCP [-f ... | --kubeconfig K] [--node N]
+//	nftpolicy reach   [-f ... | --kubeconfig K] [-o text|json|html]   every pod to every pod
+//	nftpolicy reach   [--before A] --after B                          only the cells that change
 //
-// Exit status: 0 success (render --diff: no difference; explain: allowed and no drift),
-// 1 a difference (render --diff), a denied connection or drift (explain), 2 an error.
+// Exit status: 0 success (render --diff: no difference; explain: allowed and no drift;
+// reach: a report, or no flow newly denied), 1 a difference (render --diff), a denied
+// connection or drift (explain), a flow changed from allowed to denied (reach --after),
+// 2 an error.
 package main
 
 import (
@@ -38,9 +42,15 @@ import (
 const usage = `Usage:
   nftpolicy render  --node NODE -f PATH... [--diff] [--table nftpolicy] [--revoke-established=true]
   nftpolicy explain --from NS/POD --to NS/POD|IP [--port 80/TCP] [-f PATH... | --kubeconfig FILE] [--node NODE] [--ipv6]
+  nftpolicy reach   [-f PATH... | --kubeconfig FILE] [-n NS]... [--port 80/TCP]... [--to-addr IP]...
+                    [--family ipv4|ipv6|both] [-o text|json|html] [--expand]
+  nftpolicy reach   [--before PATH...] --after PATH... [same flags]
 
--f takes files, directories (*.yaml, *.yml, *.json) or - for stdin, and may be repeated.
-Exit status: 0 ok; 1 render --diff found a difference, or explain: denied or drift; 2 error.
+-f, --before and --after take files, directories (*.yaml, *.yml, *.json) or - for stdin,
+and may be repeated (--before/--after also comma-separated). reach --after without
+--before compares the cluster (--kubeconfig) with the cluster after applying them.
+Exit status: 0 ok; 1 render --diff found a difference, explain: denied or drift,
+reach --after: a flow changed from allowed to denied; 2 error.
 `
 
 // errFound is a non-error outcome reported by exit status 1.
@@ -68,6 +78,8 @@ func run(args []string, stdin io.Reader, out io.Writer) error {
 		return runRender(args[1:], stdin, out)
 	case "explain":
 		return runExplain(args[1:], stdin, out)
+	case "reach":
+		return runReach(args[1:], stdin, out)
 	case "-h", "--help", "help":
 		fmt.Fprint(out, usage)
 		return nil

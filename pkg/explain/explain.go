@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -134,43 +135,121 @@ type Explanation struct {
 
 // Explain answers req over the cluster state snap (its NodeName is ignored: every
 // judging node's ruleset is compiled). opts must be the agent's (Table, Revocation).
+// To ask many questions over one snapshot, build an Explainer once.
 func Explain(snap *model.Snapshot, req Request, opts compiler.Options) (*Explanation, error) {
+	return NewExplainer(snap, opts).Explain(req)
+}
+
+// Explainer answers any number of requests over one cluster state, compiling each
+// judging node's ruleset (and indexing its sets for the tracer) only the first time a
+// request needs it: `nftpolicy reach` asks it about every pair of pods, which would
+// otherwise compile two rulesets per pair. It is safe for concurrent use; snap must not
+// change while it is in use.
+type Explainer struct {
+	snap   *model.Snapshot
+	opts   compiler.Options
+	pods   map[string]*model.Pod
+	owners map[netip.Addr]*model.Pod
+
+	mu    sync.Mutex
+	nodes map[string]*compiledNode
+}
+
+// compiledNode is one node's ruleset, its tracer and the compiler's complaints,
+// compiled once.
+type compiledNode struct {
+	once     sync.Once
+	rs       *ruleset.Ruleset
+	tracer   *tracer.Tracer
+	problems []compiler.Problem
+}
+
+// NewExplainer prepares an Explainer over snap (its NodeName is ignored). opts must be
+// the agent's (Table, Revocation).
+func NewExplainer(snap *model.Snapshot, opts compiler.Options) *Explainer {
+	e := &Explainer{snap: snap, opts: opts, pods: make(map[string]*model.Pod, len(snap.Pods)),
+		owners: model.IPOwners(snap.Pods), nodes: map[string]*compiledNode{}}
+	for _, p := range snap.Pods {
+		e.pods[p.Key()] = p
+	}
+	return e
+}
+
+// node returns node's compiled ruleset, compiling it on first use. The lock only
+// guards the map: requests judged on other nodes do not wait for a compile.
+func (e *Explainer) node(name string) *compiledNode {
+	e.mu.Lock()
+	n := e.nodes[name]
+	if n == nil {
+		n = &compiledNode{}
+		e.nodes[name] = n
+	}
+	e.mu.Unlock()
+	n.once.Do(func() {
+		s := *e.snap
+		s.NodeName = name
+		res := compiler.Compile(&s, e.opts)
+		n.rs, n.problems = res.Ruleset, res.Problems
+		// A Tracer indexes each set on first use and keeps the index, so every later
+		// request judged on this node looks its addresses up in O(1).
+		n.tracer = tracer.New(res.Ruleset)
+	})
+	return n
+}
+
+// resolve finds the ends of req and the protocol number.
+func (e *Explainer) resolve(req Request) (from, dst Endpoint, proto uint8, err error) {
 	protoNum, ok := compiler.ProtocolNumber(req.Protocol)
 	if !ok {
-		return nil, fmt.Errorf("protocol %q: want TCP, UDP or SCTP", req.Protocol)
+		return from, dst, 0, fmt.Errorf("protocol %q: want TCP, UDP or SCTP", req.Protocol)
 	}
-	pods := map[string]*model.Pod{}
-	for _, p := range snap.Pods {
-		pods[p.Key()] = p
-	}
-	src := pods[req.From]
+	src := e.pods[req.From]
 	if src == nil {
-		return nil, fmt.Errorf("--from %s: no such pod", req.From)
+		return from, dst, 0, fmt.Errorf("--from %s: no such pod", req.From)
 	}
 	if !src.Eligible() {
-		return nil, fmt.Errorf("--from %s: pod takes no part in policy (no IP, ended, or not scheduled)", req.From)
+		return from, dst, 0, fmt.Errorf("--from %s: pod takes no part in policy (no IP, ended, or not scheduled)", req.From)
 	}
-	var dst Endpoint
 	if a, err := netip.ParseAddr(req.To); err == nil {
 		a = a.Unmap()
-		dst = Endpoint{Pod: model.IPOwners(snap.Pods)[a], Addr: a}
+		dst = Endpoint{Pod: e.owners[a], Addr: a}
 	} else {
-		p := pods[req.To]
+		p := e.pods[req.To]
 		if p == nil {
-			return nil, fmt.Errorf("--to %s: no such pod (want namespace/name or an IP address)", req.To)
+			return from, dst, 0, fmt.Errorf("--to %s: no such pod (want namespace/name or an IP address)", req.To)
 		}
 		if !p.Eligible() {
-			return nil, fmt.Errorf("--to %s: pod takes no part in policy (no IP, ended, or not scheduled)", req.To)
+			return from, dst, 0, fmt.Errorf("--to %s: pod takes no part in policy (no IP, ended, or not scheduled)", req.To)
 		}
 		dst = Endpoint{Pod: p}
 	}
 	srcAddr, dstAddr, err := pickAddrs(src, dst, req.Family)
 	if err != nil {
+		return from, dst, 0, err
+	}
+	dst.Addr = dstAddr
+	return Endpoint{Pod: src, Addr: srcAddr}, dst, protoNum, nil
+}
+
+// Allowed answers req's verdict only, as Explain's Allowed: the same ends, rulesets
+// and walk (tracer.Allowed is tracer.Judge without recording the path), for callers
+// that judge many pairs and explain few.
+func (e *Explainer) Allowed(req Request) (bool, error) {
+	from, dst, protoNum, err := e.resolve(req)
+	if err != nil {
+		return false, err
+	}
+	return tracer.Allowed(from.tracer(), dst.tracer(), tracer.Packet{Proto: protoNum, DPort: req.Port},
+		func(node string) (*tracer.Tracer, error) { return e.node(node).tracer, nil })
+}
+
+// Explain answers req.
+func (e *Explainer) Explain(req Request) (*Explanation, error) {
+	from, dst, protoNum, err := e.resolve(req)
+	if err != nil {
 		return nil, err
 	}
-	from := Endpoint{Pod: src, Addr: srcAddr}
-	dst.Addr = dstAddr
-
+	src := from.Pod
 	ex := &Explanation{From: from, To: dst, Protocol: req.Protocol, Port: req.Port,
 		Egress:  Side{Direction: compiler.Egress, Endpoint: from.Name(), Node: src.NodeName},
 		Ingress: Side{Direction: compiler.Ingress, Endpoint: dst.Name()}}
@@ -179,20 +258,18 @@ func Explain(snap *model.Snapshot, req Request, opts compiler.Options) (*Explana
 	}
 	seen := map[string]bool{}
 	rulesets := map[string]*ruleset.Ruleset{}
-	compile := func(node string) (*tracer.Tracer, error) {
-		s := *snap
-		s.NodeName = node
-		res := compiler.Compile(&s, opts)
-		for _, p := range res.Problems {
+	tracerOf := func(node string) (*tracer.Tracer, error) {
+		n := e.node(node)
+		for _, p := range n.problems {
 			if k := p.Error(); !seen[k] {
 				seen[k] = true
 				ex.Problems = append(ex.Problems, p)
 			}
 		}
-		rulesets[node] = res.Ruleset
-		return tracer.New(res.Ruleset), nil
+		rulesets[node] = n.rs
+		return n.tracer, nil
 	}
-	j, err := tracer.Judge(from.tracer(), dst.tracer(), tracer.Packet{Proto: protoNum, DPort: req.Port}, compile)
+	j, err := tracer.Judge(from.tracer(), dst.tracer(), tracer.Packet{Proto: protoNum, DPort: req.Port}, tracerOf)
 	if err != nil {
 		return nil, err
 	}

@@ -106,6 +106,44 @@ func TestExplainDemo(t *testing.T) {
 	}
 }
 
+// An Explainer compiles each node once and answers every pair as Explain does.
+func TestExplainerReusesRulesets(t *testing.T) {
+	snap := load(t, "demo")
+	e := NewExplainer(snap, agentOpts)
+	var keys []string
+	for _, p := range snap.Pods {
+		if p.Eligible() {
+			keys = append(keys, p.Key())
+		}
+	}
+	for _, from := range keys {
+		for _, to := range keys {
+			req := Request{From: from, To: to, Protocol: corev1.ProtocolTCP, Port: 80}
+			got, err := e.Explain(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := Explain(snap, req, agentOpts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Allowed != want.Allowed || got.Format() != want.Format() {
+				t.Errorf("%s -> %s: Explainer says\n%s\nExplain says\n%s", from, to, got.Format(), want.Format())
+			}
+			if allowed, err := e.Allowed(req); err != nil || allowed != want.Allowed {
+				t.Errorf("%s -> %s: Allowed %v (%v), Explain %v", from, to, allowed, err, want.Allowed)
+			}
+		}
+	}
+	nodes := map[string]bool{}
+	for _, p := range snap.Pods {
+		nodes[p.NodeName] = true
+	}
+	if len(e.nodes) != len(nodes) {
+		t.Errorf("compiled %d rulesets for %d nodes", len(e.nodes), len(nodes))
+	}
+}
+
 // A kubectl List with egress, ipBlock with except, named ports and a Succeeded pod.
 func TestExplainKubectlList(t *testing.T) {
 	snap := load(t, "kubectl-list")

@@ -18,6 +18,8 @@ import (
 	"sort"
 	"strings"
 
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -37,8 +39,26 @@ type Objects struct {
 	ClusterPolicies []*cnp.ClusterNetworkPolicy
 	// Nodes are what ClusterNetworkPolicy `nodes` peers select.
 	Nodes []*corev1.Node
+	// Workloads are the pod templates of Deployments, StatefulSets, DaemonSets,
+	// ReplicaSets, Jobs and CronJobs: a GitOps repository holds these rather than pods,
+	// and `nftpolicy reach` stands one pod in for each workload that has no pod in the
+	// input. Policy is enforced on pods only, so they are also counted in Skipped.
+	Workloads []*Workload
 	// Skipped counts documents of other kinds, by kind.
 	Skipped map[string]int
+}
+
+// Workload is a controller of pods and the template its pods are made from.
+type Workload struct {
+	// Kind is Deployment, StatefulSet, DaemonSet, ReplicaSet, Job or CronJob.
+	Kind            string
+	Namespace, Name string
+	// Controller is the workload's own controller (a Deployment's ReplicaSet, a
+	// CronJob's Job), nil when none.
+	Controller *metav1.OwnerReference
+	// Replicas is spec.replicas where the kind has it (nil: unset or no such field).
+	Replicas *int32
+	Template corev1.PodTemplateSpec
 }
 
 // Load reads every path in order; "-" reads stdin.
@@ -198,10 +218,71 @@ func (o *Objects) add(raw json.RawMessage, where string) error {
 			return err
 		}
 		o.Nodes = append(o.Nodes, n)
+	case group == "apps" || group == "batch":
+		w, err := decodeWorkload(tm.Kind, decode)
+		if err != nil {
+			return err
+		}
+		if w != nil {
+			if w.Namespace == "" {
+				w.Namespace = "default"
+			}
+			o.Workloads = append(o.Workloads, w)
+		}
+		o.Skipped[tm.Kind]++
 	default:
 		o.Skipped[tm.Kind]++
 	}
 	return nil
+}
+
+// decodeWorkload decodes the controllers of pods (nil for other kinds of apps and
+// batch, e.g. ControllerRevision).
+func decodeWorkload(kind string, decode func(any) error) (*Workload, error) {
+	var meta metav1.ObjectMeta
+	var tmpl *corev1.PodTemplateSpec
+	var replicas *int32
+	switch kind {
+	case "Deployment":
+		var d appsv1.Deployment
+		if err := decode(&d); err != nil {
+			return nil, err
+		}
+		meta, tmpl, replicas = d.ObjectMeta, &d.Spec.Template, d.Spec.Replicas
+	case "StatefulSet":
+		var d appsv1.StatefulSet
+		if err := decode(&d); err != nil {
+			return nil, err
+		}
+		meta, tmpl, replicas = d.ObjectMeta, &d.Spec.Template, d.Spec.Replicas
+	case "DaemonSet":
+		var d appsv1.DaemonSet
+		if err := decode(&d); err != nil {
+			return nil, err
+		}
+		meta, tmpl = d.ObjectMeta, &d.Spec.Template
+	case "ReplicaSet":
+		var d appsv1.ReplicaSet
+		if err := decode(&d); err != nil {
+			return nil, err
+		}
+		meta, tmpl, replicas = d.ObjectMeta, &d.Spec.Template, d.Spec.Replicas
+	case "Job":
+		var d batchv1.Job
+		if err := decode(&d); err != nil {
+			return nil, err
+		}
+		meta, tmpl = d.ObjectMeta, &d.Spec.Template
+	case "CronJob":
+		var d batchv1.CronJob
+		if err := decode(&d); err != nil {
+			return nil, err
+		}
+		meta, tmpl = d.ObjectMeta, &d.Spec.JobTemplate.Spec.Template
+	default:
+		return nil, nil
+	}
+	return &Workload{Kind: kind, Namespace: meta.Namespace, Name: meta.Name, Controller: metav1.GetControllerOf(&meta), Replicas: replicas, Template: *tmpl}, nil
 }
 
 // withDefaultKind sets apiVersion and kind on an item that has none.
@@ -248,4 +329,62 @@ func (o *Objects) Pod(namespace, name string) *corev1.Pod {
 		}
 	}
 	return nil
+}
+
+// Apply returns the objects o would be after applying p as `kubectl apply` would: an
+// object of p replaces the object of the same kind and name in o (namespace/name for
+// namespaced kinds), other objects of p are added, the rest of o is kept. A pod of p
+// that has no status (a manifest, not a running pod) keeps the node, phase and
+// addresses of the pod it replaces, as the API server would keep them. o and p are not
+// modified; the objects are shared, except those pods.
+func (o *Objects) Apply(p *Objects) *Objects {
+	out := &Objects{Skipped: map[string]int{}}
+	for k, n := range o.Skipped {
+		out.Skipped[k] += n
+	}
+	for k, n := range p.Skipped {
+		out.Skipped[k] += n
+	}
+	out.Namespaces = applyNamed(o.Namespaces, p.Namespaces, func(n *corev1.Namespace) string { return n.Name })
+	out.Policies = applyNamed(o.Policies, p.Policies, func(n *networkingv1.NetworkPolicy) string { return n.Namespace + "/" + n.Name })
+	out.ClusterPolicies = applyNamed(o.ClusterPolicies, p.ClusterPolicies, func(n *cnp.ClusterNetworkPolicy) string { return n.Name })
+	out.Nodes = applyNamed(o.Nodes, p.Nodes, func(n *corev1.Node) string { return n.Name })
+	out.Workloads = applyNamed(o.Workloads, p.Workloads, func(w *Workload) string { return w.Kind + " " + w.Namespace + "/" + w.Name })
+	old := map[string]*corev1.Pod{}
+	for _, pod := range o.Pods {
+		old[pod.Namespace+"/"+pod.Name] = pod
+	}
+	pods := make([]*corev1.Pod, 0, len(p.Pods))
+	for _, pod := range p.Pods {
+		if prev := old[pod.Namespace+"/"+pod.Name]; prev != nil && pod.Status.PodIP == "" && len(pod.Status.PodIPs) == 0 {
+			pod = pod.DeepCopy()
+			pod.Status = *prev.Status.DeepCopy()
+			if pod.Spec.NodeName == "" {
+				pod.Spec.NodeName = prev.Spec.NodeName
+			}
+		}
+		pods = append(pods, pod)
+	}
+	out.Pods = applyNamed(o.Pods, pods, func(n *corev1.Pod) string { return n.Namespace + "/" + n.Name })
+	return out
+}
+
+// applyNamed is base with each element of changes replacing the one of the same name,
+// or added after the others.
+func applyNamed[T any](base, changes []T, name func(T) string) []T {
+	index := map[string]int{}
+	out := make([]T, 0, len(base)+len(changes))
+	for _, x := range base {
+		index[name(x)] = len(out)
+		out = append(out, x)
+	}
+	for _, x := range changes {
+		if i, ok := index[name(x)]; ok {
+			out[i] = x
+			continue
+		}
+		index[name(x)] = len(out)
+		out = append(out, x)
+	}
+	return out
 }

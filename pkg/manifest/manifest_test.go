@@ -33,6 +33,10 @@ metadata: {name: d}
 	if objs.Skipped["Deployment"] != 1 {
 		t.Fatalf("skipped: %v", objs.Skipped)
 	}
+	// The Deployment's pod template is kept for reach.
+	if len(objs.Workloads) != 1 || objs.Workloads[0].Kind != "Deployment" || objs.Workloads[0].Name != "d" || objs.Workloads[0].Namespace != "default" {
+		t.Fatalf("workloads: %+v", objs.Workloads)
+	}
 	snap := objs.Snapshot("n1")
 	if snap.NodeName != "n1" || len(snap.Pods) != 1 || snap.Pods[0].IPs[0].String() != "10.0.0.1" {
 		t.Fatalf("snapshot: %+v", snap)
@@ -95,5 +99,51 @@ func TestReadErrors(t *testing.T) {
 	}
 	if _, err := Load([]string{"testdata-does-not-exist"}, nil); err == nil {
 		t.Error("missing path: no error")
+	}
+}
+
+// Apply replaces objects by name, adds new ones, keeps the rest, and a pod manifest
+// keeps the running pod's node and addresses.
+func TestApply(t *testing.T) {
+	base, err := Load([]string{"-"}, strings.NewReader(`
+{apiVersion: v1, kind: Namespace, metadata: {name: x, labels: {team: a}}}
+---
+{apiVersion: v1, kind: Pod, metadata: {namespace: x, name: p, labels: {v: "1"}}, spec: {nodeName: n1}, status: {phase: Running, podIPs: [{ip: 10.0.0.1}]}}
+---
+{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {namespace: x, name: keep}, spec: {podSelector: {}}}
+---
+{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {namespace: x, name: change}, spec: {podSelector: {}}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	change, err := Load([]string{"-"}, strings.NewReader(`
+{apiVersion: v1, kind: Namespace, metadata: {name: x, labels: {team: b}}}
+---
+{apiVersion: v1, kind: Pod, metadata: {namespace: x, name: p, labels: {v: "2"}}, spec: {containers: [{name: c, image: i}]}}
+---
+{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {namespace: x, name: change}, spec: {podSelector: {matchLabels: {a: b}}}}
+---
+{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {namespace: x, name: new}, spec: {podSelector: {}}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := base.Apply(change)
+	if len(got.Namespaces) != 1 || got.Namespaces[0].Labels["team"] != "b" {
+		t.Errorf("namespaces %+v", got.Namespaces)
+	}
+	var names []string
+	for _, p := range got.Policies {
+		names = append(names, p.Name)
+	}
+	if strings.Join(names, ",") != "keep,change,new" || got.Policies[1].Spec.PodSelector.MatchLabels["a"] != "b" {
+		t.Errorf("policies %v", names)
+	}
+	if len(got.Pods) != 1 || got.Pods[0].Labels["v"] != "2" || got.Pods[0].Spec.NodeName != "n1" || got.Pods[0].Status.PodIPs[0].IP != "10.0.0.1" {
+		t.Errorf("pod %+v", got.Pods[0])
+	}
+	if base.Pods[0].Labels["v"] != "1" || len(change.Pods[0].Status.PodIPs) != 0 {
+		t.Errorf("Apply modified its inputs")
 	}
 }

@@ -93,3 +93,22 @@ func Judge(src, dst Endpoint, pkt Packet, tracerOf func(node string) (*Tracer, e
 	}
 	return j, nil
 }
+
+// Allowed is Judge's verdict alone: the same hops, traced by the same evaluation
+// without recording their paths (Tracer.Allowed), stopping at the first node that
+// drops. For callers that judge many connections and explain few (`nftpolicy reach`).
+func Allowed(src, dst Endpoint, pkt Packet, tracerOf func(node string) (*Tracer, error)) (bool, error) {
+	pkt.Src, pkt.Dst = src.Addr, dst.Addr
+	for _, h := range Hops(src, dst) {
+		t, err := tracerOf(h.Node)
+		if err != nil {
+			return false, fmt.Errorf("ruleset of node %s: %w", h.Node, err)
+		}
+		p := pkt
+		p.Hook = h.Hook
+		if !t.Allowed(p) {
+			return false, nil
+		}
+	}
+	return true, nil
+}

@@ -69,11 +69,20 @@ func TestJudge(t *testing.T) {
 			t.Errorf("hop %d: %+v, want %+v from %s to %s", i, h, want, src.Addr, dst.Addr)
 		}
 	}
+	if ok, err := Allowed(src, dst, Packet{Proto: 6, DPort: 80}, of); ok || err != nil {
+		t.Errorf("Allowed: %v, %v; want denied as Judge", ok, err)
+	}
 	tracers["n1"] = accept
 	if j, _ := Judge(src, dst, Packet{Proto: 6, DPort: 80}, of); !j.Allowed() {
 		t.Errorf("both nodes accept, judgement %+v", j)
 	}
+	if ok, err := Allowed(src, dst, Packet{Proto: 6, DPort: 80}, of); !ok || err != nil {
+		t.Errorf("Allowed: %v, %v; want allowed as Judge", ok, err)
+	}
 	if _, err := Judge(src, Endpoint{Addr: dst.Addr, Node: "n3"}, Packet{}, of); err == nil {
 		t.Error("a node without a ruleset gave no error")
+	}
+	if _, err := Allowed(src, Endpoint{Addr: dst.Addr, Node: "n3"}, Packet{}, of); err == nil {
+		t.Error("Allowed: a node without a ruleset gave no error")
 	}
 }
