@@ -514,6 +514,45 @@ func TestAuditNode(t *testing.T) {
 		}
 	}
 
+	// --log-denied: one "would deny" line per counted drop, the ClusterNetworkPolicy's
+	// naming it.
+	total := want["ingress"] + want["egress"]
+	if total > 2*int(compiler.DefaultLogBurst) {
+		t.Fatalf("%d would-be drops exceed the log bursts", total)
+	}
+	var lines []map[string]any
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		lines = append(logLines(c, "node1", "would deny"), logLines(c, "node2", "would deny")...)
+		if len(lines) >= total || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond) // polling log files: no event to wait on
+	}
+	byPolicy := map[string]int{}
+	for _, l := range lines {
+		pols, _ := json.Marshal(l["policies"])
+		k := fmt.Sprintf("%v %s", l["direction"], pols)
+		if byPolicy[k] == 0 {
+			b, _ := json.Marshal(l)
+			t.Logf("a would-deny line: %s", b)
+		}
+		byPolicy[k]++
+	}
+	wantLines := map[string]int{}
+	for node, ss := range expected {
+		after := scrapers[node].mustScrape(ctx)
+		for _, s := range ss {
+			ref := s.namespace + "/" + s.policy
+			if s.namespace == "" {
+				ref = "ClusterNetworkPolicy/" + s.policy
+			}
+			wantLines[fmt.Sprintf("%s [%q]", s.dir, ref)] += int(valueOr(after, auditDenied, labelsOf(s)) - valueOr(before[node], auditDenied, labelsOf(s)))
+		}
+	}
+	if fmt.Sprint(byPolicy) != fmt.Sprint(wantLines) {
+		t.Errorf("would-deny lines by direction and policies %v, want %v (the counters)", byPolicy, wantLines)
+	}
+
 	// /readyz: ready, and saying that the node is not enforcing.
 	for _, n := range c.Nodes() {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+lab.AgentHealthAddr+"/readyz", nil)
