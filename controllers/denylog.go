@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -47,9 +48,10 @@ func (s *Syncer) RunDenyLog(ctx context.Context, group uint16) error {
 			return nil
 		}
 		for _, p := range pkts {
-			if kv, ok := describeDenied(p, s.Applied(), s.podAt); ok {
+			rs := s.rulesetFor(p.Prefix)
+			if kv, ok := describeDenied(p, rs, s.podAt); ok {
 				log.Info("denied connection", kv...)
-			} else if kv, ok := describeWouldDeny(p, s.Applied(), s.podAt); ok {
+			} else if kv, ok := describeWouldDeny(p, rs, s.podAt); ok {
 				log.Info("would deny", kv...)
 			}
 		}
@@ -62,6 +64,24 @@ func (s *Syncer) RunDenyLog(ctx context.Context, group uint16) error {
 			}
 		}
 	}
+}
+
+// rulesetFor returns the ruleset that names the policies of a packet logged with
+// prefix: the applied one, or the one being applied when only it has the chain. The
+// kernel logs packets in a new ruleset's chains from the moment it commits, a little
+// before Apply returns and the Syncer notes it; a lookup in the applied ruleset alone
+// would then log such a packet without its policies (seen in the lab: the first "would
+// deny" line right after a policy change).
+func (s *Syncer) rulesetFor(prefix string) *ruleset.Ruleset {
+	chain := strings.TrimSuffix(prefix, " ")
+	applied := s.Applied()
+	if applied != nil && chainOwner(applied, chain, prefix) != nil {
+		return applied
+	}
+	if next := s.applying.Load(); next != nil && chainOwner(next, chain, prefix) != nil {
+		return next
+	}
+	return applied
 }
 
 // describeDenied turns a logged packet into the key-values of its log line: source and

@@ -214,3 +214,24 @@ func TestDescribeWouldDenyAuditNode(t *testing.T) {
 		t.Errorf("prefix %q: got %v", prefix, kv)
 	}
 }
+
+// Between the kernel commit of a ruleset and the Syncer noting it, packets are logged
+// in the new chains: their policies are read from the ruleset being applied.
+func TestRulesetForPacketsOfTheRulesetBeingApplied(t *testing.T) {
+	old := compiler.Compile(&model.Snapshot{NodeName: "n1", Namespaces: map[string]*model.Namespace{}}, compiler.Options{LogDenied: true}).Ruleset
+	next := compiler.Compile(auditSnapshot(), compiler.Options{LogDenied: true}).Ruleset
+	prefix, _ := loggedPrefix(t, next, "10.0.0.4", "10.0.0.5")
+	s := &Syncer{}
+	s.applied.Store(old)
+	s.applying.Store(next)
+	if got := s.rulesetFor(prefix); got != next {
+		t.Errorf("prefix %q of the ruleset being applied: got the applied one", prefix)
+	}
+	if got := s.rulesetFor("isolate-in-unknown "); got != old {
+		t.Error("a prefix no ruleset has: want the applied ruleset")
+	}
+	s.applied.Store(next)
+	if got := s.rulesetFor(prefix); got != next {
+		t.Error("once applied: want the applied ruleset")
+	}
+}

@@ -109,6 +109,9 @@ type Syncer struct {
 
 	ready      atomic.Bool
 	applied    atomic.Pointer[ruleset.Ruleset] // the ruleset in the kernel (Applied)
+	// applying is the ruleset of the Apply in progress (or of the last one): the kernel
+	// may log packets in its new chains before Apply returns and applied is updated.
+	applying atomic.Pointer[ruleset.Ruleset]
 	nodeEvents eventLimiter                    // Node Events already sent (nodeevents.go)
 	mu         sync.Mutex
 	lastVerify time.Time
@@ -311,6 +314,7 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 	compiled := time.Now()
 
 	opts := dataplane.ApplyOptions{ReadBack: verify, Changes: changes, BaseGeneration: s.gen}
+	s.applying.Store(res.Ruleset)
 	out, err := s.Dataplane.Apply(ctx, res.Ruleset, opts)
 	s.gen = out.Generation
 	syncDuration.WithLabelValues(phaseCompute).Observe(compiled.Sub(start).Seconds())

@@ -180,10 +180,12 @@ func TestAuditedPolicy(t *testing.T) {
 	denied := func(policy string) map[string]string {
 		return map[string]string{"namespace": ns, "policy": policy, "direction": "ingress"}
 	}
-	// Applied once node2's agent has the audit chain of the deny-all in its kernel.
-	before := awaitSeries(ctx, t, c, s, "node2", "the audit series of deny-all", func(m bench.Metrics) bool {
-		_, ok := value(m, auditDenied, denied("deny-all"))
-		return ok
+	// Applied once node2's agent has the audit chain of both policies in its kernel
+	// (one of the deny-all alone is a state in between).
+	before := awaitSeries(ctx, t, c, s, "node2", "the audit series of both policies", func(m bench.Metrics) bool {
+		_, d := value(m, auditDenied, denied("deny-all"))
+		_, f := value(m, auditDenied, denied("allow-friends"))
+		return d && f
 	})
 	if v, ok := value(before, "nftpolicy_policies", nil); !ok || v != 0 {
 		t.Errorf("nftpolicy_policies = %v (present %v): audited policies are not in force", v, ok)
