@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/http"
@@ -52,8 +53,8 @@ func withNote(h http.Handler, note string) http.Handler {
 
 // Server returns the runnable serving Handler on addr. It listens now, so that a
 // taken port fails the start rather than the first probe.
-func (p *Probes) Server(addr string) (*manager.Server, error) {
-	ln, err := net.Listen("tcp", addr)
+func (p *Probes) Server(ctx context.Context, addr string) (*manager.Server, error) {
+	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("health probes on %s: %w", addr, err)
 	}

@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -25,7 +26,11 @@ func TestProbesAuditNote(t *testing.T) {
 	defer srv.Close()
 	get := func(path string) (int, string, string) {
 		t.Helper()
-		resp, err := http.Get(srv.URL + path)
+		req, err := http.NewRequestWithContext(context.Background(), http.MethodGet, srv.URL+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -61,7 +66,11 @@ func TestProbesAuditNote(t *testing.T) {
 	plain := httptest.NewServer(p.Handler())
 	defer plain.Close()
 	notReady = nil
-	resp, err := http.Get(plain.URL + "/readyz")
+	req, err := http.NewRequestWithContext(context.Background(), http.MethodGet, plain.URL+"/readyz", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

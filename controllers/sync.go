@@ -107,12 +107,12 @@ type Syncer struct {
 	// ClusterNetworkPolicies unwatched. The manager's scheme must know them (cnp.Install).
 	ClusterPolicyCheckPeriod time.Duration
 
-	ready      atomic.Bool
-	applied    atomic.Pointer[ruleset.Ruleset] // the ruleset in the kernel (Applied)
+	ready   atomic.Bool
+	applied atomic.Pointer[ruleset.Ruleset] // the ruleset in the kernel (Applied)
 	// applying is the ruleset of the Apply in progress (or of the last one): the kernel
 	// may log packets in its new chains before Apply returns and applied is updated.
-	applying atomic.Pointer[ruleset.Ruleset]
-	nodeEvents eventLimiter                    // Node Events already sent (nodeevents.go)
+	applying   atomic.Pointer[ruleset.Ruleset]
+	nodeEvents eventLimiter // Node Events already sent (nodeevents.go)
 	mu         sync.Mutex
 	lastVerify time.Time
 	reported   map[string]bool // problems already reported as Events

@@ -77,7 +77,7 @@ func run(args []string) error {
 	fs.StringVar(&o.probeAddr, "health-probe-bind-address", ":9091", "Address of the /healthz and /readyz endpoints; \"0\" disables them.")
 	fs.DurationVar(&o.resyncPeriod, "resync-period", time.Minute, "How often the kernel table is read back and drift repaired; 0 disables it.")
 	fs.StringVar(&o.table, "table", compiler.DefaultTable, "Name of the nftables table (family inet) the agent owns.")
-	fs.BoolVar(&o.revoke, "revoke-established", true, "Stop established connections that a policy change denies: their conntrack entries get the revoked mark, which the ruleset drops in both directions, and lose it when a later change allows them again.")
+	fs.BoolVar(&o.revoke, "revoke-established", true, "Stop established connections that a policy change denies: their conntrack entries get the revoked mark, which the ruleset drops in both directions, and lose it when a later change allows them again. Ignored under --audit.")
 	fs.IntVar(&o.verbosity, "v", 0, "Log verbosity: 0 info, 1 every sync, 2 and more debug.")
 	fs.IntVar(&o.gcPercent, "gc-percent", 25, "Go GC target percentage (GOGC) once the first ruleset is applied. The agent holds a large, stable cache and allocates little once synced, so a low value keeps its memory near the live heap at little CPU cost (startup, which decodes the whole cluster, runs with Go's default 100); the GOGC environment variable overrides it, and GOMEMLIMIT (set by the Helm chart from the memory limit) bounds it.")
 	fs.BoolVar(&o.logDenied, "log-denied", false, "Log the first packets of denied connections (rate-limited, through nflog group 100) as \"denied connection\" lines naming the pods, port and isolating policies.")
@@ -212,7 +212,7 @@ func run(args []string) error {
 		if o.audit {
 			probes.ReadyNote = controllers.AuditReadyNote
 		}
-		srv, err := probes.Server(o.probeAddr)
+		srv, err := probes.Server(context.Background(), o.probeAddr)
 		if err != nil {
 			return err
 		}

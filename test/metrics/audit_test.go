@@ -120,6 +120,16 @@ func logLines(c *lab.Cluster, node, msg string) []map[string]any {
 	return out
 }
 
+// jsonText is v in JSON (a value decoded from a log line).
+func jsonText(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatalf("encoding %v: %v", v, err)
+	}
+	return string(b)
+}
+
 // awaitSeries scrapes s until ready accepts a scrape and returns that scrape.
 func awaitSeries(ctx context.Context, t *testing.T, c *lab.Cluster, s *scraper, node, what string, ready func(bench.Metrics) bool) bench.Metrics {
 	t.Helper()
@@ -255,9 +265,9 @@ func TestAuditedPolicy(t *testing.T) {
 	}
 	perConn := map[string]int{}
 	for _, l := range lines {
-		pols, _ := json.Marshal(l["policies"])
+		pols := jsonText(t, l["policies"])
 		if l["dst"] != server.Key() || l["port"] != float64(port) || l["direction"] != "ingress" ||
-			string(pols) != fmt.Sprintf(`["%s/allow-friends","%s/deny-all"]`, ns, ns) {
+			pols != fmt.Sprintf(`["%s/allow-friends","%s/deny-all"]`, ns, ns) {
 			t.Errorf("unexpected would-deny line %v", l)
 		}
 		perConn[fmt.Sprintf("%v %v", l["src"], l["proto"])]++
@@ -272,8 +282,7 @@ func TestAuditedPolicy(t *testing.T) {
 		t.Errorf("%d would-deny lines, want %d", len(lines), want)
 	}
 	if len(lines) > 0 {
-		b, _ := json.Marshal(lines[0])
-		t.Logf("a would-deny line: %s", b)
+		t.Logf("a would-deny line: %s", jsonText(t, lines[0]))
 	}
 	t.Logf("%s{policy=deny-all} %v -> %v", auditDenied, valueOr(before, auditDenied, denied("deny-all")), valueOr(after, auditDenied, denied("deny-all")))
 
@@ -532,11 +541,9 @@ func TestAuditNode(t *testing.T) {
 	}
 	byPolicy := map[string]int{}
 	for _, l := range lines {
-		pols, _ := json.Marshal(l["policies"])
-		k := fmt.Sprintf("%v %s", l["direction"], pols)
+		k := fmt.Sprintf("%v %s", l["direction"], jsonText(t, l["policies"]))
 		if byPolicy[k] == 0 {
-			b, _ := json.Marshal(l)
-			t.Logf("a would-deny line: %s", b)
+			t.Logf("a would-deny line: %s", jsonText(t, l))
 		}
 		byPolicy[k]++
 	}
