@@ -120,6 +120,25 @@ func logLines(c *lab.Cluster, node, msg string) []map[string]any {
 	return out
 }
 
+// auditSeries returns the audit metrics of a scrape as Prometheus text lines, for the
+// test log.
+func auditSeries(m bench.Metrics) string {
+	var lines []string
+	for _, s := range m {
+		if !strings.Contains(s.Name, "audit") {
+			continue
+		}
+		var ls []string
+		for k, v := range s.Labels {
+			ls = append(ls, fmt.Sprintf("%s=%q", k, v))
+		}
+		slices.Sort(ls)
+		lines = append(lines, fmt.Sprintf("%s{%s} %v", s.Name, strings.Join(ls, ","), s.Value))
+	}
+	slices.Sort(lines)
+	return strings.Join(lines, "\n")
+}
+
 // jsonText is v in JSON (a value decoded from a log line).
 func jsonText(t *testing.T, v any) string {
 	t.Helper()
@@ -241,6 +260,7 @@ func TestAuditedPolicy(t *testing.T) {
 		}
 	}
 	after := s.mustScrape(ctx)
+	t.Logf("node2 after the probes:\n%s", auditSeries(after))
 	delta := func(a, b bench.Metrics, name string, labels map[string]string) float64 {
 		va, _ := value(a, name, labels)
 		vb, _ := value(b, name, labels)
@@ -319,6 +339,7 @@ func TestAuditedPolicy(t *testing.T) {
 	// allow-friends is still audited: the friends' denied connections (one per probe
 	// above) are what it would allow.
 	enforced := s.mustScrape(ctx)
+	t.Logf("node2 with deny-all enforced:\n%s", auditSeries(enforced))
 	if v, ok := value(enforced, "nftpolicy_policies", nil); !ok || v != 1 {
 		t.Errorf("nftpolicy_policies = %v (present %v), want 1 (deny-all)", v, ok)
 	}
@@ -506,6 +527,7 @@ func TestAuditNode(t *testing.T) {
 	sum := map[string]float64{}
 	for node, ss := range expected {
 		after := scrapers[node].mustScrape(ctx)
+		t.Logf("%s after the matrix:\n%s", node, auditSeries(after))
 		for _, s := range ss {
 			d := valueOr(after, auditDenied, labelsOf(s)) - valueOr(before[node], auditDenied, labelsOf(s))
 			sum[s.dir] += d
