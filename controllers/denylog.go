@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -29,7 +30,9 @@ func (s *Syncer) podAt(a netip.Addr) string {
 }
 
 // RunDenyLog receives the packets the isolation chains log (compiler.Options.LogDenied)
-// on nflog group and logs one "denied connection" line per packet, until ctx ends.
+// on nflog group and logs one "denied connection" line per packet, until ctx ends. The
+// audit-deny chains of audit mode log to the same group: their packets pass, and get a
+// "would deny" line naming the audited policies.
 func (s *Syncer) RunDenyLog(ctx context.Context, group uint16) error {
 	l, err := nflog.Listen(group)
 	if err != nil {
@@ -45,8 +48,11 @@ func (s *Syncer) RunDenyLog(ctx context.Context, group uint16) error {
 			return nil
 		}
 		for _, p := range pkts {
-			if kv, ok := describeDenied(p, s.Applied(), s.podAt); ok {
+			rs := s.rulesetFor(p.Prefix)
+			if kv, ok := describeDenied(p, rs, s.podAt); ok {
 				log.Info("denied connection", kv...)
+			} else if kv, ok := describeWouldDeny(p, rs, s.podAt); ok {
+				log.Info("would deny", kv...)
 			}
 		}
 		if err != nil {
@@ -58,6 +64,24 @@ func (s *Syncer) RunDenyLog(ctx context.Context, group uint16) error {
 			}
 		}
 	}
+}
+
+// rulesetFor returns the ruleset that names the policies of a packet logged with
+// prefix: the applied one, or the one being applied when only it has the chain. The
+// kernel logs packets in a new ruleset's chains from the moment it commits, a little
+// before Apply returns and the Syncer notes it; a lookup in the applied ruleset alone
+// would then log such a packet without its policies (seen in the lab: the first "would
+// deny" line right after a policy change).
+func (s *Syncer) rulesetFor(prefix string) *ruleset.Ruleset {
+	chain := strings.TrimSuffix(prefix, " ")
+	applied := s.Applied()
+	if applied != nil && chainOwner(applied, chain, prefix) != nil {
+		return applied
+	}
+	if next := s.applying.Load(); next != nil && chainOwner(next, chain, prefix) != nil {
+		return next
+	}
+	return applied
 }
 
 // describeDenied turns a logged packet into the key-values of its log line: source and
@@ -79,12 +103,13 @@ func describeDenied(p nflog.Packet, applied *ruleset.Ruleset, podAt func(netip.A
 	var policies []string
 	var rule string
 	if applied != nil {
-		if co := applied.Owners.Chain(chain); co != nil {
+		if co := chainOwner(applied, chain, p.Prefix); co != nil {
 			for _, ref := range co.Policies {
 				policies = append(policies, ref.String())
 			}
 			// A ClusterNetworkPolicy Deny rule's chain: its drop names the rule.
-			if ro, ok := applied.Owners.Rule(chain, len(co.Rules)-1); ok && ro.Cluster != nil {
+			if n := len(co.Rules); n > 0 && co.Rules[n-1].Cluster != nil {
+				ro := co.Rules[n-1]
 				rule = ro.ClusterText(co.Direction)
 			}
 		}
@@ -98,4 +123,54 @@ func describeDenied(p nflog.Packet, applied *ruleset.Ruleset, podAt func(netip.A
 		kv = append(kv, "rule", rule)
 	}
 	return kv, true
+}
+
+// chainOwner returns the owner of the chain a log prefix names, or, when the ruleset
+// has no such chain, of a chain holding a rule that logs with that prefix. Audit mode
+// copies isolation and deny chains with their log rules, prefixes unchanged (the
+// prefix is how the log finds the chain), and drops the originals no pod reaches any
+// more; the copies keep the originals' direction and policies.
+func chainOwner(applied *ruleset.Ruleset, chain, prefix string) *ruleset.ChainOwner {
+	if co := applied.Owners.Chain(chain); co != nil {
+		return co
+	}
+	for _, ch := range applied.Chains {
+		for _, r := range ch.Rules {
+			if r.Log != nil && r.Log.Prefix == prefix {
+				if co := applied.Owners.Chain(ch.Name); co != nil {
+					return co
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// describeWouldDeny is describeDenied for the packets an audit-deny chain logs: a
+// connection that the audited policies the chain's owner names would deny, and that
+// passes. ok is false for packets of other chains.
+func describeWouldDeny(p nflog.Packet, applied *ruleset.Ruleset, podAt func(netip.Addr) string) (kv []any, ok bool) {
+	chain, dir, ok := compiler.AuditDenyChainOf(p.Prefix)
+	if !ok {
+		return nil, false
+	}
+	who := func(a netip.Addr) string {
+		if key := podAt(a); key != "" {
+			return key
+		}
+		return a.String()
+	}
+	var policies []string
+	if applied != nil {
+		if co := applied.Owners.Chain(chain); co != nil {
+			for _, ref := range co.Policies {
+				policies = append(policies, ref.String())
+			}
+		}
+	}
+	kv = []any{"src", who(p.Src), "dst", who(p.Dst), "proto", ruleset.ProtoName(p.Proto)}
+	if p.DPort != 0 {
+		kv = append(kv, "port", int(p.DPort))
+	}
+	return append(kv, "direction", string(dir), "policies", policies, "chain", chain), true
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/nftpolicy/nftpolicy/pkg/compiler"
 	"github.com/nftpolicy/nftpolicy/pkg/model"
 	"github.com/nftpolicy/nftpolicy/pkg/nflog"
+	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
 	"github.com/nftpolicy/nftpolicy/pkg/tracer"
 )
 
@@ -132,5 +133,105 @@ func TestDescribeDeniedClusterRule(t *testing.T) {
 	if !ok || !strings.Contains(got, "policies [ClusterNetworkPolicy/guard]") ||
 		!strings.Contains(got, "rule ClusterNetworkPolicy guard, rule no-other, Admin tier, priority 7") {
 		t.Errorf("got %v", kv)
+	}
+}
+
+// loggedPrefix traces a first packet from src to dst (TCP 80) through rs and returns
+// the prefix of the log rule on its path ("" when none) and whether it passed.
+func loggedPrefix(t *testing.T, rs *ruleset.Ruleset, src, dst string) (string, bool) {
+	t.Helper()
+	tr := tracer.Trace(rs, tracer.Packet{Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst), Proto: 6, DPort: 80})
+	prefix := ""
+	for _, s := range tr.Steps {
+		if ch := rs.Chain(s.Chain); ch != nil && s.Rule >= 0 && ch.Rules[s.Rule].Log != nil {
+			prefix = ch.Rules[s.Rule].Log.Prefix
+		}
+	}
+	return prefix, tr.Allowed()
+}
+
+// Audited policies under --log-denied: a connection an audited policy would deny
+// passes and its logged packet becomes a "would deny" line naming the pods, the port
+// and the audited policy; one the enforced policies drop is still a "denied
+// connection" naming only the enforced policies, although the isolation chain its log
+// rule names exists only as audit mode's copy.
+func TestDescribeWouldDeny(t *testing.T) {
+	rs := compiler.Compile(auditSnapshot(), compiler.Options{LogDenied: true}).Ruleset
+	pods := map[netip.Addr]string{}
+	for _, p := range auditSnapshot().Pods {
+		pods[p.IPs[0]] = p.Key()
+	}
+	podAt := func(a netip.Addr) string { return pods[a] }
+	line := func(src, dst string) (string, bool) {
+		t.Helper()
+		prefix, allowed := loggedPrefix(t, rs, src, dst)
+		if prefix == "" {
+			t.Fatalf("%s -> %s: nothing logged", src, dst)
+		}
+		pkt := nflog.Packet{Prefix: prefix, Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst), Proto: 6, SPort: 40000, DPort: 80}
+		denied, dok := describeDenied(pkt, rs, podAt)
+		would, wok := describeWouldDeny(pkt, rs, podAt)
+		if dok == wok {
+			t.Fatalf("prefix %q: denied %v, would deny %v; want exactly one", prefix, dok, wok)
+		}
+		if wok {
+			return "would deny " + fmt.Sprint(would), allowed
+		}
+		return "denied " + fmt.Sprint(denied), allowed
+	}
+	const db, cache, other = "10.0.0.2", "10.0.0.5", "10.0.0.4"
+	got, allowed := line(other, cache)
+	if want := "would deny [src app/other dst app/cache proto tcp port 80 direction ingress policies [app/deny-all] chain audit-deny-in-"; !allowed || !strings.HasPrefix(got, want) {
+		t.Errorf("other -> cache (allowed %v):\n %s\nwant allowed,\n %s...", allowed, got, want)
+	}
+	got, allowed = line(other, db)
+	if want := "denied [src app/other dst app/db proto tcp port 80 direction ingress policies [app/allow-web] chain isolate-in-"; allowed || !strings.HasPrefix(got, want) {
+		t.Errorf("other -> db (allowed %v):\n %s\nwant denied,\n %s...", allowed, got, want)
+	}
+	if _, ok := describeWouldDeny(nflog.Packet{Prefix: "isolate-in-0123 "}, rs, podAt); ok {
+		t.Error("an isolation chain's prefix was described as a would-be denial")
+	}
+}
+
+// Under --audit a ClusterNetworkPolicy's Deny rule logs "would deny" naming the policy.
+func TestDescribeWouldDenyAuditNode(t *testing.T) {
+	snap := auditSnapshot()
+	snap.Policies = nil
+	snap.ClusterPolicies = []*cnp.ClusterNetworkPolicy{{ObjectMeta: metav1.ObjectMeta{Name: "guard"}, Spec: cnp.ClusterNetworkPolicySpec{
+		Tier: cnp.AdminTier, Priority: 7,
+		Subject: cnp.ClusterNetworkPolicySubject{Namespaces: &metav1.LabelSelector{}},
+		Ingress: []cnp.ClusterNetworkPolicyIngressRule{{Name: "no-other", Action: cnp.ClusterNetworkPolicyRuleActionDeny,
+			From: []cnp.ClusterNetworkPolicyIngressPeer{{Pods: &cnp.NamespacedPod{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "other"}}}}}}},
+	}}}
+	rs := compiler.Compile(snap, compiler.Options{Audit: true, LogDenied: true}).Ruleset
+	prefix, allowed := loggedPrefix(t, rs, "10.0.0.4", "10.0.0.2")
+	if !allowed {
+		t.Fatal("dropped under --audit")
+	}
+	kv, ok := describeWouldDeny(nflog.Packet{Prefix: prefix, Src: netip.MustParseAddr("10.0.0.4"), Dst: netip.MustParseAddr("10.0.0.2"), Proto: 6, DPort: 80}, rs,
+		func(netip.Addr) string { return "" })
+	if got := fmt.Sprint(kv[:12]); !ok || got != "[src 10.0.0.4 dst 10.0.0.2 proto tcp port 80 direction ingress policies [ClusterNetworkPolicy/guard]]" {
+		t.Errorf("prefix %q: got %v", prefix, kv)
+	}
+}
+
+// Between the kernel commit of a ruleset and the Syncer noting it, packets are logged
+// in the new chains: their policies are read from the ruleset being applied.
+func TestRulesetForPacketsOfTheRulesetBeingApplied(t *testing.T) {
+	old := compiler.Compile(&model.Snapshot{NodeName: "n1", Namespaces: map[string]*model.Namespace{}}, compiler.Options{LogDenied: true}).Ruleset
+	next := compiler.Compile(auditSnapshot(), compiler.Options{LogDenied: true}).Ruleset
+	prefix, _ := loggedPrefix(t, next, "10.0.0.4", "10.0.0.5")
+	s := &Syncer{}
+	s.applied.Store(old)
+	s.applying.Store(next)
+	if got := s.rulesetFor(prefix); got != next {
+		t.Errorf("prefix %q of the ruleset being applied: got the applied one", prefix)
+	}
+	if got := s.rulesetFor("isolate-in-unknown "); got != old {
+		t.Error("a prefix no ruleset has: want the applied ruleset")
+	}
+	s.applied.Store(next)
+	if got := s.rulesetFor(prefix); got != next {
+		t.Error("once applied: want the applied ruleset")
 	}
 }

@@ -33,6 +33,10 @@ var (
 		Name: "nftpolicy_cache_objects",
 		Help: "Objects the agent holds (informer caches and compiler indexes) by kind: pods, namespaces, networkpolicies, clusternetworkpolicies, nodes.",
 	}, []string{"kind"})
+	auditMode = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "nftpolicy_audit_mode",
+		Help: "1 when the agent runs with --audit: this node enforces no policy, it counts and logs what the policies would deny; 0 when it enforces.",
+	})
 	nodeEventsSuppressed = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "nftpolicy_node_events_suppressed_total",
 		Help: "Dataplane failures not reported as a Node Event because the same error was reported less than the rate limit ago.",
@@ -40,5 +44,5 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(syncDuration, syncFailures, driftRepairs, revokedFlows, rulesetSize, cacheObjects, nodeEventsSuppressed)
+	metrics.Registry.MustRegister(syncDuration, syncFailures, driftRepairs, revokedFlows, rulesetSize, cacheObjects, auditMode, nodeEventsSuppressed)
 }

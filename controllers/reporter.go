@@ -63,7 +63,8 @@ import (
 // compilerOptions are the options of the engine and of Validate alike, so that a
 // policy validated here is reported with the text its compile would give.
 func (s *Syncer) compilerOptions() compiler.Options {
-	return compiler.Options{Table: s.Table, Revocation: s.Flows != nil, SCTPUnsupported: s.SCTPUnsupported, LogDenied: s.LogDenied}
+	return compiler.Options{Table: s.Table, Revocation: s.Flows != nil && !s.Audit, SCTPUnsupported: s.SCTPUnsupported,
+		LogDenied: s.LogDenied, Audit: s.Audit}
 }
 
 // setPolicy hands a new or changed policy to the engine and validates it.

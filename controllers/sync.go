@@ -96,15 +96,23 @@ type Syncer struct {
 	// LogDenied adds the rate-limited nflog rule to the isolation chains
 	// (compiler.Options.LogDenied); RunDenyLog reports what it logs.
 	LogDenied bool
+	// Audit puts the whole node in audit mode (compiler.Options.Audit): nothing is
+	// dropped, and every connection the policies would deny is counted (and under
+	// LogDenied logged as "would deny") instead. Revocation is off under Audit, whatever
+	// Flows says: nothing is enforced, so nothing is to be revoked.
+	Audit bool
 	// ClusterPolicyCheckPeriod is how often discovery is asked whether the
 	// ClusterNetworkPolicy CRD is served, so that one installed or removed while the
 	// agent runs is followed without a restart (clusterpolicies.go); 0 leaves
 	// ClusterNetworkPolicies unwatched. The manager's scheme must know them (cnp.Install).
 	ClusterPolicyCheckPeriod time.Duration
 
-	ready      atomic.Bool
-	applied    atomic.Pointer[ruleset.Ruleset] // the ruleset in the kernel (Applied)
-	nodeEvents eventLimiter                    // Node Events already sent (nodeevents.go)
+	ready   atomic.Bool
+	applied atomic.Pointer[ruleset.Ruleset] // the ruleset in the kernel (Applied)
+	// applying is the ruleset of the Apply in progress (or of the last one): the kernel
+	// may log packets in its new chains before Apply returns and applied is updated.
+	applying   atomic.Pointer[ruleset.Ruleset]
+	nodeEvents eventLimiter // Node Events already sent (nodeevents.go)
 	mu         sync.Mutex
 	lastVerify time.Time
 	reported   map[string]bool // problems already reported as Events
@@ -163,6 +171,11 @@ type dirtyKey struct {
 // agent reports the problems no node's compile reports (reporter.go), and their labels
 // and addresses are what ClusterNetworkPolicy `nodes` peers match.
 func (s *Syncer) SetupWithManager(mgr ctrl.Manager) error {
+	if s.Audit {
+		auditMode.Set(1)
+	} else {
+		auditMode.Set(0)
+	}
 	s.kicks = make(chan kickEvent, 1)
 	c, err := ctrl.NewControllerManagedBy(mgr).
 		Named("nftpolicy").
@@ -301,6 +314,7 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 	compiled := time.Now()
 
 	opts := dataplane.ApplyOptions{ReadBack: verify, Changes: changes, BaseGeneration: s.gen}
+	s.applying.Store(res.Ruleset)
 	out, err := s.Dataplane.Apply(ctx, res.Ruleset, opts)
 	s.gen = out.Generation
 	syncDuration.WithLabelValues(phaseCompute).Observe(compiled.Sub(start).Seconds())
@@ -323,7 +337,7 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 		driftRepairs.Inc()
 		s.Log.Info("kernel table differed from the applied ruleset; repaired", "ops", out.Ops)
 	}
-	if out.Ops > 0 && s.Flows != nil {
+	if out.Ops > 0 && s.Flows != nil && !s.Audit {
 		// A failure here leaves flows running that should stop, but the rules are in
 		// force for every new connection: log, count, and retry with the next sync.
 		if err := s.revoke(res.Ruleset); err != nil {

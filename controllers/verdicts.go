@@ -37,6 +37,18 @@ var (
 	descClusterRuleBytes = prometheus.NewDesc("nftpolicy_cluster_policy_rule_bytes_total",
 		"Bytes of the packets counted by nftpolicy_cluster_policy_rule_packets_total.",
 		[]string{"policy", "tier", "direction", "rule", "action"}, nil)
+	descAuditDeniedPackets = prometheus.NewDesc("nftpolicy_policy_audit_denied_packets_total",
+		"Packets of new connections that policies in audit mode (annotation nftpolicy.io/mode: audit, or every policy under --audit) would deny and that passed, counted for each such policy; namespace is empty for a ClusterNetworkPolicy (kernel rule counters; they restart when the audit chain is rewritten).",
+		[]string{"namespace", "policy", "direction"}, nil)
+	descAuditDeniedBytes = prometheus.NewDesc("nftpolicy_policy_audit_denied_bytes_total",
+		"Bytes of the packets counted by nftpolicy_policy_audit_denied_packets_total.",
+		[]string{"namespace", "policy", "direction"}, nil)
+	descAuditAllowedPackets = prometheus.NewDesc("nftpolicy_policy_audit_allowed_packets_total",
+		"Packets of new connections that policies in audit mode would allow and that the enforced policies dropped, counted for each audited policy of the pod; namespace is empty for a ClusterNetworkPolicy (kernel rule counters; they restart when the audit chain is rewritten).",
+		[]string{"namespace", "policy", "direction"}, nil)
+	descAuditAllowedBytes = prometheus.NewDesc("nftpolicy_policy_audit_allowed_bytes_total",
+		"Bytes of the packets counted by nftpolicy_policy_audit_allowed_packets_total.",
+		[]string{"namespace", "policy", "direction"}, nil)
 	descPodsIsolated = prometheus.NewDesc("nftpolicy_local_pods_isolated",
 		"Addresses of local pods isolated by at least one policy, by direction (a dual-stack pod counts once per address family).",
 		[]string{"direction"}, nil)
@@ -64,7 +76,8 @@ var _ prometheus.Collector = (*VerdictCollector)(nil)
 
 // Describe implements prometheus.Collector.
 func (c *VerdictCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descAllowedPackets, descAllowedBytes, descDroppedPackets, descClusterRulePackets, descClusterRuleBytes, descPodsIsolated, descPolicies} {
+	for _, d := range []*prometheus.Desc{descAllowedPackets, descAllowedBytes, descDroppedPackets, descClusterRulePackets, descClusterRuleBytes,
+		descAuditDeniedPackets, descAuditDeniedBytes, descAuditAllowedPackets, descAuditAllowedBytes, descPodsIsolated, descPolicies} {
 		ch <- d
 	}
 }
@@ -117,6 +130,14 @@ func (c *VerdictCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descClusterRulePackets, prometheus.CounterValue, float64(n.packets), k.policy, k.tier, k.dir, k.rule, k.action)
 		ch <- prometheus.MustNewConstMetric(descClusterRuleBytes, prometheus.CounterValue, float64(n.bytes), k.policy, k.tier, k.dir, k.rule, k.action)
 	}
+	for k, n := range v.auditDenied {
+		ch <- prometheus.MustNewConstMetric(descAuditDeniedPackets, prometheus.CounterValue, float64(n.packets), k.namespace, k.name, k.dir)
+		ch <- prometheus.MustNewConstMetric(descAuditDeniedBytes, prometheus.CounterValue, float64(n.bytes), k.namespace, k.name, k.dir)
+	}
+	for k, n := range v.auditAllowed {
+		ch <- prometheus.MustNewConstMetric(descAuditAllowedPackets, prometheus.CounterValue, float64(n.packets), k.namespace, k.name, k.dir)
+		ch <- prometheus.MustNewConstMetric(descAuditAllowedBytes, prometheus.CounterValue, float64(n.bytes), k.namespace, k.name, k.dir)
+	}
 }
 
 type policyDir struct{ namespace, name, dir string }
@@ -135,6 +156,10 @@ type verdicts struct {
 	dropped  map[policyDir]uint64
 	cluster  map[clusterRuleKey]packetsBytes
 	policies map[ruleset.PolicyRef]bool // policies in force
+	// auditDenied and auditAllowed: what audited policies would have denied (and
+	// passed) or allowed (and was dropped), per policy; a ClusterNetworkPolicy has an
+	// empty namespace.
+	auditDenied, auditAllowed map[policyDir]packetsBytes
 }
 
 // attribute maps the kernel counters onto policies through the owners of the applied
@@ -146,12 +171,42 @@ type verdicts struct {
 // Allow rules are attributed to the policy rule they compile (several allow rules of
 // one policy rule are summed), the drop ending an isolation chain to every policy the
 // chain isolates with.
+//
+// Audit mode (compiler/audit.go) copies chains. The shadow copies, which judge as if
+// the audited policies were enforced, have no counters and are skipped; the copies of
+// the enforced chains keep their roles, owners and counters and count what they really
+// accept and drop, each packet in one copy only, so the sums above stay true. The
+// audit-deny and audit-allow chains count, once each, what the audited policies they
+// name would have done differently.
 func attribute(rs *ruleset.Ruleset, kernel map[string][]dataplane.RuleCounter) verdicts {
 	v := verdicts{allowed: map[ruleKey]packetsBytes{}, dropped: map[policyDir]uint64{}, cluster: map[clusterRuleKey]packetsBytes{},
-		policies: map[ruleset.PolicyRef]bool{}}
+		policies: map[ruleset.PolicyRef]bool{}, auditDenied: map[policyDir]packetsBytes{}, auditAllowed: map[policyDir]packetsBytes{}}
 	for _, ch := range rs.Chains {
 		co := rs.Owners.Chain(ch.Name)
 		if co == nil {
+			continue
+		}
+		if co.Role == ruleset.RoleAuditDeny || co.Role == ruleset.RoleAuditAllow {
+			into := v.auditDenied
+			if co.Role == ruleset.RoleAuditAllow {
+				into = v.auditAllowed
+			}
+			kc, ok := lineUp(ch, kernel[ch.Name])
+			if !ok {
+				continue
+			}
+			for i, ro := range co.Rules {
+				if ro.Role != co.Role || !ch.Rules[i].Counter || !kc[i].Counted {
+					continue
+				}
+				for _, p := range co.Policies {
+					k := policyDir{p.Namespace, p.Name, string(co.Direction)}
+					pb := into[k]
+					pb.packets += kc[i].Packets
+					pb.bytes += kc[i].Bytes
+					into[k] = pb
+				}
+			}
 			continue
 		}
 		// A ClusterNetworkPolicy rule is counted where the tier chains match it (not

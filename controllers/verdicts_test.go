@@ -16,6 +16,7 @@ import (
 	"github.com/nftpolicy/nftpolicy/pkg/dataplane"
 	"github.com/nftpolicy/nftpolicy/pkg/model"
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
+	"github.com/nftpolicy/nftpolicy/pkg/tracer"
 )
 
 // Counts are attributed through the owners of the applied ruleset: accept rules to the
@@ -200,5 +201,127 @@ func TestAttributeClusterRules(t *testing.T) {
 	}
 	if fmt.Sprint(v.cluster) != fmt.Sprint(want) {
 		t.Errorf("cluster rules %v, want %v", v.cluster, want)
+	}
+}
+
+// auditSnapshot is node n1 with, in namespace app, db (tier=backend, app=db), cache
+// (tier=backend), locked (app=locked), and the clients web and other:
+//   - deny-all (audited) isolates db and cache for ingress, allowing nothing;
+//   - allow-web (enforced) isolates db, allowing web;
+//   - lock (enforced) isolates locked, allowing nothing, and open (audited) allows all
+//     to locked.
+func auditSnapshot() *model.Snapshot {
+	pod := func(name, ip string, l map[string]string) *model.Pod {
+		return &model.Pod{Namespace: "app", Name: name, NodeName: "n1", Labels: l, Phase: corev1.PodRunning, IPs: []netip.Addr{netip.MustParseAddr(ip)}}
+	}
+	sel := func(k, v string) metav1.LabelSelector {
+		return metav1.LabelSelector{MatchLabels: map[string]string{k: v}}
+	}
+	audited := map[string]string{compiler.AuditAnnotation: compiler.ModeAudit}
+	webSel := sel("app", "web")
+	return &model.Snapshot{NodeName: "n1",
+		Pods: []*model.Pod{
+			pod("db", "10.0.0.2", map[string]string{"app": "db", "tier": "backend"}),
+			pod("cache", "10.0.0.5", map[string]string{"app": "cache", "tier": "backend"}),
+			pod("locked", "10.0.0.6", map[string]string{"app": "locked"}),
+			pod("web", "10.0.0.3", map[string]string{"app": "web"}),
+			pod("other", "10.0.0.4", map[string]string{"app": "other"}),
+		},
+		Namespaces: map[string]*model.Namespace{"app": {Name: "app"}},
+		Policies: []*networkingv1.NetworkPolicy{
+			{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "deny-all", Annotations: audited}, Spec: networkingv1.NetworkPolicySpec{PodSelector: sel("tier", "backend")}},
+			{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "allow-web"}, Spec: networkingv1.NetworkPolicySpec{PodSelector: sel("app", "db"),
+				Ingress: []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{PodSelector: &webSel}}}}}},
+			{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "lock"}, Spec: networkingv1.NetworkPolicySpec{PodSelector: sel("app", "locked")}},
+			{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "open", Annotations: audited}, Spec: networkingv1.NetworkPolicySpec{PodSelector: sel("app", "locked"),
+				Ingress: []networkingv1.NetworkPolicyIngressRule{{}}}},
+		},
+	}
+}
+
+// countTraffic is a kernel that saw the connections: each first packet (100 bytes),
+// traced through rs, adds one to the counter of every counted rule on its path.
+func countTraffic(t *testing.T, rs *ruleset.Ruleset, conns [][2]string) map[string][]dataplane.RuleCounter {
+	t.Helper()
+	kernel := map[string][]dataplane.RuleCounter{}
+	for _, ch := range rs.Chains {
+		for _, r := range ch.Rules {
+			kernel[ch.Name] = append(kernel[ch.Name], dataplane.RuleCounter{Counted: r.Counter, Comment: r.Comment})
+		}
+	}
+	tr := tracer.New(rs)
+	for _, c := range conns {
+		res := tr.Trace(tracer.Packet{Src: netip.MustParseAddr(c[0]), Dst: netip.MustParseAddr(c[1]), Proto: 6, DPort: 80})
+		for _, s := range res.Steps {
+			if s.Rule >= 0 && kernel[s.Chain][s.Rule].Counted {
+				kernel[s.Chain][s.Rule].Packets++
+				kernel[s.Chain][s.Rule].Bytes += 100
+			}
+		}
+	}
+	return kernel
+}
+
+// Audited policies: the audit-deny chain's count goes to the audited policy that would
+// deny, the audit-allow chain's to the audited policy that would allow; the enforced
+// policies' allow and drop counters, in the copies audit mode makes of their chains,
+// count what really passed and was dropped, once; audited policies are not in force.
+func TestAttributeAudit(t *testing.T) {
+	res := compiler.Compile(auditSnapshot(), compiler.Options{})
+	if len(res.Problems) > 0 {
+		t.Fatal(res.Problems)
+	}
+	const db, cache, locked, web, other = "10.0.0.2", "10.0.0.5", "10.0.0.6", "10.0.0.3", "10.0.0.4"
+	kernel := countTraffic(t, res.Ruleset, [][2]string{
+		{other, cache}, {other, cache}, {web, cache}, // deny-all would deny; passes
+		{other, db}, {other, db}, // allow-web denies (and deny-all would)
+		{web, db},     // allowed either way
+		{web, locked}, // lock denies, open would allow
+	})
+	v := attribute(res.Ruleset, kernel)
+	checkVerdicts(t, v, map[ruleKey]packetsBytes{{"app", "allow-web", "ingress", "0"}: {1, 100}},
+		map[policyDir]uint64{{"app", "allow-web", "ingress"}: 2, {"app", "lock", "ingress"}: 1}, 2)
+	wantDenied := map[policyDir]packetsBytes{{"app", "deny-all", "ingress"}: {3, 300}}
+	// db's audit-allow chain exists (allow-web drops there) but nothing in the class
+	// would allow what allow-web drops: its series is 0.
+	wantAllowed := map[policyDir]packetsBytes{{"app", "open", "ingress"}: {1, 100}, {"app", "deny-all", "ingress"}: {0, 0}}
+	if fmt.Sprint(v.auditDenied) != fmt.Sprint(wantDenied) || fmt.Sprint(v.auditAllowed) != fmt.Sprint(wantAllowed) {
+		t.Errorf("audit denied %v, allowed %v; want %v, %v", v.auditDenied, v.auditAllowed, wantDenied, wantAllowed)
+	}
+}
+
+// Under --audit (Options.Audit) nothing is enforced: every would-be drop is counted
+// for the policies dropping it, a ClusterNetworkPolicy's with an empty namespace, and
+// no policy allows, drops or is in force.
+func TestAttributeAuditNode(t *testing.T) {
+	snap := auditSnapshot()
+	snap.Policies = snap.Policies[1:3] // allow-web and lock, unannotated: --audit audits them
+	snap.ClusterPolicies = []*cnp.ClusterNetworkPolicy{{ObjectMeta: metav1.ObjectMeta{Name: "guard"}, Spec: cnp.ClusterNetworkPolicySpec{
+		Tier: cnp.AdminTier, Priority: 7,
+		Subject: cnp.ClusterNetworkPolicySubject{Pods: &cnp.NamespacedPod{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "cache"}}}},
+		Ingress: []cnp.ClusterNetworkPolicyIngressRule{{Name: "no-other", Action: cnp.ClusterNetworkPolicyRuleActionDeny,
+			From: []cnp.ClusterNetworkPolicyIngressPeer{{Pods: &cnp.NamespacedPod{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "other"}}}}}}},
+	}}}
+	res := compiler.Compile(snap, compiler.Options{Audit: true, LogDenied: true})
+	if len(res.Problems) > 0 {
+		t.Fatal(res.Problems)
+	}
+	const db, cache, locked, web, other = "10.0.0.2", "10.0.0.5", "10.0.0.6", "10.0.0.3", "10.0.0.4"
+	conns := [][2]string{{other, cache}, {web, cache}, {other, db}, {other, db}, {web, db}, {web, locked}}
+	for _, c := range conns {
+		if tr := tracer.Trace(res.Ruleset, tracer.Packet{Src: netip.MustParseAddr(c[0]), Dst: netip.MustParseAddr(c[1]), Proto: 6, DPort: 80}); !tr.Allowed() {
+			t.Errorf("%v dropped under --audit: %v", c, tr.Steps)
+		}
+	}
+	v := attribute(res.Ruleset, countTraffic(t, res.Ruleset, conns))
+	checkVerdicts(t, v, nil, nil, 0)
+	want := map[policyDir]packetsBytes{
+		{"", "guard", "ingress"}:        {1, 100},
+		{"app", "allow-web", "ingress"}: {2, 200},
+		{"app", "lock", "ingress"}:      {1, 100},
+	}
+	if fmt.Sprint(v.auditDenied) != fmt.Sprint(want) || len(v.auditAllowed) != 0 {
+		t.Errorf("audit denied %v, allowed %v; want %v and none", v.auditDenied, v.auditAllowed, want)
 	}
 }

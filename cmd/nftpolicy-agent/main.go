@@ -50,6 +50,7 @@ type options struct {
 	table        string
 	revoke       bool
 	logDenied    bool
+	audit        bool
 	verbosity    int
 	gcPercent    int
 	pprofAddr    string
@@ -76,10 +77,11 @@ func run(args []string) error {
 	fs.StringVar(&o.probeAddr, "health-probe-bind-address", ":9091", "Address of the /healthz and /readyz endpoints; \"0\" disables them.")
 	fs.DurationVar(&o.resyncPeriod, "resync-period", time.Minute, "How often the kernel table is read back and drift repaired; 0 disables it.")
 	fs.StringVar(&o.table, "table", compiler.DefaultTable, "Name of the nftables table (family inet) the agent owns.")
-	fs.BoolVar(&o.revoke, "revoke-established", true, "Stop established connections that a policy change denies: their conntrack entries get the revoked mark, which the ruleset drops in both directions, and lose it when a later change allows them again.")
+	fs.BoolVar(&o.revoke, "revoke-established", true, "Stop established connections that a policy change denies: their conntrack entries get the revoked mark, which the ruleset drops in both directions, and lose it when a later change allows them again. Ignored under --audit.")
 	fs.IntVar(&o.verbosity, "v", 0, "Log verbosity: 0 info, 1 every sync, 2 and more debug.")
 	fs.IntVar(&o.gcPercent, "gc-percent", 25, "Go GC target percentage (GOGC) once the first ruleset is applied. The agent holds a large, stable cache and allocates little once synced, so a low value keeps its memory near the live heap at little CPU cost (startup, which decodes the whole cluster, runs with Go's default 100); the GOGC environment variable overrides it, and GOMEMLIMIT (set by the Helm chart from the memory limit) bounds it.")
 	fs.BoolVar(&o.logDenied, "log-denied", false, "Log the first packets of denied connections (rate-limited, through nflog group 100) as \"denied connection\" lines naming the pods, port and isolating policies.")
+	fs.BoolVar(&o.audit, "audit", false, "Audit mode for the whole node, for a first install into a running cluster: no policy is enforced, nothing is dropped; every connection the policies would deny is counted (nftpolicy_policy_audit_denied_packets_total) and, with --log-denied, logged as \"would deny\". /readyz stays ready but says so, and nftpolicy_audit_mode is 1. --revoke-established is ignored (nothing is enforced, so nothing is revoked).")
 	fs.StringVar(&o.pprofAddr, "pprof-bind-address", "0", "Address of the Go pprof endpoints (/debug/pprof/); \"0\" disables them.")
 	fs.DurationVar(&o.cnpCheck, "cluster-policy-check-period", controllers.DefaultClusterPolicyCheckPeriod, "How often the agent asks the API server whether the ClusterNetworkPolicy CRD (policy.networking.k8s.io/v1beta1) is served, so that one installed or removed later is followed without a restart (sooner after a failed check); 0 ignores ClusterNetworkPolicies.")
 	fs.Usage = func() {
@@ -132,9 +134,11 @@ func run(args []string) error {
 		return err
 	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                 scheme,
-		Metrics:                metricsOpts,
-		HealthProbeBindAddress: o.probeAddr,
+		Scheme:  scheme,
+		Metrics: metricsOpts,
+		// The agent serves the probes itself (controllers.Probes): under --audit /readyz
+		// says that the node enforces nothing.
+		HealthProbeBindAddress: "0",
 		PprofBindAddress:       o.pprofAddr,
 		Cache: cache.Options{
 			// ClusterNetworkPolicies are small and few: stripping managedFields is all
@@ -173,6 +177,7 @@ func run(args []string) error {
 		ClusterPolicyCheckPeriod: o.cnpCheck,
 		// This kernel cannot match SCTP ports: policies using them get an Event.
 		SCTPUnsupported: !controllers.KernelHasSCTP(),
+		Audit:           o.audit,
 	}
 	if o.metricsAddr != "0" {
 		// Per-policy verdict counters, read from the kernel at scrape time.
@@ -186,18 +191,12 @@ func run(args []string) error {
 			return fmt.Errorf("adding the denied-connection log: %w", err)
 		}
 	}
-	if o.revoke {
+	if o.revoke && !o.audit {
 		syncer.Flows = &conntrack.Table{}
 		syncer.LocalAddrs = localAddrs
 	}
 	if err := syncer.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the controller: %w", err)
-	}
-	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
-		return err
-	}
-	if err := mgr.AddReadyzCheck("ruleset", syncer.ReadyCheck); err != nil {
-		return err
 	}
 	// Not ready while the API server is unreachable: the last ruleset stays enforced,
 	// but policy changes are not seen until it returns.
@@ -205,10 +204,28 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := mgr.AddReadyzCheck("apiserver", apiCheck.Check); err != nil {
-		return err
+	if o.probeAddr != "0" {
+		probes := &controllers.Probes{
+			Healthz: map[string]healthz.Checker{"healthz": healthz.Ping},
+			Readyz:  map[string]healthz.Checker{"ruleset": syncer.ReadyCheck, "apiserver": apiCheck.Check},
+		}
+		if o.audit {
+			probes.ReadyNote = controllers.AuditReadyNote
+		}
+		srv, err := probes.Server(context.Background(), o.probeAddr)
+		if err != nil {
+			return err
+		}
+		if err := mgr.Add(srv); err != nil {
+			return fmt.Errorf("adding the health probe server: %w", err)
+		}
 	}
-	log.Info("starting", "node", o.nodeName, "table", "inet "+o.table, "resyncPeriod", o.resyncPeriod, "clusterPolicyCheckPeriod", o.cnpCheck)
+	if o.audit {
+		// Loud on purpose: a node in audit mode looks healthy in every other way.
+		log.Info("AUDIT MODE: this node enforces no policy; connections policies would deny are counted and logged, not dropped",
+			"flag", "--audit", "revokeEstablished", "ignored", "logDenied", o.logDenied)
+	}
+	log.Info("starting", "node", o.nodeName, "table", "inet "+o.table, "resyncPeriod", o.resyncPeriod, "clusterPolicyCheckPeriod", o.cnpCheck, "audit", o.audit)
 	// On SIGTERM the manager stops and the table stays in the kernel: the node keeps
 	// enforcing the last ruleset until the next agent replaces it (fail closed).
 	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {

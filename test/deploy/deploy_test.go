@@ -303,7 +303,7 @@ func TestChart(t *testing.T) {
 		ctr := checkAgent(t, ds)
 		wantArgs := []string{
 			"--node-name=$(NODE_NAME)", "--health-probe-bind-address=:19091", "--metrics-bind-address=:19090",
-			"--metrics-secure=true", "--metrics-cert-dir=/etc/nftpolicy/metrics-certs", "--resync-period=30s", "--revoke-established=false", "--log-denied=true", "--table=nftpolicy_test", "--cluster-policy-check-period=5s", "-v=2", "--kubeconfig=",
+			"--metrics-secure=true", "--metrics-cert-dir=/etc/nftpolicy/metrics-certs", "--resync-period=30s", "--revoke-established=false", "--log-denied=true", "--audit", "--table=nftpolicy_test", "--cluster-policy-check-period=5s", "-v=2", "--kubeconfig=",
 		}
 		if !slices.Equal(ctr.Args, wantArgs) {
 			t.Errorf("args = %q, want %q", ctr.Args, wantArgs)
