@@ -125,25 +125,10 @@ func describeDenied(p nflog.Packet, applied *ruleset.Ruleset, podAt func(netip.A
 	return kv, true
 }
 
-// chainOwner returns the owner of the chain a log prefix names, or, when the ruleset
-// has no such chain, of a chain holding a rule that logs with that prefix. Audit mode
-// copies isolation and deny chains with their log rules, prefixes unchanged (the
-// prefix is how the log finds the chain), and drops the originals no pod reaches any
-// more; the copies keep the originals' direction and policies.
-func chainOwner(applied *ruleset.Ruleset, chain, prefix string) *ruleset.ChainOwner {
-	if co := applied.Owners.Chain(chain); co != nil {
-		return co
-	}
-	for _, ch := range applied.Chains {
-		for _, r := range ch.Rules {
-			if r.Log != nil && r.Log.Prefix == prefix {
-				if co := applied.Owners.Chain(ch.Name); co != nil {
-					return co
-				}
-			}
-		}
-	}
-	return nil
+// chainOwner returns the owner of the chain a log prefix names (the compiler gives
+// every log rule its own chain's name, audit mode's copies included).
+func chainOwner(applied *ruleset.Ruleset, chain, _ string) *ruleset.ChainOwner {
+	return applied.Owners.Chain(chain)
 }
 
 // describeWouldDeny is describeDenied for the packets an audit-deny chain logs: a

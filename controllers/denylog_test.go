@@ -153,8 +153,8 @@ func loggedPrefix(t *testing.T, rs *ruleset.Ruleset, src, dst string) (string, b
 // Audited policies under --log-denied: a connection an audited policy would deny
 // passes and its logged packet becomes a "would deny" line naming the pods, the port
 // and the audited policy; one the enforced policies drop is still a "denied
-// connection" naming only the enforced policies, although the isolation chain its log
-// rule names exists only as audit mode's copy.
+// connection" naming only the enforced policies, through the owner of audit mode's copy
+// of the isolation chain (the chain its log rule names).
 func TestDescribeWouldDeny(t *testing.T) {
 	rs := compiler.Compile(auditSnapshot(), compiler.Options{LogDenied: true}).Ruleset
 	pods := map[netip.Addr]string{}
@@ -185,7 +185,7 @@ func TestDescribeWouldDeny(t *testing.T) {
 		t.Errorf("other -> cache (allowed %v):\n %s\nwant allowed,\n %s...", allowed, got, want)
 	}
 	got, allowed = line(other, db)
-	if want := "denied [src app/other dst app/db proto tcp port 80 direction ingress policies [app/allow-web] chain isolate-in-"; allowed || !strings.HasPrefix(got, want) {
+	if want := "denied [src app/other dst app/db proto tcp port 80 direction ingress policies [app/allow-web] chain enforce-in-"; allowed || !strings.HasPrefix(got, want) {
 		t.Errorf("other -> db (allowed %v):\n %s\nwant denied,\n %s...", allowed, got, want)
 	}
 	if _, ok := describeWouldDeny(nflog.Packet{Prefix: "isolate-in-0123 "}, rs, podAt); ok {

@@ -240,6 +240,12 @@ func (c *compilation) copyChain(orig string, v *copyVariant, top bool) string {
 			}
 			r.Counter = false
 		}
+		if r.Log != nil {
+			// The log names the chain it is in (the original may be gone: dropUnreachable).
+			l := *r.Log
+			l.Prefix = DenyLogPrefix(name)
+			r.Log = &l
+		}
 		switch r.Verdict.Kind {
 		case ruleset.VerdictAccept:
 			r.Verdict = v.accept()

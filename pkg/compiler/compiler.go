@@ -156,7 +156,8 @@ func IsolationChainOf(prefix string) (string, Direction, bool) {
 		return "", "", false
 	}
 	for _, dir := range []Direction{Ingress, Egress} {
-		if strings.HasPrefix(chain, isolationChainPrefix(dir)) || strings.HasPrefix(chain, denyChainPrefix(dir)) {
+		// enforce-…: audit mode's copies of isolation and deny chains (audit.go).
+		if strings.HasPrefix(chain, isolationChainPrefix(dir)) || strings.HasPrefix(chain, denyChainPrefix(dir)) || strings.HasPrefix(chain, enforceChainPrefix(dir)) {
 			return chain, dir, true
 		}
 	}

@@ -158,7 +158,7 @@ func checkOwners(rs *ruleset.Ruleset) error {
 			for i, r := range ch.Rules {
 				ro := co.Rules[i]
 				target := r.Verdict.Kind == ruleset.VerdictJump || r.Verdict.Kind == ruleset.VerdictGoto
-				if ro.Role == "" || (target && o.Chain(r.Verdict.Chain) == nil) ||
+				if ro.Role == "" || (target && o.Chain(r.Verdict.Chain) == nil) || (r.Log != nil && r.Log.Prefix != DenyLogPrefix(ch.Name)) ||
 					(ro.Role == ruleset.RoleChainEnd && (i != len(ch.Rules)-1 || len(r.Matches) != 0)) {
 					return fmt.Errorf("copied chain %s rule %d (%s): owner %+v", ch.Name, i, ruleset.FormatRule(r), ro)
 				}
