@@ -51,6 +51,8 @@ and may be repeated (--before/--after also comma-separated). reach --after witho
 --before compares the cluster (--kubeconfig) with the cluster after applying them.
 Exit status: 0 ok; 1 render --diff found a difference, explain: denied or drift,
 reach --after: a flow changed from allowed to denied; 2 error.
+Every command takes the agent's --table, --revoke-established, --audit and --log-denied,
+so that it compiles what that agent programs.
 `
 
 // errFound is a non-error outcome reported by exit status 1.
@@ -99,16 +101,21 @@ type common struct {
 	node   string
 	table  string
 	revoke bool
+	// audit and logDenied are the agent's --audit and --log-denied.
+	audit, logDenied bool
 }
 
 func (c *common) register(fs *flag.FlagSet) {
 	fs.Var(&c.files, "f", "Manifest file, directory or - (stdin); repeatable.")
 	fs.StringVar(&c.table, "table", compiler.DefaultTable, "The agent's --table.")
 	fs.BoolVar(&c.revoke, "revoke-established", true, "The agent's --revoke-established (adds the revocation rule).")
+	fs.BoolVar(&c.audit, "audit", false, "The agent's --audit (the whole node in audit mode: nothing enforced; --revoke-established ignored).")
+	fs.BoolVar(&c.logDenied, "log-denied", false, "The agent's --log-denied (adds the log rules).")
 }
 
+// options are the compiler options of an agent run with these flags.
 func (c *common) options() compiler.Options {
-	return compiler.Options{Table: c.table, Revocation: c.revoke}
+	return compiler.Options{Table: c.table, Revocation: c.revoke && !c.audit, Audit: c.audit, LogDenied: c.logDenied}
 }
 
 func parse(fs *flag.FlagSet, args []string) error {

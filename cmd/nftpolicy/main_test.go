@@ -88,3 +88,25 @@ func TestFromClusterReadsNodesAndClusterPolicies(t *testing.T) {
 		t.Errorf("with the CRD: snapshot cluster policies %v, nodes %v; want deny and n1", snap.ClusterPolicies, snap.Nodes)
 	}
 }
+
+// TestAgentModeFlags: --audit and --log-denied compile what an agent with those flags
+// programs: nothing dropped and no revocation rule under --audit, log rules with
+// --log-denied.
+func TestAgentModeFlags(t *testing.T) {
+	render := func(args ...string) string {
+		t.Helper()
+		var out strings.Builder
+		if err := run(append([]string{"render", "--node", "node2", "-f", "../../pkg/render/testdata/demo"}, args...), nil, &out); err != nil {
+			t.Fatal(err)
+		}
+		return out.String()
+	}
+	plain := render()
+	if !strings.Contains(plain, "counter drop") || strings.Contains(plain, "audit-deny-") || strings.Contains(plain, " log ") {
+		t.Fatalf("default render: want drops, no audit chains, no log rules:\n%s", plain)
+	}
+	audit := render("--audit", "--log-denied")
+	if strings.Contains(audit, "counter drop") || strings.Contains(audit, "0x10000000") || !strings.Contains(audit, "audit-deny-in-") || !strings.Contains(audit, `log prefix "audit-deny-in-`) {
+		t.Fatalf("render --audit --log-denied: want no drop at all, audit-deny chains that log:\n%s", audit)
+	}
+}
