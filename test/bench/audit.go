@@ -37,10 +37,10 @@ import (
 // h/i is the shadow evaluation's cost (reported, no target).
 
 // auditNamespaces are the synthetic namespaces of the pods of node1 and node2 (blocks
-// 0 and 1, see synNode).
-func auditNamespaces() []string {
+// 0 and 1, see synNode) that the scale s has.
+func auditNamespaces(s Scale) []string {
 	var out []string
-	for i := range 2 * synPodsPerNode / synPodsPerNS {
+	for i := range min(2*synPodsPerNode/synPodsPerNS, synNamespaceCount(s)) {
 		out = append(out, synNamespace(i))
 	}
 	return out
@@ -54,12 +54,12 @@ func audited(np *networkingv1.NetworkPolicy) *networkingv1.NetworkPolicy {
 	return np
 }
 
-// auditPolicies returns the audit load (see above).
-func auditPolicies() []*networkingv1.NetworkPolicy {
+// auditPolicies returns the audit load (see above) at scale s.
+func auditPolicies(s Scale) []*networkingv1.NetworkPolicy {
 	tcp, udp := corev1.ProtocolTCP, corev1.ProtocolUDP
 	http, dns := intstr.FromInt32(sinkPort), intstr.FromInt32(53)
 	var out []*networkingv1.NetworkPolicy
-	for i, ns := range auditNamespaces() {
+	for i, ns := range auditNamespaces(s) {
 		out = append(out,
 			audited(&networkingv1.NetworkPolicy{
 				ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "audit-deny-all"},
@@ -100,6 +100,8 @@ func auditPolicies() []*networkingv1.NetworkPolicy {
 // AuditLoad describes the audit load of configurations (g), (h) and (i).
 type AuditLoad struct {
 	Policies int `json:"policies"`
+	// Namespaces is the number of synthetic namespaces holding audited policies.
+	Namespaces int `json:"namespaces"`
 	// ShadowChains counts, per node, the chains of the captured table (g) that audit
 	// mode added: shadow-, enforce-, audit-deny- and audit-allow- chains.
 	ShadowChains map[string]int `json:"audit_chains"`
@@ -109,15 +111,15 @@ type AuditLoad struct {
 // agents dispatch server2 to a shadow chain and the client and the server to chains of
 // their own), and removes the load again, also on failure.
 func (a AuditLoad) describe(bg Scale) string {
-	return fmt.Sprintf("%d audited NetworkPolicies over %s (a deny-all and two allow policies in each of the 4 namespaces of the nodes' 200 synthetic pods, "+
+	return fmt.Sprintf("%d audited NetworkPolicies over %s (a deny-all and two allow policies in each of the %d namespaces of the nodes' synthetic pods, "+
 		"an ingress deny-all of server2); none selects client or server; %d/%d chains added by audit mode on node1/node2",
-		a.Policies, bg, a.ShadowChains["node1"], a.ShadowChains["node2"])
+		a.Policies, bg, a.Namespaces, a.ShadowChains["node1"], a.ShadowChains["node2"])
 }
 
 func (r *runner) auditRuleset(ctx context.Context) error {
 	e := r.env
-	pols := auditPolicies()
-	r.rep.DataPath.Audit = &AuditLoad{Policies: len(pols), ShadowChains: map[string]int{}}
+	pols := auditPolicies(e.loaded)
+	r.rep.DataPath.Audit = &AuditLoad{Policies: len(pols), Namespaces: len(auditNamespaces(e.loaded)), ShadowChains: map[string]int{}}
 	defer func() {
 		// Also after an interrupt: (e) and everything after must not see them.
 		_ = e.deletePolicies(context.WithoutCancel(ctx), pols)

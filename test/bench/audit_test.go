@@ -70,7 +70,10 @@ func TestDispatchChain(t *testing.T) {
 // chains, and every bench flow keeps its verdict (client2 → server2 passes through
 // the shadow copy and the enforced copy, counted nowhere).
 func TestAuditLoad(t *testing.T) {
-	pols := auditPolicies()
+	if n := len(auditPolicies(Scale{Pods: 80, Policies: 8})); n != 2*3+1 {
+		t.Errorf("%d audited policies at 80 pods, want 7 (two namespaces)", n)
+	}
+	pols := auditPolicies(Scale{Pods: 400, Policies: 40})
 	if len(pols) != 13 {
 		t.Errorf("%d audited policies, want 13", len(pols))
 	}
