@@ -36,11 +36,13 @@ import (
 	"github.com/nftpolicy/nftpolicy/test/lab"
 )
 
-// probeTimeout bounds a probe: below the kernel's initial SYN retransmission timeout
-// (1 s), so that a connection the kernel drops sends exactly one SYN, and a UDP probe
-// sends one datagram. Every probe is then exactly one packet through the class chains
-// (the rest of an allowed connection, replies included, is established).
-const probeTimeout = 800 * time.Millisecond
+// probeTimeout bounds a probe. A dropped TCP connection sends its SYN again after
+// the kernel's retransmission timeout (1 s, then 2 s): each SYN is one more packet
+// through the class chains, and the probe reads how many it sent (TCP_INFO) rather
+// than racing the timer, which a loaded machine loses. A UDP probe sends one datagram.
+// The rest of an allowed connection, replies included, is established and meets no
+// counted rule.
+const probeTimeout = 2500 * time.Millisecond
 
 // kernelPod is a pod of the lab and of the snapshot.
 type kernelPod struct {
@@ -63,8 +65,11 @@ type kernelProbe struct {
 	from, to *kernelPod
 	pkt      tracer.Packet
 	kernel   bool // the connection was established (TCP) or echoed (UDP)
-	err      error
-	trace    tracer.Result
+	// packets is the number of first packets the probe sent: 1, or with retransmitted
+	// SYNs more.
+	packets uint64
+	err     error
+	trace   tracer.Result
 }
 
 func (p *kernelProbe) String() string {
@@ -160,7 +165,7 @@ func (al *auditLab) run(t *testing.T, probes []*kernelProbe) {
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			p.kernel, p.err = connectOnce(t.Context(), p.from.lab.NS, p.pkt)
+			p.kernel, p.packets, p.err = connectOnce(t.Context(), p.from.lab.NS, p.pkt)
 		})
 	}
 	wg.Wait()
@@ -171,32 +176,25 @@ func (al *auditLab) run(t *testing.T, probes []*kernelProbe) {
 	}
 }
 
-// connectOnce opens one TCP connection (one SYN: the socket is closed before the
-// first retransmission) or sends one UDP datagram and waits for its echo. The error is
-// set only when the probe could not be carried out.
-func connectOnce(ctx context.Context, from *lab.Netns, pkt tracer.Packet) (bool, error) {
+// connectOnce opens one TCP connection or sends one UDP datagram and waits for its
+// echo; it returns whether that succeeded within probeTimeout and how many packets
+// started the connection (SYNs, retransmissions included). The error is set only when
+// the probe could not be carried out.
+func connectOnce(ctx context.Context, from *lab.Netns, pkt tracer.Packet) (bool, uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
-	to := netip.AddrPortFrom(pkt.Dst, pkt.DPort).String()
+	to := netip.AddrPortFrom(pkt.Dst, pkt.DPort)
 	switch pkt.Proto {
 	case 6:
-		c, err := from.DialContext(ctx, "tcp", to)
-		if err == nil {
-			return true, c.Close()
-		}
-		var ne net.Error
-		if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
-			return false, nil
-		}
-		return false, err
+		return connectTCP(from, to)
 	case 17:
-		c, err := from.DialContext(ctx, "udp", to)
+		c, err := from.DialContext(ctx, "udp", to.String())
 		if err != nil {
-			return false, err
+			return false, 0, err
 		}
 		defer c.Close()
 		if _, err := c.Write([]byte("audit probe")); err != nil {
-			return false, err
+			return false, 0, err
 		}
 		deadline, _ := ctx.Deadline()
 		_ = c.SetReadDeadline(deadline)
@@ -204,14 +202,79 @@ func connectOnce(ctx context.Context, from *lab.Netns, pkt tracer.Packet) (bool,
 		n, err := c.Read(buf)
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
-			return false, nil
+			return false, 1, nil
 		}
 		if err != nil {
-			return false, err
+			return false, 0, err
 		}
-		return strings.Contains(string(buf[:n]), "audit probe"), nil
+		return strings.Contains(string(buf[:n]), "audit probe"), 1, nil
 	}
-	return false, fmt.Errorf("protocol %d", pkt.Proto)
+	return false, 0, fmt.Errorf("protocol %d", pkt.Proto)
+}
+
+// connectTCP connects a non-blocking socket made in the namespace, waits up to
+// probeTimeout, reads the SYNs sent from TCP_INFO and closes with RST (SO_LINGER 0).
+func connectTCP(from *lab.Netns, to netip.AddrPort) (bool, uint64, error) {
+	var domain int
+	var sa unix.Sockaddr
+	if to.Addr().Is4() {
+		domain, sa = unix.AF_INET, &unix.SockaddrInet4{Port: int(to.Port()), Addr: to.Addr().As4()}
+	} else {
+		domain, sa = unix.AF_INET6, &unix.SockaddrInet6{Port: int(to.Port()), Addr: to.Addr().As16()}
+	}
+	fd := -1
+	err := from.Do(func() error {
+		var err error
+		fd, err = unix.Socket(domain, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		if err := unix.Connect(fd, sa); err != nil && !errors.Is(err, unix.EINPROGRESS) {
+			return fmt.Errorf("connect %s: %w", to, err)
+		}
+		return nil
+	})
+	if fd >= 0 {
+		defer func() {
+			_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+			unix.Close(fd)
+		}()
+	}
+	if err != nil {
+		return false, 0, err
+	}
+	deadline := time.Now().Add(probeTimeout)
+	connected := false
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			break
+		}
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+		n, err := unix.Poll(pfd, int(left.Milliseconds())+1)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return false, 0, fmt.Errorf("poll: %w", err)
+		}
+		if n > 0 {
+			soErr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+			if err != nil {
+				return false, 0, err
+			}
+			if soErr != 0 {
+				return false, 0, fmt.Errorf("connect %s: %w", to, unix.Errno(soErr))
+			}
+			connected = true
+		}
+		break
+	}
+	info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		return false, 0, fmt.Errorf("TCP_INFO: %w", err)
+	}
+	return connected, 1 + uint64(info.Total_retrans), nil
 }
 
 // ruleKey is a rule of the table: chain and index.
@@ -259,7 +322,11 @@ func (al *auditLab) applyAndProbe(t *testing.T, nps []*networkingv1.NetworkPolic
 
 	tr := tracer.New(rs)
 	want := map[ruleKey]uint64{}
+	retransmitted := 0
 	for _, p := range run.probes {
+		if p.packets > 1 {
+			retransmitted++
+		}
 		p.trace = tr.Trace(p.pkt)
 		if p.kernel != p.trace.Allowed() {
 			t.Errorf("%s: the kernel %s, the tracer %s:\n%s", p, passed(p.kernel), passed(p.trace.Allowed()), formatSteps(p.trace.Steps))
@@ -270,7 +337,7 @@ func (al *auditLab) applyAndProbe(t *testing.T, nps []*networkingv1.NetworkPolic
 			}
 			r := rs.Chain(s.Chain).Rules[s.Rule]
 			if r.Counter {
-				want[ruleKey{s.Chain, s.Rule}]++
+				want[ruleKey{s.Chain, s.Rule}] += p.packets
 			}
 			co := rs.Owners.Chain(s.Chain)
 			if co == nil {
@@ -290,6 +357,8 @@ func (al *auditLab) applyAndProbe(t *testing.T, nps []*networkingv1.NetworkPolic
 			}
 		}
 	}
+
+	t.Logf("%d connections, %d allowed by the kernel, %d with a retransmitted SYN", len(run.probes), run.count(func(p *kernelProbe) bool { return p.kernel }), retransmitted)
 
 	got, err := al.d.Counters(ctx)
 	if err != nil {
