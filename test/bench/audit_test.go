@@ -159,9 +159,31 @@ func TestAuditLoad(t *testing.T) {
 		if shadowed := strings.Contains(path, "shadow-"); shadowed != (f.to == "server2") {
 			t.Errorf("%s → %s: through a shadow chain %v: %s", f.from, f.to, shadowed, path)
 		}
+		// Pods no audited policy selects take exactly the path they took without the
+		// load: the same rules matched in the same chains, so the same per-packet work
+		// (what (g)/(d) measures).
+		if f.from == "client" && f.to == "server" {
+			for _, node := range []string{"node1", "node2"} {
+				if a, b := stepsText(tracer.Trace(withAudit[node], pkt)), stepsText(tracer.Trace(plain[node], pkt)); a != b {
+					t.Errorf("client → server on %s: the path changed with the audit load:\n%s\nwithout:\n%s", node, a, b)
+				}
+			}
+		}
+		if f.from == "client2" {
+			t.Logf("client2 → server2 on node2: %d rules matched with server2 under the audited deny-all, %d without",
+				len(tracer.Trace(withAudit["node2"], pkt).Steps), len(tracer.Trace(plain["node2"], pkt).Steps))
+		}
 		// Where the audited policies agree with the enforced ones, nothing is counted.
 		if strings.Contains(path, "audit-") {
 			t.Errorf("%s → %s: counted in an audit chain: %s", f.from, f.to, path)
 		}
 	}
+}
+
+func stepsText(r tracer.Result) string {
+	var b strings.Builder
+	for _, s := range r.Steps {
+		fmt.Fprintf(&b, "%s[%d] %s -> %s\n", s.Chain, s.Rule, s.Text, s.Verdict)
+	}
+	return b.String()
 }
