@@ -122,7 +122,9 @@ func (r *runner) auditRuleset(ctx context.Context) error {
 	r.rep.DataPath.Audit = &AuditLoad{Policies: len(pols), Namespaces: len(auditNamespaces(e.loaded)), ShadowChains: map[string]int{}}
 	defer func() {
 		// Also after an interrupt: (e) and everything after must not see them.
-		_ = e.deletePolicies(context.WithoutCancel(ctx), pols)
+		if err := e.deletePolicies(context.WithoutCancel(ctx), pols); err != nil {
+			r.opts.logf("   removing the audited policies: %v", err)
+		}
 	}()
 	for _, np := range pols {
 		if _, err := e.cs.NetworkingV1().NetworkPolicies(np.Namespace).Create(ctx, np, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
