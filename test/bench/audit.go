@@ -116,15 +116,14 @@ func (a AuditLoad) describe(bg Scale) string {
 		a.Policies, bg, a.Namespaces, a.ShadowChains["node1"], a.ShadowChains["node2"])
 }
 
-func (r *runner) auditRuleset(ctx context.Context) error {
+func (r *runner) auditRuleset(ctx context.Context) (err error) {
 	e := r.env
 	pols := auditPolicies(e.loaded)
 	r.rep.DataPath.Audit = &AuditLoad{Policies: len(pols), Namespaces: len(auditNamespaces(e.loaded)), ShadowChains: map[string]int{}}
 	defer func() {
 		// Also after an interrupt: (e) and everything after must not see them.
-		if err := e.deletePolicies(context.WithoutCancel(ctx), pols); err != nil {
-			r.opts.logf("   removing the audited policies: %v", err)
-		}
+		// A failure fails the step: what follows would measure with them.
+		err = errors.Join(err, e.deletePolicies(context.WithoutCancel(ctx), pols))
 	}()
 	for _, np := range pols {
 		if _, err := e.cs.NetworkingV1().NetworkPolicies(np.Namespace).Create(ctx, np, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
