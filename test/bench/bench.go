@@ -303,6 +303,7 @@ func (r *runner) runLab(ctx context.Context) {
 		r.step(ctx, "datapath: ruleset (d) and SYN flood at "+p.Medium.String(), 5*time.Minute, func(ctx context.Context) error {
 			return r.captureRuleset(ctx, "d")
 		})
+		r.step(ctx, "datapath: ruleset (g) with audited policies at "+p.Medium.String(), 5*time.Minute, r.auditRuleset)
 	}
 	if (dp || cp) && p.cnpWanted() {
 		r.clusterPolicies(ctx, dp, cp)

@@ -21,8 +21,11 @@ import (
 // from the kernel while the agents ran and loaded back with nft for every run, so
 // that the configurations can alternate within a round in seconds. (f) is (e)'s
 // table with another flow measured: client2 → server2, which no ClusterNetworkPolicy
-// selects.
-var dataPathConfigs = []string{"a", "b", "c", "d", "e", "f"}
+// selects. (g), (h) and (i) are the audit configurations (audit.go): (g) is (d) plus
+// audited policies selecting other pods than the client and the server, (h) is (g)'s
+// table with client2 → server2, whose server an audited deny-all selects, and (i) is
+// (d)'s table with that flow.
+var dataPathConfigs = []string{"a", "b", "c", "d", "e", "f", "g", "h", "i"}
 
 var dataPathConfigNames = map[string]string{
 	"a": "no rules (no table, no conntrack)",
@@ -31,23 +34,37 @@ var dataPathConfigNames = map[string]string{
 	"d": "nftpolicy, the same with the background load",
 	"e": "nftpolicy, (d) plus the ClusterNetworkPolicy load; the client and the server are subjects of Admin policies whose rules the flow walks to a Pass",
 	"f": "(e)'s ruleset, the flow client2 → server2 between pods no ClusterNetworkPolicy selects (NetworkPolicies of the same shape as (d)'s)",
+	"g": "nftpolicy, (d) plus audited policies (nftpolicy.io/mode: audit) selecting the other pods of both nodes, none the client or the server",
+	"h": "(g)'s ruleset, the flow client2 → server2, whose server an audited deny-all selects (shadow evaluation)",
+	"i": "(d)'s ruleset, the flow client2 → server2 ((h) without the audited policies)",
 }
 
 // rulesetOf is the configuration whose table a configuration loads.
 func rulesetOf(cfg string) string {
-	if cfg == "f" {
+	switch cfg {
+	case "f":
 		return "e"
+	case "h":
+		return "g"
+	case "i":
+		return "d"
 	}
 	return cfg
 }
 
 // flowOf is the pair whose flow a configuration measures.
 func (e *env) flowOf(cfg string) *flowPair {
-	if cfg == "f" {
+	switch cfg {
+	case "f", "h", "i":
 		return e.pair2
 	}
 	return e.pair
 }
+
+// measuresStream reports whether a configuration runs the stream test: the audit
+// configurations do not, as established packets never reach the audit chains (and
+// the rounds stay short).
+func measuresStream(cfg string) bool { return cfg < "g" }
 
 // ctOnlyTable is configuration (b): the agent's two forward base chains at the same
 // priorities, holding only the conntrack accept every stateful filter starts with.
@@ -91,6 +108,8 @@ type DataPathReport struct {
 	// round) and their median.
 	Paired map[string]PairedStat `json:"paired,omitempty"`
 	Flood  *FloodReport          `json:"flood,omitempty"`
+	// Audit is the audit load of configurations (g), (h) and (i).
+	Audit *AuditLoad `json:"audit,omitempty"`
 }
 
 // RulesetSize is the agent's nftpolicy_ruleset_size.
@@ -387,6 +406,9 @@ func (r *runner) dataPathRounds(ctx context.Context) error {
 				}
 				dp.Runs = append(dp.Runs, DataPathRun{Round: round, Config: cfg, Test: test, Connect: &run})
 			}
+			if !measuresStream(cfg) {
+				continue
+			}
 			if err := flush(); err != nil {
 				return err
 			}
@@ -470,7 +492,7 @@ func (dp *DataPathReport) summarize() {
 			dp.Paired[name] = PairedStat{Samples: samples, Median: Median(samples)}
 		}
 	}
-	for _, cmp := range [][2]string{{"d", "b"}, {"c", "b"}, {"b", "a"}, {"d", "c"}, {"e", "b"}, {"f", "b"}, {"e", "d"}, {"f", "d"}} {
+	for _, cmp := range [][2]string{{"d", "b"}, {"c", "b"}, {"b", "a"}, {"d", "c"}, {"e", "b"}, {"f", "b"}, {"e", "d"}, {"f", "d"}, {"g", "d"}, {"h", "i"}, {"h", "g"}} {
 		x, y := cmp[0], cmp[1]
 		if dp.Summary[x] == nil || dp.Summary[y] == nil {
 			continue

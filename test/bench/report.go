@@ -103,6 +103,11 @@ func evaluateTargets(rep *Report) []Target {
 				Detail: "median of per-round ratios; the same NetworkPolicy path with and without the ClusterNetworkPolicy load"}, ok)
 		}
 	}
+	for _, c := range []string{"c1", "c8"} {
+		v, ok := paired("cps_" + c + " g/d")
+		add(Target{Name: fmt.Sprintf("pods no audited policy selects: new connections/s (g)/(d), %s", loopsText(c)), Value: v, Op: ">=", Limit: 0.95,
+			Detail: "median of per-round ratios; (g) = (d) + audited policies selecting other pods of both nodes"}, ok)
+	}
 	if dp != nil && dp.Flood != nil {
 		f := dp.Flood
 		add(Target{Name: "SYN flood at a denied pod: agent CPU increase", Value: f.RaisePct, Unit: "% core", Op: "<=", Limit: 0.5,
@@ -337,30 +342,39 @@ func (rep *Report) PrintTable(w io.Writer) {
 				continue
 			}
 			name := "(" + cfg + ") " + map[string]string{"a": "no rules", "b": "conntrack only", "c": "nftpolicy", "d": "nftpolicy + " + dp.Background.String(),
-				"e": "(d) + CNPs, client under Admin", "f": "(e), pods no CNP selects"}[cfg]
+				"e": "(d) + CNPs, client under Admin", "f": "(e), pods no CNP selects",
+				"g": "(d) + audited policies, other pods", "h": "(g), server2 under audited deny-all", "i": "(d), client2 → server2"}[cfg]
 			size := ""
 			if rs := dp.Rulesets[rulesetOf(cfg)]; rs != nil {
 				size = fmt.Sprintf("%d/%d", rs["node1"].Elements, rs["node2"].Elements)
 			}
+			stream := "-"
+			if measuresStream(cfg) {
+				stream = fmt.Sprintf("%.2f", s.Gbps)
+			}
 			row(name, fmt.Sprintf("%.0f", s.CPS1), fmt.Sprintf("%.0f/%.0f", s.P50us1, s.P99us1),
-				fmt.Sprintf("%.0f", s.CPS8), fmt.Sprintf("%.0f/%.0f", s.P50us8, s.P99us8), fmt.Sprintf("%.2f", s.Gbps), size)
+				fmt.Sprintf("%.0f", s.CPS8), fmt.Sprintf("%.0f/%.0f", s.P50us8, s.P99us8), stream, size)
 		}
 		row()
 		row("paired per round", "median", "middle half of the rounds")
 		for _, k := range []string{"cps_c1 d/b", "cps_c8 d/b", "cps_c1 c/b", "cps_c8 c/b", "cps_c1 d/c", "cps_c1 b/a",
 			"cps_c1 e/b", "cps_c8 e/b", "cps_c1 e/d", "cps_c8 e/d", "cps_c1 f/b", "cps_c8 f/b", "cps_c1 f/d", "cps_c8 f/d",
+			"cps_c1 g/d", "cps_c8 g/d", "cps_c1 h/i", "cps_c8 h/i", "cps_c1 h/g", "cps_c8 h/g",
 			"stream d/b", "stream c/b", "stream b/a", "stream e/b", "stream f/b"} {
 			if s, ok := dp.Paired[k]; ok {
 				row(k, fmt.Sprintf("%.3f", s.Median), fmt.Sprintf("%.3f – %.3f", Percentile(s.Samples, 0.25), Percentile(s.Samples, 0.75)))
 			}
 		}
-		for _, k := range []string{"p50_us_c1 d-b", "p50_us_c1 c-b", "p50_us_c1 d-c", "p50_us_c1 b-a", "p50_us_c1 e-b", "p50_us_c1 e-d", "p50_us_c1 f-d"} {
+		for _, k := range []string{"p50_us_c1 d-b", "p50_us_c1 c-b", "p50_us_c1 d-c", "p50_us_c1 b-a", "p50_us_c1 e-b", "p50_us_c1 e-d", "p50_us_c1 f-d", "p50_us_c1 g-d", "p50_us_c1 h-i"} {
 			if s, ok := dp.Paired[k]; ok {
 				row(k, fmt.Sprintf("%+.2f µs", s.Median), fmt.Sprintf("%+.2f – %+.2f", Percentile(s.Samples, 0.25), Percentile(s.Samples, 0.75)))
 			}
 		}
 		if c := rep.CNP; c != nil && dp.Summary["e"] != nil {
 			row(fmt.Sprintf("(e), (f): %s", c.describe()))
+		}
+		if a := dp.Audit; a != nil && dp.Summary["g"] != nil {
+			row(fmt.Sprintf("(g), (h): %s", a.describe(dp.Background)))
 		}
 		if f := dp.Flood; f != nil {
 			var cpu []string
