@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"slices"
 	"strings"
@@ -86,6 +87,9 @@ type auditLab struct {
 
 func newAuditLab(t *testing.T) *auditLab {
 	t.Helper()
+	if os.Geteuid() != 0 {
+		testns.SkipUnlessRequired(t, "kernel test: needs root (a lab node and its pods: network namespaces, veths, nftables); run e.g. `sudo -E go test ./pkg/dataplane/netlink -run Audit`")
+	}
 	// nft itself is only used to show the table when something fails, but a machine
 	// without it is not one these tests were meant for (make deps installs it).
 	if _, err := exec.LookPath("nft"); err != nil {
