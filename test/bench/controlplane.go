@@ -661,7 +661,7 @@ func (r *runner) change(ctx context.Context, gw *genWatcher, pr *prober, fp *flo
 	} else {
 		errs = append(errs, fmt.Errorf("%s not seen by the prober within %v", t.Direction, effectWait))
 	}
-	if at, ok := gw.firstChangeAfter(t0); ok {
+	if at, ok := gw.waitChangeAfter(t0, effectWait); ok {
 		t.KernelMs = ms(at.Sub(tw))
 	} else {
 		errs = append(errs, errors.New("no nf_tables commit on node2"))

@@ -139,6 +139,27 @@ func (w *genWatcher) firstChangeAfter(t time.Time) (time.Time, bool) {
 	return time.Time{}, false
 }
 
+// waitChangeAfter is firstChangeAfter, waiting up to timeout for the change to be seen:
+// the poller samples the generation on its own goroutine, which on a loaded machine may
+// run after the prober has already seen the change's effect.
+func (w *genWatcher) waitChangeAfter(t time.Time, timeout time.Duration) (time.Time, bool) {
+	deadline := time.Now().Add(timeout)
+	for {
+		if at, ok := w.firstChangeAfter(t); ok {
+			return at, true
+		}
+		if time.Now().After(deadline) {
+			return time.Time{}, false
+		}
+		select {
+		case <-w.done:
+			// The poller stopped (an error): nothing more will be seen.
+			return w.firstChangeAfter(t)
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
+
 func (w *genWatcher) Close() error {
 	w.cancel()
 	<-w.done
