@@ -75,10 +75,10 @@ func (s *Syncer) RunDenyLog(ctx context.Context, group uint16) error {
 func (s *Syncer) rulesetFor(prefix string) *ruleset.Ruleset {
 	chain := strings.TrimSuffix(prefix, " ")
 	applied := s.Applied()
-	if applied != nil && chainOwner(applied, chain, prefix) != nil {
+	if applied != nil && applied.Owners.Chain(chain) != nil {
 		return applied
 	}
-	if next := s.applying.Load(); next != nil && chainOwner(next, chain, prefix) != nil {
+	if next := s.applying.Load(); next != nil && next.Owners.Chain(chain) != nil {
 		return next
 	}
 	return applied
@@ -94,41 +94,7 @@ func describeDenied(p nflog.Packet, applied *ruleset.Ruleset, podAt func(netip.A
 	if !ok {
 		return nil, false
 	}
-	who := func(a netip.Addr) string {
-		if key := podAt(a); key != "" {
-			return key
-		}
-		return a.String()
-	}
-	var policies []string
-	var rule string
-	if applied != nil {
-		if co := chainOwner(applied, chain, p.Prefix); co != nil {
-			for _, ref := range co.Policies {
-				policies = append(policies, ref.String())
-			}
-			// A ClusterNetworkPolicy Deny rule's chain: its drop names the rule.
-			if n := len(co.Rules); n > 0 && co.Rules[n-1].Cluster != nil {
-				ro := co.Rules[n-1]
-				rule = ro.ClusterText(co.Direction)
-			}
-		}
-	}
-	kv = []any{"src", who(p.Src), "dst", who(p.Dst), "proto", ruleset.ProtoName(p.Proto)}
-	if p.DPort != 0 {
-		kv = append(kv, "port", int(p.DPort))
-	}
-	kv = append(kv, "direction", string(dir), "policies", policies, "chain", chain)
-	if rule != "" {
-		kv = append(kv, "rule", rule)
-	}
-	return kv, true
-}
-
-// chainOwner returns the owner of the chain a log prefix names (the compiler gives
-// every log rule its own chain's name, audit mode's copies included).
-func chainOwner(applied *ruleset.Ruleset, chain, _ string) *ruleset.ChainOwner {
-	return applied.Owners.Chain(chain)
+	return describeLogged(p, chain, dir, applied, podAt), true
 }
 
 // describeWouldDeny is describeDenied for the packets an audit-deny chain logs: a
@@ -139,6 +105,14 @@ func describeWouldDeny(p nflog.Packet, applied *ruleset.Ruleset, podAt func(neti
 	if !ok {
 		return nil, false
 	}
+	return describeLogged(p, chain, dir, applied, podAt), true
+}
+
+// describeLogged is the line of a packet logged by chain: its ends, port, direction,
+// the policies of the chain's owner (the compiler gives every log rule its own chain's
+// name, audit mode's copies included) and, for a ClusterNetworkPolicy Deny rule's
+// chain, the rule its drop names.
+func describeLogged(p nflog.Packet, chain string, dir compiler.Direction, applied *ruleset.Ruleset, podAt func(netip.Addr) string) []any {
 	who := func(a netip.Addr) string {
 		if key := podAt(a); key != "" {
 			return key
@@ -146,16 +120,24 @@ func describeWouldDeny(p nflog.Packet, applied *ruleset.Ruleset, podAt func(neti
 		return a.String()
 	}
 	var policies []string
+	var rule string
 	if applied != nil {
 		if co := applied.Owners.Chain(chain); co != nil {
 			for _, ref := range co.Policies {
 				policies = append(policies, ref.String())
 			}
+			if n := len(co.Rules); n > 0 && co.Rules[n-1].Cluster != nil {
+				rule = co.Rules[n-1].ClusterText(co.Direction)
+			}
 		}
 	}
-	kv = []any{"src", who(p.Src), "dst", who(p.Dst), "proto", ruleset.ProtoName(p.Proto)}
+	kv := []any{"src", who(p.Src), "dst", who(p.Dst), "proto", ruleset.ProtoName(p.Proto)}
 	if p.DPort != 0 {
 		kv = append(kv, "port", int(p.DPort))
 	}
-	return append(kv, "direction", string(dir), "policies", policies, "chain", chain), true
+	kv = append(kv, "direction", string(dir), "policies", policies, "chain", chain)
+	if rule != "" {
+		kv = append(kv, "rule", rule)
+	}
+	return kv
 }
