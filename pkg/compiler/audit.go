@@ -113,6 +113,10 @@ func (c *compilation) podChain(pod *model.Pod, dir Direction, npChains []string,
 	if shadow == "" {
 		return ""
 	}
+	if !c.opts.Audit && !anyAudited(nps, admin, baseline) {
+		// The common case, for every local pod on every structure rebuild: no copies.
+		return shadow
+	}
 	var audited []ruleset.PolicyRef
 	var eChains []string
 	var eNPs []*policy
@@ -135,11 +139,24 @@ func (c *compilation) podChain(pod *model.Pod, dir Direction, npChains []string,
 		return out
 	}
 	eAdmin, eBaseline := keep(admin), keep(baseline)
-	if len(audited) == 0 {
-		return shadow
-	}
 	enforced := c.classChain(dir, eAdmin, eBaseline, eChains, eNPs, fam)
 	return c.auditChain(dir, shadow, enforced, sortedRefs(audited))
+}
+
+func anyAudited(nps []*policy, admin, baseline []*clusterPolicy) bool {
+	for _, p := range nps {
+		if p.audit {
+			return true
+		}
+	}
+	for _, ps := range [][]*clusterPolicy{admin, baseline} {
+		for _, p := range ps {
+			if p.audit {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func sortedRefs(refs []ruleset.PolicyRef) []ruleset.PolicyRef {
