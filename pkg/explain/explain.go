@@ -335,14 +335,12 @@ func (s *Side) read(h Hop) {
 		}
 		s.Judged = true
 		ro, _ := owners.Rule(st.Chain, st.Rule)
+		target := owners.Chain(st.Target)
 		// Audit mode: the shadow copies only pick the enforced copy to go on with; the
 		// audit chains count where the two disagree.
 		switch co.Role {
 		case ruleset.RoleShadow:
-			if ro.Role == ruleset.RoleDispatch {
-				continue
-			}
-			if target := owners.Chain(st.Target); target != nil && target.Role != ruleset.RoleShadow {
+			if target != nil && target.Role != ruleset.RoleShadow {
 				// Entering the enforced copy: its policies are what the side is judged by.
 				s.readTarget(target, ruleset.RoleDispatch)
 			}
@@ -354,7 +352,7 @@ func (s *Side) read(h Hop) {
 			continue
 		}
 		verdict := st.Verdict
-		if target := owners.Chain(st.Target); target != nil {
+		if target != nil {
 			switch target.Role {
 			case ruleset.RoleAuditDeny:
 				verdict = "accept" // what the enforced policies do; the audit chain counts
@@ -366,7 +364,7 @@ func (s *Side) read(h Hop) {
 				}
 			}
 		}
-		if target := owners.Chain(st.Target); target != nil && st.Target != st.Chain {
+		if target != nil && st.Target != st.Chain {
 			s.readTarget(target, ro.Role)
 		}
 		if ro.Role == ruleset.RoleClusterPass && ro.Cluster != nil && ro.Cluster.Tier == "Admin" {
