@@ -13,12 +13,10 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 	cnp "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/nftpolicy/nftpolicy/pkg/compiler"
 	"github.com/nftpolicy/nftpolicy/pkg/explain"
-	"github.com/nftpolicy/nftpolicy/pkg/manifest"
 )
 
 // DefaultEnforceTimeout bounds the demo's wait for the agents to enforce.
@@ -366,38 +364,9 @@ type explainPair struct {
 // over the cluster's current Namespaces, Pods and NetworkPolicies, and checks that its
 // verdict is the one the demo just observed (the pairs are the matrix's).
 func demoExplain(ctx context.Context, c *Cluster, out io.Writer, pairs []explainPair) error {
-	objs := &manifest.Objects{}
-	var nss corev1.NamespaceList
-	var pods corev1.PodList
-	var nps networkingv1.NetworkPolicyList
-	for what, l := range map[string]client.ObjectList{"namespaces": &nss, "pods": &pods, "networkpolicies": &nps} {
-		if err := c.Client().List(ctx, l); err != nil {
-			return fmt.Errorf("explain: listing %s: %w", what, err)
-		}
-	}
-	for i := range nss.Items {
-		objs.Namespaces = append(objs.Namespaces, &nss.Items[i])
-	}
-	for i := range pods.Items {
-		objs.Pods = append(objs.Pods, &pods.Items[i])
-	}
-	for i := range nps.Items {
-		objs.Policies = append(objs.Policies, &nps.Items[i])
-	}
-	// ClusterNetworkPolicies and Nodes, once the CRD is installed (listing fails
-	// before: no such kind).
-	var cnps cnp.ClusterNetworkPolicyList
-	if err := c.Client().List(ctx, &cnps); err == nil {
-		for i := range cnps.Items {
-			objs.ClusterPolicies = append(objs.ClusterPolicies, &cnps.Items[i])
-		}
-		var nodes corev1.NodeList
-		if err := c.Client().List(ctx, &nodes); err != nil {
-			return fmt.Errorf("explain: listing nodes: %w", err)
-		}
-		for i := range nodes.Items {
-			objs.Nodes = append(objs.Nodes, &nodes.Items[i])
-		}
+	objs, err := c.Objects(ctx)
+	if err != nil {
+		return fmt.Errorf("explain: %w", err)
 	}
 	for i, pr := range pairs {
 		fmt.Fprintf(out, "%s$ nftpolicy explain --from %s --to %s --port %d/TCP\n", map[bool]string{true: "\n"}[i > 0], pr.from.Key(), pr.to.Key(), demoPort)

@@ -131,57 +131,31 @@ func compareReach(t *testing.T, c *Cluster, pods []*ClusterPod, what string) {
 // `kubectl get namespaces,pods,networkpolicies,nodes,clusternetworkpolicies -A -o yaml`
 // prints it.
 func dumpCluster(ctx context.Context, c *Cluster, path string) error {
+	objs, err := c.Objects(ctx)
+	if err != nil {
+		return fmt.Errorf("dumping the cluster: %w", err)
+	}
+	// Listed objects carry no kind; a List's items need theirs.
 	var items []any
-	add := func(l client.ObjectList, gvk schema.GroupVersionKind, each func(func(client.Object))) error {
-		if err := c.Client().List(ctx, l); err != nil {
-			return fmt.Errorf("listing %s: %w", gvk.Kind, err)
-		}
-		each(func(o client.Object) {
-			o.GetObjectKind().SetGroupVersionKind(gvk)
-			items = append(items, o)
-		})
-		return nil
+	add := func(o client.Object, gvk schema.GroupVersionKind) {
+		o.GetObjectKind().SetGroupVersionKind(gvk)
+		items = append(items, o)
 	}
-	var nss corev1.NamespaceList
-	var pods corev1.PodList
-	var nps networkingv1.NetworkPolicyList
-	var nodes corev1.NodeList
-	var cnps cnp.ClusterNetworkPolicyList
-	core := func(kind string) schema.GroupVersionKind { return corev1.SchemeGroupVersion.WithKind(kind) }
-	steps := []error{
-		add(&nss, core("Namespace"), func(f func(client.Object)) {
-			for i := range nss.Items {
-				f(&nss.Items[i])
-			}
-		}),
-		add(&pods, core("Pod"), func(f func(client.Object)) {
-			for i := range pods.Items {
-				f(&pods.Items[i])
-			}
-		}),
-		add(&nps, networkingv1.SchemeGroupVersion.WithKind("NetworkPolicy"), func(f func(client.Object)) {
-			for i := range nps.Items {
-				f(&nps.Items[i])
-			}
-		}),
-		add(&nodes, core("Node"), func(f func(client.Object)) {
-			for i := range nodes.Items {
-				f(&nodes.Items[i])
-			}
-		}),
+	core := corev1.SchemeGroupVersion.WithKind
+	for _, o := range objs.Namespaces {
+		add(o, core("Namespace"))
 	}
-	for _, err := range steps {
-		if err != nil {
-			return err
-		}
+	for _, o := range objs.Pods {
+		add(o, core("Pod"))
 	}
-	// Before the CRD is installed, listing fails: no such kind, no ClusterNetworkPolicies.
-	if err := c.Client().List(ctx, &cnps); err == nil {
-		for i := range cnps.Items {
-			p := &cnps.Items[i]
-			p.SetGroupVersionKind(schema.GroupVersionKind{Group: cnp.GroupVersion.Group, Version: cnp.GroupVersion.Version, Kind: "ClusterNetworkPolicy"})
-			items = append(items, p)
-		}
+	for _, o := range objs.Policies {
+		add(o, networkingv1.SchemeGroupVersion.WithKind("NetworkPolicy"))
+	}
+	for _, o := range objs.Nodes {
+		add(o, core("Node"))
+	}
+	for _, o := range objs.ClusterPolicies {
+		add(o, schema.GroupVersionKind{Group: cnp.GroupVersion.Group, Version: cnp.GroupVersion.Version, Kind: "ClusterNetworkPolicy"})
 	}
 	out, err := yaml.Marshal(map[string]any{"apiVersion": "v1", "kind": "List", "items": items})
 	if err != nil {

@@ -40,36 +40,9 @@ var agentOptions = compiler.Options{Table: compiler.DefaultTable, Revocation: tr
 // ClusterNetworkPolicies and Nodes once the CRD is served — for explain.
 func clusterObjects(ctx context.Context, t *testing.T, c *lab.Cluster) *manifest.Objects {
 	t.Helper()
-	objs := &manifest.Objects{}
-	var nss corev1.NamespaceList
-	var pods corev1.PodList
-	var nps networkingv1.NetworkPolicyList
-	for what, l := range map[string]client.ObjectList{"namespaces": &nss, "pods": &pods, "networkpolicies": &nps} {
-		if err := c.Client().List(ctx, l); err != nil {
-			t.Fatalf("listing %s: %v", what, err)
-		}
-	}
-	for i := range nss.Items {
-		objs.Namespaces = append(objs.Namespaces, &nss.Items[i])
-	}
-	for i := range pods.Items {
-		objs.Pods = append(objs.Pods, &pods.Items[i])
-	}
-	for i := range nps.Items {
-		objs.Policies = append(objs.Policies, &nps.Items[i])
-	}
-	var cnps cnp.ClusterNetworkPolicyList
-	if err := c.Client().List(ctx, &cnps); err == nil { // no such kind before the CRD
-		for i := range cnps.Items {
-			objs.ClusterPolicies = append(objs.ClusterPolicies, &cnps.Items[i])
-		}
-		var nodes corev1.NodeList
-		if err := c.Client().List(ctx, &nodes); err != nil {
-			t.Fatalf("listing nodes: %v", err)
-		}
-		for i := range nodes.Items {
-			objs.Nodes = append(objs.Nodes, &nodes.Items[i])
-		}
+	objs, err := c.Objects(ctx)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return objs
 }
