@@ -43,6 +43,7 @@ CNP_RUNS="${CONFORMANCE_CNP_RUNS:-first}"
 # One probe's connect timeout (the suite's default is 3s, paid twice per denial).
 CNP_REQUEST_TIMEOUT="${CONFORMANCE_CNP_REQUEST_TIMEOUT:-1s}"
 CNP_TEST="$CONF_BIN/cnp-conformance.test"
+background_cnps="$root/hack/kind/conformance-background-cnps.yaml"
 # A cluster name of its own: make kind's cluster (KIND_CLUSTER) is left alone.
 export KIND_CLUSTER="${CONFORMANCE_CLUSTER:-nftpolicy-conformance}"
 cluster="$root/hack/kind/cluster.sh"
@@ -212,6 +213,12 @@ for run in $RUNS; do
   fi
   eval "$("$cluster" env)"
   nodes="$("$root/bin/kind/kind" get nodes --name "$KIND_CLUSTER" | sort | tr '\n' ' ')"
+  # The NetworkPolicy suite runs with ClusterNetworkPolicies present that select every
+  # pod (and change none of its verdicts): the tiers around each pod's NetworkPolicies.
+  log "creating the background ClusterNetworkPolicies ($background_cnps)"
+  "$CONF_BIN/kubectl" --kubeconfig "$KUBECONFIG" wait --for condition=established --timeout=60s \
+    crd/clusternetworkpolicies.policy.networking.k8s.io >&2
+  "$CONF_BIN/kubectl" --kubeconfig "$KUBECONFIG" apply -f "$background_cnps" >&2
   log "running the NetworkPolicy suite: focus $FOCUS, skip $SKIP, $PROCS processes"
   set +e
   # GO111MODULE=off: the CLI compares its version with `go list -m` run beside the binary,
@@ -238,6 +245,7 @@ for run in $RUNS; do
   lines+=("$line ($desc)")
   log "$line ($desc); JUnit report $dir/junit.xml"
   ls "$dir/evidence"/*.txt >/dev/null 2>&1 && log "evidence of failed specs: $dir/evidence/"
+  "$CONF_BIN/kubectl" --kubeconfig "$KUBECONFIG" delete --wait -f "$background_cnps" >&2
   if [ "$CNP_MODE" != off ] && { [ "$CNP_RUNS" = all ] || [ -z "${cnp_done:-}" ]; }; then
     cnp_done=1
     run_cnp "$name" "$dir" "$desc"
