@@ -9,7 +9,9 @@
 #     TOPOLOGY/PROXY/FAMILY: Flannel's backend (vxlan, host-gw), kube-proxy's mode
 #     (iptables, nftables) and the cluster's IP family (ipv4, ipv6, dual)
 #
-# For each run: ginkgo --procs=$CONFORMANCE_PROCS --focus=Netpol --skip=SCTPConnectivity,
+# For each run, with the ClusterNetworkPolicies of hack/kind/conformance-background-cnps.yaml
+# present (they select every pod and change no verdict; deleted after the suite):
+# ginkgo --procs=$CONFORMANCE_PROCS --focus=Netpol --skip=SCTPConnectivity,
 # JUnit report in _out/conformance/RUN/junit.xml, and for each failed spec the evidence
 # (matrices, policies, every node's nft table, the agents' logs) in
 # _out/conformance/RUN/evidence/. Then, on the same cluster, the ClusterNetworkPolicy
