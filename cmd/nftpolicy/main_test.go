@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"k8s.io/client-go/rest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,23 +23,7 @@ import (
 // explain's view of a cluster: nodes always, ClusterNetworkPolicies once their CRD is
 // installed (none, and no error, before).
 func TestFromClusterReadsNodesAndClusterPolicies(t *testing.T) {
-	assets := os.Getenv("KUBEBUILDER_ASSETS")
-	if assets == "" {
-		assets, _ = filepath.Abs("../../bin/k8s")
-	}
-	if _, err := os.Stat(filepath.Join(assets, "kube-apiserver")); err != nil {
-		testns.SkipUnlessRequired(t, "no control plane in %s: run `make envtest-assets`", assets)
-	}
-	env := &envtest.Environment{BinaryAssetsDirectory: assets}
-	cfg, err := env.Start()
-	if err != nil {
-		t.Fatalf("starting envtest: %v", err)
-	}
-	defer func() {
-		if err := env.Stop(); err != nil {
-			t.Errorf("stopping envtest: %v", err)
-		}
-	}()
+	cfg := startAPIServer(t)
 	scheme := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
 		t.Fatal(err)
@@ -109,4 +94,29 @@ func TestAgentModeFlags(t *testing.T) {
 	if strings.Contains(audit, "counter drop") || strings.Contains(audit, "0x10000000") || !strings.Contains(audit, "audit-deny-in-") || !strings.Contains(audit, `log prefix "audit-deny-in-`) {
 		t.Fatalf("render --audit --log-denied: want no drop at all, audit-deny chains that log:\n%s", audit)
 	}
+}
+
+// startAPIServer starts a kube-apiserver and etcd (envtest, bin/k8s or
+// $KUBEBUILDER_ASSETS) for the test and stops them when it ends; it skips without them
+// (fails under CI=true).
+func startAPIServer(t *testing.T) *rest.Config {
+	t.Helper()
+	assets := os.Getenv("KUBEBUILDER_ASSETS")
+	if assets == "" {
+		assets, _ = filepath.Abs("../../bin/k8s")
+	}
+	if _, err := os.Stat(filepath.Join(assets, "kube-apiserver")); err != nil {
+		testns.SkipUnlessRequired(t, "no control plane in %s: run `make envtest-assets`", assets)
+	}
+	env := &envtest.Environment{BinaryAssetsDirectory: assets}
+	cfg, err := env.Start()
+	if err != nil {
+		t.Fatalf("starting envtest: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := env.Stop(); err != nil {
+			t.Errorf("stopping envtest: %v", err)
+		}
+	})
+	return cfg
 }

@@ -13,9 +13,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	"github.com/nftpolicy/nftpolicy/internal/testns"
 	"github.com/nftpolicy/nftpolicy/pkg/manifest"
 )
 
@@ -146,23 +144,7 @@ func TestReachUsageErrors(t *testing.T) {
 // give them the same synthetic addresses) under the cluster's policies (none) and
 // under the demo's.
 func TestReachAfterAgainstCluster(t *testing.T) {
-	assets := os.Getenv("KUBEBUILDER_ASSETS")
-	if assets == "" {
-		assets, _ = filepath.Abs("../../bin/k8s")
-	}
-	if _, err := os.Stat(filepath.Join(assets, "kube-apiserver")); err != nil {
-		testns.SkipUnlessRequired(t, "no control plane in %s: run `make envtest-assets`", assets)
-	}
-	env := &envtest.Environment{BinaryAssetsDirectory: assets}
-	cfg, err := env.Start()
-	if err != nil {
-		t.Fatalf("starting envtest: %v", err)
-	}
-	defer func() {
-		if err := env.Stop(); err != nil {
-			t.Errorf("stopping envtest: %v", err)
-		}
-	}()
+	cfg := startAPIServer(t)
 	workload, err := manifest.Load([]string{"../../config/samples/demo/workload.yaml"}, nil)
 	if err != nil {
 		t.Fatal(err)
