@@ -192,7 +192,14 @@ func run(args []string) error {
 		}
 	}
 	if o.revoke && !o.audit {
-		syncer.Flows = &conntrack.Table{}
+		// The conntrack index revocation looks flows up in: built from one dump, then
+		// kept by conntrack events; re-read every ten minutes to drop the entries
+		// whose destroy event never came (created before anyone listened).
+		tracker := &conntrack.Tracker{ResyncPeriod: 10 * time.Minute, Log: log.WithName("conntrack")}
+		if err := mgr.Add(manager.RunnableFunc(tracker.Run)); err != nil {
+			return fmt.Errorf("adding the conntrack tracker: %w", err)
+		}
+		syncer.Flows = tracker
 		syncer.LocalAddrs = localAddrs
 	}
 	if err := syncer.SetupWithManager(mgr); err != nil {

@@ -46,17 +46,23 @@ func (t *Table) Flows() ([]dataplane.Flow, error) {
 				SPort: f.TupleReply.Proto.SourcePort, DPort: f.TupleReply.Proto.DestinationPort},
 			Zone:   f.Zone,
 			Mark:   f.Mark,
-			Closed: f.ProtoInfo.TCP != nil && (f.ProtoInfo.TCP.State == tcpTimeWait || f.ProtoInfo.TCP.State == tcpClose),
+			Closed: isClosed(&f),
 		})
 	}
 	return out, nil
 }
 
-// SetMark replaces the bits of mask in each entry's mark with value, keeping the other
-// bits (other software may use them). value must be non-zero: netlink updates cannot
-// write a zero mark. An entry already gone (it timed out or was closed) is skipped. It
-// returns how many entries it updated.
+// SetMark replaces the bits of mask in each entry's mark with value, keeping the
+// other bits as the kernel holds them now (a listing may be old: other software may
+// have changed its own bits since). Entries the kernel no longer has, or whose TCP
+// connection is over, are skipped. It returns how many entries it updated.
 func (t *Table) SetMark(flows []dataplane.Flow, mask, value uint32) (int, error) {
+	return t.setMark(flows, mask, value, nil, nil)
+}
+
+// setMark is SetMark, telling gone(f) about each entry the kernel no longer has and
+// set(f, mark) about each one it marked.
+func (t *Table) setMark(flows []dataplane.Flow, mask, value uint32, gone func(dataplane.Flow), set func(dataplane.Flow, uint32)) (int, error) {
 	if len(flows) == 0 {
 		return 0, nil
 	}
@@ -71,31 +77,45 @@ func (t *Table) SetMark(flows []dataplane.Flow, mask, value uint32) (int, error)
 	n := 0
 	var errs []error
 	for _, f := range flows {
-		cf := ct.Flow{
-			TupleOrig: ct.Tuple{
-				IP:    ct.IPTuple{SourceAddress: f.Orig.Src, DestinationAddress: f.Orig.Dst},
-				Proto: ct.ProtoTuple{Protocol: f.Proto, SourcePort: f.Orig.SPort, DestinationPort: f.Orig.DPort},
-				Zone:  f.Zone,
-			},
-			// Both tuples: the library picks the IPv6 message family only when both are.
-			TupleReply: ct.Tuple{
-				IP:    ct.IPTuple{SourceAddress: f.Reply.Src, DestinationAddress: f.Reply.Dst},
-				Proto: ct.ProtoTuple{Protocol: f.Proto, SourcePort: f.Reply.SPort, DestinationPort: f.Reply.DPort},
-				Zone:  f.Zone,
-			},
-			Zone: f.Zone,
-			Mark: f.Mark&^mask | value,
+		// The entry as the kernel holds it now: its mark's other bits, its TCP state.
+		cur, err := c.Get(ct.Flow{TupleOrig: origTuple(f), Zone: f.Zone})
+		if err == nil && isClosed(&cur) {
+			continue
 		}
-		if err := c.Update(cf); err != nil {
-			if errors.Is(err, unix.ENOENT) {
-				continue
+		mark := cur.Mark&^mask | value
+		if err == nil {
+			// Tuples, zone and mark only: an update carrying the status or the
+			// protocol state could be refused.
+			err = c.Update(ct.Flow{TupleOrig: cur.TupleOrig, TupleReply: cur.TupleReply, Zone: cur.Zone, Mark: mark})
+		}
+		if errors.Is(err, unix.ENOENT) {
+			if gone != nil {
+				gone(f)
 			}
+			continue
+		}
+		if err != nil {
 			errs = append(errs, fmt.Errorf("marking %s %s:%d -> %s:%d: %w", protoName(f.Proto), f.Orig.Src, f.Orig.SPort, f.Orig.Dst, f.Orig.DPort, err))
 			continue
+		}
+		if set != nil {
+			set(f, mark)
 		}
 		n++
 	}
 	return n, errors.Join(errs...)
+}
+
+func origTuple(f dataplane.Flow) ct.Tuple {
+	return ct.Tuple{
+		IP:    ct.IPTuple{SourceAddress: f.Orig.Src, DestinationAddress: f.Orig.Dst},
+		Proto: ct.ProtoTuple{Protocol: f.Proto, SourcePort: f.Orig.SPort, DestinationPort: f.Orig.DPort},
+		Zone:  f.Zone,
+	}
+}
+
+func isClosed(f *ct.Flow) bool {
+	return f.ProtoInfo.TCP != nil && (f.ProtoInfo.TCP.State == tcpTimeWait || f.ProtoInfo.TCP.State == tcpClose)
 }
 
 func protoName(p uint8) string {
