@@ -17,6 +17,7 @@ import (
 	"runtime/debug"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -201,6 +202,20 @@ func run(args []string) error {
 		}
 		syncer.Flows = tracker
 		syncer.LocalAddrs = localAddrs
+		crmetrics.Registry.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "nftpolicy_conntrack_tracked_flows",
+				Help: "Conntrack entries (TCP, UDP, SCTP) in the index revocation looks flows up in.",
+			}, func() float64 { return float64(tracker.Stats().Flows) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "nftpolicy_conntrack_events_total",
+				Help: "Conntrack events (new and destroyed entries) applied to the index.",
+			}, func() float64 { return float64(tracker.Stats().Events) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "nftpolicy_conntrack_event_overflows_total",
+				Help: "Times the conntrack event socket overflowed (connections created faster than the agent read them): each is followed by a re-read of the whole table and a revocation pass over every flow.",
+			}, func() float64 { return float64(tracker.Stats().Overflows) }),
+		)
 	}
 	if err := syncer.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the controller: %w", err)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/mdlayher/netlink"
 	ct "github.com/ti-mo/conntrack"
+	"github.com/ti-mo/netfilter"
 	"golang.org/x/sys/unix"
 
 	"github.com/nftpolicy/nftpolicy/pkg/dataplane"
@@ -53,15 +54,22 @@ func (t *Table) Flows() ([]dataplane.Flow, error) {
 }
 
 // SetMark replaces the bits of mask in each entry's mark with value, keeping the
-// other bits as the kernel holds them now (a listing may be old: other software may
-// have changed its own bits since). Entries the kernel no longer has, or whose TCP
-// connection is over, are skipped. It returns how many entries it updated.
+// other bits (other software may use them) as the kernel holds them at that moment:
+// the kernel applies the mask itself (CTA_MARK_MASK), so no entry is read first.
+// Entries the kernel no longer has (they timed out or were closed) are skipped. It
+// returns how many entries it updated.
 func (t *Table) SetMark(flows []dataplane.Flow, mask, value uint32) (int, error) {
 	return t.setMark(flows, mask, value, nil, nil)
 }
 
+// markBatch is how many updates go to the kernel in one write. The kernel answers
+// each with an acknowledgement queued on the socket while it works through the
+// write, so a batch must fit the socket's default receive buffer (about 200 KiB; an
+// acknowledgement takes well under 1 KiB of it).
+const markBatch = 128
+
 // setMark is SetMark, telling gone(f) about each entry the kernel no longer has and
-// set(f, mark) about each one it marked.
+// set(f, mark) about each one it marked (mark: f.Mark with the new bits).
 func (t *Table) setMark(flows []dataplane.Flow, mask, value uint32, gone func(dataplane.Flow), set func(dataplane.Flow, uint32)) (int, error) {
 	if len(flows) == 0 {
 		return 0, nil
@@ -69,49 +77,113 @@ func (t *Table) setMark(flows []dataplane.Flow, mask, value uint32, gone func(da
 	if value == 0 || value&^mask != 0 {
 		return 0, fmt.Errorf("mark value 0x%x must be non-zero and within mask 0x%x", value, mask)
 	}
-	c, err := ct.Dial(&netlink.Config{NetNS: t.NetNS})
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: t.NetNS})
 	if err != nil {
 		return 0, fmt.Errorf("opening conntrack netlink socket: %w", err)
 	}
 	defer c.Close()
 	n := 0
 	var errs []error
-	for _, f := range flows {
-		// The entry as the kernel holds it now: its mark's other bits, its TCP state.
-		cur, err := c.Get(ct.Flow{TupleOrig: origTuple(f), Zone: f.Zone})
-		if err == nil && isClosed(&cur) {
-			continue
-		}
-		mark := cur.Mark&^mask | value
-		if err == nil {
-			// Tuples, zone and mark only: an update carrying the status or the
-			// protocol state could be refused.
-			err = c.Update(ct.Flow{TupleOrig: cur.TupleOrig, TupleReply: cur.TupleReply, Zone: cur.Zone, Mark: mark})
-		}
-		if errors.Is(err, unix.ENOENT) {
-			if gone != nil {
-				gone(f)
+	for start := 0; start < len(flows); start += markBatch {
+		chunk := flows[start:min(start+markBatch, len(flows))]
+		msgs := make([]netlink.Message, len(chunk))
+		for i, f := range chunk {
+			if msgs[i], err = markMessage(f, mask, value); err != nil {
+				return n, err
 			}
-			continue
 		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("marking %s %s:%d -> %s:%d: %w", protoName(f.Proto), f.Orig.Src, f.Orig.SPort, f.Orig.Dst, f.Orig.DPort, err))
-			continue
+		if _, err := c.SendMessages(msgs); err != nil {
+			return n, fmt.Errorf("sending conntrack mark updates: %w", err)
 		}
-		if set != nil {
-			set(f, mark)
+		// One answer per update, in order: an acknowledgement or the update's error.
+		for _, f := range chunk {
+			_, err := c.Receive()
+			switch {
+			case err == nil:
+				if set != nil {
+					set(f, f.Mark&^mask|value)
+				}
+				n++
+			case errors.Is(err, unix.ENOENT):
+				if gone != nil {
+					gone(f)
+				}
+			default:
+				var op *netlink.OpError
+				if !errors.As(err, &op) || op.Op != "receive" {
+					return n, errors.Join(append(errs, fmt.Errorf("reading the answers to conntrack mark updates: %w", err))...)
+				}
+				errs = append(errs, fmt.Errorf("marking %s %s:%d -> %s:%d: %w", protoName(f.Proto), f.Orig.Src, f.Orig.SPort, f.Orig.Dst, f.Orig.DPort, err))
+			}
 		}
-		n++
 	}
 	return n, errors.Join(errs...)
 }
 
-func origTuple(f dataplane.Flow) ct.Tuple {
-	return ct.Tuple{
-		IP:    ct.IPTuple{SourceAddress: f.Orig.Src, DestinationAddress: f.Orig.Dst},
-		Proto: ct.ProtoTuple{Protocol: f.Proto, SourcePort: f.Orig.SPort, DestinationPort: f.Orig.DPort},
-		Zone:  f.Zone,
+// Attribute numbers of ctnetlink (include/uapi/linux/netfilter/nfnetlink_conntrack.h).
+const (
+	ctaTupleOrig  = 1
+	ctaMark       = 8
+	ctaZone       = 18
+	ctaMarkMask   = 21
+	ctaTupleIP    = 1
+	ctaTupleProto = 2
+	ctaTupleZone  = 3
+	ctaIPv4Src    = 1
+	ctaIPv4Dst    = 2
+	ctaIPv6Src    = 3
+	ctaIPv6Dst    = 4
+	ctaProtoNum   = 1
+	ctaProtoSPort = 2
+	ctaProtoDPort = 3
+	// ipctnlMsgCtNew is IPCTNL_MSG_CT_NEW: without NLM_F_CREATE it updates an
+	// existing entry.
+	ipctnlMsgCtNew = 0
+)
+
+// markMessage is the update of f's mark: its original tuple (with the zone, which
+// the entry's identity includes), the value and the mask the kernel applies
+// ((mark & ^mask) ^ value).
+func markMessage(f dataplane.Flow, mask, value uint32) (netlink.Message, error) {
+	src, dst := f.Orig.Src, f.Orig.Dst
+	family, srcType, dstType := netfilter.ProtoIPv4, uint16(ctaIPv4Src), uint16(ctaIPv4Dst)
+	switch {
+	case src.Is4() && dst.Is4():
+	case src.Is6() && dst.Is6():
+		family, srcType, dstType = netfilter.ProtoIPv6, ctaIPv6Src, ctaIPv6Dst
+	default:
+		return netlink.Message{}, fmt.Errorf("flow %s -> %s: addresses of different families", src, dst)
 	}
+	tuple := netfilter.Attribute{Type: ctaTupleOrig, Nested: true, Children: []netfilter.Attribute{
+		{Type: ctaTupleIP, Nested: true, Children: []netfilter.Attribute{
+			{Type: srcType, Data: src.AsSlice()},
+			{Type: dstType, Data: dst.AsSlice()},
+		}},
+		{Type: ctaTupleProto, Nested: true, Children: []netfilter.Attribute{
+			{Type: ctaProtoNum, Data: []byte{f.Proto}},
+			{Type: ctaProtoSPort, Data: netfilter.Uint16Bytes(f.Orig.SPort)},
+			{Type: ctaProtoDPort, Data: netfilter.Uint16Bytes(f.Orig.DPort)},
+		}},
+	}}
+	attrs := []netfilter.Attribute{tuple,
+		{Type: ctaMark, Data: netfilter.Uint32Bytes(value)},
+		{Type: ctaMarkMask, Data: netfilter.Uint32Bytes(mask)},
+	}
+	if f.Zone != 0 {
+		tuple.Children = append(tuple.Children, netfilter.Attribute{Type: ctaTupleZone, Data: netfilter.Uint16Bytes(f.Zone)})
+		attrs[0] = tuple
+		attrs = append(attrs, netfilter.Attribute{Type: ctaZone, Data: netfilter.Uint16Bytes(f.Zone)})
+	}
+	m, err := netfilter.MarshalNetlink(netfilter.Header{
+		SubsystemID: netfilter.NFSubsysCTNetlink,
+		MessageType: ipctnlMsgCtNew,
+		Family:      family,
+		Flags:       netlink.Request | netlink.Acknowledge,
+	}, attrs)
+	if err != nil {
+		return netlink.Message{}, fmt.Errorf("encoding the mark update of %s -> %s: %w", src, dst, err)
+	}
+	return m, nil
 }
 
 func isClosed(f *ct.Flow) bool {

@@ -113,7 +113,8 @@ func (t *Tracker) Run(ctx context.Context) error {
 	for {
 		err := t.follow(ctx)
 		if ctx.Err() != nil {
-			return nil
+			// Stopped: whatever follow saw last is the shutdown's doing.
+			return nil //nolint:nilerr // a stop is not a failure
 		}
 		var noEvents errNoEvents
 		if errors.As(err, &noEvents) {

@@ -239,7 +239,9 @@ func TestTrackerResync(t *testing.T) {
 	go func() { done <- tr.Run(ctx) }()
 	defer func() {
 		cancel()
-		<-done
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
 	}()
 	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
 	defer wcancel()
