@@ -205,6 +205,8 @@ func evaluateTargets(rep *Report) []Target {
 			Detail: strings.TrimSpace(which + ": " + strings.Join(parts, ", "))}, len(parts) > 0)
 	}
 
+	revocationTargets(rep, add)
+
 	// Resources.
 	res := func(s Scale) *ResourceRun {
 		if rep.Resource == nil {
