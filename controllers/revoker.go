@@ -135,8 +135,9 @@ func (r *Revoker) Applied(old, cur *ruleset.Ruleset, changes *ruleset.Changes, a
 func (r *Revoker) Run(ctx context.Context) error {
 	r.init()
 	if w, ok := r.Flows.(readyWaiter); ok {
-		if w.WaitReady(ctx) != nil {
-			return nil // stopped before the table was ready: nothing to revoke
+		if err := w.WaitReady(ctx); err != nil {
+			// Stopped before the table was ready: nothing to revoke.
+			return nil //nolint:nilerr // a stop is not a failure
 		}
 	}
 	for {

@@ -36,8 +36,8 @@ type RevocationReport struct {
 	RSSBytes int64   `json:"rss_bytes"`
 	// Overflows: event socket overflows during the fill (each a re-read and a pass
 	// over every flow).
-	Overflows float64 `json:"overflows"`
-	Flows     int     `json:"flows_per_deny"`
+	Overflows float64          `json:"overflows"`
+	Flows     int              `json:"flows_per_deny"`
 	Empty     *RevocationPhase `json:"empty"`
 	Full      *RevocationPhase `json:"full"`
 	// None are the changes that concern no established flow, with the full table.
