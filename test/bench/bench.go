@@ -24,10 +24,12 @@ const (
 	GroupControlPlane = "controlplane"
 	GroupResources    = "resources"
 	GroupGoBench      = "gobench"
+	// GroupRevocation is revocation with a full conntrack table (revocation.go).
+	GroupRevocation = "revocation"
 )
 
 // AllGroups lists the groups in the order they are reported.
-var AllGroups = []string{GroupDataPath, GroupControlPlane, GroupResources, GroupGoBench}
+var AllGroups = []string{GroupDataPath, GroupControlPlane, GroupRevocation, GroupResources, GroupGoBench}
 
 // Profile holds every size and duration of a run. Full is what `make bench` runs,
 // Quick a short run of the same shape, Tiny the smoke test's.
@@ -296,6 +298,7 @@ func (r *runner) runLab(ctx context.Context) {
 	dp := o.want(GroupDataPath)
 	cp := o.want(GroupControlPlane)
 	rs := o.want(GroupResources)
+	rv := o.want(GroupRevocation)
 	if dp {
 		r.rep.DataPath = &DataPathReport{Background: p.Medium}
 		r.step(ctx, "datapath: ruleset (c) without background", 3*time.Minute, func(ctx context.Context) error {
@@ -307,7 +310,7 @@ func (r *runner) runLab(ctx context.Context) {
 		r.scale(ctx, p.Small)
 		r.coldAndIncremental(ctx, p.Small, p.ColdSyncReps, true)
 	}
-	if dp || cp || rs {
+	if dp || cp || rs || rv {
 		r.scale(ctx, p.Medium)
 	}
 	if dp {
@@ -328,7 +331,9 @@ func (r *runner) runLab(ctx context.Context) {
 		r.step(ctx, "controlplane: API write → enforced at "+p.Medium.String(), 10*time.Minute, func(ctx context.Context) error {
 			return r.enforceLatency(ctx, enforceSpec{what: enforceNP, pair: r.env.pair, kinds: enforceKinds, cycles: p.LatencyCycles, sweep: p.ConntrackSweep})
 		})
-		r.step(ctx, fmt.Sprintf("controlplane: revocation with %s conntrack entries at %s", count(p.RevocationEntries), p.Medium), 10*time.Minute, r.revocationScale)
+	}
+	if rv {
+		r.step(ctx, fmt.Sprintf("revocation with %s conntrack entries at %s", count(p.RevocationEntries), p.Medium), 10*time.Minute, r.revocationScale)
 	}
 	if rs {
 		r.rep.Resource = &ResourcesReport{}

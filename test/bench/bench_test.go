@@ -164,7 +164,7 @@ func TestSmoke(t *testing.T) {
 	}
 	out := t.TempDir()
 	opts := &Options{
-		Profile: TinyProfile(), Groups: []string{GroupDataPath, GroupControlPlane, GroupResources},
+		Profile: TinyProfile(), Groups: []string{GroupDataPath, GroupControlPlane, GroupRevocation, GroupResources},
 		OutDir: out, AgentBinary: agent, Progress: lab.TestLog(t),
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
