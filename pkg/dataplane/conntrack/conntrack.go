@@ -5,7 +5,10 @@ package conntrack
 import (
 	"errors"
 	"fmt"
+	"os"
+	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/mdlayher/netlink"
 	ct "github.com/ti-mo/conntrack"
 	"github.com/ti-mo/netfilter"
@@ -59,18 +62,22 @@ func (t *Table) Flows() ([]dataplane.Flow, error) {
 // Entries the kernel no longer has (they timed out or were closed) are skipped. It
 // returns how many entries it updated.
 func (t *Table) SetMark(flows []dataplane.Flow, mask, value uint32) (int, error) {
-	return t.setMark(flows, mask, value, nil, nil)
+	return t.setMark(flows, mask, value, nil)
 }
 
-// markBatch is how many updates go to the kernel in one write. The kernel answers
-// each with an acknowledgement queued on the socket while it works through the
-// write, so a batch must fit the socket's default receive buffer (about 200 KiB; an
-// acknowledgement takes well under 1 KiB of it).
-const markBatch = 128
+// markBatch is how many updates go to the kernel in one write, within the socket's
+// send buffer (about 200 KiB; an update takes about 100 bytes). The kernel works
+// through a write before the write returns, answering only the updates that fail.
+const markBatch = 1024
 
-// setMark is SetMark, telling gone(f) about each entry the kernel no longer has and
-// set(f, mark) about each one it marked (mark: f.Mark with the new bits).
-func (t *Table) setMark(flows []dataplane.Flow, mask, value uint32, gone func(dataplane.Flow), set func(dataplane.Flow, uint32)) (int, error) {
+// setMark is SetMark, telling set(f, mark) about each entry it marked (mark: f.Mark
+// with the new bits). Updates go without acknowledgements, so that marking thousands
+// of entries costs the kernel's work and a few writes, not a round trip each; the
+// kernel answers failures only, which are read after each write: an entry gone since
+// it was listed (ENOENT) is skipped, any other failure reported. A failure does not
+// say which entry it was, so set hears of every entry of a batch with no other
+// failure than gone ones.
+func (t *Table) setMark(flows []dataplane.Flow, mask, value uint32, set func(dataplane.Flow, uint32)) (int, error) {
 	if len(flows) == 0 {
 		return 0, nil
 	}
@@ -82,6 +89,8 @@ func (t *Table) setMark(flows []dataplane.Flow, mask, value uint32, gone func(da
 		return 0, fmt.Errorf("opening conntrack netlink socket: %w", err)
 	}
 	defer c.Close()
+	// Room for a whole batch of failures (about 700 bytes each in the buffer).
+	setReadBufferForce(c, markBatch*1024, logr.Discard())
 	n := 0
 	var errs []error
 	for start := 0; start < len(flows); start += markBatch {
@@ -95,29 +104,45 @@ func (t *Table) setMark(flows []dataplane.Flow, mask, value uint32, gone func(da
 		if _, err := c.SendMessages(msgs); err != nil {
 			return n, fmt.Errorf("sending conntrack mark updates: %w", err)
 		}
-		// One answer per update, in order: an acknowledgement or the update's error.
-		for _, f := range chunk {
-			_, err := c.Receive()
-			switch {
-			case err == nil:
-				if set != nil {
-					set(f, f.Mark&^mask|value)
-				}
-				n++
-			case errors.Is(err, unix.ENOENT):
-				if gone != nil {
-					gone(f)
-				}
-			default:
-				var op *netlink.OpError
-				if !errors.As(err, &op) || op.Op != "receive" {
-					return n, errors.Join(append(errs, fmt.Errorf("reading the answers to conntrack mark updates: %w", err))...)
-				}
-				errs = append(errs, fmt.Errorf("marking %s %s:%d -> %s:%d: %w", protoName(f.Proto), f.Orig.Src, f.Orig.SPort, f.Orig.Dst, f.Orig.DPort, err))
+		gone, failed, err := drainFailures(c)
+		if err != nil {
+			return n, errors.Join(append(errs, err)...)
+		}
+		errs = append(errs, failed...)
+		n += len(chunk) - gone - len(failed)
+		if set != nil && len(failed) == 0 {
+			for _, f := range chunk {
+				set(f, f.Mark&^mask|value)
 			}
 		}
 	}
 	return n, errors.Join(errs...)
+}
+
+// drainFailures reads the failures the kernel queued for the last write: it worked
+// through the write before returning, so they are all there; a short deadline ends the
+// reading once none is left.
+func drainFailures(c *netlink.Conn) (gone int, failed []error, err error) {
+	for {
+		if err := c.SetReadDeadline(time.Now().Add(time.Millisecond)); err != nil {
+			return gone, failed, fmt.Errorf("reading the answers to conntrack mark updates: %w", err)
+		}
+		_, err := c.Receive()
+		switch {
+		case err == nil:
+			// An acknowledgement nobody asked for: nothing to count.
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			return gone, failed, nil
+		case errors.Is(err, unix.ENOENT):
+			gone++
+		default:
+			var op *netlink.OpError
+			if !errors.As(err, &op) || op.Op != "receive" {
+				return gone, failed, fmt.Errorf("reading the answers to conntrack mark updates: %w", err)
+			}
+			failed = append(failed, fmt.Errorf("marking a conntrack entry: %w", err))
+		}
+	}
 }
 
 // Attribute numbers of ctnetlink (include/uapi/linux/netfilter/nfnetlink_conntrack.h).
@@ -178,7 +203,7 @@ func markMessage(f dataplane.Flow, mask, value uint32) (netlink.Message, error) 
 		SubsystemID: netfilter.NFSubsysCTNetlink,
 		MessageType: ipctnlMsgCtNew,
 		Family:      family,
-		Flags:       netlink.Request | netlink.Acknowledge,
+		Flags:       netlink.Request,
 	}, attrs)
 	if err != nil {
 		return netlink.Message{}, fmt.Errorf("encoding the mark update of %s -> %s: %w", src, dst, err)

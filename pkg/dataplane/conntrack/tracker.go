@@ -32,8 +32,8 @@ import (
 // its user knows entries may have been missed meanwhile. An entry created while no
 // listener existed gets no destroy event under the kernel's default
 // nf_conntrack_events=2 ("only when someone listens"); such stale entries cost memory
-// only (a lookup that finds one drops it when the kernel says it is gone) and the
-// periodic re-read (ResyncPeriod) drops the rest.
+// and a wasted update when a change concerns them, and the periodic re-read
+// (ResyncPeriod) drops them.
 //
 // On a kernel without conntrack events (CONFIG_NF_CONNTRACK_EVENTS unset) the tracker
 // falls back to a dump per lookup, filtered here: correct, and as slow as before.
@@ -330,18 +330,10 @@ func (t *Tracker) Flows(scope dataplane.FlowScope) ([]dataplane.Flow, error) {
 	return out, nil
 }
 
-// SetMark is Table.SetMark, keeping the index in step: gone entries leave it,
-// marked ones get their new mark.
+// SetMark is Table.SetMark, keeping the index's marks in step (gone entries leave
+// it with their destroy events).
 func (t *Tracker) SetMark(flows []dataplane.Flow, mask, value uint32) (int, error) {
-	return (&Table{NetNS: t.NetNS}).setMark(flows, mask, value, t.forget, t.setIndexedMark)
-}
-
-func (t *Tracker) forget(f dataplane.Flow) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.idx != nil {
-		t.idx.remove(keyOfFlow(f))
-	}
+	return (&Table{NetNS: t.NetNS}).setMark(flows, mask, value, t.setIndexedMark)
 }
 
 func (t *Tracker) setIndexedMark(f dataplane.Flow, mark uint32) {
