@@ -148,6 +148,7 @@ func drainFailures(c *netlink.Conn) (gone int, failed []error, err error) {
 // Attribute numbers of ctnetlink (include/uapi/linux/netfilter/nfnetlink_conntrack.h).
 const (
 	ctaTupleOrig  = 1
+	ctaTupleReply = 2
 	ctaMark       = 8
 	ctaZone       = 18
 	ctaMarkMask   = 21
@@ -162,41 +163,27 @@ const (
 	ctaProtoSPort = 2
 	ctaProtoDPort = 3
 	// ipctnlMsgCtNew is IPCTNL_MSG_CT_NEW: without NLM_F_CREATE it updates an
-	// existing entry.
-	ipctnlMsgCtNew = 0
+	// existing entry; as an event, a new entry. ipctnlMsgCtDelete is the
+	// destroy event.
+	ipctnlMsgCtNew    = 0
+	ipctnlMsgCtDelete = 2
+	// nfnlSubsysCtnetlink is NFNL_SUBSYS_CTNETLINK, the high byte of the message type.
+	nfnlSubsysCtnetlink = 1
 )
 
 // markMessage is the update of f's mark: its original tuple (with the zone, which
 // the entry's identity includes), the value and the mask the kernel applies
 // ((mark & ^mask) ^ value).
 func markMessage(f dataplane.Flow, mask, value uint32) (netlink.Message, error) {
-	src, dst := f.Orig.Src, f.Orig.Dst
-	family, srcType, dstType := netfilter.ProtoIPv4, uint16(ctaIPv4Src), uint16(ctaIPv4Dst)
-	switch {
-	case src.Is4() && dst.Is4():
-	case src.Is6() && dst.Is6():
-		family, srcType, dstType = netfilter.ProtoIPv6, ctaIPv6Src, ctaIPv6Dst
-	default:
-		return netlink.Message{}, fmt.Errorf("flow %s -> %s: addresses of different families", src, dst)
+	family, tuple, err := tupleAttr(ctaTupleOrig, f.Proto, f.Orig, f.Zone)
+	if err != nil {
+		return netlink.Message{}, err
 	}
-	tuple := netfilter.Attribute{Type: ctaTupleOrig, Nested: true, Children: []netfilter.Attribute{
-		{Type: ctaTupleIP, Nested: true, Children: []netfilter.Attribute{
-			{Type: srcType, Data: src.AsSlice()},
-			{Type: dstType, Data: dst.AsSlice()},
-		}},
-		{Type: ctaTupleProto, Nested: true, Children: []netfilter.Attribute{
-			{Type: ctaProtoNum, Data: []byte{f.Proto}},
-			{Type: ctaProtoSPort, Data: netfilter.Uint16Bytes(f.Orig.SPort)},
-			{Type: ctaProtoDPort, Data: netfilter.Uint16Bytes(f.Orig.DPort)},
-		}},
-	}}
 	attrs := []netfilter.Attribute{tuple,
 		{Type: ctaMark, Data: netfilter.Uint32Bytes(value)},
 		{Type: ctaMarkMask, Data: netfilter.Uint32Bytes(mask)},
 	}
 	if f.Zone != 0 {
-		tuple.Children = append(tuple.Children, netfilter.Attribute{Type: ctaTupleZone, Data: netfilter.Uint16Bytes(f.Zone)})
-		attrs[0] = tuple
 		attrs = append(attrs, netfilter.Attribute{Type: ctaZone, Data: netfilter.Uint16Bytes(f.Zone)})
 	}
 	m, err := netfilter.MarshalNetlink(netfilter.Header{
@@ -206,9 +193,37 @@ func markMessage(f dataplane.Flow, mask, value uint32) (netlink.Message, error) 
 		Flags:       netlink.Request,
 	}, attrs)
 	if err != nil {
-		return netlink.Message{}, fmt.Errorf("encoding the mark update of %s -> %s: %w", src, dst, err)
+		return netlink.Message{}, fmt.Errorf("encoding the mark update of %s -> %s: %w", f.Orig.Src, f.Orig.Dst, err)
 	}
 	return m, nil
+}
+
+// tupleAttr encodes one direction's tuple as attribute typ (CTA_TUPLE_ORIG or
+// CTA_TUPLE_REPLY), with its family.
+func tupleAttr(typ uint16, proto uint8, t dataplane.Tuple, zone uint16) (netfilter.ProtoFamily, netfilter.Attribute, error) {
+	family, srcType, dstType := netfilter.ProtoIPv4, uint16(ctaIPv4Src), uint16(ctaIPv4Dst)
+	switch {
+	case t.Src.Is4() && t.Dst.Is4():
+	case t.Src.Is6() && t.Dst.Is6():
+		family, srcType, dstType = netfilter.ProtoIPv6, ctaIPv6Src, ctaIPv6Dst
+	default:
+		return 0, netfilter.Attribute{}, fmt.Errorf("tuple %s -> %s: addresses of different families", t.Src, t.Dst)
+	}
+	a := netfilter.Attribute{Type: typ, Nested: true, Children: []netfilter.Attribute{
+		{Type: ctaTupleIP, Nested: true, Children: []netfilter.Attribute{
+			{Type: srcType, Data: t.Src.AsSlice()},
+			{Type: dstType, Data: t.Dst.AsSlice()},
+		}},
+		{Type: ctaTupleProto, Nested: true, Children: []netfilter.Attribute{
+			{Type: ctaProtoNum, Data: []byte{proto}},
+			{Type: ctaProtoSPort, Data: netfilter.Uint16Bytes(t.SPort)},
+			{Type: ctaProtoDPort, Data: netfilter.Uint16Bytes(t.DPort)},
+		}},
+	}}
+	if zone != 0 {
+		a.Children = append(a.Children, netfilter.Attribute{Type: ctaTupleZone, Data: netfilter.Uint16Bytes(zone)})
+	}
+	return family, a, nil
 }
 
 func isClosed(f *ct.Flow) bool {

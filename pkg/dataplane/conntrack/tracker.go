@@ -2,6 +2,7 @@ package conntrack
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -173,28 +174,49 @@ func (t *Tracker) follow(ctx context.Context) error {
 	var mu sync.Mutex
 	var live *flowIndex // the index in use (nil until the first dump is in)
 	var building bool   // a dump is running: events are kept for the new index
-	var buffered []ct.Event
+	var buffered []event
 	recvErr := make(chan error, 1)
+	rc, err := ev.SyscallConn()
+	if err != nil {
+		return errNoEvents{fmt.Errorf("event socket: %w", err)}
+	}
 	go func() {
+		// Read raw and parsed in place (parseEvent): two events per connection on a
+		// busy node must cost next to nothing. One buffer, reused.
+		buf := make([]byte, 64<<10)
 		for {
-			msgs, err := ev.Receive()
+			var n int
+			var rerr error
+			err := rc.Read(func(fd uintptr) bool {
+				n, _, rerr = unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT)
+				return !errors.Is(rerr, unix.EAGAIN)
+			})
+			if err == nil {
+				err = rerr
+			}
 			if err != nil {
 				recvErr <- err
 				return
 			}
 			mu.Lock()
-			for _, m := range msgs {
-				var e ct.Event
-				if e.Unmarshal(m) != nil || e.Flow == nil {
-					continue
+			for b := buf[:n]; len(b) >= 16; {
+				l := int(binary.NativeEndian.Uint32(b[0:4]))
+				if l < 16 || l > len(b) {
+					break
 				}
-				t.eventCount.Add(1)
-				if building {
-					buffered = append(buffered, e)
+				if e, ok := parseEvent(b[:l]); ok {
+					t.eventCount.Add(1)
+					if building {
+						buffered = append(buffered, e)
+					}
+					if live != nil {
+						t.apply(live, e)
+					}
 				}
-				if live != nil {
-					t.apply(live, e)
+				if l = (l + 3) &^ 3; l >= len(b) { // NLMSG_ALIGN
+					break
 				}
+				b = b[l:]
 			}
 			mu.Unlock()
 		}
@@ -213,7 +235,9 @@ func (t *Tracker) follow(ctx context.Context) error {
 		}
 		fresh := newFlowIndex(len(flows))
 		for i := range flows {
-			fresh.put(&flows[i])
+			if e, ok := entryOf(&flows[i]); ok {
+				fresh.put(e)
+			}
 		}
 		for _, e := range buffered {
 			t.apply(fresh, e)
@@ -257,15 +281,14 @@ func (t *Tracker) follow(ctx context.Context) error {
 }
 
 // apply records one event in idx.
-func (t *Tracker) apply(idx *flowIndex, e ct.Event) {
+func (t *Tracker) apply(idx *flowIndex, e event) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	switch e.Type {
-	case ct.EventNew:
-		idx.put(e.Flow)
-	case ct.EventDestroy:
-		idx.remove(keyOf(e.Flow))
+	if e.destroy {
+		idx.remove(e.key)
+		return
 	}
+	idx.put(e.entry)
 }
 
 // setReadBufferForce sets the socket's receive buffer beyond net.core.rmem_max
@@ -357,14 +380,9 @@ type flowKey struct {
 
 // slot is one indexed entry.
 type slot struct {
-	key flowKey
-	// replySrc and replySPort: the first packet's destination after DNAT.
-	replySrc   [16]byte
-	replySPort uint16
-	mark       uint32
+	entry
 	// positions in the by-source and by-destination lists, for O(1) removal.
 	srcPos, dstPos int32
-	live           bool
 }
 
 // flowIndex holds the entries in a slab, found by key and by either address of the
@@ -407,22 +425,19 @@ func tracked(f *ct.Flow) bool {
 	return f.TupleOrig.IP.SourceAddress.IsValid() && f.TupleReply.IP.SourceAddress.IsValid()
 }
 
-func (x *flowIndex) put(f *ct.Flow) {
-	if !tracked(f) {
-		return
-	}
-	k := keyOf(f)
+func (x *flowIndex) put(e entry) {
+	k := e.key
 	if i, ok := x.byKey[k]; ok {
 		s := &x.slots[i]
-		if s.replySrc == f.TupleReply.IP.SourceAddress.As16() && s.replySPort == f.TupleReply.Proto.SourcePort {
-			s.mark = f.Mark
+		if s.replySrc == e.replySrc && s.replySPort == e.replySPort {
+			s.mark = e.mark
 			return
 		}
 		// The same original tuple with another reply: the entry indexed is gone
 		// (its destroy event was missed) and this is a new one.
 		x.remove(k)
 	}
-	s := slot{key: k, replySrc: f.TupleReply.IP.SourceAddress.As16(), replySPort: f.TupleReply.Proto.SourcePort, mark: f.Mark, live: true}
+	s := slot{entry: e}
 	var i int32
 	if n := len(x.free); n > 0 {
 		i = x.free[n-1]
@@ -434,7 +449,7 @@ func (x *flowIndex) put(f *ct.Flow) {
 	}
 	x.byKey[k] = i
 	x.slots[i].srcPos = addTo(x.bySrc, k.src, i)
-	x.slots[i].dstPos = addTo(x.byDst, s.replySrc, i)
+	x.slots[i].dstPos = addTo(x.byDst, e.replySrc, i)
 }
 
 func addTo(m map[[16]byte][]int32, a [16]byte, i int32) int32 {

@@ -34,7 +34,8 @@ func TestFlowIndexMatchesNaive(t *testing.T) {
 			if r.Intn(4) == 0 {
 				f.TupleReply.IP.SourceAddress = addr()
 			}
-			idx.put(&f)
+			e, _ := entryOf(&f)
+			idx.put(e)
 			if _, ok := live[keyOf(&f)]; !ok {
 				order = append(order, keyOf(&f))
 			}
