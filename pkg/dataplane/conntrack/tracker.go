@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,8 +38,9 @@ import (
 // and a wasted update when a change concerns them, and the periodic re-read
 // (ResyncPeriod) drops them.
 //
-// On a kernel without conntrack events (CONFIG_NF_CONNTRACK_EVENTS unset) the tracker
-// falls back to a dump per lookup, filtered here: correct, and as slow as before.
+// On a kernel without conntrack events (CONFIG_NF_CONNTRACK_EVENTS unset), or with
+// them turned off (net.netfilter.nf_conntrack_events=0), the tracker falls back to a
+// dump per lookup, filtered here: correct, and as slow as a full scan.
 type Tracker struct {
 	// NetNS is a network namespace file descriptor (0: the caller's namespace).
 	NetNS int
@@ -150,6 +153,15 @@ func (e errNoEvents) Error() string { return "conntrack events unavailable: " + 
 // follow subscribes to events, dumps the table into a fresh index, and applies events
 // until an error, a resync or ctx's end.
 func (t *Tracker) follow(ctx context.Context) error {
+	if t.NetNS == 0 {
+		// With nf_conntrack_events=0 the kernel sends no event to anyone: an index
+		// built from one dump would never see a new connection. (In another
+		// namespace than the caller's the setting cannot be read from here; it is
+		// on unless someone turned it off.)
+		if b, err := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_events"); err == nil && strings.TrimSpace(string(b)) == "0" {
+			return errNoEvents{errors.New("net.netfilter.nf_conntrack_events is 0")}
+		}
+	}
 	ev, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: t.NetNS})
 	if err != nil {
 		return errNoEvents{fmt.Errorf("opening netlink socket: %w", err)}
