@@ -209,7 +209,7 @@ func run(args []string) error {
 			}, func() float64 { return float64(tracker.Stats().Flows) }),
 			prometheus.NewCounterFunc(prometheus.CounterOpts{
 				Name: "nftpolicy_conntrack_events_total",
-				Help: "Conntrack events (new and destroyed entries) applied to the index.",
+				Help: "Conntrack events applied to the index: a connection's first reply and its end (the kernel filters out the rest).",
 			}, func() float64 { return float64(tracker.Stats().Events) }),
 			prometheus.NewCounterFunc(prometheus.CounterOpts{
 				Name: "nftpolicy_conntrack_event_overflows_total",

@@ -40,7 +40,7 @@ var dataPathConfigNames = map[string]string{
 	"g": "nftpolicy, (d) plus audited policies (nftpolicy.io/mode: audit) selecting the other pods of both nodes, none the client or the server",
 	"h": "(g)'s ruleset, the flow client2 → server2, whose server an audited deny-all selects (shadow evaluation)",
 	"i": "(d)'s ruleset, the flow client2 → server2 ((h) without the audited policies)",
-	"j": "(d) with the agent's conntrack event listeners running on both nodes (revocation's flow index): what the kernel's new and destroy events cost each connection",
+	"j": "(d) with the agent's conntrack event listeners running on both nodes (revocation's flow index): what the kernel's conntrack events cost each connection",
 }
 
 // rulesetOf is the configuration whose table a configuration loads.
@@ -553,7 +553,7 @@ func paired(a, b []float64) (x, y []float64) {
 }
 
 // listenConntrack runs, in both nodes, the conntrack tracker the agent runs for
-// revocation (subscribed to new and destroy events, indexing every entry) until stop
+// revocation (subscribed to update and destroy events through its filter) until stop
 // is called: configuration (j) measures what those events cost each connection.
 func (e *env) listenConntrack(ctx context.Context) (stop func(), err error) {
 	ctx, cancel := context.WithCancel(ctx)

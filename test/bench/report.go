@@ -111,7 +111,7 @@ func evaluateTargets(rep *Report) []Target {
 	for _, c := range []string{"c1", "c8"} {
 		v, ok := paired("cps_" + c + " j/d")
 		add(Target{Name: fmt.Sprintf("conntrack event listener (revocation's index): new connections/s (j)/(d), %s", loopsText(c)), Value: v, Op: ">=", Limit: 0.95,
-			Detail: "median of per-round ratios; (j) = (d) with the agent's conntrack new/destroy event listeners on both nodes"}, ok)
+			Detail: "median of per-round ratios; (j) = (d) with the agent's conntrack event listeners on both nodes"}, ok)
 	}
 	if dp != nil && dp.Flood != nil {
 		f := dp.Flood

@@ -5,7 +5,81 @@ import (
 	"net/netip"
 
 	ct "github.com/ti-mo/conntrack"
+	"golang.org/x/net/bpf"
 )
+
+// Which events the index follows, and why.
+//
+// Only connections that have seen a reply can be established (ct state established),
+// so only they can be revoked: a TCP connection whose SYN got no answer, or a UDP
+// flow that only ever went one way, meets the policy with every packet anyway. The
+// index therefore holds entries from the moment they see their first reply to their
+// destruction:
+//   - the update group (NFNLGRP_CONNTRACK_UPDATE), of which only the updates of an
+//     entry that has seen a reply (IPS_SEEN_REPLY) and is not yet assured
+//     (IPS_ASSURED) pass: for TCP the SYN-ACK (state SYN_RECV), for UDP the first
+//     reply; the later updates of a connection (established, FIN, close: assured by
+//     then) and of mark changes stay in the kernel;
+//   - the destroy group, of which only entries that had seen a reply pass.
+//
+// The new group is not joined at all: the kernel builds no event for a connection's
+// first packet, and a flood of SYNs (from a local pod, at anything) costs the agent
+// nothing — its entries never see a reply, and their destruction is filtered out.
+// The filter runs in the kernel (a classic BPF socket filter, reading CTA_STATUS with
+// the netlink-attribute extension), so what it drops is never copied to the agent.
+//
+// Entries created through ctnetlink with a reply already seen (conntrackd's state
+// sync after a failover, say) announce themselves only as new: the tracker's periodic
+// re-read picks them up.
+const (
+	ctaStatus    = 3
+	ipsSeenReply = 1 << 1
+	ipsAssured   = 1 << 2
+	nlmsgHdrLen  = 16
+	nfgenmsgLen  = 4
+)
+
+// eventFilter is the socket filter described above.
+func eventFilter() []bpf.RawInstruction {
+	// The message type (IPCTNL_MSG_*, the low byte of nlmsg_type, which is in host
+	// byte order) is byte 4 of the message on a little-endian host, byte 5 on a
+	// big-endian one.
+	typeByte := uint32(4)
+	if binary.NativeEndian.Uint16([]byte{1, 0}) != 1 {
+		typeByte = 5
+	}
+	prog := []bpf.Instruction{
+		/* 0 */ bpf.LoadAbsolute{Off: typeByte, Size: 1},
+		/* 1 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: ipctnlMsgCtDelete, SkipTrue: 8},
+		// An update: CTA_STATUS must have SEEN_REPLY and not ASSURED.
+		// The attribute of type X among those from offset A on.
+		/* 2 */ bpf.LoadConstant{Dst: bpf.RegA, Val: nlmsgHdrLen + nfgenmsgLen},
+		/* 3 */ bpf.LoadConstant{Dst: bpf.RegX, Val: ctaStatus},
+		/* 4 */ bpf.LoadExtension{Num: bpf.ExtNetlinkAttr}, // A = offset of CTA_STATUS, 0 if none
+		/* 5 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: 0, SkipTrue: 13},
+		/* 6 */ bpf.TAX{},
+		/* 7 */ bpf.LoadIndirect{Off: 4, Size: 4}, // the status, big-endian as the kernel wrote it
+		/* 8 */ bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: ipsSeenReply | ipsAssured},
+		/* 9 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: ipsSeenReply, SkipTrue: 8, SkipFalse: 9},
+		// A destroy: pass when the entry had seen a reply (or says nothing of it).
+		/* 10 */ bpf.LoadConstant{Dst: bpf.RegA, Val: nlmsgHdrLen + nfgenmsgLen},
+		/* 11 */ bpf.LoadConstant{Dst: bpf.RegX, Val: ctaStatus},
+		/* 12 */ bpf.LoadExtension{Num: bpf.ExtNetlinkAttr},
+		/* 13 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: 0, SkipTrue: 4},
+		/* 14 */ bpf.TAX{},
+		/* 15 */ bpf.LoadIndirect{Off: 4, Size: 4},
+		/* 16 */ bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: ipsSeenReply},
+		/* 17 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: 0, SkipTrue: 1},
+		/* 18 */ bpf.RetConstant{Val: 0xffffffff}, // the whole message
+		/* 19 */ bpf.RetConstant{Val: 0},
+	}
+	raw, err := bpf.Assemble(prog)
+	if err != nil {
+		// The program is a constant: failing to assemble it is a bug here.
+		panic("conntrack event filter: " + err.Error())
+	}
+	return raw
+}
 
 // entry is what the index keeps of a conntrack entry, from a dump or an event.
 type entry struct {
@@ -16,9 +90,10 @@ type entry struct {
 	mark       uint32
 }
 
-// entryOf converts a dumped flow; ok is false for entries revocation never concerns.
+// entryOf converts a dumped flow; ok is false for entries revocation never concerns
+// (see eventFilter: those that never saw a reply, and protocols without ports).
 func entryOf(f *ct.Flow) (entry, bool) {
-	if !tracked(f) {
+	if !tracked(f) || !f.Status.SeenReply() {
 		return entry{}, false
 	}
 	return entry{key: keyOf(f), replySrc: f.TupleReply.IP.SourceAddress.As16(), replySPort: f.TupleReply.Proto.SourcePort, mark: f.Mark}, true

@@ -26,7 +26,8 @@ import (
 // reading the whole table: on a busy node (250k entries) one dump costs about 1.5 s of
 // CPU to read and even a dump the kernel filters walks every entry (about 50 ms), too
 // much to pay on every policy change. The index is built from one dump and then kept
-// by the kernel's conntrack events (new and destroy), so a lookup costs what it finds.
+// by the kernel's conntrack events (an entry's first reply, its destruction: see
+// eventFilter), so a lookup costs what it finds.
 //
 // Events cost the kernel a message per connection created and destroyed while the
 // tracker listens, and the agent the parsing (a few µs each). When the socket's buffer
@@ -167,7 +168,11 @@ func (t *Tracker) follow(ctx context.Context) error {
 		return errNoEvents{fmt.Errorf("opening netlink socket: %w", err)}
 	}
 	defer ev.Close()
-	for _, g := range []netfilter.NetlinkGroup{netfilter.GroupCTNew, netfilter.GroupCTDestroy} {
+	// The filter first, so that no event reaches the socket unfiltered.
+	if err := ev.SetBPF(eventFilter()); err != nil {
+		return errNoEvents{fmt.Errorf("attaching the conntrack event filter: %w", err)}
+	}
+	for _, g := range []netfilter.NetlinkGroup{netfilter.GroupCTUpdate, netfilter.GroupCTDestroy} {
 		if err := ev.JoinGroup(uint32(g)); err != nil {
 			return errNoEvents{fmt.Errorf("joining conntrack event group %d: %w", g, err)}
 		}
