@@ -3,10 +3,9 @@
 package conntrack
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
-	"time"
 
 	"github.com/go-logr/logr"
 	"github.com/mdlayher/netlink"
@@ -120,27 +119,50 @@ func (t *Table) setMark(flows []dataplane.Flow, mask, value uint32, set func(dat
 }
 
 // drainFailures reads the failures the kernel queued for the last write: it worked
-// through the write before returning, so they are all there; a short deadline ends the
-// reading once none is left.
+// through the write before returning, so they are all there, and reading without
+// waiting until the socket is empty gets them all (a deadline could expire before a
+// preempted reader looked).
 func drainFailures(c *netlink.Conn) (gone int, failed []error, err error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0, nil, fmt.Errorf("reading the answers to conntrack mark updates: %w", err)
+	}
+	buf := make([]byte, 8192)
 	for {
-		if err := c.SetReadDeadline(time.Now().Add(time.Millisecond)); err != nil {
+		var n int
+		var rerr error
+		if err := rc.Read(func(fd uintptr) bool {
+			n, _, rerr = unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT)
+			return true // never wait: an empty socket is the end
+		}); err != nil {
 			return gone, failed, fmt.Errorf("reading the answers to conntrack mark updates: %w", err)
 		}
-		_, err := c.Receive()
 		switch {
-		case err == nil:
-			// An acknowledgement nobody asked for: nothing to count.
-		case errors.Is(err, os.ErrDeadlineExceeded):
+		case errors.Is(rerr, unix.EAGAIN):
 			return gone, failed, nil
-		case errors.Is(err, unix.ENOENT):
-			gone++
-		default:
-			var op *netlink.OpError
-			if !errors.As(err, &op) || op.Op != "receive" {
-				return gone, failed, fmt.Errorf("reading the answers to conntrack mark updates: %w", err)
+		case rerr != nil:
+			return gone, failed, fmt.Errorf("reading the answers to conntrack mark updates: %w", rerr)
+		}
+		// Each answer is a struct nlmsghdr of type NLMSG_ERROR and a struct
+		// nlmsgerr whose error is a negative errno (0: an acknowledgement).
+		for b := buf[:n]; len(b) >= nlmsgHdrLen; {
+			l := int(binary.NativeEndian.Uint32(b[0:4]))
+			if l < nlmsgHdrLen || l > len(b) {
+				break
 			}
-			failed = append(failed, fmt.Errorf("marking a conntrack entry: %w", err))
+			if binary.NativeEndian.Uint16(b[4:6]) == unix.NLMSG_ERROR && l >= nlmsgHdrLen+4 {
+				switch errno := unix.Errno(-int32(binary.NativeEndian.Uint32(b[16:20]))); errno {
+				case 0:
+				case unix.ENOENT:
+					gone++
+				default:
+					failed = append(failed, fmt.Errorf("marking a conntrack entry: %w", errno))
+				}
+			}
+			if l = (l + 3) &^ 3; l >= len(b) {
+				break
+			}
+			b = b[l:]
 		}
 	}
 }
@@ -229,4 +251,3 @@ func tupleAttr(typ uint16, proto uint8, t dataplane.Tuple, zone uint16) (netfilt
 func isClosed(f *ct.Flow) bool {
 	return f.ProtoInfo.TCP != nil && (f.ProtoInfo.TCP.State == tcpTimeWait || f.ProtoInfo.TCP.State == tcpClose)
 }
-

@@ -2,6 +2,7 @@ package conntrack
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 
 	ct "github.com/ti-mo/conntrack"
@@ -32,11 +33,14 @@ import (
 // sync after a failover, say) announce themselves only as new: the tracker's periodic
 // re-read picks them up.
 const (
-	ctaStatus    = 3
-	ipsSeenReply = 1 << 1
-	ipsAssured   = 1 << 2
-	nlmsgHdrLen  = 16
-	nfgenmsgLen  = 4
+	ctaStatus            = 3
+	ctaProtoinfo         = 4
+	ctaProtoinfoTCP      = 1
+	ctaProtoinfoTCPState = 1
+	ipsSeenReply         = 1 << 1
+	ipsAssured           = 1 << 2
+	nlmsgHdrLen          = 16
+	nfgenmsgLen          = 4
 )
 
 // eventFilter is the socket filter described above.
@@ -48,37 +52,106 @@ func eventFilter() []bpf.RawInstruction {
 	if binary.NativeEndian.Uint16([]byte{1, 0}) != 1 {
 		typeByte = 5
 	}
-	prog := []bpf.Instruction{
-		/* 0 */ bpf.LoadAbsolute{Off: typeByte, Size: 1},
-		/* 1 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: ipctnlMsgCtDelete, SkipTrue: 8},
-		// An update: CTA_STATUS must have SEEN_REPLY and not ASSURED.
-		// The attribute of type X among those from offset A on.
-		/* 2 */ bpf.LoadConstant{Dst: bpf.RegA, Val: nlmsgHdrLen + nfgenmsgLen},
-		/* 3 */ bpf.LoadConstant{Dst: bpf.RegX, Val: ctaStatus},
-		/* 4 */ bpf.LoadExtension{Num: bpf.ExtNetlinkAttr}, // A = offset of CTA_STATUS, 0 if none
-		/* 5 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: 0, SkipTrue: 13},
-		/* 6 */ bpf.TAX{},
-		/* 7 */ bpf.LoadIndirect{Off: 4, Size: 4}, // the status, big-endian as the kernel wrote it
-		/* 8 */ bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: ipsSeenReply | ipsAssured},
-		/* 9 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: ipsSeenReply, SkipTrue: 8, SkipFalse: 9},
-		// A destroy: pass when the entry had seen a reply (or says nothing of it).
-		/* 10 */ bpf.LoadConstant{Dst: bpf.RegA, Val: nlmsgHdrLen + nfgenmsgLen},
-		/* 11 */ bpf.LoadConstant{Dst: bpf.RegX, Val: ctaStatus},
-		/* 12 */ bpf.LoadExtension{Num: bpf.ExtNetlinkAttr},
-		/* 13 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: 0, SkipTrue: 4},
-		/* 14 */ bpf.TAX{},
-		/* 15 */ bpf.LoadIndirect{Off: 4, Size: 4},
-		/* 16 */ bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: ipsSeenReply},
-		/* 17 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: 0, SkipTrue: 1},
-		/* 18 */ bpf.RetConstant{Val: 0xffffffff}, // the whole message
-		/* 19 */ bpf.RetConstant{Val: 0},
+	const attrs = nlmsgHdrLen + nfgenmsgLen
+	var p filterProgram
+	// status loads CTA_STATUS (big-endian, as the kernel wrote it) masked with mask
+	// into A, going to missing when the message has none.
+	status := func(mask uint32, missing string) {
+		p.add(bpf.LoadConstant{Dst: bpf.RegA, Val: attrs}, // the attribute of type X among those from offset A on
+			bpf.LoadConstant{Dst: bpf.RegX, Val: ctaStatus},
+			bpf.LoadExtension{Num: bpf.ExtNetlinkAttr})
+		p.jump(bpf.JumpEqual, 0, missing, "")
+		p.add(bpf.TAX{}, bpf.LoadIndirect{Off: 4, Size: 4}, bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: mask})
 	}
-	raw, err := bpf.Assemble(prog)
+	// closing goes to yes when the message's TCP state is TIME_WAIT or CLOSE, to no
+	// otherwise (no TCP state at all included).
+	closing := func(yes, no string) {
+		p.add(bpf.LoadConstant{Dst: bpf.RegA, Val: attrs},
+			bpf.LoadConstant{Dst: bpf.RegX, Val: ctaProtoinfo},
+			bpf.LoadExtension{Num: bpf.ExtNetlinkAttr})
+		p.jump(bpf.JumpEqual, 0, no, "")
+		p.add(bpf.LoadConstant{Dst: bpf.RegX, Val: ctaProtoinfoTCP}, bpf.LoadExtension{Num: bpf.ExtNetlinkAttrNested})
+		p.jump(bpf.JumpEqual, 0, no, "")
+		p.add(bpf.LoadConstant{Dst: bpf.RegX, Val: ctaProtoinfoTCPState}, bpf.LoadExtension{Num: bpf.ExtNetlinkAttrNested})
+		p.jump(bpf.JumpEqual, 0, no, "")
+		p.add(bpf.TAX{}, bpf.LoadIndirect{Off: 4, Size: 1})
+		p.jump(bpf.JumpEqual, tcpTimeWait, yes, "")
+		p.jump(bpf.JumpEqual, tcpClose, yes, no)
+	}
+	p.add(bpf.LoadAbsolute{Off: typeByte, Size: 1})
+	p.jump(bpf.JumpEqual, ipctnlMsgCtDelete, "destroy", "")
+	// An update: the first reply (seen reply, not yet assured) passes; of the later
+	// ones, only a TCP connection's end (TIME_WAIT or CLOSE), which takes it out.
+	status(ipsSeenReply|ipsAssured, "drop")
+	p.jump(bpf.JumpEqual, ipsSeenReply, "accept", "")
+	p.jump(bpf.JumpEqual, ipsSeenReply|ipsAssured, "", "drop")
+	closing("accept", "drop")
+	// A destroy: of an entry that had seen a reply, and was not a TCP connection
+	// already over (it left the index when it closed).
+	p.label("destroy")
+	status(ipsSeenReply, "accept")
+	p.jump(bpf.JumpEqual, 0, "drop", "")
+	closing("drop", "accept")
+	p.label("accept")
+	p.add(bpf.RetConstant{Val: 0xffffffff}) // the whole message
+	p.label("drop")
+	p.add(bpf.RetConstant{Val: 0})
+	raw, err := p.assemble()
 	if err != nil {
 		// The program is a constant: failing to assemble it is a bug here.
 		panic("conntrack event filter: " + err.Error())
 	}
 	return raw
+}
+
+// filterProgram assembles a classic BPF program with named jump targets ("" for the
+// next instruction).
+type filterProgram struct {
+	ins    []bpf.Instruction
+	labels map[string]int
+	jumps  map[int][2]string // instruction index → true and false targets
+}
+
+func (p *filterProgram) add(ins ...bpf.Instruction) { p.ins = append(p.ins, ins...) }
+
+func (p *filterProgram) label(name string) {
+	if p.labels == nil {
+		p.labels = map[string]int{}
+	}
+	p.labels[name] = len(p.ins)
+}
+
+func (p *filterProgram) jump(cond bpf.JumpTest, val uint32, ifTrue, ifFalse string) {
+	if p.jumps == nil {
+		p.jumps = map[int][2]string{}
+	}
+	p.jumps[len(p.ins)] = [2]string{ifTrue, ifFalse}
+	p.ins = append(p.ins, bpf.JumpIf{Cond: cond, Val: val})
+}
+
+func (p *filterProgram) assemble() ([]bpf.RawInstruction, error) {
+	skip := func(at int, target string) (uint8, error) {
+		if target == "" {
+			return 0, nil
+		}
+		to, ok := p.labels[target]
+		if !ok || to <= at || to-at-1 > 255 {
+			return 0, fmt.Errorf("jump from %d to %q (at %d) is out of reach", at, target, to)
+		}
+		return uint8(to - at - 1), nil
+	}
+	for at, t := range p.jumps {
+		j := p.ins[at].(bpf.JumpIf)
+		var err error
+		if j.SkipTrue, err = skip(at, t[0]); err != nil {
+			return nil, err
+		}
+		if j.SkipFalse, err = skip(at, t[1]); err != nil {
+			return nil, err
+		}
+		p.ins[at] = j
+	}
+	return bpf.Assemble(p.ins)
 }
 
 // entry is what the index keeps of a conntrack entry, from a dump or an event.
@@ -91,9 +164,10 @@ type entry struct {
 }
 
 // entryOf converts a dumped flow; ok is false for entries revocation never concerns
-// (see eventFilter: those that never saw a reply, and protocols without ports).
+// (see eventFilter: those that never saw a reply, TCP connections that are over, and
+// protocols without ports).
 func entryOf(f *ct.Flow) (entry, bool) {
-	if !tracked(f) || !f.Status.SeenReply() {
+	if !tracked(f) || !f.Status.SeenReply() || isClosed(f) {
 		return entry{}, false
 	}
 	return entry{key: keyOf(f), replySrc: f.TupleReply.IP.SourceAddress.As16(), replySPort: f.TupleReply.Proto.SourcePort, mark: f.Mark}, true
@@ -109,7 +183,9 @@ type event struct {
 // needs a handful of fields of every new and destroyed connection on the node, so
 // they are read in place: a general decoder (ti-mo/conntrack's Event.Unmarshal) costs
 // about 2 µs and 26 allocations per event, paid twice per connection. ok is false for
-// anything else than a new or destroyed TCP, UDP or SCTP entry with both tuples.
+// anything else than a new or destroyed TCP, UDP or SCTP entry with both tuples. An
+// update that shows a TCP connection over (TIME_WAIT, CLOSE) is a removal: the
+// connection has nothing left to revoke.
 func parseEvent(b []byte) (ev event, ok bool) {
 	// struct nlmsghdr (16 bytes, host order), then struct nfgenmsg (4 bytes).
 	if len(b) < 20 {
@@ -128,6 +204,7 @@ func parseEvent(b []byte) (ev event, ok bool) {
 	}
 	var orig, reply tuple
 	var zone uint16
+	var tcpState int = -1
 	ok = true
 	for it := (attrIter{b: b[20:]}); ok; {
 		t, v, more := it.next()
@@ -150,6 +227,8 @@ func parseEvent(b []byte) (ev event, ok bool) {
 			if ok {
 				zone = binary.BigEndian.Uint16(v)
 			}
+		case ctaProtoinfo:
+			tcpState, ok = protoinfoTCPState(v)
 		}
 	}
 	if !ok || !orig.src.IsValid() || !orig.dst.IsValid() || !reply.src.IsValid() {
@@ -162,6 +241,11 @@ func parseEvent(b []byte) (ev event, ok bool) {
 	}
 	if orig.zone != 0 {
 		zone = orig.zone
+	}
+	if orig.proto == 6 && (tcpState == tcpTimeWait || tcpState == tcpClose) {
+		// The connection is over: it leaves the index (its destroy event, later,
+		// stays in the kernel).
+		ev.destroy = true
 	}
 	ev.key = flowKey{src: orig.src.As16(), dst: orig.dst.As16(), sport: orig.sport, dport: orig.dport, zone: zone,
 		proto: orig.proto, v4: orig.src.Is4()}
@@ -260,4 +344,33 @@ func (it *attrIter) next() (typ uint16, v []byte, more bool) {
 		it.b = it.b[l:]
 	}
 	return typ, v, true
+}
+
+// protoinfoTCPState reads CTA_PROTOINFO_TCP_STATE from a CTA_PROTOINFO attribute's
+// value: -1 when it has none (not TCP); ok is false when it is malformed.
+func protoinfoTCPState(b []byte) (state int, ok bool) {
+	state = -1
+	it := attrIter{b: b}
+	for {
+		t, v, more := it.next()
+		if !more {
+			return state, !it.bad
+		}
+		if t != ctaProtoinfoTCP {
+			continue
+		}
+		in := attrIter{b: v}
+		for {
+			t, v, more := in.next()
+			if !more {
+				if in.bad {
+					return state, false
+				}
+				break
+			}
+			if t == ctaProtoinfoTCPState && len(v) >= 1 {
+				state = int(v[0])
+			}
+		}
+	}
 }

@@ -395,26 +395,33 @@ type flowKey struct {
 	v4           bool
 }
 
-// slot is one indexed entry.
+// slot is one indexed entry, linked into the list of its first packet's source and
+// the list of its destination.
 type slot struct {
 	entry
-	// positions in the by-source and by-destination lists, for O(1) removal.
-	srcPos, dstPos int32
+	srcNext, srcPrev, dstNext, dstPrev int32 // slot indexes; none at the ends
 }
 
+// none ends a list.
+const none = -1
+
 // flowIndex holds the entries in a slab, found by key and by either address of the
-// first packet. Not safe for concurrent use (the Tracker locks).
+// first packet through lists threaded through the slots. Nothing in it holds a
+// pointer (maps of arrays to integers, a slice of plain structs), so the garbage
+// collector never scans it, however many entries a busy node has. Not safe for
+// concurrent use (the Tracker locks).
 type flowIndex struct {
 	slots []slot
 	free  []int32
 	byKey map[flowKey]int32
-	bySrc map[[16]byte][]int32
-	byDst map[[16]byte][]int32
+	// bySrc and byDst: the first slot of each address's list.
+	bySrc map[[16]byte]int32
+	byDst map[[16]byte]int32
 }
 
 func newFlowIndex(n int) *flowIndex {
 	return &flowIndex{slots: make([]slot, 0, n), byKey: make(map[flowKey]int32, n),
-		bySrc: map[[16]byte][]int32{}, byDst: map[[16]byte][]int32{}}
+		bySrc: make(map[[16]byte]int32, n), byDst: make(map[[16]byte]int32, n)}
 }
 
 func (x *flowIndex) len() int { return len(x.byKey) }
@@ -454,25 +461,27 @@ func (x *flowIndex) put(e entry) {
 		// (its destroy event was missed) and this is a new one.
 		x.remove(k)
 	}
-	s := slot{entry: e}
 	var i int32
 	if n := len(x.free); n > 0 {
 		i = x.free[n-1]
 		x.free = x.free[:n-1]
-		x.slots[i] = s
 	} else {
 		i = int32(len(x.slots))
-		x.slots = append(x.slots, s)
+		x.slots = append(x.slots, slot{})
 	}
+	s := &x.slots[i]
+	*s = slot{entry: e, srcPrev: none, dstPrev: none, srcNext: none, dstNext: none}
+	if h, ok := x.bySrc[k.src]; ok {
+		s.srcNext = h
+		x.slots[h].srcPrev = i
+	}
+	x.bySrc[k.src] = i
+	if h, ok := x.byDst[e.replySrc]; ok {
+		s.dstNext = h
+		x.slots[h].dstPrev = i
+	}
+	x.byDst[e.replySrc] = i
 	x.byKey[k] = i
-	x.slots[i].srcPos = addTo(x.bySrc, k.src, i)
-	x.slots[i].dstPos = addTo(x.byDst, e.replySrc, i)
-}
-
-func addTo(m map[[16]byte][]int32, a [16]byte, i int32) int32 {
-	l := m[a]
-	m[a] = append(l, i)
-	return int32(len(l))
 }
 
 func (x *flowIndex) remove(k flowKey) {
@@ -481,32 +490,31 @@ func (x *flowIndex) remove(k flowKey) {
 		return
 	}
 	s := &x.slots[i]
-	x.removeFrom(x.bySrc, s.key.src, s.srcPos, true)
-	x.removeFrom(x.byDst, s.replySrc, s.dstPos, false)
+	// Out of the source list.
+	if s.srcPrev != none {
+		x.slots[s.srcPrev].srcNext = s.srcNext
+	} else if s.srcNext != none {
+		x.bySrc[s.key.src] = s.srcNext
+	} else {
+		delete(x.bySrc, s.key.src)
+	}
+	if s.srcNext != none {
+		x.slots[s.srcNext].srcPrev = s.srcPrev
+	}
+	// Out of the destination list.
+	if s.dstPrev != none {
+		x.slots[s.dstPrev].dstNext = s.dstNext
+	} else if s.dstNext != none {
+		x.byDst[s.replySrc] = s.dstNext
+	} else {
+		delete(x.byDst, s.replySrc)
+	}
+	if s.dstNext != none {
+		x.slots[s.dstNext].dstPrev = s.dstPrev
+	}
 	delete(x.byKey, k)
 	*s = slot{}
 	x.free = append(x.free, i)
-}
-
-// removeFrom takes position pos out of the list of a, moving the list's last entry
-// into its place.
-func (x *flowIndex) removeFrom(m map[[16]byte][]int32, a [16]byte, pos int32, src bool) {
-	l := m[a]
-	last := int32(len(l) - 1)
-	if pos != last {
-		moved := l[last]
-		l[pos] = moved
-		if src {
-			x.slots[moved].srcPos = pos
-		} else {
-			x.slots[moved].dstPos = pos
-		}
-	}
-	if last == 0 {
-		delete(m, a)
-		return
-	}
-	m[a] = l[:last]
 }
 
 func (x *flowIndex) setMark(k flowKey, mark uint32) {
@@ -545,32 +553,38 @@ func (x *flowIndex) lookup(scope dataplane.FlowScope) []dataplane.Flow {
 		}
 		return out
 	}
+	// An entry can be in both a source and a destination list the scope names.
 	seen := map[int32]bool{}
-	collect := func(m map[[16]byte][]int32, ranges []dataplane.AddrRange) {
-		for _, r := range ranges {
-			if r.Single() {
-				for _, i := range m[r.From.As16()] {
-					if !seen[i] {
-						seen[i] = true
-						out = append(out, x.flow(i))
-					}
-				}
-				continue
-			}
-			for a, l := range m {
-				if len(l) == 0 || !r.Contains(addrOf(a, x.slots[l[0]].key.v4)) {
-					continue
-				}
-				for _, i := range l {
-					if !seen[i] {
-						seen[i] = true
-						out = append(out, x.flow(i))
-					}
-				}
-			}
+	add := func(i int32) {
+		if !seen[i] {
+			seen[i] = true
+			out = append(out, x.flow(i))
 		}
 	}
-	collect(x.bySrc, scope.Src)
-	collect(x.byDst, scope.Dst)
+	for _, r := range scope.Src {
+		x.eachIn(x.bySrc, r, func(i int32) int32 { add(i); return x.slots[i].srcNext })
+	}
+	for _, r := range scope.Dst {
+		x.eachIn(x.byDst, r, func(i int32) int32 { add(i); return x.slots[i].dstNext })
+	}
 	return out
+}
+
+// eachIn walks the lists of heads whose address lies in r; visit returns the next
+// slot of the list.
+func (x *flowIndex) eachIn(heads map[[16]byte]int32, r dataplane.AddrRange, visit func(int32) int32) {
+	if r.Single() {
+		if h, ok := heads[r.From.As16()]; ok {
+			for i := h; i != none; i = visit(i) {
+			}
+		}
+		return
+	}
+	for a, h := range heads {
+		if !r.Contains(addrOf(a, x.slots[h].key.v4)) {
+			continue
+		}
+		for i := h; i != none; i = visit(i) {
+		}
+	}
 }
