@@ -29,6 +29,12 @@ type FlowTable interface {
 	Generation() uint64
 }
 
+// insertNotifier is a FlowTable that tells of the flows it learns of as they come
+// (conntrack.Tracker).
+type insertNotifier interface {
+	NotifyInserts(fn func(dataplane.Flow))
+}
+
 // readyWaiter is a FlowTable that needs time before its first answer.
 type readyWaiter interface {
 	WaitReady(ctx context.Context) error
@@ -72,13 +78,34 @@ type Revoker struct {
 	Log        logr.Logger
 	// Passed, when set, is called after every pass (tests).
 	Passed func(PassResult)
+	// Now is the clock of the late-flow watches (nil: time.Now).
+	Now func() time.Time
 
 	mu      sync.Mutex
 	pending []appliedChange
 	kick    chan struct{}
 	cache   *tracer.Cache
 	gen     uint64
+	// latest is the newest ruleset a pass judged with; watches the scopes of the
+	// recent passes, and late the flows the table learnt of since that fall in one.
+	latest  *ruleset.Ruleset
+	watches []watch
+	late    []dataplane.Flow
 }
+
+// watch is a recent pass's scope, watched until until.
+type watch struct {
+	scope dataplane.FlowScope
+	until time.Time
+}
+
+// lateWindow is how long after a pass the flows the table learns of are judged too
+// when the pass's scope holds them. A connection whose first packet met the previous
+// ruleset but whose first reply came after the pass looked is in the table only from
+// that reply on (the table indexes answered connections): within a handshake's round
+// trip of the commit, which this bounds generously. (A SYN retransmitted after the
+// commit meets the new ruleset as a new connection.)
+const lateWindow = 2 * time.Second
 
 // maxPending bounds the changes waiting for a pass (a pass stuck in the kernel must not
 // pile up rulesets without end): beyond it they merge into one that judges every flow.
@@ -131,9 +158,44 @@ func (r *Revoker) Applied(old, cur *ruleset.Ruleset, changes *ruleset.Changes, a
 	}
 }
 
+// Inserted is told of a flow the table just learnt of: within lateWindow of a pass
+// whose scope holds it, it is judged too.
+func (r *Revoker) Inserted(f dataplane.Flow) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.watches) == 0 {
+		return
+	}
+	now := r.now()
+	for len(r.watches) > 0 && now.After(r.watches[0].until) {
+		r.watches = r.watches[1:]
+	}
+	for _, w := range r.watches {
+		if w.scope.Contains(f) {
+			r.late = append(r.late, f)
+			select {
+			case r.kick <- struct{}{}:
+			default:
+			}
+			return
+		}
+	}
+}
+
+func (r *Revoker) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
+}
+
 // Run makes a pass whenever changes are pending, until ctx ends.
 func (r *Revoker) Run(ctx context.Context) error {
 	r.init()
+	if n, ok := r.Flows.(insertNotifier); ok {
+		n.NotifyInserts(r.Inserted)
+		defer n.NotifyInserts(nil)
+	}
 	if w, ok := r.Flows.(readyWaiter); ok {
 		if err := w.WaitReady(ctx); err != nil {
 			// Stopped before the table was ready: nothing to revoke.
@@ -147,9 +209,19 @@ func (r *Revoker) Run(ctx context.Context) error {
 		case <-r.kick:
 		}
 		r.mu.Lock()
-		batch := r.pending
-		r.pending = nil
+		batch, late := r.pending, r.late
+		r.pending, r.late = nil, nil
 		r.mu.Unlock()
+		if len(late) > 0 && r.latest != nil {
+			res := r.decide(r.latest, late, false)
+			if res.Err != nil {
+				syncFailures.Inc()
+				r.Log.Error(res.Err, "revoking established flows that came after a pass looked")
+			}
+			if r.Passed != nil {
+				r.Passed(res)
+			}
+		}
 		if len(batch) == 0 {
 			continue
 		}
@@ -193,10 +265,10 @@ func (r *Revoker) scope(batch []appliedChange) dataplane.FlowScope {
 }
 
 // pass judges the flows the batch concerns against its newest ruleset.
-func (r *Revoker) pass(batch []appliedChange) PassResult {
+func (r *Revoker) pass(batch []appliedChange) (res PassResult) {
 	rs := batch[len(batch)-1].cur
 	sc := r.scope(batch)
-	res := PassResult{Changes: len(batch), All: sc.All}
+	res = PassResult{Changes: len(batch), All: sc.All}
 	defer func() {
 		res.Latency = time.Since(batch[0].committed)
 		revocationDuration.Observe(res.Latency.Seconds())
@@ -209,11 +281,26 @@ func (r *Revoker) pass(batch []appliedChange) PassResult {
 	if sc.Empty() {
 		return res
 	}
+	// Watched from before the look: a flow the table learns of from now on may have
+	// met the previous ruleset.
+	r.mu.Lock()
+	r.latest = rs
+	r.watches = append(r.watches, watch{scope: sc, until: r.now().Add(lateWindow)})
+	r.mu.Unlock()
 	flows, err := r.Flows.Flows(sc)
 	if err != nil {
 		res.Err = err
 		return res
 	}
+	d := r.decide(rs, flows, sc.All)
+	d.Changes, d.All = res.Changes, res.All
+	res = d
+	return res
+}
+
+// decide judges flows against rs and marks them.
+func (r *Revoker) decide(rs *ruleset.Ruleset, flows []dataplane.Flow, all bool) PassResult {
+	var res PassResult
 	res.Judged = len(flows)
 	revocationJudged.Add(float64(len(flows)))
 	var mine map[netip.Addr]bool
@@ -231,7 +318,7 @@ func (r *Revoker) pass(batch []appliedChange) PassResult {
 	res.Restored, err2 = r.Flows.SetMark(d.Restore, marks.Mask, marks.Cleared)
 	revokedFlows.Add(float64(res.Revoked))
 	if res.Revoked > 0 || res.Restored > 0 {
-		r.Log.Info("established flows follow the new ruleset", "revoked", res.Revoked, "restored", res.Restored, "judged", res.Judged, "allFlows", sc.All)
+		r.Log.Info("established flows follow the new ruleset", "revoked", res.Revoked, "restored", res.Restored, "judged", res.Judged, "allFlows", all)
 	}
 	res.Err = errors.Join(err1, err2)
 	return res

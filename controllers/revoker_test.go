@@ -113,7 +113,16 @@ func TestRevoker(t *testing.T) {
 		tcpFlow("10.0.0.40", "10.0.0.10", 40002, 80), // a stranger → server: denied from the start
 	}}
 	passes := make(chan PassResult, 16)
-	r := &Revoker{Flows: ft, Log: testr.New(t), Passed: func(p PassResult) { passes <- p }}
+	// A clock the test moves: the late-flow watches expire by it.
+	var clockMu sync.Mutex
+	clock := time.Unix(1e9, 0)
+	tick := func(d time.Duration) {
+		clockMu.Lock()
+		clock = clock.Add(d)
+		clockMu.Unlock()
+	}
+	r := &Revoker{Flows: ft, Log: testr.New(t), Passed: func(p PassResult) { passes <- p },
+		Now: func() time.Time { clockMu.Lock(); defer clockMu.Unlock(); return clock }}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { _ = r.Run(ctx) }()
@@ -189,13 +198,30 @@ func TestRevoker(t *testing.T) {
 		t.Fatal("the client's flow is revoked")
 	}
 
+	// A flow the table learns of just after a pass looked (its first reply came
+	// late), within the pass's scope: judged against the newest ruleset; one outside
+	// every recent scope is not (it would be judged with it). The earlier passes'
+	// watches (the first over every flow) are over; the last pass's is not.
+	tick(lateWindow + time.Second)
+	r.mu.Lock()
+	r.watches[len(r.watches)-1].until = clock.Add(lateWindow)
+	r.mu.Unlock()
+	ft.mu.Lock()
+	ft.flows = append(ft.flows, tcpFlow("10.0.0.20", "10.0.0.10", 40003, 80))
+	ft.mu.Unlock()
+	r.Inserted(tcpFlow("10.0.0.30", "10.0.0.10", 40004, 80))
+	r.Inserted(ft.flows[3])
+	if p := next(); p.Judged != 1 || p.Revoked != 0 {
+		t.Fatalf("the late flows' judgment %+v: want the one in scope judged (allowed)", p)
+	}
+
 	// A rebuilt flow table: every flow once.
 	ft.mu.Lock()
 	ft.gen++
 	ft.mu.Unlock()
 	last, ch5 := relabel(map[string]string{})
 	r.Applied(again, last, ch5, false, time.Now())
-	if p := next(); !p.All || p.Judged != 3 {
+	if p := next(); !p.All || p.Judged != 4 {
 		t.Fatalf("pass after a rebuild %+v: want all flows", p)
 	}
 	// Every scope but the first and the rebuild's named the client alone.

@@ -51,10 +51,14 @@ type Tracker struct {
 	// ReadBuffer is the event socket's receive buffer in bytes (0: 16 MiB); a bigger
 	// one rides out longer bursts of new connections before an overflow and re-read.
 	ReadBuffer int
-	Log        logr.Logger
+	Log logr.Logger
 
 	mu  sync.Mutex
 	idx *flowIndex
+	// sync drains the event socket into the index (nil when not following).
+	sync func() error
+	// onInsert hears of the entries events add (NotifyInserts).
+	onInsert func(dataplane.Flow)
 	// polling: no events on this kernel; every lookup dumps the table.
 	polling    bool
 	ready      chan struct{}
@@ -62,6 +66,16 @@ type Tracker struct {
 	generation atomic.Uint64
 	eventCount atomic.Uint64
 	overflows  atomic.Uint64
+}
+
+// NotifyInserts makes fn hear of every entry the events add to the index from now
+// on (not of those a dump adds), under the tracker's lock: fn must be quick and must
+// not call the tracker. Revocation uses it for connections whose first reply came
+// just after it looked (controllers.Revoker.Inserted).
+func (t *Tracker) NotifyInserts(fn func(dataplane.Flow)) {
+	t.mu.Lock()
+	t.onInsert = fn
+	t.mu.Unlock()
 }
 
 // Generation counts the times the index was (re)built from a dump: a change means
@@ -197,25 +211,28 @@ func (t *Tracker) follow(ctx context.Context) error {
 	if err != nil {
 		return errNoEvents{fmt.Errorf("event socket: %w", err)}
 	}
-	go func() {
-		// Read raw and parsed in place (parseEvent): two events per connection on a
-		// busy node must cost next to nothing. One buffer, reused.
-		buf := make([]byte, 64<<10)
+	// drain reads every event queued on the socket without waiting, and applies it;
+	// called with mu held, so that events are applied in the order they were queued
+	// whoever drains (the reader below, or a lookup that wants the index current).
+	buf := make([]byte, 64<<10) // one buffer, reused; guarded by mu
+	drain := func() error {
 		for {
 			var n int
 			var rerr error
-			err := rc.Read(func(fd uintptr) bool {
+			// Control, not Read: Read would wait for the reader's read lock.
+			if err := rc.Control(func(fd uintptr) {
 				n, _, rerr = unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT)
-				return !errors.Is(rerr, unix.EAGAIN)
-			})
-			if err == nil {
-				err = rerr
+			}); err != nil {
+				return err
 			}
-			if err != nil {
-				recvErr <- err
-				return
+			if errors.Is(rerr, unix.EAGAIN) {
+				return nil
 			}
-			mu.Lock()
+			if rerr != nil {
+				return rerr
+			}
+			// Parsed in place (parseEvent): two events per connection on a busy
+			// node must cost next to nothing.
 			for b := buf[:n]; len(b) >= 16; {
 				l := int(binary.NativeEndian.Uint32(b[0:4]))
 				if l < 16 || l > len(b) {
@@ -227,7 +244,7 @@ func (t *Tracker) follow(ctx context.Context) error {
 						buffered = append(buffered, e)
 					}
 					if live != nil {
-						t.apply(live, e)
+						t.apply(live, e, true)
 					}
 				}
 				if l = (l + 3) &^ 3; l >= len(b) { // NLMSG_ALIGN
@@ -235,7 +252,54 @@ func (t *Tracker) follow(ctx context.Context) error {
 				}
 				b = b[l:]
 			}
+		}
+	}
+	t.mu.Lock()
+	t.sync = func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		return drain()
+	}
+	t.mu.Unlock()
+	defer func() {
+		t.mu.Lock()
+		t.sync = nil
+		t.mu.Unlock()
+	}()
+	go func() {
+		// Woken by the socket, the reader drains it and then rests a moment before
+		// waiting again: while it rests, new events queue without waking anyone, so
+		// a busy node's thousands of events a second cost a few hundred wake-ups,
+		// not one each. Lookups drain first (Flows), so the rest delays nothing
+		// revocation reads.
+		for ctx.Err() == nil {
+			// Wait for events with poll(2) (bounded, to notice the end), not the
+			// runtime's poller: a lookup's drain must never queue behind this wait.
+			var ready bool
+			var perr error
+			if err := rc.Control(func(fd uintptr) {
+				var n int
+				n, perr = unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 100)
+				ready = n > 0
+			}); err != nil {
+				recvErr <- err
+				return
+			}
+			if perr != nil && !errors.Is(perr, unix.EINTR) {
+				recvErr <- perr
+				return
+			}
+			if !ready {
+				continue
+			}
+			mu.Lock()
+			err := drain()
 			mu.Unlock()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			time.Sleep(readerRest)
 		}
 	}()
 	build := func() error {
@@ -257,7 +321,7 @@ func (t *Tracker) follow(ctx context.Context) error {
 			}
 		}
 		for _, e := range buffered {
-			t.apply(fresh, e)
+			t.apply(fresh, e, false)
 		}
 		buffered = nil
 		live = fresh
@@ -297,16 +361,22 @@ func (t *Tracker) follow(ctx context.Context) error {
 	}
 }
 
-// apply records one event in idx.
-func (t *Tracker) apply(idx *flowIndex, e event) {
+// apply records one event in idx; fresh tells an event read as it came (not one
+// replayed onto a rebuilt index), whose new entries NotifyInserts' fn hears of.
+func (t *Tracker) apply(idx *flowIndex, e event, fresh bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if e.destroy {
 		idx.remove(e.key)
 		return
 	}
-	idx.put(e.entry)
+	if idx.put(e.entry) && fresh && t.onInsert != nil {
+		t.onInsert(idx.flowOf(e.entry))
+	}
 }
+
+// readerRest is how long the event reader rests after draining the socket.
+const readerRest = 2 * time.Millisecond
 
 // setReadBufferForce sets the socket's receive buffer beyond net.core.rmem_max
 // (SO_RCVBUFFORCE needs CAP_NET_ADMIN, which the agent has); without the capability
@@ -345,6 +415,15 @@ func dumpAll(netns int) ([]ct.Flow, error) {
 func (t *Tracker) Flows(scope dataplane.FlowScope) ([]dataplane.Flow, error) {
 	if scope.Empty() {
 		return nil, nil
+	}
+	// Every event queued before this look is in the index first.
+	t.mu.Lock()
+	drain := t.sync
+	t.mu.Unlock()
+	if drain != nil {
+		if err := drain(); err != nil {
+			return nil, fmt.Errorf("reading conntrack events: %w", err)
+		}
 	}
 	t.mu.Lock()
 	polling, idx := t.polling, t.idx
@@ -449,13 +528,14 @@ func tracked(f *ct.Flow) bool {
 	return f.TupleOrig.IP.SourceAddress.IsValid() && f.TupleReply.IP.SourceAddress.IsValid()
 }
 
-func (x *flowIndex) put(e entry) {
+// put adds or updates the entry; it reports whether the entry is new.
+func (x *flowIndex) put(e entry) bool {
 	k := e.key
 	if i, ok := x.byKey[k]; ok {
 		s := &x.slots[i]
 		if s.replySrc == e.replySrc && s.replySPort == e.replySPort {
 			s.mark = e.mark
-			return
+			return false
 		}
 		// The same original tuple with another reply: the entry indexed is gone
 		// (its destroy event was missed) and this is a new one.
@@ -482,6 +562,7 @@ func (x *flowIndex) put(e entry) {
 	}
 	x.byDst[e.replySrc] = i
 	x.byKey[k] = i
+	return true
 }
 
 func (x *flowIndex) remove(k flowKey) {
@@ -531,8 +612,9 @@ func addrOf(b [16]byte, v4 bool) netip.Addr {
 	return a
 }
 
-func (x *flowIndex) flow(i int32) dataplane.Flow {
-	s := &x.slots[i]
+func (x *flowIndex) flow(i int32) dataplane.Flow { return x.flowOf(x.slots[i].entry) }
+
+func (x *flowIndex) flowOf(s entry) dataplane.Flow {
 	return dataplane.Flow{
 		Proto: s.key.proto,
 		Orig:  dataplane.Tuple{Src: addrOf(s.key.src, s.key.v4), Dst: addrOf(s.key.dst, s.key.v4), SPort: s.key.sport, DPort: s.key.dport},
