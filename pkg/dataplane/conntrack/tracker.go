@@ -51,7 +51,7 @@ type Tracker struct {
 	// ReadBuffer is the event socket's receive buffer in bytes (0: 16 MiB); a bigger
 	// one rides out longer bursts of new connections before an overflow and re-read.
 	ReadBuffer int
-	Log logr.Logger
+	Log        logr.Logger
 
 	mu  sync.Mutex
 	idx *flowIndex
