@@ -47,7 +47,6 @@ package controllers
 
 import (
 	"context"
-	"fmt"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -57,6 +56,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/nftpolicy/nftpolicy/pkg/compiler"
+	"github.com/nftpolicy/nftpolicy/pkg/model"
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
 )
 
@@ -179,7 +179,8 @@ func (s *Syncer) withoutClusterWide(problems []compiler.Problem) []compiler.Prob
 // compiledOnReadyNode reports whether the policy selects, on a Ready node, a pod that
 // the compiler puts in that node's ruleset (eligible and owning an address): then
 // that node compiles the policy and reports its problems. Only the policy's namespace
-// is read (the cache indexes pods by namespace).
+// is read, from the engine (which indexes pods by namespace; the cache holds
+// CachedPods, which client.List cannot return).
 func (s *Syncer) compiledOnReadyNode(ctx context.Context, key types.NamespacedName, ready map[string]bool) (bool, error) {
 	np := s.engine.Policy(key.Namespace, key.Name)
 	if np == nil {
@@ -190,20 +191,17 @@ func (s *Syncer) compiledOnReadyNode(ctx context.Context, key types.NamespacedNa
 		//nolint:nilerr // not a failure: a selector that does not parse selects nothing, so no node compiles the policy (its parse problem is reported by every agent)
 		return false, nil
 	}
-	var pods corev1.PodList
-	if err := s.Client.List(ctx, &pods, client.InNamespace(key.Namespace), client.UnsafeDisableDeepCopy); err != nil {
-		return false, fmt.Errorf("listing the pods of namespace %s: %w", key.Namespace, err)
-	}
-	for i := range pods.Items {
-		p := s.engine.Pod(key.Namespace, pods.Items[i].Name)
-		if p == nil || !ready[p.NodeName] || !sel.Matches(labels.Set(p.Labels)) {
-			continue
+	found := false
+	s.engine.EachPodIn(key.Namespace, func(p *model.Pod) {
+		if found || !ready[p.NodeName] || !sel.Matches(labels.Set(p.Labels)) {
+			return
 		}
 		for _, ip := range p.IPs {
 			if s.engine.OwnerOf(ip) == p {
-				return true, nil
+				found = true
+				return
 			}
 		}
-	}
-	return false, nil
+	})
+	return found, nil
 }

@@ -174,9 +174,7 @@ func labCluster(pods int) *model.Snapshot {
 			Labels: labels[i%60], Phase: corev1.PodRunning, Ports: ports,
 			IPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 64 + byte(i>>16), byte(i >> 8), byte(i)})}})
 	}
-	for _, np := range synthetic(pods, pods/10, 1).Policies {
-		var i int
-		fmt.Sscanf(np.Name, "pol-%d", &i)
+	for i, np := range synthetic(pods, pods/10, 1).Policies { // pol-i
 		np.Namespace = fmt.Sprintf("syn-%04d", i/5)
 		snap.Policies = append(snap.Policies, np)
 	}

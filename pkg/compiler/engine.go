@@ -268,6 +268,9 @@ func (e *Engine) Policy(namespace, name string) *networkingv1.NetworkPolicy {
 // every policy the engine holds (fn must not change the engine).
 func (e *Engine) EachPod(fn func(p *model.Pod)) { e.eachPod(fn) }
 
+// EachPodIn calls fn for every pod of the namespace.
+func (e *Engine) EachPodIn(namespace string, fn func(p *model.Pod)) { e.eachPodIn(namespace, fn) }
+
 func (e *Engine) EachNamespace(fn func(name string)) {
 	for name := range e.namespaces {
 		fn(name)
