@@ -67,10 +67,37 @@ func (s *Syncer) compilerOptions() compiler.Options {
 		LogDenied: s.LogDenied, Audit: s.Audit}
 }
 
-// setPolicy hands a new or changed policy to the engine and validates it.
+// setPolicy hands a new or changed policy to the engine and validates it. Until the
+// first ruleset is in the kernel the validation waits (validatePending): the first sync
+// sets every policy of the cluster, and validating 10k of them would delay enforcement
+// by a tenth of a second for problem reports that can come right after.
 func (s *Syncer) setPolicy(np *networkingv1.NetworkPolicy) {
 	s.engine.SetPolicy(np)
 	key := types.NamespacedName{Namespace: np.Namespace, Name: np.Name}
+	if !s.ready.Load() {
+		if s.unvalidated == nil {
+			s.unvalidated = map[types.NamespacedName]bool{}
+		}
+		s.unvalidated[key] = true
+		return
+	}
+	s.validate(key, np)
+}
+
+// validatePending validates the policies setPolicy left for after the first ruleset,
+// and reports whether any has a problem.
+func (s *Syncer) validatePending() bool {
+	for key := range s.unvalidated {
+		if np := s.engine.Policy(key.Namespace, key.Name); np != nil {
+			s.validate(key, np)
+		}
+	}
+	s.unvalidated = nil
+	return len(s.validated) > 0
+}
+
+// validate records the problems compiler.Validate finds in the policy.
+func (s *Syncer) validate(key types.NamespacedName, np *networkingv1.NetworkPolicy) {
 	problems := compiler.Validate(np, s.compilerOptions())
 	if len(problems) == 0 {
 		delete(s.validated, key)
@@ -86,6 +113,7 @@ func (s *Syncer) setPolicy(np *networkingv1.NetworkPolicy) {
 func (s *Syncer) deletePolicy(namespace, name string) {
 	s.engine.DeletePolicy(namespace, name)
 	delete(s.validated, types.NamespacedName{Namespace: namespace, Name: name})
+	delete(s.unvalidated, types.NamespacedName{Namespace: namespace, Name: name})
 }
 
 // nodeReady reports whether the node's Ready condition is True.

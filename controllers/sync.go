@@ -119,6 +119,8 @@ type Syncer struct {
 	// validated are the problems compiler.Validate finds in each policy that has any,
 	// whether or not this node compiles it (reporter.go).
 	validated map[types.NamespacedName][]compiler.Problem
+	// unvalidated are the policies set before the first ruleset, validated after it.
+	unvalidated map[types.NamespacedName]bool
 	// clusterValidated are the problems compiler.ValidateCluster finds in each
 	// ClusterNetworkPolicy that has any: the same on every node, reported by the
 	// reporter alone (reporter.go).
@@ -351,6 +353,9 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 	rulesetSize.WithLabelValues("elements").Set(float64(st.Elements))
 	if !s.ready.Swap(true) {
 		s.Log.Info("first ruleset applied", "chains", st.Chains, "rules", st.Rules, "elements", st.Elements, "duration", time.Since(start))
+		if s.validatePending() {
+			s.report(res.Problems) // now with the problems of the policies validated late
+		}
 		if s.AfterFirstSync != nil {
 			s.AfterFirstSync()
 		}
