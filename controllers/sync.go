@@ -485,17 +485,12 @@ func (s *Syncer) resync(ctx context.Context) error {
 		if cur != nil && cur.Version == o.GetResourceVersion() && o.GetResourceVersion() != "" {
 			return
 		}
-		m, ok := cachedModel(o)
-		if !ok {
-			return
+		// An update the event filter dropped (status conditions and the like) only
+		// replaces the engine's object (SetPod of an equivalent pod), so that the next
+		// resync skips the pod.
+		if m, ok := cachedModel(o); ok {
+			e.SetPod(m)
 		}
-		if cur != nil && cur.Equivalent(m) {
-			// An update the event filter dropped (status conditions and the like):
-			// remember the version so that the next resync skips the pod.
-			cur.Version = m.Version
-			return
-		}
-		e.SetPod(m)
 	}); err != nil {
 		return err
 	}

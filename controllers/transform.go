@@ -55,15 +55,14 @@ func TrimPod(obj any) (any, error) {
 	return out, nil
 }
 
-// cachedModel returns the model of a Pod read from the cache: a copy of a CachedPod's
-// (the engine keeps what it is given, and the resync notes versions on it; the slices
-// and maps are shared, nobody modifies them), or the model of a full Pod (a cache
-// without the transform, as the tests' clients have).
+// cachedModel returns the model of a Pod read from the cache: a CachedPod's own, which
+// the engine then shares with the cache (neither modifies it: a change is a new
+// object), or the model of a full Pod (a cache without the transform, as the tests'
+// clients have).
 func cachedModel(o any) (*model.Pod, bool) {
 	switch p := o.(type) {
 	case *CachedPod:
-		m := p.Pod
-		return &m, true
+		return &p.Pod, true
 	case *corev1.Pod:
 		return model.PodFromAPI(p), true
 	}

@@ -110,6 +110,25 @@ func (e *Engine) changePods(namespace, name string, p *model.Pod) {
 	if old == nil && p == nil {
 		return
 	}
+	if old != nil && p != nil && old != p && old.Equivalent(p) {
+		// Only the version differs (an update nothing here reads): the new object takes
+		// the old one's place in the indexes and the sets stay as they are. The agent
+		// hands the engine its cache's own pods, so it keeps the newest one.
+		e.byNS[namespace][name] = p
+		if p.NodeName == e.node {
+			e.local[p.Key()] = p
+		}
+		if p.Eligible() {
+			for _, ip := range p.IPs {
+				for i, c := range e.claims[ip] {
+					if c == old {
+						e.claims[ip][i] = p
+					}
+				}
+			}
+		}
+		return
+	}
 	if (old != nil && old.NodeName == e.node) || (p != nil && p.NodeName == e.node) {
 		e.dirty = true
 	}
