@@ -34,6 +34,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	cnp "sigs.k8s.io/network-policy-api/apis/v1beta1"
@@ -41,16 +42,8 @@ import (
 	"github.com/nftpolicy/nftpolicy/pkg/compiler"
 	"github.com/nftpolicy/nftpolicy/pkg/dataplane"
 	"github.com/nftpolicy/nftpolicy/pkg/model"
-	"github.com/nftpolicy/nftpolicy/pkg/revoke"
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
-	"github.com/nftpolicy/nftpolicy/pkg/tracer"
 )
-
-// FlowTable lists conntrack entries and sets their marks (pkg/dataplane/conntrack).
-type FlowTable interface {
-	Flows() ([]dataplane.Flow, error)
-	SetMark(flows []dataplane.Flow, mask, value uint32) (int, error)
-}
 
 // syncRequest is the one key every event maps to: the workqueue deduplicates it, so a
 // burst of events becomes one sync.
@@ -79,6 +72,8 @@ type Syncer struct {
 	// Flows, when set, is the node's conntrack table: after every ruleset change the
 	// established flows the new ruleset denies are marked revoked and dropped, so
 	// revoking a policy also stops connections opened before (nil: revocation off).
+	// A Revoker does it beside the sync (revoker.go), judging only the flows each
+	// change concerns.
 	Flows FlowTable
 	// LocalAddrs returns this node's own addresses (nil: none); they decide which hook
 	// (input, output or forward) a flow went through.
@@ -147,8 +142,10 @@ type Syncer struct {
 	// handlers run concurrently with a sync).
 	dirtyMu sync.Mutex
 	dirty   map[dirtyKey]bool
-	// traceCache keeps the set indexes revocation traces with, across syncs.
-	traceCache *tracer.Cache
+	// revoker judges established flows after each change (nil: revocation off);
+	// flushed is the engine's last ruleset, which its next changes start from.
+	revoker *Revoker
+	flushed *ruleset.Ruleset
 }
 
 type objectKind int
@@ -179,6 +176,12 @@ func (s *Syncer) SetupWithManager(mgr ctrl.Manager) error {
 		auditMode.Set(0)
 	}
 	s.kicks = make(chan kickEvent, 1)
+	if s.Flows != nil && !s.Audit {
+		s.revoker = &Revoker{Flows: s.Flows, LocalAddrs: s.LocalAddrs, Log: s.Log.WithName("revoke")}
+		if err := mgr.Add(manager.RunnableFunc(s.revoker.Run)); err != nil {
+			return fmt.Errorf("adding the revoker: %w", err)
+		}
+	}
 	c, err := ctrl.NewControllerManagedBy(mgr).
 		Named("nftpolicy").
 		Watches(&networkingv1.NetworkPolicy{}, s.track(kindPolicy)).
@@ -312,6 +315,8 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 		return reconcile.Result{}, fmt.Errorf("reading the cache: %w", err)
 	}
 	res, changes := s.engine.Flush()
+	prevFlushed, old := s.flushed, s.applied.Load()
+	s.flushed = res.Ruleset
 	s.report(res.Problems)
 	compiled := time.Now()
 
@@ -326,11 +331,12 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 		s.reportNodeFailure(err)
 		return reconcile.Result{}, fmt.Errorf("applying the ruleset: %w", err)
 	}
+	committed := time.Now()
 	kind := "incremental"
 	if out.Full {
 		kind = "full"
 	}
-	syncDuration.WithLabelValues(kind).Observe(time.Since(compiled).Seconds())
+	syncDuration.WithLabelValues(kind).Observe(committed.Sub(compiled).Seconds())
 	s.noteApplied(res.Ruleset)
 	if verify {
 		s.lastVerify = time.Now()
@@ -339,13 +345,17 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 		driftRepairs.Inc()
 		s.Log.Info("kernel table differed from the applied ruleset; repaired", "ops", out.Ops)
 	}
-	if out.Ops > 0 && s.Flows != nil && !s.Audit {
-		// A failure here leaves flows running that should stop, but the rules are in
-		// force for every new connection: log, count, and retry with the next sync.
-		if err := s.revoke(res.Ruleset); err != nil {
-			syncFailures.Inc()
-			s.Log.Error(err, "revoking established flows the new ruleset denies")
+	if out.Ops > 0 && s.revoker != nil {
+		// Handed over, not waited for: the revoker judges the flows the change
+		// concerns in its own goroutine (revoker.go). The engine's changes lead from
+		// the kernel's previous ruleset when the previous flush is what was applied;
+		// after a failed Apply they do not, and the revoker diffs. A replaced table
+		// or repaired drift may have let anything through meanwhile: every flow.
+		var ch *ruleset.Changes
+		if prevFlushed == old {
+			ch = changes
 		}
+		s.revoker.Applied(old, res.Ruleset, ch, out.Full || out.Drift, committed)
 	}
 	st := res.Ruleset.Stats()
 	rulesetSize.WithLabelValues("chains").Set(float64(st.Chains))
@@ -603,32 +613,6 @@ func (s *Syncer) cachedPod(ctx context.Context, key types.NamespacedName) (*mode
 		return nil, err
 	}
 	return model.PodFromAPI(&p), nil
-}
-
-// revoke marks the conntrack entries of flows the ruleset no longer allows, and clears
-// the mark of revoked flows it allows again.
-func (s *Syncer) revoke(rs *ruleset.Ruleset) error {
-	flows, err := s.Flows.Flows()
-	if err != nil {
-		return err
-	}
-	var mine map[netip.Addr]bool
-	if s.LocalAddrs != nil {
-		mine = s.LocalAddrs()
-	}
-	marks := revoke.Marks{Mask: compiler.CtMarkMask, Revoked: compiler.RevokedMark, Cleared: compiler.ClearedMark}
-	if s.traceCache == nil {
-		s.traceCache = tracer.NewCache()
-	}
-	s.traceCache.Retain(rs)
-	d := revoke.Decide(tracer.NewWithCache(rs, s.traceCache), flows, func(a netip.Addr) bool { return mine[a] }, marks)
-	revoked, err1 := s.Flows.SetMark(d.Revoke, marks.Mask, marks.Revoked)
-	restored, err2 := s.Flows.SetMark(d.Restore, marks.Mask, marks.Cleared)
-	revokedFlows.Add(float64(revoked))
-	if revoked > 0 || restored > 0 {
-		s.Log.Info("established flows follow the new ruleset", "revoked", revoked, "restored", restored)
-	}
-	return errors.Join(err1, err2)
 }
 
 // problemSource tells why this node reports a problem.

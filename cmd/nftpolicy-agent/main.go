@@ -18,6 +18,7 @@ import (
 	"runtime/pprof"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -198,8 +199,29 @@ func run(args []string) error {
 		}
 	}
 	if o.revoke && !o.audit {
-		syncer.Flows = &conntrack.Table{}
+		// The conntrack index revocation looks flows up in: built from one dump, then
+		// kept by conntrack events; re-read every ten minutes to drop the entries
+		// whose destroy event never came (created before anyone listened).
+		tracker := &conntrack.Tracker{ResyncPeriod: 10 * time.Minute, Log: log.WithName("conntrack")}
+		if err := mgr.Add(manager.RunnableFunc(tracker.Run)); err != nil {
+			return fmt.Errorf("adding the conntrack tracker: %w", err)
+		}
+		syncer.Flows = tracker
 		syncer.LocalAddrs = localAddrs
+		crmetrics.Registry.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "nftpolicy_conntrack_tracked_flows",
+				Help: "Conntrack entries (TCP, UDP, SCTP) in the index revocation looks flows up in.",
+			}, func() float64 { return float64(tracker.Stats().Flows) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "nftpolicy_conntrack_events_total",
+				Help: "Conntrack events applied to the index: a connection's first reply and its end (the kernel filters out the rest).",
+			}, func() float64 { return float64(tracker.Stats().Events) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "nftpolicy_conntrack_event_overflows_total",
+				Help: "Times the conntrack event socket overflowed (connections created faster than the agent read them): each is followed by a re-read of the whole table and a revocation pass over every flow.",
+			}, func() float64 { return float64(tracker.Stats().Overflows) }),
+		)
 	}
 	if err := syncer.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the controller: %w", err)

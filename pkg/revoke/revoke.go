@@ -58,6 +58,9 @@ type Decision struct {
 // hook a flow used).
 func Decide(tr *tracer.Tracer, flows []dataplane.Flow, local func(netip.Addr) bool, marks Marks) Decision {
 	var d Decision
+	// Flows often share their first packet but for the source port (a client's
+	// many connections to one server port): each distinct packet is traced once.
+	verdicts := map[tracer.Packet]bool{}
 	for _, f := range flows {
 		// Policy speaks of TCP, UDP and SCTP ports; other protocols (ICMP echo) are only
 		// ever allowed or denied wholesale and their entries expire within seconds.
@@ -68,7 +71,12 @@ func Decide(tr *tracer.Tracer, flows []dataplane.Flow, local func(netip.Addr) bo
 			continue
 		}
 		revoked := f.Mark&marks.Mask == marks.Revoked
-		allowed := tr.Allowed(firstPacket(f, local))
+		p := firstPacket(f, local)
+		allowed, ok := verdicts[p]
+		if !ok {
+			allowed = tr.Allowed(p)
+			verdicts[p] = allowed
+		}
 		switch {
 		case !allowed && !revoked:
 			d.Revoke = append(d.Revoke, f)

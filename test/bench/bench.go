@@ -24,10 +24,12 @@ const (
 	GroupControlPlane = "controlplane"
 	GroupResources    = "resources"
 	GroupGoBench      = "gobench"
+	// GroupRevocation is revocation with a full conntrack table (revocation.go).
+	GroupRevocation = "revocation"
 )
 
 // AllGroups lists the groups in the order they are reported.
-var AllGroups = []string{GroupDataPath, GroupControlPlane, GroupResources, GroupGoBench}
+var AllGroups = []string{GroupDataPath, GroupControlPlane, GroupRevocation, GroupResources, GroupGoBench}
 
 // Profile holds every size and duration of a run. Full is what `make bench` runs,
 // Quick a short run of the same shape, Tiny the smoke test's.
@@ -64,6 +66,12 @@ type Profile struct {
 	// table before a revocation (after the cycles at Medium).
 	ConntrackSweep []time.Duration `json:"conntrack_sweep_ns"`
 
+	// RevocationEntries conntrack entries fill node2's table for the revocation
+	// experiment at Medium, which runs RevocationCycles deny+allow cycles with the
+	// table as the traffic left it and as many with it full.
+	RevocationEntries int `json:"revocation_entries"`
+	RevocationCycles  int `json:"revocation_cycles"`
+
 	IdleWindow   time.Duration `json:"idle_window_ns"`
 	ChurnWindow  time.Duration `json:"churn_window_ns"`
 	ChurnRate    float64       `json:"churn_pods_per_second"`
@@ -93,8 +101,9 @@ func FullProfile() Profile {
 		Rounds: 10, ConnectDuration: time.Second, StreamDuration: 2 * time.Second,
 		FloodRate: 20000, FloodDuration: 5 * time.Second,
 		ColdSyncReps: 3, LargeColdSyncReps: 2, IncrementalReps: 9, LatencyCycles: 100, LargeLatencyCycles: 30,
-		ConntrackSweep: []time.Duration{0, 300 * time.Millisecond, time.Second},
-		IdleWindow:     10 * time.Second, ChurnWindow: 10 * time.Second, ChurnRate: 10,
+		ConntrackSweep:    []time.Duration{0, 300 * time.Millisecond, time.Second},
+		RevocationEntries: 250000, RevocationCycles: 30,
+		IdleWindow: 10 * time.Second, ChurnWindow: 10 * time.Second, ChurnRate: 10,
 		ResyncPeriod: 2 * time.Second, ResyncWindow: 8 * time.Second,
 		CNPAdmin: 50, CNPBaseline: 50, CNPClientPolicies: 5, CNPLatencyCycles: 60,
 		GoBenchTime: "5x", GoBenchFilter: ".",
@@ -110,8 +119,9 @@ func QuickProfile() Profile {
 		Rounds: 3, ConnectDuration: 500 * time.Millisecond, StreamDuration: time.Second,
 		FloodRate: 10000, FloodDuration: 2 * time.Second,
 		ColdSyncReps: 2, LargeColdSyncReps: 1, IncrementalReps: 3, LatencyCycles: 15, LargeLatencyCycles: 5,
-		ConntrackSweep: []time.Duration{0, 500 * time.Millisecond},
-		IdleWindow:     3 * time.Second, ChurnWindow: 3 * time.Second, ChurnRate: 10,
+		ConntrackSweep:    []time.Duration{0, 500 * time.Millisecond},
+		RevocationEntries: 50000, RevocationCycles: 10,
+		IdleWindow: 3 * time.Second, ChurnWindow: 3 * time.Second, ChurnRate: 10,
 		ResyncPeriod: time.Second, ResyncWindow: 3 * time.Second,
 		CNPAdmin: 50, CNPBaseline: 50, CNPClientPolicies: 5, CNPLatencyCycles: 10,
 		GoBenchTime: "1x", GoBenchFilter: ".",
@@ -126,8 +136,9 @@ func TinyProfile() Profile {
 		Rounds: 1, ConnectDuration: 150 * time.Millisecond, StreamDuration: 200 * time.Millisecond,
 		FloodRate: 2000, FloodDuration: 300 * time.Millisecond,
 		ColdSyncReps: 1, LargeColdSyncReps: 1, IncrementalReps: 1, LatencyCycles: 2, LargeLatencyCycles: 1,
-		ConntrackSweep: []time.Duration{100 * time.Millisecond},
-		IdleWindow:     300 * time.Millisecond, ChurnWindow: 500 * time.Millisecond, ChurnRate: 10,
+		ConntrackSweep:    []time.Duration{100 * time.Millisecond},
+		RevocationEntries: 2000, RevocationCycles: 2,
+		IdleWindow: 300 * time.Millisecond, ChurnWindow: 500 * time.Millisecond, ChurnRate: 10,
 		ResyncPeriod: 300 * time.Millisecond, ResyncWindow: 700 * time.Millisecond,
 		CNPAdmin: 6, CNPBaseline: 2, CNPClientPolicies: 5, CNPLatencyCycles: 3,
 		GoBenchTime: "1x", GoBenchFilter: "DiffOneLabelChange/pods=1000/",
@@ -200,6 +211,8 @@ type Report struct {
 	DataPath  *DataPathReport     `json:"datapath,omitempty"`
 	Control   *ControlPlaneReport `json:"controlplane,omitempty"`
 	Resource  *ResourcesReport    `json:"resources,omitempty"`
+	// Revocation is revocation with a full conntrack table (controlplane group).
+	Revocation *RevocationReport `json:"revocation,omitempty"`
 	// CNP describes the ClusterNetworkPolicy load of the data path's (e) and (f) and
 	// of the control plane's experiments with it.
 	CNP     *CNPReport     `json:"cnp,omitempty"`
@@ -288,6 +301,7 @@ func (r *runner) runLab(ctx context.Context) {
 	dp := o.want(GroupDataPath)
 	cp := o.want(GroupControlPlane)
 	rs := o.want(GroupResources)
+	rv := o.want(GroupRevocation)
 	if dp {
 		r.rep.DataPath = &DataPathReport{Background: p.Medium}
 		r.step(ctx, "datapath: ruleset (c) without background", 3*time.Minute, func(ctx context.Context) error {
@@ -299,7 +313,7 @@ func (r *runner) runLab(ctx context.Context) {
 		r.scale(ctx, p.Small)
 		r.coldAndIncremental(ctx, p.Small, p.ColdSyncReps, true)
 	}
-	if dp || cp || rs {
+	if dp || cp || rs || rv {
 		r.scale(ctx, p.Medium)
 	}
 	if dp {
@@ -320,6 +334,9 @@ func (r *runner) runLab(ctx context.Context) {
 		r.step(ctx, "controlplane: API write → enforced at "+p.Medium.String(), 10*time.Minute, func(ctx context.Context) error {
 			return r.enforceLatency(ctx, enforceSpec{what: enforceNP, pair: r.env.pair, kinds: enforceKinds, cycles: p.LatencyCycles, sweep: p.ConntrackSweep})
 		})
+	}
+	if rv {
+		r.step(ctx, fmt.Sprintf("revocation with %s conntrack entries at %s", count(p.RevocationEntries), p.Medium), 10*time.Minute, r.revocationScale)
 	}
 	if rs {
 		r.rep.Resource = &ResourcesReport{}

@@ -164,7 +164,7 @@ func TestSmoke(t *testing.T) {
 	}
 	out := t.TempDir()
 	opts := &Options{
-		Profile: TinyProfile(), Groups: []string{GroupDataPath, GroupControlPlane, GroupResources},
+		Profile: TinyProfile(), Groups: []string{GroupDataPath, GroupControlPlane, GroupRevocation, GroupResources},
 		OutDir: out, AgentBinary: agent, Progress: lab.TestLog(t),
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -222,6 +222,24 @@ func TestSmoke(t *testing.T) {
 		for _, er := range cp.Enforce {
 			if er.Failures != 0 || er.Revoked.N == 0 || len(er.Trials) == 0 {
 				t.Errorf("API write → enforced at %s %q: %d failures, %d revocations", er.Scale, er.What, er.Failures, er.Revoked.N)
+			}
+		}
+	}
+	// Revocation with a full conntrack table: every deny stopped its flows, the
+	// agent indexed the entries, and the changes that concern no flow judged none
+	// (the scope of a label change is the pod's address alone).
+	if rr := rep.Revocation; rr == nil || rr.Full == nil || rr.Empty == nil {
+		t.Errorf("revocation: %+v", rr)
+	} else {
+		if rr.Full.Errors != 0 || rr.Empty.Errors != 0 || rr.Full.Delay.N == 0 {
+			t.Errorf("revocation: %d and %d failed cycles, %d denies measured", rr.Empty.Errors, rr.Full.Errors, rr.Full.Delay.N)
+		}
+		if rr.Tracked < float64(rr.Entries) {
+			t.Errorf("revocation: the agent indexed %.0f conntrack entries, want at least %d", rr.Tracked, rr.Entries)
+		}
+		for _, n := range rr.None {
+			if n.Error != "" || n.Passes == 0 || n.Judged != 0 {
+				t.Errorf("revocation: change concerning no flow %+v: want a pass judging no flow", n)
 			}
 		}
 	}

@@ -12,8 +12,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-logr/logr"
 	"golang.org/x/sys/unix"
 
+	"github.com/nftpolicy/nftpolicy/pkg/dataplane/conntrack"
 	"github.com/nftpolicy/nftpolicy/test/lab"
 )
 
@@ -24,8 +26,9 @@ import (
 // selects. (g), (h) and (i) are the audit configurations (audit.go): (g) is (d) plus
 // audited policies selecting other pods than the client and the server, (h) is (g)'s
 // table with client2 → server2, whose server an audited deny-all selects, and (i) is
-// (d)'s table with that flow.
-var dataPathConfigs = []string{"a", "b", "c", "d", "e", "f", "g", "h", "i"}
+// (d)'s table with that flow. (j) is (d) with what the agent adds to every connection
+// beside its table: the conntrack event listener of revocation's flow index.
+var dataPathConfigs = []string{"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"}
 
 var dataPathConfigNames = map[string]string{
 	"a": "no rules (no table, no conntrack)",
@@ -37,6 +40,7 @@ var dataPathConfigNames = map[string]string{
 	"g": "nftpolicy, (d) plus audited policies (nftpolicy.io/mode: audit) selecting the other pods of both nodes, none the client or the server",
 	"h": "(g)'s ruleset, the flow client2 → server2, whose server an audited deny-all selects (shadow evaluation)",
 	"i": "(d)'s ruleset, the flow client2 → server2 ((h) without the audited policies)",
+	"j": "(d) with the agent's conntrack event listeners running on both nodes (revocation's flow index): what the kernel's conntrack events cost each connection",
 }
 
 // rulesetOf is the configuration whose table a configuration loads.
@@ -46,7 +50,7 @@ func rulesetOf(cfg string) string {
 		return "e"
 	case "h":
 		return "g"
-	case "i":
+	case "i", "j":
 		return "d"
 	}
 	return cfg
@@ -366,6 +370,13 @@ func (r *runner) dataPathRounds(ctx context.Context) error {
 		return nil
 	}
 	defer func() { _ = apply("a") }()
+	// listening stops configuration (j)'s conntrack listeners (also on an error).
+	var listening func()
+	defer func() {
+		if listening != nil {
+			listening()
+		}
+	}()
 	flush := func() error { return errors.Join(flushConntrack(ctx, e.n1.NS), flushConntrack(ctx, e.n2.NS)) }
 	for round := range p.Rounds {
 		order := slices.Concat(configs[round%len(configs):], configs[:round%len(configs)])
@@ -375,6 +386,12 @@ func (r *runner) dataPathRounds(ctx context.Context) error {
 			}
 			if err := apply(cfg); err != nil {
 				return err
+			}
+			if cfg == "j" {
+				var err error
+				if listening, err = e.listenConntrack(ctx); err != nil {
+					return err
+				}
 			}
 			fp := e.flowOf(cfg)
 			if round == 0 {
@@ -405,6 +422,10 @@ func (r *runner) dataPathRounds(ctx context.Context) error {
 					test = testConnect8
 				}
 				dp.Runs = append(dp.Runs, DataPathRun{Round: round, Config: cfg, Test: test, Connect: &run})
+			}
+			if listening != nil {
+				listening()
+				listening = nil
 			}
 			if !measuresStream(cfg) {
 				continue
@@ -492,7 +513,7 @@ func (dp *DataPathReport) summarize() {
 			dp.Paired[name] = PairedStat{Samples: samples, Median: Median(samples)}
 		}
 	}
-	for _, cmp := range [][2]string{{"d", "b"}, {"c", "b"}, {"b", "a"}, {"d", "c"}, {"e", "b"}, {"f", "b"}, {"e", "d"}, {"f", "d"}, {"g", "d"}, {"h", "i"}, {"h", "g"}} {
+	for _, cmp := range [][2]string{{"d", "b"}, {"c", "b"}, {"b", "a"}, {"d", "c"}, {"e", "b"}, {"f", "b"}, {"e", "d"}, {"f", "d"}, {"g", "d"}, {"h", "i"}, {"h", "g"}, {"j", "d"}} {
 		x, y := cmp[0], cmp[1]
 		if dp.Summary[x] == nil || dp.Summary[y] == nil {
 			continue
@@ -529,4 +550,41 @@ func paired(a, b []float64) (x, y []float64) {
 		}
 	}
 	return x, y
+}
+
+// listenConntrack runs, in both nodes, the conntrack tracker the agent runs for
+// revocation (subscribed to update and destroy events through its filter) until stop
+// is called: configuration (j) measures what those events cost each connection.
+func (e *env) listenConntrack(ctx context.Context) (stop func(), err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	var files []*os.File
+	stop = func() {
+		cancel()
+		wg.Wait()
+		for _, f := range files {
+			_ = f.Close()
+		}
+	}
+	for _, n := range []*lab.ClusterNode{e.n1, e.n2} {
+		f, err := os.Open(n.NS.Path())
+		if err != nil {
+			stop()
+			return nil, fmt.Errorf("opening %s: %w", n.NS, err)
+		}
+		files = append(files, f)
+		tr := &conntrack.Tracker{NetNS: int(f.Fd()), Log: logr.Discard()}
+		wg.Go(func() { _ = tr.Run(ctx) })
+		wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+		err = tr.WaitReady(wctx)
+		wcancel()
+		if err == nil && tr.Stats().Polling {
+			err = errors.New("no conntrack events in this kernel")
+		}
+		if err != nil {
+			stop()
+			return nil, fmt.Errorf("conntrack listener in %s: %w", n.NS, err)
+		}
+	}
+	return stop, nil
 }

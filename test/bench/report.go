@@ -108,6 +108,11 @@ func evaluateTargets(rep *Report) []Target {
 		add(Target{Name: fmt.Sprintf("pods no audited policy selects: new connections/s (g)/(d), %s", loopsText(c)), Value: v, Op: ">=", Limit: 0.95,
 			Detail: "median of per-round ratios; (g) = (d) + audited policies selecting other pods of both nodes"}, ok)
 	}
+	for _, c := range []string{"c1", "c8"} {
+		v, ok := paired("cps_" + c + " j/d")
+		add(Target{Name: fmt.Sprintf("conntrack event listener (revocation's index): new connections/s (j)/(d), %s", loopsText(c)), Value: v, Op: ">=", Limit: 0.95,
+			Detail: "median of per-round ratios; (j) = (d) with the agent's conntrack event listeners on both nodes"}, ok)
+	}
 	if dp != nil && dp.Flood != nil {
 		f := dp.Flood
 		add(Target{Name: "SYN flood at a denied pod: agent CPU increase", Value: f.RaisePct, Unit: "% core", Op: "<=", Limit: 0.5,
@@ -205,6 +210,8 @@ func evaluateTargets(rep *Report) []Target {
 		add(Target{Name: fmt.Sprintf("incremental change at %s vs %s (worst kind)", p.Large, p.Small), Value: worst, Unit: "x", Op: "<=", Limit: 1.2,
 			Detail: strings.TrimSpace(which + ": " + strings.Join(parts, ", "))}, len(parts) > 0)
 	}
+
+	revocationTargets(rep, add)
 
 	// Resources.
 	res := func(s Scale) *ResourceRun {
@@ -433,7 +440,7 @@ func (rep *Report) PrintTable(w io.Writer) {
 			}
 			name := "(" + cfg + ") " + map[string]string{"a": "no rules", "b": "conntrack only", "c": "nftpolicy", "d": "nftpolicy + " + dp.Background.String(),
 				"e": "(d) + CNPs, client under Admin", "f": "(e), pods no CNP selects",
-				"g": "(d) + audited policies, other pods", "h": "(g), server2 under audited deny-all", "i": "(d), client2 → server2"}[cfg]
+				"g": "(d) + audited policies, other pods", "h": "(g), server2 under audited deny-all", "i": "(d), client2 → server2", "j": "(d) + conntrack event listeners"}[cfg]
 			size := ""
 			if rs := dp.Rulesets[rulesetOf(cfg)]; rs != nil {
 				size = fmt.Sprintf("%d/%d", rs["node1"].Elements, rs["node2"].Elements)
@@ -449,7 +456,7 @@ func (rep *Report) PrintTable(w io.Writer) {
 		row("paired per round", "median", "middle half of the rounds")
 		for _, k := range []string{"cps_c1 d/b", "cps_c8 d/b", "cps_c1 c/b", "cps_c8 c/b", "cps_c1 d/c", "cps_c1 b/a",
 			"cps_c1 e/b", "cps_c8 e/b", "cps_c1 e/d", "cps_c8 e/d", "cps_c1 f/b", "cps_c8 f/b", "cps_c1 f/d", "cps_c8 f/d",
-			"cps_c1 g/d", "cps_c8 g/d", "cps_c1 h/i", "cps_c8 h/i", "cps_c1 h/g", "cps_c8 h/g",
+			"cps_c1 g/d", "cps_c8 g/d", "cps_c1 h/i", "cps_c8 h/i", "cps_c1 h/g", "cps_c8 h/g", "cps_c1 j/d", "cps_c8 j/d",
 			"stream d/b", "stream c/b", "stream b/a", "stream e/b", "stream f/b"} {
 			if s, ok := dp.Paired[k]; ok {
 				row(k, fmt.Sprintf("%.3f", s.Median), fmt.Sprintf("%.3f – %.3f", Percentile(s.Samples, 0.25), Percentile(s.Samples, 0.75)))

@@ -1,6 +1,7 @@
 package conntrack
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 
@@ -86,6 +87,37 @@ func TestListAndMark(t *testing.T) {
 	}
 	if _, err := table.SetMark(flows, 0x30000000, 0); err == nil {
 		t.Error("a zero mark value must be refused")
+	}
+	// Thousands at once, over several writes, some gone: each present one marked once.
+	var many []dataplane.Flow
+	for i := range 2500 {
+		f := mk("10.245.0.1", fmt.Sprintf("10.246.%d.%d", i/200, i%200), uint16(1000+i), 53, unix.IPPROTO_UDP)
+		if i%250 != 0 { // one in 250 never created
+			if err := c.Create(f); err != nil {
+				t.Fatal(err)
+			}
+		}
+		many = append(many, dataplane.Flow{Proto: unix.IPPROTO_UDP, Orig: dataplane.Tuple{Src: f.TupleOrig.IP.SourceAddress,
+			Dst: f.TupleOrig.IP.DestinationAddress, SPort: f.TupleOrig.Proto.SourcePort, DPort: 53}})
+	}
+	if n, err := table.SetMark(many, 0x30000000, 0x20000000); err != nil || n != 2490 {
+		t.Fatalf("SetMark of 2500 (10 gone): %d, %v", n, err)
+	}
+	flows, err = table.Flows()
+	if err != nil {
+		t.Fatal(err)
+	}
+	marked := 0
+	for _, f := range flows {
+		if f.Orig.Src == netip.MustParseAddr("10.245.0.1") {
+			if f.Mark != 0x20000005 {
+				t.Fatalf("mark of %v: 0x%x, want 0x20000005", f.Orig, f.Mark)
+			}
+			marked++
+		}
+	}
+	if marked != 2490 {
+		t.Errorf("%d entries marked, want 2490", marked)
 	}
 
 }

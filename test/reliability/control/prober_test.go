@@ -263,6 +263,13 @@ func probeOnce(ns *lab.Netns, addr netip.AddrPort, timeout time.Duration) (outco
 	})
 	switch {
 	case errors.Is(werr, os.ErrDeadlineExceeded):
+		if handshakeDoneFirstTry(fd) {
+			// The kernel completed the handshake on the first SYN; only this
+			// process was late to look (a loaded machine can hold a goroutine past
+			// the deadline). A SYN a policy dropped is answered, if ever, only after
+			// its retransmission, which TCP_INFO counts.
+			return connected, nil
+		}
 		return timedOut, nil
 	case werr != nil:
 		return netError, fmt.Errorf("wait for connect: %w", werr)
@@ -270,6 +277,16 @@ func probeOnce(ns *lab.Netns, addr netip.AddrPort, timeout time.Duration) (outco
 		return netError, connErr
 	}
 	return connected, nil
+}
+
+// tcpEstablished is TCP_ESTABLISHED (include/net/tcp_states.h), TCP_INFO's state.
+const tcpEstablished = 1
+
+// handshakeDoneFirstTry reports whether the socket is connected without any
+// retransmission: its first SYN was answered.
+func handshakeDoneFirstTry(fd int) bool {
+	info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	return err == nil && info.State == tcpEstablished && info.Total_retrans == 0 && info.Retransmits == 0
 }
 
 func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }

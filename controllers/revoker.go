@@ -1,0 +1,238 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+
+	"github.com/nftpolicy/nftpolicy/pkg/compiler"
+	"github.com/nftpolicy/nftpolicy/pkg/dataplane"
+	"github.com/nftpolicy/nftpolicy/pkg/revoke"
+	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
+	"github.com/nftpolicy/nftpolicy/pkg/tracer"
+)
+
+// FlowTable finds the node's conntrack entries and sets their marks
+// (pkg/dataplane/conntrack's Tracker).
+type FlowTable interface {
+	// Flows returns the entries whose first packet the scope holds.
+	Flows(scope dataplane.FlowScope) ([]dataplane.Flow, error)
+	SetMark(flows []dataplane.Flow, mask, value uint32) (int, error)
+	// Generation changes whenever the table's view was rebuilt and may have missed
+	// entries meanwhile: every entry is then judged once.
+	Generation() uint64
+}
+
+// readyWaiter is a FlowTable that needs time before its first answer.
+type readyWaiter interface {
+	WaitReady(ctx context.Context) error
+}
+
+var (
+	revocationDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "nftpolicy_revocation_duration_seconds",
+		Help: "Time from the kernel commit of a ruleset change to the marks of the established flows it denies written (the revocation pass runs after the sync, never in its way).",
+		// From 100 µs: a change that concerns no flow costs next to nothing.
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
+	})
+	revocationJudged = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "nftpolicy_revocation_flows_judged_total",
+		Help: "Conntrack entries judged by revocation passes: those whose first packet's addresses a change concerned (all of them after a full replace).",
+	})
+	revocationPasses = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nftpolicy_revocation_passes_total",
+		Help: "Revocation passes by scope: addresses (the flows of the addresses a change concerned) or all (every flow: a first or full ruleset, drift repaired, the conntrack view rebuilt).",
+	}, []string{"scope"})
+)
+
+func init() {
+	metrics.Registry.MustRegister(revocationDuration, revocationJudged, revocationPasses)
+}
+
+// Revoker marks the established flows a new ruleset denies, and clears the mark of
+// revoked flows it allows again, in its own goroutine: the sync hands it each applied
+// change and goes on, so the next policy change is never held up by revocation, and
+// revocation never by the sync lock. Changes that arrive while a pass runs are merged
+// into the next one, judged against the newest ruleset.
+//
+// Each pass judges only the flows the changes concern (revoke.Scope: the addresses
+// whose verdict can have changed), found in the FlowTable's index, so its cost is what
+// the change concerns, not the size of the node's conntrack table.
+type Revoker struct {
+	Flows FlowTable
+	// LocalAddrs returns this node's own addresses (nil: none); they decide which hook
+	// (input, output or forward) a flow went through.
+	LocalAddrs func() map[netip.Addr]bool
+	Log        logr.Logger
+	// Passed, when set, is called after every pass (tests).
+	Passed func(PassResult)
+
+	mu      sync.Mutex
+	pending []appliedChange
+	kick    chan struct{}
+	cache   *tracer.Cache
+	gen     uint64
+}
+
+// maxPending bounds the changes waiting for a pass (a pass stuck in the kernel must not
+// pile up rulesets without end): beyond it they merge into one that judges every flow.
+const maxPending = 256
+
+// appliedChange is one ruleset change in the kernel, to be judged.
+type appliedChange struct {
+	old, cur *ruleset.Ruleset
+	// changes turn old into cur; nil: compute them (the dataplane diffed itself).
+	changes *ruleset.Changes
+	// all: judge every flow (a whole table replaced, drift repaired).
+	all       bool
+	committed time.Time
+}
+
+// PassResult is what one revocation pass did.
+type PassResult struct {
+	Changes  int // ruleset changes merged into the pass
+	All      bool
+	Judged   int
+	Revoked  int
+	Restored int
+	// Latency is from the oldest change's kernel commit to the pass's end.
+	Latency time.Duration
+	Err     error
+}
+
+func (r *Revoker) init() {
+	r.mu.Lock()
+	if r.kick == nil {
+		r.kick = make(chan struct{}, 1)
+	}
+	r.mu.Unlock()
+}
+
+// Applied hands over a ruleset change the kernel committed at committed: from old to
+// cur by changes (nil: unknown, computed by the pass), or, with all, a change after
+// which every flow is to be judged. It never blocks.
+func (r *Revoker) Applied(old, cur *ruleset.Ruleset, changes *ruleset.Changes, all bool, committed time.Time) {
+	r.init()
+	r.mu.Lock()
+	r.pending = append(r.pending, appliedChange{old: old, cur: cur, changes: changes, all: all || old == nil, committed: committed})
+	if len(r.pending) > maxPending {
+		r.pending = []appliedChange{{cur: cur, all: true, committed: r.pending[0].committed}}
+	}
+	r.mu.Unlock()
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run makes a pass whenever changes are pending, until ctx ends.
+func (r *Revoker) Run(ctx context.Context) error {
+	r.init()
+	if w, ok := r.Flows.(readyWaiter); ok {
+		if err := w.WaitReady(ctx); err != nil {
+			// Stopped before the table was ready: nothing to revoke.
+			return nil //nolint:nilerr // a stop is not a failure
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.kick:
+		}
+		r.mu.Lock()
+		batch := r.pending
+		r.pending = nil
+		r.mu.Unlock()
+		if len(batch) == 0 {
+			continue
+		}
+		res := r.pass(batch)
+		if res.Err != nil {
+			// The rules are in force for every new connection; the flows this pass
+			// missed are judged again with the next change that concerns them (or,
+			// failing that, the next full pass).
+			syncFailures.Inc()
+			r.Log.Error(res.Err, "revoking established flows the new ruleset denies")
+		}
+		if r.Passed != nil {
+			r.Passed(res)
+		}
+	}
+}
+
+// scope merges the changes' scopes.
+func (r *Revoker) scope(batch []appliedChange) dataplane.FlowScope {
+	var sc dataplane.FlowScope
+	if g := r.Flows.Generation(); g != r.gen {
+		// The flow table's view was (re)built: entries created meanwhile were not
+		// seen by earlier passes.
+		r.gen = g
+		return dataplane.FlowScope{All: true}
+	}
+	for _, c := range batch {
+		if c.all {
+			return dataplane.FlowScope{All: true}
+		}
+		ch := c.changes
+		if ch == nil {
+			ch = ruleset.Diff(c.old, c.cur)
+		}
+		sc.Add(revoke.Scope(c.old, c.cur, ch))
+		if sc.All {
+			return sc
+		}
+	}
+	return sc
+}
+
+// pass judges the flows the batch concerns against its newest ruleset.
+func (r *Revoker) pass(batch []appliedChange) PassResult {
+	rs := batch[len(batch)-1].cur
+	sc := r.scope(batch)
+	res := PassResult{Changes: len(batch), All: sc.All}
+	defer func() {
+		res.Latency = time.Since(batch[0].committed)
+		revocationDuration.Observe(res.Latency.Seconds())
+	}()
+	if sc.All {
+		revocationPasses.WithLabelValues("all").Inc()
+	} else {
+		revocationPasses.WithLabelValues("addresses").Inc()
+	}
+	if sc.Empty() {
+		return res
+	}
+	flows, err := r.Flows.Flows(sc)
+	if err != nil {
+		res.Err = err
+		return res
+	}
+	res.Judged = len(flows)
+	revocationJudged.Add(float64(len(flows)))
+	var mine map[netip.Addr]bool
+	if r.LocalAddrs != nil {
+		mine = r.LocalAddrs()
+	}
+	if r.cache == nil {
+		r.cache = tracer.NewCache()
+	}
+	r.cache.Retain(rs)
+	marks := revoke.Marks{Mask: compiler.CtMarkMask, Revoked: compiler.RevokedMark, Cleared: compiler.ClearedMark}
+	d := revoke.Decide(tracer.NewWithCache(rs, r.cache), flows, func(a netip.Addr) bool { return mine[a] }, marks)
+	var err1, err2 error
+	res.Revoked, err1 = r.Flows.SetMark(d.Revoke, marks.Mask, marks.Revoked)
+	res.Restored, err2 = r.Flows.SetMark(d.Restore, marks.Mask, marks.Cleared)
+	revokedFlows.Add(float64(res.Revoked))
+	if res.Revoked > 0 || res.Restored > 0 {
+		r.Log.Info("established flows follow the new ruleset", "revoked", res.Revoked, "restored", res.Restored, "judged", res.Judged, "allFlows", sc.All)
+	}
+	res.Err = errors.Join(err1, err2)
+	return res
+}
