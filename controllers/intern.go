@@ -59,3 +59,30 @@ func canonical(m map[string]string) string {
 	}
 	return b.String()
 }
+
+// sliceInterner shares one slice among cached objects whose slices are equal, as
+// interner does for maps; the caller supplies the key that equal slices share.
+type sliceInterner[T any] struct {
+	mu  sync.Mutex
+	m   map[string][]T
+	max int
+}
+
+func newSliceInterner[T any](max int) *sliceInterner[T] {
+	return &sliceInterner[T]{m: map[string][]T{}, max: max}
+}
+
+// intern returns a slice equal to s (key identifies its contents), shared with earlier
+// calls where possible.
+func (in *sliceInterner[T]) intern(key string, s []T) []T {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if shared, ok := in.m[key]; ok {
+		return shared
+	}
+	if len(in.m) >= in.max {
+		clear(in.m)
+	}
+	in.m[key] = s
+	return s
+}

@@ -47,7 +47,6 @@ package controllers
 
 import (
 	"context"
-	"fmt"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -57,6 +56,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/nftpolicy/nftpolicy/pkg/compiler"
+	"github.com/nftpolicy/nftpolicy/pkg/model"
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
 )
 
@@ -67,10 +67,37 @@ func (s *Syncer) compilerOptions() compiler.Options {
 		LogDenied: s.LogDenied, Audit: s.Audit}
 }
 
-// setPolicy hands a new or changed policy to the engine and validates it.
+// setPolicy hands a new or changed policy to the engine and validates it. Until the
+// first ruleset is in the kernel the validation waits (validatePending): the first sync
+// sets every policy of the cluster, and validating 10k of them would delay enforcement
+// by a tenth of a second for problem reports that can come right after.
 func (s *Syncer) setPolicy(np *networkingv1.NetworkPolicy) {
 	s.engine.SetPolicy(np)
 	key := types.NamespacedName{Namespace: np.Namespace, Name: np.Name}
+	if !s.ready.Load() {
+		if s.unvalidated == nil {
+			s.unvalidated = map[types.NamespacedName]bool{}
+		}
+		s.unvalidated[key] = true
+		return
+	}
+	s.validate(key, np)
+}
+
+// validatePending validates the policies setPolicy left for after the first ruleset,
+// and reports whether any has a problem.
+func (s *Syncer) validatePending() bool {
+	for key := range s.unvalidated {
+		if np := s.engine.Policy(key.Namespace, key.Name); np != nil {
+			s.validate(key, np)
+		}
+	}
+	s.unvalidated = nil
+	return len(s.validated) > 0
+}
+
+// validate records the problems compiler.Validate finds in the policy.
+func (s *Syncer) validate(key types.NamespacedName, np *networkingv1.NetworkPolicy) {
 	problems := compiler.Validate(np, s.compilerOptions())
 	if len(problems) == 0 {
 		delete(s.validated, key)
@@ -86,6 +113,7 @@ func (s *Syncer) setPolicy(np *networkingv1.NetworkPolicy) {
 func (s *Syncer) deletePolicy(namespace, name string) {
 	s.engine.DeletePolicy(namespace, name)
 	delete(s.validated, types.NamespacedName{Namespace: namespace, Name: name})
+	delete(s.unvalidated, types.NamespacedName{Namespace: namespace, Name: name})
 }
 
 // nodeReady reports whether the node's Ready condition is True.
@@ -179,7 +207,8 @@ func (s *Syncer) withoutClusterWide(problems []compiler.Problem) []compiler.Prob
 // compiledOnReadyNode reports whether the policy selects, on a Ready node, a pod that
 // the compiler puts in that node's ruleset (eligible and owning an address): then
 // that node compiles the policy and reports its problems. Only the policy's namespace
-// is read (the cache indexes pods by namespace).
+// is read, from the engine (which indexes pods by namespace; the cache holds
+// CachedPods, which client.List cannot return).
 func (s *Syncer) compiledOnReadyNode(ctx context.Context, key types.NamespacedName, ready map[string]bool) (bool, error) {
 	np := s.engine.Policy(key.Namespace, key.Name)
 	if np == nil {
@@ -190,20 +219,17 @@ func (s *Syncer) compiledOnReadyNode(ctx context.Context, key types.NamespacedNa
 		//nolint:nilerr // not a failure: a selector that does not parse selects nothing, so no node compiles the policy (its parse problem is reported by every agent)
 		return false, nil
 	}
-	var pods corev1.PodList
-	if err := s.Client.List(ctx, &pods, client.InNamespace(key.Namespace), client.UnsafeDisableDeepCopy); err != nil {
-		return false, fmt.Errorf("listing the pods of namespace %s: %w", key.Namespace, err)
-	}
-	for i := range pods.Items {
-		p := s.engine.Pod(key.Namespace, pods.Items[i].Name)
-		if p == nil || !ready[p.NodeName] || !sel.Matches(labels.Set(p.Labels)) {
-			continue
+	found := false
+	s.engine.EachPodIn(key.Namespace, func(p *model.Pod) {
+		if found || !ready[p.NodeName] || !sel.Matches(labels.Set(p.Labels)) {
+			return
 		}
 		for _, ip := range p.IPs {
 			if s.engine.OwnerOf(ip) == p {
-				return true, nil
+				found = true
+				return
 			}
 		}
-	}
-	return false, nil
+	})
+	return found, nil
 }

@@ -114,6 +114,8 @@ type Syncer struct {
 	// validated are the problems compiler.Validate finds in each policy that has any,
 	// whether or not this node compiles it (reporter.go).
 	validated map[types.NamespacedName][]compiler.Problem
+	// unvalidated are the policies set before the first ruleset, validated after it.
+	unvalidated map[types.NamespacedName]bool
 	// clusterValidated are the problems compiler.ValidateCluster finds in each
 	// ClusterNetworkPolicy that has any: the same on every node, reported by the
 	// reporter alone (reporter.go).
@@ -253,12 +255,12 @@ func (s *Syncer) takeDirty() map[dirtyKey]bool {
 // podUpdateMatters filters out pod updates that change nothing enforcement reads —
 // most pod updates are status conditions and container states.
 func podUpdateMatters(e event.UpdateEvent) bool {
-	o, ok1 := e.ObjectOld.(*corev1.Pod)
-	n, ok2 := e.ObjectNew.(*corev1.Pod)
+	o, ok1 := cachedModel(e.ObjectOld)
+	n, ok2 := cachedModel(e.ObjectNew)
 	if !ok1 || !ok2 {
 		return true
 	}
-	return !model.PodFromAPI(o).Equivalent(model.PodFromAPI(n))
+	return !o.Equivalent(n)
 }
 
 // nodeUpdateMatters passes the Node updates that change what the agent reads of a
@@ -361,6 +363,9 @@ func (s *Syncer) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 	rulesetSize.WithLabelValues("elements").Set(float64(st.Elements))
 	if !s.ready.Swap(true) {
 		s.Log.Info("first ruleset applied", "chains", st.Chains, "rules", st.Rules, "elements", st.Elements, "duration", time.Since(start))
+		if s.validatePending() {
+			s.report(res.Problems) // now with the problems of the policies validated late
+		}
 		if s.AfterFirstSync != nil {
 			s.AfterFirstSync()
 		}
@@ -395,12 +400,12 @@ func (s *Syncer) update(ctx context.Context, dirty map[dirtyKey]bool, resync boo
 		var err error
 		switch k.kind {
 		case kindPod:
-			var p corev1.Pod
-			if err = s.Client.Get(ctx, key, &p, client.UnsafeDisableDeepCopy); err == nil {
+			var p *model.Pod
+			if p, err = s.cachedPod(ctx, key); err == nil {
 				// Events the first sync already covered (the initial list arrives as
 				// create events, some after it) change nothing: skip them cheaply.
-				if cur := s.engine.Pod(p.Namespace, p.Name); cur == nil || cur.Version != p.ResourceVersion || p.ResourceVersion == "" {
-					s.engine.SetPod(model.PodFromAPI(&p))
+				if cur := s.engine.Pod(p.Namespace, p.Name); cur == nil || cur.Version != p.Version || p.Version == "" {
+					s.engine.SetPod(p)
 				}
 			} else if apierrors.IsNotFound(err) {
 				s.engine.DeletePod(k.namespace, k.name)
@@ -484,21 +489,18 @@ func (s *Syncer) resync(ctx context.Context) error {
 	}
 	clear(seen)
 	if err := s.each(ctx, &corev1.Pod{}, &corev1.PodList{}, func(o client.Object) {
-		p := o.(*corev1.Pod)
-		seen[types.NamespacedName{Namespace: p.Namespace, Name: p.Name}] = true
+		seen[types.NamespacedName{Namespace: o.GetNamespace(), Name: o.GetName()}] = true
 		// Converting 50k pods on every resync would cost tens of milliseconds.
-		cur := e.Pod(p.Namespace, p.Name)
-		if cur != nil && cur.Version == p.ResourceVersion && p.ResourceVersion != "" {
+		cur := e.Pod(o.GetNamespace(), o.GetName())
+		if cur != nil && cur.Version == o.GetResourceVersion() && o.GetResourceVersion() != "" {
 			return
 		}
-		m := model.PodFromAPI(p)
-		if cur != nil && cur.Equivalent(m) {
-			// An update the event filter dropped (status conditions and the like):
-			// remember the version so that the next resync skips the pod.
-			cur.Version = m.Version
-			return
+		// An update the event filter dropped (status conditions and the like) only
+		// replaces the engine's object (SetPod of an equivalent pod), so that the next
+		// resync skips the pod.
+		if m, ok := cachedModel(o); ok {
+			e.SetPod(m)
 		}
-		e.SetPod(m)
 	}); err != nil {
 		return err
 	}
@@ -581,6 +583,36 @@ func (s *Syncer) each(ctx context.Context, obj client.Object, list client.Object
 		}
 		return nil
 	})
+}
+
+// cachedPod reads one pod from the cache: from the informer's store, which holds
+// CachedPods (TrimPod) that client.Get cannot return, or through the client from a
+// cache without the transform. A pod the cache lacks is a NotFound error.
+func (s *Syncer) cachedPod(ctx context.Context, key types.NamespacedName) (*model.Pod, error) {
+	if src, ok := s.Client.(informerSource); ok {
+		inf, err := src.GetInformer(ctx, &corev1.Pod{})
+		if err != nil {
+			return nil, fmt.Errorf("informer for pods: %w", err)
+		}
+		if st, ok := inf.(interface{ GetStore() toolscache.Store }); ok {
+			item, exists, err := st.GetStore().GetByKey(key.String())
+			if err != nil {
+				return nil, fmt.Errorf("reading pod %s from the cache: %w", key, err)
+			}
+			if !exists {
+				return nil, apierrors.NewNotFound(corev1.Resource("pods"), key.Name)
+			}
+			if m, ok := cachedModel(item); ok {
+				return m, nil
+			}
+			return nil, fmt.Errorf("pod %s: unexpected %T in the cache", key, item)
+		}
+	}
+	var p corev1.Pod
+	if err := s.Client.Get(ctx, key, &p, client.UnsafeDisableDeepCopy); err != nil {
+		return nil, err
+	}
+	return model.PodFromAPI(&p), nil
 }
 
 // problemSource tells why this node reports a problem.

@@ -10,13 +10,14 @@ import (
 	"github.com/nftpolicy/nftpolicy/pkg/model"
 )
 
-// TestTrimPodKeepsWhatEnforcementReads: the model of the trimmed pod is the model of
-// the pod, for pods with and without named ports, sidecars and plain init containers;
-// trimming twice changes nothing.
+// TestTrimPodKeepsWhatEnforcementReads: the cached pod's model is the model of the pod,
+// for pods with and without named ports, sidecars and plain init containers; trimming
+// twice changes nothing; the cached pod answers as a client.Object with the pod's
+// identity; pods with equal labels and ports share them.
 func TestTrimPodKeepsWhatEnforcementReads(t *testing.T) {
 	always := corev1.ContainerRestartPolicyAlways
 	pods := []*corev1.Pod{
-		{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "plain", ResourceVersion: "7", Labels: map[string]string{"app": "a"},
+		{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "plain", UID: "u1", ResourceVersion: "7", Labels: map[string]string{"app": "a"},
 			Annotations: map[string]string{"big": "annotation"}},
 			Spec:   corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "c", Image: "i", Env: []corev1.EnvVar{{Name: "A", Value: "B"}}}}},
 			Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.0.0.1", PodIPs: []corev1.PodIP{{IP: "10.0.0.1"}, {IP: "fd00::1"}}}},
@@ -38,14 +39,38 @@ func TestTrimPodKeepsWhatEnforcementReads(t *testing.T) {
 		want := model.PodFromAPI(p)
 		once, _ := TrimPod(p)
 		twice, _ := TrimPod(once)
-		for i, got := range []*corev1.Pod{once.(*corev1.Pod), twice.(*corev1.Pod)} {
-			if m := model.PodFromAPI(got); !reflect.DeepEqual(m, want) {
+		for i, got := range []any{once, twice} {
+			c, ok := got.(*CachedPod)
+			if !ok {
+				t.Fatalf("%s (trimmed %d times): %T, want *CachedPod", p.Name, i+1, got)
+			}
+			if m, _ := cachedModel(c); !reflect.DeepEqual(m, want) {
 				t.Errorf("%s (trimmed %d times): model %+v, want %+v", p.Name, i+1, m, want)
 			}
-			if len(got.Spec.Containers) != 0 || got.Annotations["big"] != "" {
-				t.Errorf("%s: not trimmed: %+v", p.Name, got)
+			if c.GetNamespace() != p.Namespace || c.GetName() != p.Name || c.GetUID() != p.UID ||
+				c.GetResourceVersion() != p.ResourceVersion || !reflect.DeepEqual(c.GetLabels(), p.GetLabels()) {
+				t.Errorf("%s: object metadata %s/%s %s %s %v", p.Name, c.GetNamespace(), c.GetName(), c.GetUID(), c.GetResourceVersion(), c.GetLabels())
+			}
+			if cp := c.DeepCopyObject().(*CachedPod); !reflect.DeepEqual(cp, c) {
+				t.Errorf("%s: DeepCopyObject %+v, want %+v", p.Name, cp, c)
 			}
 		}
+		if m, _ := cachedModel(p); !reflect.DeepEqual(m, want) {
+			t.Errorf("%s: model of the full pod %+v, want %+v", p.Name, m, want)
+		}
+	}
+	a1, _ := TrimPod(pods[1])
+	a2, _ := TrimPod(pods[1].DeepCopy())
+	if &a1.(*CachedPod).Pod.Ports[0] != &a2.(*CachedPod).Pod.Ports[0] {
+		t.Error("equal port lists are not shared")
+	}
+	b1, _ := TrimPod(pods[0])
+	b2, _ := TrimPod(pods[0].DeepCopy())
+	if reflect.ValueOf(b1.(*CachedPod).Pod.Labels).UnsafePointer() != reflect.ValueOf(b2.(*CachedPod).Pod.Labels).UnsafePointer() {
+		t.Error("equal label sets are not shared")
+	}
+	if tomb, _ := TrimPod("tombstone"); tomb != "tombstone" {
+		t.Errorf("a non-Pod is changed: %v", tomb)
 	}
 }
 

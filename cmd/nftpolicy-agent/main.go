@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"runtime/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -116,6 +117,10 @@ func run(args []string) error {
 	if o.nodeName == "" {
 		return errors.New("--node-name (or $NODE_NAME) is required")
 	}
+	stopProfile, err := startupProfile(os.Getenv("NFTPOLICY_STARTUP_CPUPROFILE"))
+	if err != nil {
+		return err
+	}
 
 	cfg, err := restConfig(o.kubeconfig)
 	if err != nil {
@@ -160,6 +165,7 @@ func run(args []string) error {
 	}
 	syncer := &controllers.Syncer{
 		AfterFirstSync: func() {
+			stopProfile()
 			if _, set := os.LookupEnv("GOGC"); !set && o.gcPercent > 0 {
 				debug.SetGCPercent(o.gcPercent)
 			}
@@ -328,4 +334,26 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 		return nil, fmt.Errorf("loading kubeconfig %s: %w", kubeconfig, err)
 	}
 	return cfg, nil
+}
+
+// startupProfile writes a CPU profile of the agent's start, up to its first ruleset in
+// the kernel, to path.<pid> when path is set ($NFTPOLICY_STARTUP_CPUPROFILE): the
+// start is over before /debug/pprof could be asked (docs/performance.md). The
+// returned function stops it.
+func startupProfile(path string) (func(), error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(fmt.Sprintf("%s.%d", filepath.Clean(path), os.Getpid())) //nolint:gosec // a path the operator sets in the agent's environment, for a debugging aid
+	if err != nil {
+		return nil, fmt.Errorf("startup CPU profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("startup CPU profile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		_ = f.Close()
+	}, nil
 }

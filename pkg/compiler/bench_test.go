@@ -146,3 +146,79 @@ func BenchmarkEngineChange(b *testing.B) {
 		}
 	}
 }
+
+// labCluster is the cluster of `make bench` (test/bench/objects.go) as node1 sees it:
+// namespaces of 50 pods labelled team=t(ns%10), five policies per namespace whose
+// namespace-selector peers match whole teams, pods in blocks of 100 per node with
+// block 0 on node1. Unlike synthetic, node1's share of the cluster stays 100 pods
+// while its peer sets grow with the cluster (a tenth of every pod per team set), so
+// the cost of a change here is what the agent pays at that scale.
+func labCluster(pods int) *model.Snapshot {
+	snap := synthetic(0, 0, 1)
+	snap.NodeName = "node1"
+	labels := map[int]map[string]string{}
+	ports := []model.NamedPort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 8080}}
+	for i := range pods {
+		ns := fmt.Sprintf("syn-%04d", i/50)
+		if _, ok := snap.Namespaces[ns]; !ok {
+			snap.Namespaces[ns] = &model.Namespace{Name: ns, Labels: map[string]string{"team": fmt.Sprintf("t%d", i/50%10)}}
+		}
+		if labels[i%60] == nil {
+			labels[i%60] = map[string]string{"app": fmt.Sprintf("app-%d", i%20), "tier": fmt.Sprintf("tier-%d", i%3)}
+		}
+		node := fmt.Sprintf("vnode-%d", i/100)
+		if i < 100 {
+			node = "node1"
+		}
+		snap.Pods = append(snap.Pods, &model.Pod{Namespace: ns, Name: fmt.Sprintf("p-%d", i), NodeName: node,
+			Labels: labels[i%60], Phase: corev1.PodRunning, Ports: ports,
+			IPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 64 + byte(i>>16), byte(i >> 8), byte(i)})}})
+	}
+	for i, np := range synthetic(pods, pods/10, 1).Policies { // pol-i
+		np.Namespace = fmt.Sprintf("syn-%04d", i/5)
+		snap.Policies = append(snap.Policies, np)
+	}
+	return snap
+}
+
+// BenchmarkLabColdFlush: the agent's first compile at the lab's scales (the engine
+// filled from scratch, then the first Flush).
+func BenchmarkLabColdFlush(b *testing.B) {
+	for _, pods := range []int{1000, 50000, 100000} {
+		snap := labCluster(pods)
+		b.Run(fmt.Sprintf("pods=%d", pods), func(b *testing.B) {
+			var st ruleset.Stats
+			for i := 0; i < b.N; i++ {
+				res, _ := newEngineFrom(snap, Options{}).Flush()
+				st = res.Ruleset.Stats()
+			}
+			b.ReportMetric(float64(st.Elements), "elements")
+		})
+	}
+}
+
+// BenchmarkLabPodAdd: the bench's pod-add and pod-delete (a pod on node1 that a policy
+// selects and whose tier a peer selects) through the engine, Flush included, at the
+// lab's scales. The cost must not grow with the cluster: the added pod enters a team's
+// peer set, a tenth of the cluster.
+func BenchmarkLabPodAdd(b *testing.B) {
+	for _, pods := range []int{1000, 50000, 100000} {
+		snap := labCluster(pods)
+		e := newEngineFrom(snap, Options{})
+		e.Flush()
+		b.Run(fmt.Sprintf("pods=%d", pods), func(b *testing.B) {
+			ops := 0
+			for i := 0; i < b.N; i++ {
+				if i%2 == 0 {
+					e.SetPod(&model.Pod{Namespace: "syn-0000", Name: "extra", NodeName: "node1", Phase: corev1.PodRunning,
+						Labels: map[string]string{"app": "app-0", "tier": "tier-1"}, IPs: []netip.Addr{netip.MustParseAddr("10.66.0.1")}})
+				} else {
+					e.DeletePod("syn-0000", "extra")
+				}
+				_, ch := e.Flush()
+				ops += ch.Ops()
+			}
+			b.ReportMetric(float64(ops)/float64(b.N), "ops")
+		})
+	}
+}

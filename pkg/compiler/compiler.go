@@ -191,6 +191,8 @@ type compilation struct {
 	u     universe
 	opts  Options
 	table string
+	// validateOnly: parse every rule for its problems, emit nothing (Validate).
+	validateOnly bool
 	emitted
 	// owners is the Owners table of the structure, built on first use.
 	owners *ruleset.Owners
@@ -522,6 +524,9 @@ func (c *compilation) compileRule(p *policy, dir Direction, idx int, field strin
 	if len(peers) > 0 {
 		peer = c.parsePeers(p.np, field, peers)
 	}
+	if c.validateOnly {
+		return nil // every problem of a rule is found parsing its ports and peers
+	}
 	rules, _ := c.emitRule(ruleSpec{
 		comment: truncate(fmt.Sprintf("%s %s rule %d", p.key, dir, idx), ruleset.MaxCommentLen),
 		dir:     dir, peer: peer, hasPorts: len(ports) > 0, numeric: numeric, named: named,
@@ -690,6 +695,9 @@ func Validate(np *networkingv1.NetworkPolicy, opts Options) []Problem {
 	}
 	// An empty universe: compiling a policy's chain reads only the node's name.
 	c := newCompilation(newSnapshotUniverse(&model.Snapshot{}, opts), opts)
+	// The agent validates every policy of the cluster on its first sync (10k at
+	// 100k pods): building their rules and sets would be most of that sync.
+	c.validateOnly = true
 	for _, dir := range []Direction{Ingress, Egress} {
 		if p.applies(dir) {
 			c.compilePolicy(p, dir)

@@ -534,3 +534,32 @@ func TestEngineMatchesCompileOnDemo(t *testing.T) {
 		}
 	}
 }
+
+// TestEngineEquivalentPodReplaces: setting a pod equal to the one held but for its
+// version changes nothing in the ruleset and leaves the new object in the indexes
+// (the agent shares its cache's pods with the engine, and the cache has the newest).
+func TestEngineEquivalentPodReplaces(t *testing.T) {
+	snap := synthetic(200, 20, 2)
+	e := newEngineFrom(snap, Options{})
+	before, _ := e.Flush()
+	for _, p := range snap.Pods[:20] {
+		q := *p
+		q.Version = "next"
+		e.SetPod(&q)
+		if e.Pod(p.Namespace, p.Name) != &q {
+			t.Fatalf("%s: the engine kept the old object", p.Key())
+		}
+		for _, ip := range q.IPs {
+			if e.OwnerOf(ip) != &q {
+				t.Fatalf("%s: %s is owned by %v, want the new object", p.Key(), ip, e.OwnerOf(ip))
+			}
+		}
+	}
+	after, ch := e.Flush()
+	if !ch.Empty() {
+		t.Errorf("equivalent pods changed the ruleset: %+v", ch)
+	}
+	if ruleset.Render(after.Ruleset) != ruleset.Render(before.Ruleset) {
+		t.Error("equivalent pods changed the rendered ruleset")
+	}
+}

@@ -10,7 +10,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
@@ -66,7 +65,7 @@ func parsePolicy(np *networkingv1.NetworkPolicy, opts Options) (*policy, []Probl
 	if opts.SCTPUnsupported {
 		problems = sctpProblems(np)
 	}
-	sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
+	sel, err := selectorOf(&np.Spec.PodSelector)
 	if err != nil {
 		return nil, append(problems, policyProblem(np, "spec.podSelector", err))
 	}

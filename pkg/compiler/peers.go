@@ -75,7 +75,7 @@ func (c *compilation) parsePeers(np *networkingv1.NetworkPolicy, field string, p
 			if ls == nil {
 				return nil, true
 			}
-			sel, err := metav1.LabelSelectorAsSelector(ls)
+			sel, err := selectorOf(ls)
 			if err != nil {
 				c.problem(np, pfield+"."+name, err)
 				return nil, false

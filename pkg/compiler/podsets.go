@@ -3,6 +3,7 @@ package compiler
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/labels"
@@ -148,8 +149,63 @@ func (ps *podSet) fill(u universe) []ruleset.Element {
 	case ps.peer == nil || len(ps.peer.blocks[ps.fam]) > 0:
 		// Egress named ports to anywhere, or to ipBlocks that may hold any pod.
 		u.eachPod(visit)
+	case ps.kind == podsOfPeers:
+		ps.peer.eachNamespace(u, func(ns string) { out = ps.fillNamespace(u, ns, out) })
 	default:
 		ps.peer.eachNamespace(u, func(ns string) { u.eachPodIn(ns, visit) })
 	}
+	return out
+}
+
+// fillNamespace appends the elements of the pods of ns to a podsOfPeers set: contribute
+// for each of them, with the namespace half of every peer decided once for the
+// namespace rather than per pod (a team's namespace selector fills a set with a tenth
+// of the cluster on the first Flush). Elements come from one block of ranges, not two
+// allocations each.
+func (ps *podSet) fillNamespace(u universe, ns string, out []ruleset.Element) []ruleset.Element {
+	var sels []labels.Selector // nil: every pod of ns
+	matched, everyPod := false, false
+	l := u.namespaceLabels(ns)
+	for _, pp := range ps.peer.pods {
+		if pp.nsSelector == nil && pp.namespace != ns || pp.nsSelector != nil && !pp.nsSelector.Matches(l) {
+			continue
+		}
+		matched = true
+		if pp.podSelector == nil {
+			everyPod = true
+			break
+		}
+		sels = append(sels, pp.podSelector)
+	}
+	if !matched {
+		return out
+	}
+	var ranges []ruleset.Range
+	var addrs []byte
+	u.eachPodIn(ns, func(p *model.Pod) {
+		if !everyPod && !slices.ContainsFunc(sels, func(s labels.Selector) bool { return s.Matches(labels.Set(p.Labels)) }) {
+			return
+		}
+		for _, ip := range u.ownedIPs(p) {
+			if ip.Is4() != (ps.fam == ruleset.IPv4) {
+				continue
+			}
+			if len(ranges) == cap(ranges) {
+				ranges = make([]ruleset.Range, 0, 64)
+				addrs = make([]byte, 0, 64*ip.BitLen()/8)
+			}
+			n := len(addrs)
+			if ip.Is4() {
+				a4 := ip.As4()
+				addrs = append(addrs, a4[:]...)
+			} else {
+				a16 := ip.As16()
+				addrs = append(addrs, a16[:]...)
+			}
+			a := addrs[n:len(addrs):len(addrs)]
+			ranges = append(ranges, ruleset.Range{From: a, To: a})
+			out = append(out, ruleset.Element{Key: ranges[len(ranges)-1 : len(ranges) : len(ranges)]})
+		}
+	})
 	return out
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -157,12 +158,12 @@ func PodFromAPI(p *corev1.Pod) *Pod {
 		Phase:       p.Status.Phase,
 		HostNetwork: p.Spec.HostNetwork,
 	}
-	seen := map[netip.Addr]bool{}
+	// A pod has one or two addresses: a scan finds duplicates without the map that
+	// would be allocated for every pod of the initial list.
 	addIP := func(s string) {
 		if a, err := netip.ParseAddr(s); err == nil {
 			a = a.Unmap()
-			if !seen[a] {
-				seen[a] = true
+			if !slices.Contains(out.IPs, a) {
 				out.IPs = append(out.IPs, a)
 			}
 		}

@@ -63,6 +63,17 @@ func TestValidateRejects(t *testing.T) {
 			rs.Set("dispatch").Elements[0].Key[0] = AddrRange(netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2"))
 		},
 		"duplicate chain": func(rs *Ruleset) { rs.Chains = append(rs.Chains, &Chain{Name: "base"}) },
+		// Validate finds duplicates among neighbours in a sorted set, with a map otherwise.
+		"duplicate element, sorted": func(rs *Ruleset) {
+			s := rs.Set("dispatch")
+			s.Elements = append(s.Elements, s.Elements...)
+			s.SortElements()
+		},
+		"duplicate element, unsorted": func(rs *Ruleset) {
+			s := rs.Set("dispatch")
+			v := Jump("pod-chain")
+			s.Elements = append(s.Elements, Element{Key: []Range{Addr(netip.MustParseAddr("10.255.255.255"))}, Verdict: &v}, s.Elements[0])
+		},
 		"mixed families": func(rs *Ruleset) {
 			rs.Chain("pod-chain").Rules[0].Matches = append(rs.Chain("pod-chain").Rules[0].Matches, Match{Kind: MatchNFProto, Family: IPv6})
 		},
@@ -71,8 +82,12 @@ func TestValidateRejects(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			rs := sample()
 			mutate(rs)
-			if err := rs.Validate(); err == nil {
+			err := rs.Validate()
+			if err == nil {
 				t.Fatalf("Validate accepted a ruleset with %s", name)
+			}
+			if strings.HasPrefix(name, "duplicate element") && !strings.Contains(err.Error(), "duplicate element") {
+				t.Fatalf("Validate found another problem than the duplicate: %v", err)
 			}
 		})
 	}

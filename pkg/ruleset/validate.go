@@ -77,8 +77,11 @@ func validateSet(s *Set, chains map[string]*Chain) error {
 			return fmt.Errorf("set %q: unknown key type %q", s.Name, k)
 		}
 	}
-	seen := map[string]bool{}
-	for _, e := range s.Elements {
+	// Duplicates: in a sorted list (every set a compiler or the engine builds) they are
+	// neighbours, so a comparison with the previous element finds them without a map of
+	// 50k identities; an unsorted list is checked with the map afterwards.
+	sorted := true
+	for i, e := range s.Elements {
 		if len(e.Key) != len(s.Key) {
 			return fmt.Errorf("set %q: element has %d key fields, want %d", s.Name, len(e.Key), len(s.Key))
 		}
@@ -93,11 +96,14 @@ func validateSet(s *Set, chains map[string]*Chain) error {
 				return fmt.Errorf("set %q: range element in a set without the interval flag", s.Name)
 			}
 		}
-		id := e.Identity()
-		if seen[id] {
-			return fmt.Errorf("set %q: duplicate element %s", s.Name, e.ID())
+		if i > 0 && sorted {
+			switch CompareKeys(s.Elements[i-1].Key, e.Key) {
+			case 0:
+				return fmt.Errorf("set %q: duplicate element %s", s.Name, e.ID())
+			case 1:
+				sorted = false
+			}
 		}
-		seen[id] = true
 		if s.IsMap {
 			if e.Verdict == nil {
 				return fmt.Errorf("set %q: map element without verdict", s.Name)
@@ -107,6 +113,16 @@ func validateSet(s *Set, chains map[string]*Chain) error {
 			}
 		} else if e.Verdict != nil {
 			return fmt.Errorf("set %q: element has data but the set is not a map", s.Name)
+		}
+	}
+	if !sorted {
+		seen := make(map[string]bool, len(s.Elements))
+		for _, e := range s.Elements {
+			id := e.Identity()
+			if seen[id] {
+				return fmt.Errorf("set %q: duplicate element %s", s.Name, e.ID())
+			}
+			seen[id] = true
 		}
 	}
 	// Single-field interval sets must not overlap: the kernel refuses overlaps (EEXIST).

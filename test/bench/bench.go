@@ -40,6 +40,9 @@ type Profile struct {
 	Small  Scale `json:"small"`
 	Medium Scale `json:"medium"`
 	Large  Scale `json:"large"`
+	// XLarge is the scale point beyond Large (100k/10k in the full run; zero: none):
+	// only the cold sync and the resources are measured there, after everything else.
+	XLarge Scale `json:"xlarge,omitzero"`
 
 	// Rounds of the data path: every round measures every configuration once,
 	// in a rotated order.
@@ -94,7 +97,7 @@ type Profile struct {
 func FullProfile() Profile {
 	return Profile{
 		Name:  "full",
-		Small: Scale{1000, 100}, Medium: Scale{10000, 1000}, Large: Scale{50000, 5000},
+		Small: Scale{1000, 100}, Medium: Scale{10000, 1000}, Large: Scale{50000, 5000}, XLarge: Scale{100000, 10000},
 		Rounds: 10, ConnectDuration: time.Second, StreamDuration: 2 * time.Second,
 		FloodRate: 20000, FloodDuration: 5 * time.Second,
 		ColdSyncReps: 3, LargeColdSyncReps: 2, IncrementalReps: 9, LatencyCycles: 100, LargeLatencyCycles: 30,
@@ -129,7 +132,7 @@ func QuickProfile() Profile {
 func TinyProfile() Profile {
 	return Profile{
 		Name:  "tiny",
-		Small: Scale{40, 4}, Medium: Scale{80, 8}, Large: Scale{120, 12},
+		Small: Scale{40, 4}, Medium: Scale{80, 8}, Large: Scale{120, 12}, XLarge: Scale{160, 16},
 		Rounds: 1, ConnectDuration: 150 * time.Millisecond, StreamDuration: 200 * time.Millisecond,
 		FloodRate: 2000, FloodDuration: 300 * time.Millisecond,
 		ColdSyncReps: 1, LargeColdSyncReps: 1, IncrementalReps: 1, LatencyCycles: 2, LargeLatencyCycles: 1,
@@ -354,6 +357,17 @@ func (r *runner) runLab(ctx context.Context) {
 		r.step(ctx, "resources at "+p.Large.String(), 10*time.Minute, func(ctx context.Context) error {
 			return r.resources(ctx, p.Large)
 		})
+	}
+	if x := p.XLarge; x.Pods > 0 && (cp || rs) {
+		r.scale(ctx, x)
+		if cp {
+			r.coldAndIncremental(ctx, x, p.LargeColdSyncReps, false)
+		}
+		if rs {
+			r.step(ctx, "resources at "+x.String(), 10*time.Minute, func(ctx context.Context) error {
+				return r.resources(ctx, x)
+			})
+		}
 	}
 }
 

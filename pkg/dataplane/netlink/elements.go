@@ -68,6 +68,12 @@ func concatKey(vals [][]byte) []byte {
 // check that addresses below the first range do not match), and it would have to be
 // managed across incremental updates.
 func kernelElements(s *ruleset.Set, e ruleset.Element, del bool) []kelem {
+	return appendKernelElements(nil, s, e, del)
+}
+
+// appendKernelElements appends e's kernel elements to out (kernelElements without an
+// allocation per element when out has room).
+func appendKernelElements(out []kelem, s *ruleset.Set, e ruleset.Element, del bool) []kelem {
 	var v *ruleset.Verdict
 	if s.IsMap && !del {
 		v = e.Verdict
@@ -82,20 +88,20 @@ func kernelElements(s *ruleset.Set, e ruleset.Element, del bool) []kelem {
 		if s.Interval {
 			k.keyEnd = concatKey(to)
 		}
-		return []kelem{k}
+		return append(out, k)
 	}
 	r := e.Key[0]
 	if !s.Interval {
-		return []kelem{{key: r.From, verdict: v}}
+		return append(out, kelem{key: r.From, verdict: v})
 	}
 	end, overflow := increment(r.To)
 	if overflow {
-		return []kelem{{key: r.From, verdict: v, open: !del}}
+		return append(out, kelem{key: r.From, verdict: v, open: !del})
 	}
-	return []kelem{
-		{key: r.From, verdict: v},
-		{key: end, intervalEnd: true, suffix: " (interval end)"},
-	}
+	return append(out,
+		kelem{key: r.From, verdict: v},
+		kelem{key: end, intervalEnd: true, suffix: " (interval end)"},
+	)
 }
 
 func putVerdictData(a *nfnl.Attrs, v ruleset.Verdict) error {
@@ -146,10 +152,20 @@ func msgsSetElems(table string, s *ruleset.Set, id uint32, elems []ruleset.Eleme
 		msgs = append(msgs, m)
 		return nil
 	}
+	// A span names its element by index (Arg: index*2, +1 for an interval's end
+	// element), through one function for the whole set.
+	describe := func(arg int) string {
+		what := "element " + ruleset.FormatElement(s, elems[arg/2])
+		if arg%2 == 1 {
+			what += " (interval end)"
+		}
+		return what
+	}
+	var ks []kelem
 	start()
-	for _, e := range elems {
-		describe := func() string { return "element " + ruleset.FormatElement(s, e) }
-		for _, k := range kernelElements(s, e, del) {
+	for i, e := range elems {
+		ks = appendKernelElements(ks[:0], s, e, del)
+		for _, k := range ks {
 			off := a.Len()
 			a.Nested(unix.NFTA_LIST_ELEM, func() {
 				a.Nested(unix.NFTA_SET_ELEM_KEY, func() { a.Put(unix.NFTA_DATA_VALUE, k.key) })
@@ -162,7 +178,7 @@ func msgsSetElems(table string, s *ruleset.Set, id uint32, elems []ruleset.Eleme
 				if k.verdict != nil {
 					a.Nested(unix.NFTA_SET_ELEM_DATA, func() {
 						if err := putVerdictData(a, *k.verdict); err != nil {
-							a.SetErr(fmt.Errorf("%s: %w", describe(), err))
+							a.SetErr(fmt.Errorf("%s: %w", describe(2*i), err))
 						}
 					})
 				}
@@ -170,7 +186,11 @@ func msgsSetElems(table string, s *ruleset.Set, id uint32, elems []ruleset.Eleme
 					a.Put(unix.NFTA_SET_ELEM_USERDATA, userdata.AppendUint32(nil, udataElemFlags, udataElemOpen))
 				}
 			})
-			spans = append(spans, nfnl.Span{Off: off, What: func() string { return describe() + k.suffix }})
+			arg := 2 * i
+			if k.intervalEnd {
+				arg++
+			}
+			spans = append(spans, nfnl.Span{Off: off, Of: describe, Arg: arg})
 			if a.Len()-listOff > maxElemBytes {
 				if err := flush(); err != nil {
 					return nil, err
