@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 
 	"github.com/nftpolicy/nftpolicy/pkg/dataplane"
@@ -167,6 +168,51 @@ func BenchmarkRevocationScope(b *testing.B) {
 	for b.Loop() {
 		if sc := revoke.Scope(res.Ruleset, cur.Ruleset, ch); sc.All {
 			b.Fatal("scope of a pod's change is everything")
+		}
+	}
+}
+
+// TestRevocationScopeOfASelectorEdit: a policy whose peer selector is edited has its
+// rule look another set up; the scope is the pods that enter or leave the peers, not
+// every flow to the policy's pods.
+func TestRevocationScopeOfASelectorEdit(t *testing.T) {
+	ip := netip.MustParseAddr
+	pod := func(name, node, addr string, l map[string]string) *model.Pod {
+		return &model.Pod{Namespace: "default", Name: name, NodeName: node, Labels: l, Phase: corev1.PodRunning, IPs: []netip.Addr{ip(addr)}}
+	}
+	e := NewEngine("node-0", Options{Revocation: true})
+	e.SetNamespace(&model.Namespace{Name: "default"})
+	e.SetPod(pod("server", "node-0", "10.0.0.10", map[string]string{"app": "server"}))
+	e.SetPod(pod("client", "node-1", "10.0.1.20", map[string]string{"access": "granted"}))
+	e.SetPod(pod("other", "node-1", "10.0.1.30", map[string]string{"access": "revoked"}))
+	e.SetPod(pod("bystander", "node-1", "10.0.1.40", map[string]string{"app": "x"}))
+	allow := func(access string) *networkingv1.NetworkPolicy {
+		return ingress(netpol("default", "server-allow", m("app", "server")), from(podSel(m("access", access))))
+	}
+	e.SetPolicy(allow("granted"))
+	before, _ := e.Flush()
+	e.SetPolicy(allow("revoked"))
+	after, ch := e.Flush()
+	sc := revoke.Scope(before.Ruleset, after.Ruleset, ch)
+	if sc.All {
+		t.Fatal("scope of a selector edit is every flow")
+	}
+	for _, r := range append(append([]dataplane.AddrRange{}, sc.Src...), sc.Dst...) {
+		if r.From != r.To || (r.From != ip("10.0.1.20") && r.From != ip("10.0.1.30")) {
+			t.Errorf("scope names %v-%v; want the client and the other pod only (%+v)", r.From, r.To, sc)
+		}
+	}
+	for _, c := range []struct {
+		src     string
+		changed bool
+	}{{"10.0.1.20", true}, {"10.0.1.30", true}, {"10.0.1.40", false}} {
+		pkt := tracer.Packet{Src: ip(c.src), Dst: ip("10.0.0.10"), Proto: ruleset.ProtoTCP, DPort: 80}
+		if got := tracer.New(before.Ruleset).Allowed(pkt) != tracer.New(after.Ruleset).Allowed(pkt); got != c.changed {
+			t.Fatalf("%v: verdict changed %v, want %v", pkt, got, c.changed)
+		}
+		f := dataplane.Flow{Proto: ruleset.ProtoTCP, Orig: dataplane.Tuple{Src: pkt.Src, Dst: pkt.Dst, DPort: 80}, Reply: dataplane.Tuple{Src: pkt.Dst, SPort: 80}}
+		if c.changed && !sc.Contains(f) {
+			t.Errorf("%v changed verdict but is outside the scope %+v", pkt, sc)
 		}
 	}
 }

@@ -2,6 +2,8 @@ package revoke
 
 import (
 	"net/netip"
+	"reflect"
+	"slices"
 
 	"github.com/nftpolicy/nftpolicy/pkg/dataplane"
 	"github.com/nftpolicy/nftpolicy/pkg/ruleset"
@@ -73,6 +75,15 @@ func Scope(old, cur *ruleset.Ruleset, ch *ruleset.Changes) dataplane.FlowScope {
 			}
 		}
 	}
+	// A chain rewritten with the same rules but for the sets some lookups name (a
+	// policy's peer selector edited: its rule now looks another set up) changes the
+	// verdict of the packets in one set and not the other, and of no other: bounded
+	// by the two sets' difference, not by everything that reaches the chain.
+	for _, c := range ch.RewriteChains {
+		if changed[c.Name] && setSwap(old, cur, c.Name, &sc) {
+			delete(changed, c.Name)
+		}
+	}
 	for name := range changed {
 		for _, g := range graphs {
 			g.reach(name, &sc)
@@ -82,6 +93,81 @@ func Scope(old, cur *ruleset.Ruleset, ch *ruleset.Changes) dataplane.FlowScope {
 		}
 	}
 	return sc
+}
+
+// setSwap bounds in sc the packets whose verdict changed when chain name was
+// rewritten from old to cur, if every rule that differs differs only by the set an
+// address lookup names; it reports false (nothing added) otherwise.
+func setSwap(old, cur *ruleset.Ruleset, name string, sc *dataplane.FlowScope) bool {
+	oc, nc := old.Chain(name), cur.Chain(name)
+	if oc == nil || nc == nil || len(oc.Rules) != len(nc.Rules) || (oc.Base == nil) != (nc.Base == nil) {
+		return false
+	}
+	type swap struct {
+		u        use
+		from, to string
+	}
+	var swaps []swap
+	for i := range oc.Rules {
+		a, b := oc.Rules[i], nc.Rules[i]
+		if reflect.DeepEqual(a, b) {
+			continue
+		}
+		if len(a.Matches) != len(b.Matches) {
+			return false
+		}
+		ra, rb := a, b
+		ra.Matches, rb.Matches = slices.Clone(a.Matches), slices.Clone(b.Matches)
+		for k := range ra.Matches {
+			ma, mb := ra.Matches[k], rb.Matches[k]
+			if ma.Kind == ruleset.MatchLookup && mb.Kind == ruleset.MatchLookup && ma.Set != mb.Set {
+				u := use{chain: name, fields: ma.Fields}
+				if !u.addressed() || !slices.Equal(ma.Fields, mb.Fields) {
+					return false
+				}
+				swaps = append(swaps, swap{u: u, from: ma.Set, to: mb.Set})
+				ra.Matches[k].Set, rb.Matches[k].Set = "", ""
+			}
+		}
+		// Comments name the sets' owners: they do not decide verdicts.
+		ra.Comment, rb.Comment = "", ""
+		if !reflect.DeepEqual(ra, rb) {
+			return false
+		}
+	}
+	for _, sw := range swaps {
+		from, to := old.Set(sw.from), cur.Set(sw.to)
+		if from == nil || to == nil {
+			return false
+		}
+		for _, e := range symmetricDifference(from.Elements, to.Elements) {
+			sw.u.bound(e, sc)
+		}
+	}
+	return true
+}
+
+// symmetricDifference returns the elements in exactly one of a and b (by key).
+func symmetricDifference(a, b []ruleset.Element) []ruleset.Element {
+	in := make(map[string]bool, len(a))
+	for _, e := range a {
+		in[e.Identity()] = true
+	}
+	var out []ruleset.Element
+	seen := make(map[string]bool, len(b))
+	for _, e := range b {
+		id := e.Identity()
+		seen[id] = true
+		if !in[id] {
+			out = append(out, e)
+		}
+	}
+	for _, e := range a {
+		if !seen[e.Identity()] {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // use is a rule's lookup of a set, or its dispatch through a verdict map.
