@@ -2,7 +2,7 @@
 // the control plane, the agent's resources, plus the Go benchmarks of ./pkg/...; it
 // prints one table and writes the raw numbers to <out>/bench.json. It needs root.
 //
-//	nftpolicy-bench [--quick] [--only datapath,controlplane,resources,gobench] [--out _out/bench]
+//	nftpolicy-bench [--quick] [--only datapath,controlplane,resources,fanout,gobench] [--out _out/bench]
 //	nftpolicy-bench --render _out/bench/bench.json   # the table of an earlier run
 package main
 
@@ -37,7 +37,7 @@ func run() error {
 	fs := flag.NewFlagSet("nftpolicy-bench", flag.ContinueOnError)
 	quick := fs.Bool("quick", false, "a short run (smaller scales, fewer rounds; about 3 minutes): indicative numbers only")
 	profile := fs.String("profile", "", "full, quick or tiny (the smoke test's); overrides --quick")
-	only := fs.String("only", "all", "comma-separated groups to run: datapath, controlplane, resources, gobench")
+	only := fs.String("only", "all", "comma-separated groups to run: datapath, controlplane, resources, fanout, gobench")
 	out := fs.String("out", "", "directory for bench.json, table.txt and the logs (default <repo>/_out/bench)")
 	agent := fs.String("agent", "", "nftpolicy-agent binary (default $NFTPOLICY_AGENT, else bin/nftpolicy-agent)")
 	agentArgs := fs.String("agent-args", "", "extra flags for every agent, space-separated (e.g. -v=1)")

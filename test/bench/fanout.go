@@ -37,7 +37,7 @@ type FanoutProfile struct {
 }
 
 // The implementations in the order they are run and reported.
-var fanoutImpls = []string{FanoutNFTProtobuf, FanoutNFTJSON, FanoutKNP}
+var fanoutImpls = []string{FanoutNFTProtobuf, FanoutNFTJSON, FanoutNFTNoGzip, FanoutKNP}
 
 func fullFanout() FanoutProfile {
 	return FanoutProfile{
@@ -45,6 +45,7 @@ func fullFanout() FanoutProfile {
 		Clients: map[string][]int{
 			FanoutNFTProtobuf: {25, 50, 100, 200},
 			FanoutNFTJSON:     {25, 100},
+			FanoutNFTNoGzip:   {25, 100},
 			// Two sizes are enough for bytes and memory per agent; every agent keeps whole
 			// pods, so 200 of them at 5k pods would need gigabytes of this machine.
 			FanoutKNP: {25, 50},
@@ -56,7 +57,7 @@ func fullFanout() FanoutProfile {
 func quickFanout() FanoutProfile {
 	return FanoutProfile{
 		Pods:        []int{500, 2000},
-		Clients:     map[string][]int{FanoutNFTProtobuf: {10, 40}, FanoutNFTJSON: {10, 40}, FanoutKNP: {10, 20}},
+		Clients:     map[string][]int{FanoutNFTProtobuf: {10, 40}, FanoutNFTJSON: {10, 40}, FanoutNFTNoGzip: {10, 40}, FanoutKNP: {10, 20}},
 		ChurnWrites: 200, ChurnRate: 40, StartParallel: 10,
 	}
 }
@@ -64,7 +65,7 @@ func quickFanout() FanoutProfile {
 func tinyFanout() FanoutProfile {
 	return FanoutProfile{
 		Pods:        []int{40, 80},
-		Clients:     map[string][]int{FanoutNFTProtobuf: {2, 4}, FanoutNFTJSON: {2}, FanoutKNP: {2}},
+		Clients:     map[string][]int{FanoutNFTProtobuf: {2, 4}, FanoutNFTJSON: {2, 4}, FanoutNFTNoGzip: {2, 4}, FanoutKNP: {2}},
 		ChurnWrites: 20, ChurnRate: 50, StartParallel: 4,
 	}
 }

@@ -39,6 +39,11 @@ const (
 	// FanoutNFTJSON is the same with ContentType application/json on the rest.Config:
 	// the "before" of the wire format.
 	FanoutNFTJSON = "nftpolicy-json"
+	// FanoutNFTNoGzip is FanoutNFTProtobuf with the rest.Config's DisableCompression:
+	// the client does not offer gzip, so the API server does not compress the watch
+	// streams (Kubernetes 1.37 gzips every flush of a WatchList watch — the informers'
+	// — for clients that accept it: WatchListCompression, beta and on by default).
+	FanoutNFTNoGzip = "nftpolicy-protobuf-nogzip"
 	// FanoutKNP is kube-network-policies v0.8.0's watch path (cmd/main.go and
 	// pkg/networkpolicy/controller.go): one client-go clientset with ContentType
 	// protobuf and AcceptContentTypes "protobuf,json", a SharedInformerFactory with no
@@ -91,12 +96,15 @@ type nftClient struct {
 	flushes   atomic.Int64
 }
 
-func startNFTClient(ctx context.Context, base *rest.Config, scheme *runtime.Scheme, node string, jsonWire bool) (_ *nftClient, err error) {
+func startNFTClient(ctx context.Context, base *rest.Config, scheme *runtime.Scheme, node, impl string) (_ *nftClient, err error) {
 	c := &nftClient{meter: newWireMeter(), done: make(chan struct{}), kick: make(chan struct{}, 1),
 		engine: compiler.NewEngine(node, compiler.Options{Table: compiler.DefaultTable, Revocation: true})}
 	cfg := c.meter.instrument(base)
-	if jsonWire {
+	switch impl {
+	case FanoutNFTJSON:
 		cfg.ContentType = "application/json"
+	case FanoutNFTNoGzip:
+		cfg.DisableCompression = true
 	}
 	log := logr.Discard()
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
@@ -146,8 +154,10 @@ func startNFTClient(ctx context.Context, base *rest.Config, scheme *runtime.Sche
 			},
 		}},
 		{&networkingv1.NetworkPolicy{}, toolscache.ResourceEventHandlerFuncs{
-			AddFunc:    func(o any) { c.change(func(e *compiler.Engine) { e.SetPolicy(o.(*networkingv1.NetworkPolicy)) }) },
-			UpdateFunc: func(_, cur any) { c.change(func(e *compiler.Engine) { e.SetPolicy(cur.(*networkingv1.NetworkPolicy)) }) },
+			AddFunc: func(o any) { c.change(func(e *compiler.Engine) { e.SetPolicy(o.(*networkingv1.NetworkPolicy)) }) },
+			UpdateFunc: func(_, cur any) {
+				c.change(func(e *compiler.Engine) { e.SetPolicy(cur.(*networkingv1.NetworkPolicy)) })
+			},
 			DeleteFunc: func(o any) {
 				if m, err := meta.Accessor(tombstone(o)); err == nil {
 					c.change(func(e *compiler.Engine) { e.DeletePolicy(m.GetNamespace(), m.GetName()) })
@@ -155,8 +165,10 @@ func startNFTClient(ctx context.Context, base *rest.Config, scheme *runtime.Sche
 			},
 		}},
 		{&corev1.Node{}, toolscache.ResourceEventHandlerFuncs{
-			AddFunc:    func(o any) { c.change(func(e *compiler.Engine) { e.SetNode(model.NodeFromAPI(o.(*corev1.Node))) }) },
-			UpdateFunc: func(_, cur any) { c.change(func(e *compiler.Engine) { e.SetNode(model.NodeFromAPI(cur.(*corev1.Node))) }) },
+			AddFunc: func(o any) { c.change(func(e *compiler.Engine) { e.SetNode(model.NodeFromAPI(o.(*corev1.Node))) }) },
+			UpdateFunc: func(_, cur any) {
+				c.change(func(e *compiler.Engine) { e.SetNode(model.NodeFromAPI(cur.(*corev1.Node))) })
+			},
 			DeleteFunc: func(o any) {
 				if m, err := meta.Accessor(tombstone(o)); err == nil {
 					c.change(func(e *compiler.Engine) { e.DeleteNode(m.GetName()) })
@@ -390,9 +402,9 @@ func startClients(ctx context.Context, impl string, base *rest.Config, n, parall
 				return
 			}
 			switch impl {
-			case FanoutNFTProtobuf, FanoutNFTJSON:
+			case FanoutNFTProtobuf, FanoutNFTJSON, FanoutNFTNoGzip:
 				var c *nftClient
-				c, errs[i] = startNFTClient(ctx, base, scheme, node(i), impl == FanoutNFTJSON)
+				c, errs[i] = startNFTClient(ctx, base, scheme, node(i), impl)
 				if c != nil {
 					out[i] = c
 				}

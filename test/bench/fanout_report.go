@@ -31,6 +31,7 @@ const (
 	slopeAgentHeap    = "agent heap per pod"
 	slopeAgentCPU     = "agent CPU per pod event"
 	slopeAgentHeapFix = "agent heap at 0 pods (intercept)"
+	slopeStartCPU     = "API server CPU per agent start per pod"
 )
 
 // linearFit returns the least-squares slope and intercept of y over x (0, mean(y) when
@@ -78,7 +79,7 @@ func fitSlopes(points []FanoutPoint) []FanoutSlope {
 		}
 		slices.Sort(sizes)
 		for _, pods := range sizes {
-			var n, cpu, rss, ev, wire, start, agent []float64
+			var n, cpu, rss, ev, wire, start, agent, startCPU []float64
 			for _, p := range points {
 				if p.Impl != impl || p.Pods != pods {
 					continue
@@ -86,6 +87,7 @@ func fitSlopes(points []FanoutPoint) []FanoutSlope {
 				n = append(n, float64(p.Clients))
 				cpu = append(cpu, p.APICPUPerUpdate())
 				rss = append(rss, float64(p.APIRSSAfter-p.APIRSSBefore))
+				startCPU = append(startCPU, p.StartAPICPUms)
 				ev = append(ev, p.BytesPerUpdate())
 				wire = append(wire, p.WireBytesPerUpdate())
 				start = append(start, p.StartConnBytes/float64(p.Pods))
@@ -101,6 +103,8 @@ func fitSlopes(points []FanoutPoint) []FanoutSlope {
 				s, b := linearFit(n, cpu)
 				add(slopeAPICPU, s*1000, "µs", "least squares of the API server's CPU per churn write over "+counts+" agents")
 				add(slopeAPICPUBase, b, "ms", "the same fit's intercept: the write itself, etcd round trip and watch cache")
+				s, _ = linearFit(n, startCPU)
+				add(slopeStartCPU, s*1000/float64(pods), "µs", "least squares of the API server's CPU over the agents' start (streaming list of every watched kind) over "+counts+" agents, / pods")
 				s, _ = linearFit(n, rss)
 				add(slopeAPIRSS, s, "B", "least squares of the API server's RSS growth from before the agents to after their start, over "+counts+" agents")
 			}
@@ -201,6 +205,15 @@ func fanoutTargets(rep *Report, add func(Target, bool)) {
 	for _, impl := range []string{FanoutNFTProtobuf, FanoutNFTJSON} {
 		s, ok := get(impl, slopeAPICPU)
 		add(Target{Name: "fan-out: API server CPU per (pod update × watcher), " + impl, Value: s.Value, Unit: "µs",
+			Detail: fmt.Sprintf("at %d pods; %s", s.Pods, s.How)}, ok)
+	}
+	{
+		gz, ok1 := get(FanoutNFTProtobuf, slopeEventWire)
+		plain, ok2 := get(FanoutNFTNoGzip, slopeEventWire)
+		add(Target{Name: "fan-out: connection bytes per pod update per agent, gzip / no gzip (protobuf)", Value: val(ok1 && ok2 && plain.Value > 0, func() float64 { return gz.Value / plain.Value }),
+			Detail: fmt.Sprintf("at %d pods: %.0f B with the watch streams gzipped (WatchListCompression) vs %.0f B without", gz.Pods, gz.Value, plain.Value)}, ok1 && ok2)
+		s, ok := get(FanoutNFTNoGzip, slopeAPICPU)
+		add(Target{Name: "fan-out: API server CPU per (pod update × watcher), " + FanoutNFTNoGzip, Value: s.Value, Unit: "µs",
 			Detail: fmt.Sprintf("at %d pods; %s", s.Pods, s.How)}, ok)
 	}
 	s, ok := get(FanoutNFTProtobuf, slopeAPIRSS)

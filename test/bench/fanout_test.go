@@ -40,13 +40,13 @@ func TestLinearFit(t *testing.T) {
 
 func TestRequestKind(t *testing.T) {
 	for url, want := range map[string]string{
-		"/api/v1/pods?watch=true&sendInitialEvents=true":                           "pods watch",
-		"/api/v1/pods?limit=500":                                                   "pods list",
+		"/api/v1/pods?watch=true&sendInitialEvents=true":                              "pods watch",
+		"/api/v1/pods?limit=500":                                                      "pods list",
 		"/apis/networking.k8s.io/v1/networkpolicies?allowWatchBookmarks=true&watch=1": "networkpolicies watch",
-		"/api/v1/namespaces/ns/pods?watch=true":                                    "pods watch",
-		"/apis/policy.networking.k8s.io/v1beta1/clusternetworkpolicies?watch=true":  "clusternetworkpolicies watch",
-		"/apis/networking.k8s.io/v1":                                               "discovery get",
-		"/api":                                                                     "discovery get",
+		"/api/v1/namespaces/ns/pods?watch=true":                                       "pods watch",
+		"/apis/policy.networking.k8s.io/v1beta1/clusternetworkpolicies?watch=true":    "clusternetworkpolicies watch",
+		"/apis/networking.k8s.io/v1":                                                  "discovery get",
+		"/api":                                                                        "discovery get",
 	} {
 		r := httptest.NewRequest(http.MethodGet, url, nil)
 		if got := requestKind(r); got != want {
