@@ -14,8 +14,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-logr/logr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/nftpolicy/nftpolicy/test/lab"
 )
@@ -110,6 +112,11 @@ type FanoutPoint struct {
 	// open, no churn).
 	APIRSSBefore int64 `json:"api_rss_before"`
 	APIRSSAfter  int64 `json:"api_rss_after"`
+	// APIHeapBefore and APIHeapAfter are the API server's live Go heap at the same
+	// moments, after a GC it is asked to run (/debug/pprof/heap?gc=1): RSS keeps the
+	// garbage of the agents' initial lists, the live heap is what the watchers hold.
+	APIHeapBefore int64 `json:"api_heap_before"`
+	APIHeapAfter  int64 `json:"api_heap_after"`
 	// HeapBefore and HeapAfter are this process's live Go heap (after a GC) before the
 	// agents started and once they had synced; RSSAfter its RSS then.
 	HeapBefore uint64 `json:"heap_before"`
@@ -171,6 +178,10 @@ func (p FanoutPoint) APICPUPerUpdate() float64 {
 // nothing else watches or writes), loads each size, runs every implementation at every
 // client count, and fits the slopes.
 func runFanout(ctx context.Context, o *Options, p FanoutProfile, rep *FanoutReport) (err error) {
+	// The emulated agents' reflectors log through controller-runtime's logger, which
+	// otherwise complains on stderr that none was set; their errors surface as sync
+	// timeouts.
+	ctrllog.SetLogger(logr.Discard())
 	c, err := lab.StartCluster(ctx, lab.ClusterOptions{Nodes: 1, ControlPlaneDir: o.ControlPlaneDir,
 		LogDir: filepath.Join(o.OutDir, "fanout-logs"), Progress: prefixWriter{o: o, prefix: "  fan-out lab: "}})
 	if err != nil {
@@ -226,9 +237,9 @@ func runFanout(ctx context.Context, o *Options, p FanoutProfile, rep *FanoutRepo
 				if rep.Wire == nil && impl == FanoutNFTProtobuf {
 					rep.Wire = wire
 				}
-				o.logf("fan-out: %s × %d at %d pods: start %.1f s (API %.0f ms CPU), %.0f B/pod event (wire %.0f), API %.2f ms CPU/write, API RSS +%.1f MB, heap %.2f MB/agent",
+				o.logf("fan-out: %s × %d at %d pods: start %.1f s (API %.0f ms CPU), %.0f B/pod event (wire %.0f), API %.2f ms CPU/write, API RSS +%.1f MB, live heap +%.1f MB, agent heap %.2f MB",
 					impl, n, pods, pt.StartSeconds, pt.StartAPICPUms, pt.BytesPerUpdate(), pt.WireBytesPerUpdate(), pt.APICPUPerUpdate(),
-					float64(pt.APIRSSAfter-pt.APIRSSBefore)/1e6, pt.HeapPerClient()/1e6)
+					float64(pt.APIRSSAfter-pt.APIRSSBefore)/1e6, float64(pt.APIHeapAfter-pt.APIHeapBefore)/1e6, pt.HeapPerClient()/1e6)
 			}
 		}
 	}
@@ -270,6 +281,9 @@ func fanoutPoint(ctx context.Context, o *Options, p FanoutProfile, base *rest.Co
 	if pt.APIRSSBefore, err = ProcRSS(api); err != nil {
 		return pt, nil, err
 	}
+	if pt.APIHeapBefore, err = apiLiveHeap(ctx, base); err != nil {
+		return pt, nil, err
+	}
 	cpu0, err := ProcCPU(api)
 	if err != nil {
 		return pt, nil, err
@@ -294,6 +308,9 @@ func fanoutPoint(ctx context.Context, o *Options, p FanoutProfile, base *rest.Co
 	pt.HeapAfter = heap()
 	pt.RSSAfter, _ = ProcRSS(os.Getpid())
 	if pt.APIRSSAfter, err = ProcRSS(api); err != nil {
+		return pt, nil, err
+	}
+	if pt.APIHeapAfter, err = apiLiveHeap(ctx, base); err != nil {
 		return pt, nil, err
 	}
 
@@ -343,6 +360,31 @@ func fanoutPoint(ctx context.Context, o *Options, p FanoutProfile, base *rest.Co
 		}
 	}
 	return pt, wire, nil
+}
+
+// apiLiveHeap asks the API server for a GC and its heap profile's memory statistics
+// (kube-apiserver serves pprof by default, --profiling) and returns HeapAlloc: the live
+// heap right after the collection.
+func apiLiveHeap(ctx context.Context, base *rest.Config) (int64, error) {
+	cs, err := kubernetes.NewForConfig(base)
+	if err != nil {
+		return 0, err
+	}
+	raw, err := cs.CoreV1().RESTClient().Get().AbsPath("/debug/pprof/heap").Param("debug", "1").Param("gc", "1").DoRaw(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("API server heap profile: %w", err)
+	}
+	return parseHeapAlloc(string(raw))
+}
+
+// parseHeapAlloc reads "# HeapAlloc = N" from a debug=1 heap profile.
+func parseHeapAlloc(profile string) (int64, error) {
+	for line := range strings.SplitSeq(profile, "\n") {
+		if v, ok := strings.CutPrefix(line, "# HeapAlloc = "); ok {
+			return strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		}
+	}
+	return 0, errors.New("API server heap profile: no HeapAlloc")
 }
 
 // waitEvents waits until every client has received want pod events since from.

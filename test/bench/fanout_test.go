@@ -63,7 +63,7 @@ func TestFitSlopes(t *testing.T) {
 		for _, n := range []int{25, 100} {
 			pts = append(pts, FanoutPoint{Impl: FanoutNFTProtobuf, Pods: pods, Clients: n,
 				ChurnWrites: 400, ChurnAPICPUms: 400 * (1 + 0.002*float64(n)),
-				APIRSSBefore: 1e8, APIRSSAfter: 1e8 + int64(n)*1e5,
+				APIRSSBefore: 1e8, APIRSSAfter: 1e8 + int64(n)*1e5, APIHeapBefore: 5e7, APIHeapAfter: 5e7 + int64(n)*4e4,
 				HeapBefore: 1e7, HeapAfter: 1e7 + uint64(n)*(1e6+uint64(pods)*2000),
 				PodEvents: 400, PodWatchBytes: 400 * 1500, ChurnConnBytes: 400 * 1600})
 		}
@@ -79,12 +79,23 @@ func TestFitSlopes(t *testing.T) {
 	check(slopeAPICPU, 2)
 	check(slopeAPICPUBase, 1)
 	check(slopeAPIRSS, 1e5)
+	check(slopeAPIHeap, 4e4)
 	check(slopeEventBytes, 1500)
 	check(slopeEventWire, 1600)
 	check(slopeAgentHeap, 2000)
 	check(slopeAgentHeapFix, 1e6)
 	if s, _ := r.slope(FanoutNFTProtobuf, slopeAPICPU, 0); s.Pods != 5000 {
 		t.Errorf("the largest size is reported: %+v", s)
+	}
+}
+
+func TestParseHeapAlloc(t *testing.T) {
+	prof := "heap profile: 1: 2 [3: 4] @ heap/1048576\n# runtime.MemStats\n# Alloc = 123\n# TotalAlloc = 999\n# HeapAlloc = 123456\n# HeapSys = 7\n"
+	if v, err := parseHeapAlloc(prof); err != nil || v != 123456 {
+		t.Errorf("parseHeapAlloc = %v, %v", v, err)
+	}
+	if _, err := parseHeapAlloc("nothing"); err == nil {
+		t.Error("a profile without HeapAlloc accepted")
 	}
 }
 
