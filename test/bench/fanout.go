@@ -123,7 +123,8 @@ type FanoutPoint struct {
 	HeapAfter  uint64 `json:"heap_after"`
 	RSSAfter   int64  `json:"rss_after"`
 
-	// Churn: ChurnWrites pod writes, until every agent had received every event.
+	// Churn: ChurnWrites pod writes (five pod events per four writes), until every agent
+	// had received every event.
 	ChurnWrites     int     `json:"churn_writes"`
 	ChurnSeconds    float64 `json:"churn_seconds"`
 	ChurnAPICPUms   float64 `json:"churn_api_cpu_ms"`
@@ -166,12 +167,16 @@ func (p FanoutPoint) HeapPerClient() float64 {
 	return float64(p.HeapAfter-p.HeapBefore) / float64(p.Clients)
 }
 
-// APICPUPerUpdate is the API server's CPU per pod write during the churn, in ms.
+// APICPUPerUpdate is the API server's CPU per pod update during the churn, in ms. An
+// update is a watch event: every agent receives each one, so the mean of PodEvents is
+// what the API server sent each watcher. (A lifecycle of four writes makes five
+// events: the delete of a pod bound to a node is seen as its deletionTimestamp being
+// set, then as the deletion.)
 func (p FanoutPoint) APICPUPerUpdate() float64 {
-	if p.ChurnWrites == 0 {
+	if p.PodEvents == 0 {
 		return 0
 	}
-	return p.ChurnAPICPUms / float64(p.ChurnWrites)
+	return p.ChurnAPICPUms / p.PodEvents
 }
 
 // runFanout starts its own API server (a one-node lab cluster without agents, so that
@@ -237,7 +242,7 @@ func runFanout(ctx context.Context, o *Options, p FanoutProfile, rep *FanoutRepo
 				if rep.Wire == nil && impl == FanoutNFTProtobuf {
 					rep.Wire = wire
 				}
-				o.logf("fan-out: %s × %d at %d pods: start %.1f s (API %.0f ms CPU), %.0f B/pod event (wire %.0f), API %.2f ms CPU/write, API RSS +%.1f MB, live heap +%.1f MB, agent heap %.2f MB",
+				o.logf("fan-out: %s × %d at %d pods: start %.1f s (API %.0f ms CPU), %.0f B/pod event (wire %.0f), API %.2f ms CPU/event, API RSS +%.1f MB, live heap +%.1f MB, agent heap %.2f MB",
 					impl, n, pods, pt.StartSeconds, pt.StartAPICPUms, pt.BytesPerUpdate(), pt.WireBytesPerUpdate(), pt.APICPUPerUpdate(),
 					float64(pt.APIRSSAfter-pt.APIRSSBefore)/1e6, float64(pt.APIHeapAfter-pt.APIHeapBefore)/1e6, pt.HeapPerClient()/1e6)
 			}

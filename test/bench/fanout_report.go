@@ -24,6 +24,7 @@ type FanoutSlope struct {
 const (
 	slopeAPICPU       = "API server CPU per (pod update × watcher)"
 	slopeAPICPUBase   = "API server CPU per pod update, no watcher (intercept)"
+	// A pod update is one watch event (see FanoutPoint.APICPUPerUpdate).
 	slopeAPIRSS       = "API server RSS per watcher"
 	slopeAPIHeap      = "API server live heap per watcher"
 	slopeEventBytes   = "pod watch bytes per update per agent"
@@ -103,8 +104,8 @@ func fitSlopes(points []FanoutPoint) []FanoutSlope {
 			}
 			if len(n) >= 2 {
 				s, b := linearFit(n, cpu)
-				add(slopeAPICPU, s*1000, "µs", "least squares of the API server's CPU per churn write over "+counts+" agents")
-				add(slopeAPICPUBase, b, "ms", "the same fit's intercept: the write itself, etcd round trip and watch cache")
+				add(slopeAPICPU, s*1000, "µs", "least squares of the API server's CPU per pod event of the churn over "+counts+" agents")
+				add(slopeAPICPUBase, b, "ms", "the same fit's intercept: the writes themselves (etcd round trip, watch cache) per event")
 				s, _ = linearFit(n, startCPU)
 				add(slopeStartCPU, s*1000/float64(pods), "µs", "least squares of the API server's CPU over the agents' start (streaming list of every watched kind) over "+counts+" agents, / pods")
 				s, _ = linearFit(n, rss)
@@ -236,7 +237,7 @@ func (f *FanoutReport) printTable(row func(...any)) {
 	row()
 	row(fmt.Sprintf("FAN-OUT: emulated agents watching one API server, %d pod writes at %.0f/s; pod object %d B JSON, %d B protobuf",
 		f.Profile.ChurnWrites, f.Profile.ChurnRate, f.PodBytes["json"], f.PodBytes["protobuf"]))
-	row("agents", "pods", "start s", "API CPU ms start", "start MB/agent", "API RSS MB +", "API heap MB +", "heap MB/agent", "API CPU ms/write", "B/event body", "B/event wire", "agents CPU ms", "streaming list")
+	row("agents", "pods", "start s", "API CPU ms start", "start MB/agent", "API RSS MB +", "API heap MB +", "heap MB/agent", "API CPU ms/event", "B/event body", "B/event wire", "agents CPU ms", "streaming list")
 	for _, p := range f.Points {
 		row(fmt.Sprintf("%s × %d", p.Impl, p.Clients), p.Pods, fmt.Sprintf("%.1f", p.StartSeconds), f0(p.StartAPICPUms), fmt.Sprintf("%.2f", p.StartConnBytes/1e6),
 			fmt.Sprintf("%.1f", float64(p.APIRSSAfter-p.APIRSSBefore)/1e6), fmt.Sprintf("%.1f", float64(p.APIHeapAfter-p.APIHeapBefore)/1e6),
