@@ -22,8 +22,8 @@ type FanoutSlope struct {
 
 // Names of the fitted figures.
 const (
-	slopeAPICPU       = "API server CPU per (pod update × watcher)"
-	slopeAPICPUBase   = "API server CPU per pod update, no watcher (intercept)"
+	slopeAPICPU     = "API server CPU per (pod update × watcher)"
+	slopeAPICPUBase = "API server CPU per pod update, no watcher (intercept)"
 	// A pod update is one watch event (see FanoutPoint.APICPUPerUpdate).
 	slopeAPIRSS       = "API server RSS per watcher"
 	slopeAPIHeap      = "API server live heap per watcher"
