@@ -284,23 +284,23 @@ func fanoutPoint(ctx context.Context, o *Options, p FanoutProfile, base *rest.Co
 	debug.FreeOSMemory()
 	pt.HeapBefore = heap()
 	if pt.APIRSSBefore, err = ProcRSS(api); err != nil {
-		return pt, nil, err
+		return pt, nil, fmt.Errorf("API server RSS: %w", err)
 	}
 	if pt.APIHeapBefore, err = apiLiveHeap(ctx, base); err != nil {
 		return pt, nil, err
 	}
 	cpu0, err := ProcCPU(api)
 	if err != nil {
-		return pt, nil, err
+		return pt, nil, fmt.Errorf("API server CPU: %w", err)
 	}
 	clients, took, err := startClients(ctx, impl, base, n, p.StartParallel, fanNodeName)
 	if err != nil {
-		return pt, nil, err
+		return pt, nil, fmt.Errorf("starting the agents: %w", err)
 	}
 	defer stopClients(clients)
 	cpu1, err := ProcCPU(api)
 	if err != nil {
-		return pt, nil, err
+		return pt, nil, fmt.Errorf("API server CPU: %w", err)
 	}
 	pt.StartSeconds, pt.StartAPICPUms = took.Seconds(), ms(cpu1-cpu0)
 	connStart := make([]int64, n)
@@ -313,7 +313,7 @@ func fanoutPoint(ctx context.Context, o *Options, p FanoutProfile, base *rest.Co
 	pt.HeapAfter = heap()
 	pt.RSSAfter, _ = ProcRSS(os.Getpid())
 	if pt.APIRSSAfter, err = ProcRSS(api); err != nil {
-		return pt, nil, err
+		return pt, nil, fmt.Errorf("API server RSS: %w", err)
 	}
 	if pt.APIHeapAfter, err = apiLiveHeap(ctx, base); err != nil {
 		return pt, nil, err
@@ -329,22 +329,22 @@ func fanoutPoint(ctx context.Context, o *Options, p FanoutProfile, base *rest.Co
 	e0, err2 := ProcCPU(etcd)
 	s0, err3 := ProcCPU(os.Getpid())
 	if err := errors.Join(err1, err2, err3); err != nil {
-		return pt, nil, err
+		return pt, nil, fmt.Errorf("CPU of the API server, etcd or the agents: %w", err)
 	}
 	start := time.Now()
-	writes, _, err := ch.run(ctx, p.ChurnWrites, p.ChurnRate)
+	writes, events, err := ch.run(ctx, p.ChurnWrites, p.ChurnRate)
 	if err != nil {
 		return pt, nil, err
 	}
-	if err := waitEvents(ctx, clients, evStart, int64(writes), time.Minute); err != nil {
-		return pt, nil, err
+	if err := waitEvents(ctx, clients, evStart, int64(events), time.Minute); err != nil {
+		return pt, nil, fmt.Errorf("after the churn: %w", err)
 	}
 	pt.ChurnSeconds = time.Since(start).Seconds()
 	a1, err1 := ProcCPU(api)
 	e1, err2 := ProcCPU(etcd)
 	s1, err3 := ProcCPU(os.Getpid())
 	if err := errors.Join(err1, err2, err3); err != nil {
-		return pt, nil, err
+		return pt, nil, fmt.Errorf("CPU of the API server, etcd or the agents: %w", err)
 	}
 	pt.ChurnWrites, pt.ChurnAPICPUms, pt.ChurnEtcdCPUms, pt.ChurnAgentCPUms = writes, ms(a1-a0), ms(e1-e0), ms(s1-s0)
 	var ev, body, conn int64

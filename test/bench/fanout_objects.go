@@ -205,11 +205,12 @@ type churner struct {
 }
 
 // run issues `writes` writes, paced at rate per second, and returns how many succeeded
-// and how long they took.
-func (c *churner) run(ctx context.Context, writes int, rate float64) (int, time.Duration, error) {
+// and how many watch events of all pods they make: one per create and status write,
+// two per delete (a pod bound to a node is first updated with its deletionTimestamp,
+// then deleted, even with a grace period of 0).
+func (c *churner) run(ctx context.Context, writes int, rate float64) (done, events int, err error) {
 	start := time.Now()
 	interval := time.Duration(float64(time.Second) / rate)
-	done := 0
 	var cur *corev1.Pod
 	var ip netip.Addr
 	var node int
@@ -218,11 +219,11 @@ func (c *churner) run(ctx context.Context, writes int, rate float64) (int, time.
 		if d := time.Until(start.Add(time.Duration(k) * interval)); d > 0 {
 			select {
 			case <-ctx.Done():
-				return done, time.Since(start), ctx.Err()
+				return done, events, ctx.Err()
 			case <-time.After(d):
 			}
 		}
-		var err error
+		ev := 1
 		switch k % 4 {
 		case 0:
 			i := c.seq
@@ -242,12 +243,13 @@ func (c *churner) run(ctx context.Context, writes int, rate float64) (int, time.
 				continue
 			}
 			err = deletePod(ctx, c.cs, cur.Namespace, cur.Name)
-			cur = nil
+			cur, ev = nil, 2
 		}
 		if err != nil {
-			return done, time.Since(start), fmt.Errorf("churn write %d: %w", k, err)
+			return done, events, fmt.Errorf("churn write %d: %w", k, err)
 		}
 		done++
+		events += ev
 	}
-	return done, time.Since(start), nil
+	return done, events, nil
 }

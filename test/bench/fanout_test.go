@@ -275,7 +275,8 @@ func TestSmokeFanout(t *testing.T) {
 		t.Fatalf("want %d points, got %+v", want, f)
 	}
 	for _, p := range f.Points {
-		if p.PodEvents < float64(opts.Profile.Fanout.ChurnWrites) || p.PodWatchBytes == 0 || p.StartConnBytes == 0 || p.ChurnAPICPUms < 0 {
+		// Five events per lifecycle of four writes.
+		if p.PodEvents != float64(opts.Profile.Fanout.ChurnWrites)*5/4 || p.PodWatchBytes == 0 || p.StartConnBytes == 0 || p.ChurnAPICPUms < 0 {
 			t.Errorf("point %s × %d at %d pods: %+v", p.Impl, p.Clients, p.Pods, p)
 		}
 		wantCT := "application/vnd.kubernetes.protobuf;stream=watch"
