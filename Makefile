@@ -108,7 +108,7 @@ lab-test: deps envtest-assets build ## The lab's own tests (test/lab; root): bot
 BENCH_ARGS ?=
 
 .PHONY: bench
-bench: deps envtest-assets build ## Every benchmark on the lab (root): data path, control plane, revocation with a full conntrack table, resources, and the Go benchmarks of ./pkg/...; one table, raw numbers in _out/bench/bench.json (BENCH_ARGS="--quick" or "--only datapath,revocation").
+bench: deps envtest-assets build ## Every benchmark on the lab (root, ~45 min): data path, control plane, revocation with a full conntrack table, resources, API server fan-out (docs/scale.md), and the Go benchmarks of ./pkg/...; one table, raw numbers in _out/bench/bench.json (BENCH_ARGS="--quick", or "--only datapath,revocation,fanout").
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/nftpolicy-bench ./cmd/nftpolicy-bench
 	$(BIN)/nftpolicy-bench --agent $(BIN)/nftpolicy-agent --out _out/bench $(BENCH_ARGS)
 

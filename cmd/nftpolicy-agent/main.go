@@ -20,14 +20,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zapcore"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
@@ -146,19 +143,9 @@ func run(args []string) error {
 		// says that the node enforces nothing.
 		HealthProbeBindAddress: "0",
 		PprofBindAddress:       o.pprofAddr,
-		Cache: cache.Options{
-			// ClusterNetworkPolicies are small and few: stripping managedFields is all
-			// the trimming they need.
-			DefaultTransform: cache.TransformStripManagedFields(),
-			// The ClusterNetworkPolicy informer fails on every retry between the CRD's
-			// removal and the watcher's next check: not an error worth a log line each.
-			DefaultWatchErrorHandler: controllers.WatchErrorHandler(log.WithName("watch")),
-			ByObject: map[client.Object]cache.ByObject{
-				&corev1.Pod{}:       {Transform: controllers.TrimPod},
-				&corev1.Namespace{}: {Transform: controllers.TrimNamespace},
-				&corev1.Node{}:      {Transform: controllers.TrimNode},
-			},
-		},
+		// Shared with the fan-out harness (test/bench) and the wire test, which checks
+		// that the built-in kinds arrive as protobuf and the CRD as JSON.
+		Cache: controllers.CacheOptions(log),
 	})
 	if err != nil {
 		return fmt.Errorf("creating the manager: %w", err)

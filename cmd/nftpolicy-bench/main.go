@@ -2,7 +2,7 @@
 // the control plane, the agent's resources, plus the Go benchmarks of ./pkg/...; it
 // prints one table and writes the raw numbers to <out>/bench.json. It needs root.
 //
-//	nftpolicy-bench [--quick] [--only datapath,controlplane,resources,gobench] [--out _out/bench]
+//	nftpolicy-bench [--quick] [--only datapath,controlplane,resources,fanout,gobench] [--out _out/bench]
 //	nftpolicy-bench --render _out/bench/bench.json   # the table of an earlier run
 package main
 

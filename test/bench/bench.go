@@ -26,10 +26,13 @@ const (
 	GroupGoBench      = "gobench"
 	// GroupRevocation is revocation with a full conntrack table (revocation.go).
 	GroupRevocation = "revocation"
+	// GroupFanout runs many emulated agents against an API server of its own
+	// (fanout.go).
+	GroupFanout = "fanout"
 )
 
 // AllGroups lists the groups in the order they are reported.
-var AllGroups = []string{GroupDataPath, GroupControlPlane, GroupRevocation, GroupResources, GroupGoBench}
+var AllGroups = []string{GroupDataPath, GroupControlPlane, GroupRevocation, GroupResources, GroupFanout, GroupGoBench}
 
 // Profile holds every size and duration of a run. Full is what `make bench` runs,
 // Quick a short run of the same shape, Tiny the smoke test's.
@@ -91,6 +94,9 @@ type Profile struct {
 	// GoBenchTime is go test's -benchtime, GoBenchFilter its -bench.
 	GoBenchTime   string `json:"gobench_time"`
 	GoBenchFilter string `json:"gobench_filter"`
+
+	// Fanout sizes the fan-out group.
+	Fanout FanoutProfile `json:"fanout"`
 }
 
 // FullProfile is `make bench`: about 10 minutes on 2 cores.
@@ -107,6 +113,7 @@ func FullProfile() Profile {
 		ResyncPeriod: 2 * time.Second, ResyncWindow: 8 * time.Second,
 		CNPAdmin: 50, CNPBaseline: 50, CNPClientPolicies: 5, CNPLatencyCycles: 60,
 		GoBenchTime: "5x", GoBenchFilter: ".",
+		Fanout: fullFanout(),
 	}
 }
 
@@ -125,6 +132,7 @@ func QuickProfile() Profile {
 		ResyncPeriod: time.Second, ResyncWindow: 3 * time.Second,
 		CNPAdmin: 50, CNPBaseline: 50, CNPClientPolicies: 5, CNPLatencyCycles: 10,
 		GoBenchTime: "1x", GoBenchFilter: ".",
+		Fanout: quickFanout(),
 	}
 }
 
@@ -142,6 +150,7 @@ func TinyProfile() Profile {
 		ResyncPeriod: 300 * time.Millisecond, ResyncWindow: 700 * time.Millisecond,
 		CNPAdmin: 6, CNPBaseline: 2, CNPClientPolicies: 5, CNPLatencyCycles: 3,
 		GoBenchTime: "1x", GoBenchFilter: "DiffOneLabelChange/pods=1000/",
+		Fanout: tinyFanout(),
 	}
 }
 
@@ -216,6 +225,7 @@ type Report struct {
 	// CNP describes the ClusterNetworkPolicy load of the data path's (e) and (f) and
 	// of the control plane's experiments with it.
 	CNP     *CNPReport     `json:"cnp,omitempty"`
+	Fanout  *FanoutReport  `json:"fanout,omitempty"`
 	GoBench *GoBenchReport `json:"gobench,omitempty"`
 	Targets []Target       `json:"targets"`
 	// Steps times every step of the run.
@@ -263,8 +273,7 @@ func Run(ctx context.Context, opts *Options) (*Report, error) {
 	rep := &Report{Schema: SchemaVersion, Started: start, Profile: opts.Profile, Groups: opts.Groups, Host: hostInfo(opts)}
 	r := &runner{opts: opts, rep: rep}
 
-	labGroups := slices.ContainsFunc(opts.Groups, func(g string) bool { return g != GroupGoBench })
-	if labGroups {
+	if labGroups(opts.Groups) {
 		r.step(ctx, "lab", 3*time.Minute, func(ctx context.Context) error {
 			var err error
 			r.env, err = startEnv(ctx, opts)
@@ -278,6 +287,14 @@ func Run(ctx context.Context, opts *Options) (*Report, error) {
 			// Also after an interrupt or the overall timeout.
 			r.step(context.WithoutCancel(ctx), "lab teardown", 3*time.Minute, func(context.Context) error { return r.env.Close() })
 		}
+	}
+	if opts.want(GroupFanout) {
+		// After the lab's teardown: its API server and agents would share the CPUs the
+		// fan-out measures.
+		rep.Fanout = &FanoutReport{Profile: opts.Profile.Fanout}
+		r.step(ctx, "fan-out", 60*time.Minute, func(ctx context.Context) error {
+			return runFanout(ctx, opts, opts.Profile.Fanout, rep.Fanout)
+		})
 	}
 	if opts.want(GroupGoBench) {
 		r.step(ctx, "go benchmarks", 10*time.Minute, func(ctx context.Context) error {
@@ -469,8 +486,7 @@ func (o *Options) defaults() error {
 	if err := os.MkdirAll(o.OutDir, 0o755); err != nil {
 		return err
 	}
-	labGroups := slices.ContainsFunc(o.Groups, func(g string) bool { return g != GroupGoBench })
-	if !labGroups {
+	if !labGroups(o.Groups) && !o.want(GroupFanout) {
 		return nil
 	}
 	if os.Geteuid() != 0 {
@@ -480,6 +496,11 @@ func (o *Options) defaults() error {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("%s not found (make deps installs it)", tool)
 		}
+	}
+	if !labGroups(o.Groups) {
+		// The fan-out emulates its agents in this process: no agent binary.
+		_, err := lab.ControlPlaneDir(o.ControlPlaneDir)
+		return err
 	}
 	if o.AgentBinary == "" {
 		o.AgentBinary = os.Getenv("NFTPOLICY_AGENT")
@@ -499,6 +520,13 @@ func (o *Options) defaults() error {
 		return err
 	}
 	return nil
+}
+
+// labGroups reports whether groups include one measured on the shared lab cluster.
+func labGroups(groups []string) bool {
+	return slices.ContainsFunc(groups, func(g string) bool {
+		return g == GroupDataPath || g == GroupControlPlane || g == GroupResources
+	})
 }
 
 func hostInfo(o *Options) Host {
