@@ -525,7 +525,7 @@ func (o *Options) defaults() error {
 // labGroups reports whether groups include one measured on the shared lab cluster.
 func labGroups(groups []string) bool {
 	return slices.ContainsFunc(groups, func(g string) bool {
-		return g == GroupDataPath || g == GroupControlPlane || g == GroupResources
+		return g == GroupDataPath || g == GroupControlPlane || g == GroupRevocation || g == GroupResources
 	})
 }
 
