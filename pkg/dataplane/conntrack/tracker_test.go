@@ -115,23 +115,7 @@ func TestTracker(t *testing.T) {
 		}
 	}
 	tr := &Tracker{NetNS: ns, Log: testr.New(t)}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- tr.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
-	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
-	defer wcancel()
-	if err := tr.WaitReady(wctx); err != nil {
-		t.Fatal(err)
-	}
-	if tr.Stats().Polling {
-		testns.SkipUnlessRequired(t, "kernel test: this kernel has no conntrack events")
-	}
+	ctx := runTracker(t, tr)
 	count := func(sc dataplane.FlowScope) int {
 		t.Helper()
 		fs, err := tr.Flows(sc)
@@ -308,23 +292,7 @@ func TestTrackerResync(t *testing.T) {
 		testns.SkipUnlessRequired(t, "kernel test: cannot create conntrack entries here: %v", err)
 	}
 	tr := &Tracker{NetNS: ns, ResyncPeriod: 20 * time.Millisecond, Log: testr.New(t)}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- tr.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
-	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
-	defer wcancel()
-	if err := tr.WaitReady(wctx); err != nil {
-		t.Fatal(err)
-	}
-	if tr.Stats().Polling {
-		testns.SkipUnlessRequired(t, "kernel test: this kernel has no conntrack events")
-	}
+	runTracker(t, tr)
 	if n := tr.Stats().Flows; n != 1 {
 		t.Fatalf("index holds %d flows, want 1", n)
 	}
@@ -341,4 +309,28 @@ func TestTrackerResync(t *testing.T) {
 	if g := tr.Generation(); g != 1 {
 		t.Errorf("generation %d after re-reads, want 1", g)
 	}
+}
+
+// runTracker runs tr until the test ends and waits until its index is built; ctx
+// ends with the test.
+func runTracker(t *testing.T, tr *Tracker) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- tr.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer wcancel()
+	if err := tr.WaitReady(wctx); err != nil {
+		t.Fatal(err)
+	}
+	if tr.Stats().Polling {
+		testns.SkipUnlessRequired(t, "kernel test: this kernel has no conntrack events")
+	}
+	return ctx
 }
