@@ -47,10 +47,10 @@ var (
 		// From 100 µs: a change that concerns no flow costs next to nothing.
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
 	})
-	revocationJudged = prometheus.NewCounter(prometheus.CounterOpts{
+	revocationJudged = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "nftpolicy_revocation_flows_judged_total",
-		Help: "Conntrack entries judged by revocation passes: those whose first packet's addresses a change concerned (all of them after a full replace).",
-	})
+		Help: "Conntrack entries judged by revocation: by the passes after changes (judged=\"change\": those whose first packet's addresses a change concerned, all of them after a full replace) and, within 2 s after a pass, those the table learnt of since in its scope (judged=\"late\").",
+	}, []string{"judged"})
 	revocationPasses = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "nftpolicy_revocation_passes_total",
 		Help: "Revocation passes by scope: addresses (the flows of the addresses a change concerned) or all (every flow: a first or full ruleset, drift repaired, the conntrack view rebuilt).",
@@ -90,13 +90,21 @@ type Revoker struct {
 	// recent passes, and late the flows the table learnt of since that fall in one.
 	latest  *ruleset.Ruleset
 	watches []watch
-	late    []dataplane.Flow
+	late    []lateFlow
 }
 
-// watch is a recent pass's scope, watched until until.
+// watch is a recent pass's scope, watched until until; before is the ruleset the
+// pass's changes started from.
 type watch struct {
-	scope dataplane.FlowScope
-	until time.Time
+	scope  dataplane.FlowScope
+	until  time.Time
+	before *ruleset.Ruleset
+}
+
+// lateFlow is a flow learnt of within a watch.
+type lateFlow struct {
+	f      dataplane.Flow
+	before *ruleset.Ruleset
 }
 
 // lateWindow is how long after a pass the flows the table learns of are judged too
@@ -172,7 +180,7 @@ func (r *Revoker) Inserted(f dataplane.Flow) {
 	}
 	for _, w := range r.watches {
 		if w.scope.Contains(f) {
-			r.late = append(r.late, f)
+			r.late = append(r.late, lateFlow{f: f, before: w.before})
 			select {
 			case r.kick <- struct{}{}:
 			default:
@@ -213,7 +221,7 @@ func (r *Revoker) Run(ctx context.Context) error {
 		r.pending, r.late = nil, nil
 		r.mu.Unlock()
 		if len(late) > 0 && r.latest != nil {
-			res := r.decide(r.latest, late, false)
+			res := r.decideLate(r.latest, late)
 			if res.Err != nil {
 				syncFailures.Inc()
 				r.Log.Error(res.Err, "revoking established flows that came after a pass looked")
@@ -282,10 +290,14 @@ func (r *Revoker) pass(batch []appliedChange) (res PassResult) {
 		return res
 	}
 	// Watched from before the look: a flow the table learns of from now on may have
-	// met the previous ruleset.
+	// met the previous ruleset. (Not after a pass over every flow: the first ruleset
+	// had none before it, and after drift or a lost event nothing says which
+	// ruleset a flow met.)
 	r.mu.Lock()
 	r.latest = rs
-	r.watches = append(r.watches, watch{scope: sc, until: r.now().Add(lateWindow)})
+	if before := batch[0].old; !sc.All && before != nil {
+		r.watches = append(r.watches, watch{scope: sc, until: r.now().Add(lateWindow), before: before})
+	}
 	r.mu.Unlock()
 	flows, err := r.Flows.Flows(sc)
 	if err != nil {
@@ -298,15 +310,47 @@ func (r *Revoker) pass(batch []appliedChange) (res PassResult) {
 	return res
 }
 
+// decideLate revokes the late flows whose verdict their watch's change turned from
+// allowed to denied (revoke.DecideLate).
+func (r *Revoker) decideLate(rs *ruleset.Ruleset, late []lateFlow) PassResult {
+	var res PassResult
+	byBefore := map[*ruleset.Ruleset][]dataplane.Flow{}
+	for _, l := range late {
+		byBefore[l.before] = append(byBefore[l.before], l.f)
+	}
+	mine := r.localAddrs()
+	marks := revoke.Marks{Mask: compiler.CtMarkMask, Revoked: compiler.RevokedMark, Cleared: compiler.ClearedMark}
+	after := tracer.NewWithCache(rs, r.cache)
+	var errs []error
+	for before, flows := range byBefore {
+		res.Judged += len(flows)
+		d := revoke.DecideLate(tracer.New(before), after, flows, func(a netip.Addr) bool { return mine[a] }, marks)
+		n, err := r.Flows.SetMark(d.Revoke, marks.Mask, marks.Revoked)
+		res.Revoked += n
+		errs = append(errs, err)
+	}
+	revocationJudged.WithLabelValues("late").Add(float64(res.Judged))
+	revokedFlows.Add(float64(res.Revoked))
+	if res.Revoked > 0 {
+		r.Log.Info("established flows that came just after a change follow it", "revoked", res.Revoked, "judged", res.Judged)
+	}
+	res.Err = errors.Join(errs...)
+	return res
+}
+
+func (r *Revoker) localAddrs() map[netip.Addr]bool {
+	if r.LocalAddrs == nil {
+		return nil
+	}
+	return r.LocalAddrs()
+}
+
 // decide judges flows against rs and marks them.
 func (r *Revoker) decide(rs *ruleset.Ruleset, flows []dataplane.Flow, all bool) PassResult {
 	var res PassResult
 	res.Judged = len(flows)
-	revocationJudged.Add(float64(len(flows)))
-	var mine map[netip.Addr]bool
-	if r.LocalAddrs != nil {
-		mine = r.LocalAddrs()
-	}
+	revocationJudged.WithLabelValues("change").Add(float64(len(flows)))
+	mine := r.localAddrs()
 	if r.cache == nil {
 		r.cache = tracer.NewCache()
 	}

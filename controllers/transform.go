@@ -69,6 +69,11 @@ func cachedModel(o any) (*model.Pod, bool) {
 	return nil, false
 }
 
+// PodModel is the model of a Pod object an informer with the agent's cache options
+// hands out (a CachedPod) or of a full Pod: what event handlers outside the Syncer (the
+// fan-out bench's emulated agents) read.
+func PodModel(o any) (*model.Pod, bool) { return cachedModel(o) }
+
 // TrimNamespace keeps a namespace's name and labels.
 func TrimNamespace(obj any) (any, error) {
 	ns, ok := obj.(*corev1.Namespace)

@@ -86,3 +86,22 @@ func Decide(tr *tracer.Tracer, flows []dataplane.Flow, local func(netip.Addr) bo
 	}
 	return d
 }
+
+// DecideLate judges flows that came to light just after a change was judged (their
+// first reply came after the look): only those whose verdict the change turned from
+// allowed (under before) to denied (under after) are revoked. A flow denied under both
+// is none of this change's doing (it was let through by something else — a kernel
+// table that drifted, say — which a pass over every flow handles).
+func DecideLate(before, after *tracer.Tracer, flows []dataplane.Flow, local func(netip.Addr) bool, marks Marks) Decision {
+	var d Decision
+	for _, f := range flows {
+		if f.Closed || !f.Orig.Src.IsValid() || !f.Reply.Src.IsValid() || f.Mark&marks.Mask == marks.Revoked {
+			continue
+		}
+		p := firstPacket(f, local)
+		if before.Allowed(p) && !after.Allowed(p) {
+			d.Revoke = append(d.Revoke, f)
+		}
+	}
+	return d
+}

@@ -92,3 +92,23 @@ func TestDenied(t *testing.T) {
 	check("revoke", d.Revoke, []dataplane.Flow{flows[0], flows[1], viaService})
 	check("restore", d.Restore, []dataplane.Flow{comeback})
 }
+
+// TestDecideLate: a flow that came to light after a change was judged is revoked only
+// when the change turned its verdict from allowed to denied.
+func TestDecideLate(t *testing.T) {
+	before := tracer.New(compiler.Compile(&model.Snapshot{NodeName: "n1"}, compiler.Options{}).Ruleset) // no policy: all allowed
+	after := tracer.New(backendOnlyFromFrontend())
+	marks := Marks{Mask: compiler.CtMarkMask, Revoked: compiler.RevokedMark, Cleared: compiler.ClearedMark}
+	none := func(netip.Addr) bool { return false }
+	turned := direct(ruleset.ProtoTCP, other, backend, 40001, 80)   // allowed before, denied after
+	still := direct(ruleset.ProtoTCP, frontend, backend, 40002, 80) // allowed both
+	d := DecideLate(before, after, []dataplane.Flow{turned, still}, none, marks)
+	if len(d.Revoke) != 1 || d.Revoke[0] != turned || len(d.Restore) != 0 {
+		t.Fatalf("late decision %+v, want the turned flow revoked alone", d)
+	}
+	// Denied under both (let through by something else, e.g. a drifted table): not
+	// this change's doing.
+	if d := DecideLate(after, after, []dataplane.Flow{turned}, none, marks); len(d.Revoke) != 0 {
+		t.Fatalf("a flow denied before and after was revoked: %+v", d)
+	}
+}

@@ -130,11 +130,20 @@ func startNFTClient(ctx context.Context, base *rest.Config, scheme *runtime.Sche
 	}
 	kinds := []kind{
 		{&corev1.Pod{}, toolscache.ResourceEventHandlerFuncs{
-			AddFunc: func(o any) { c.podEvents.Add(1); c.setPod(o.(*corev1.Pod)) },
+			// The agent's cache holds CachedPods (controllers.TrimPod): read
+			// their models as its sync does.
+			AddFunc: func(o any) {
+				c.podEvents.Add(1)
+				if m, ok := controllers.PodModel(o); ok {
+					c.setPod(m)
+				}
+			},
 			UpdateFunc: func(old, cur any) {
 				c.podEvents.Add(1)
-				if !model.PodFromAPI(old.(*corev1.Pod)).Equivalent(model.PodFromAPI(cur.(*corev1.Pod))) {
-					c.setPod(cur.(*corev1.Pod))
+				o, ok1 := controllers.PodModel(old)
+				n, ok2 := controllers.PodModel(cur)
+				if ok2 && (!ok1 || !o.Equivalent(n)) {
+					c.setPod(n)
 				}
 			},
 			DeleteFunc: func(o any) {
@@ -219,8 +228,7 @@ func tombstone(o any) any {
 	return o
 }
 
-func (c *nftClient) setPod(p *corev1.Pod) {
-	m := model.PodFromAPI(p)
+func (c *nftClient) setPod(m *model.Pod) {
 	c.change(func(e *compiler.Engine) { e.SetPod(m) })
 }
 

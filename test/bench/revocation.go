@@ -303,7 +303,10 @@ func (r *runner) noneChange(ctx context.Context, node2 *agentRun, add bool) None
 	}
 	t.Passes = after.Sum("nftpolicy_revocation_duration_seconds_count", nil) - before.Sum("nftpolicy_revocation_duration_seconds_count", nil)
 	work := after.Sum("nftpolicy_revocation_duration_seconds_sum", nil) - before.Sum("nftpolicy_revocation_duration_seconds_sum", nil)
-	t.Judged = after.Sum("nftpolicy_revocation_flows_judged_total", nil) - before.Sum("nftpolicy_revocation_flows_judged_total", nil)
+	// The passes' own judgments: flows learnt of just after an earlier change (the
+	// prober's connections) are judged apart (judged="late").
+	change := map[string]string{"judged": "change"}
+	t.Judged = after.Sum("nftpolicy_revocation_flows_judged_total", change) - before.Sum("nftpolicy_revocation_flows_judged_total", change)
 	if t.Passes > 0 {
 		t.WorkMs = work / t.Passes * 1000
 	}
