@@ -49,7 +49,7 @@ var (
 	})
 	revocationJudged = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "nftpolicy_revocation_flows_judged_total",
-		Help: "Conntrack entries judged by revocation: by the passes after changes (judged=\"change\": those whose first packet's addresses a change concerned, all of them after a full replace) and, within 2 s after a pass, those the table learnt of since in its scope (judged=\"late\").",
+		Help: "Conntrack entries judged by revocation: by the passes after changes (judged=\"change\": those whose first packet's addresses a change concerned, all of them after a full replace) and, within half a second after a pass, those the table learnt of since in its scope (judged=\"late\").",
 	}, []string{"judged"})
 	revocationPasses = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "nftpolicy_revocation_passes_total",
@@ -112,8 +112,10 @@ type lateFlow struct {
 // ruleset but whose first reply came after the pass looked is in the table only from
 // that reply on (the table indexes answered connections): within a handshake's round
 // trip of the commit, which this bounds generously. (A SYN retransmitted after the
-// commit meets the new ruleset as a new connection.)
-const lateWindow = 2 * time.Second
+// commit meets the new ruleset as a new connection.) Kept short because nothing tells
+// such a flow from one that met the new ruleset in a kernel table that differs from it
+// (drift, repaired at the next read-back): the change turned both to denied.
+const lateWindow = 500 * time.Millisecond
 
 // maxPending bounds the changes waiting for a pass (a pass stuck in the kernel must not
 // pile up rulesets without end): beyond it they merge into one that judges every flow.
