@@ -12,31 +12,19 @@ import (
 // a sixth of a cached pod). Cached objects are never modified, which is what makes the
 // sharing safe.
 type interner struct {
-	mu sync.Mutex
-	m  map[string]map[string]string
-	// max bounds the table: when full it starts over. Maps handed out before stay
-	// valid; only the sharing with later objects is lost.
-	max int
+	shared *keyedInterner[map[string]string]
 }
 
-func newInterner(max int) *interner { return &interner{m: map[string]map[string]string{}, max: max} }
+func newInterner(max int) *interner {
+	return &interner{shared: newKeyedInterner[map[string]string](max)}
+}
 
 // intern returns a map equal to m, shared with earlier calls where possible.
 func (in *interner) intern(m map[string]string) map[string]string {
 	if len(m) == 0 {
 		return m
 	}
-	key := canonical(m)
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	if shared, ok := in.m[key]; ok {
-		return shared
-	}
-	if len(in.m) >= in.max {
-		clear(in.m)
-	}
-	in.m[key] = m
-	return m
+	return in.shared.intern(canonical(m), m)
 }
 
 // canonical is a string that equal maps, and only they, share.
@@ -60,21 +48,23 @@ func canonical(m map[string]string) string {
 	return b.String()
 }
 
-// sliceInterner shares one slice among cached objects whose slices are equal, as
-// interner does for maps; the caller supplies the key that equal slices share.
-type sliceInterner[T any] struct {
-	mu  sync.Mutex
-	m   map[string][]T
+// keyedInterner shares one value among those whose key is equal (the caller's key
+// identifies the contents): the table behind interner (maps) and the pods' port lists.
+type keyedInterner[V any] struct {
+	mu sync.Mutex
+	m  map[string]V
+	// max bounds the table: when full it starts over. Values handed out before stay
+	// valid; only the sharing with later objects is lost.
 	max int
 }
 
-func newSliceInterner[T any](max int) *sliceInterner[T] {
-	return &sliceInterner[T]{m: map[string][]T{}, max: max}
+func newKeyedInterner[V any](max int) *keyedInterner[V] {
+	return &keyedInterner[V]{m: map[string]V{}, max: max}
 }
 
-// intern returns a slice equal to s (key identifies its contents), shared with earlier
+// intern returns a value equal to v (key identifies its contents), shared with earlier
 // calls where possible.
-func (in *sliceInterner[T]) intern(key string, s []T) []T {
+func (in *keyedInterner[V]) intern(key string, v V) V {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	if shared, ok := in.m[key]; ok {
@@ -83,6 +73,6 @@ func (in *sliceInterner[T]) intern(key string, s []T) []T {
 	if len(in.m) >= in.max {
 		clear(in.m)
 	}
-	in.m[key] = s
-	return s
+	in.m[key] = v
+	return v
 }

@@ -28,8 +28,8 @@ func TestInternerSharesEqualMaps(t *testing.T) {
 	for i := range 10 {
 		in.intern(map[string]string{"n": fmt.Sprint(i)})
 	}
-	if len(in.m) > 3 {
-		t.Errorf("table holds %d maps, bound 3", len(in.m))
+	if len(in.shared.m) > 3 {
+		t.Errorf("table holds %d maps, bound 3", len(in.shared.m))
 	}
 	if a["app"] != "web" || a["tier"] != "1" || len(a) != 2 {
 		t.Errorf("a shared map changed: %v", a)

@@ -18,7 +18,7 @@ import (
 // Label sets and named-port lists of cached pods are shared (see interner).
 var (
 	podLabels = newInterner(1 << 16)
-	podPorts  = newSliceInterner[model.NamedPort](1 << 12)
+	podPorts  = newKeyedInterner[[]model.NamedPort](1 << 12)
 )
 
 // CachedPod is what the informer cache keeps of a Pod: its UID and its model (the

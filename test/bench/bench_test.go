@@ -167,17 +167,7 @@ func TestSmoke(t *testing.T) {
 		Profile: TinyProfile(), Groups: []string{GroupDataPath, GroupControlPlane, GroupRevocation, GroupResources},
 		OutDir: out, AgentBinary: agent, Progress: lab.TestLog(t),
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	rep, err := Run(ctx, opts)
-	if rep != nil {
-		var b strings.Builder
-		rep.PrintTable(&b)
-		t.Log("\n" + b.String())
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	rep := runLogged(t, opts)
 
 	if err := rep.WriteJSON(filepath.Join(out, "bench.json")); err != nil {
 		t.Fatal(err)
@@ -249,4 +239,22 @@ func TestSmoke(t *testing.T) {
 	} else if left, _ := lab.ListNetns(rep.LabPrefix); len(left) > 0 {
 		t.Errorf("namespaces left behind: %v", left)
 	}
+}
+
+// runLogged runs the bench (3 minutes at most), logs its table and fails the test on
+// an error.
+func runLogged(t *testing.T, opts *Options) *Report {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	rep, err := Run(ctx, opts)
+	if rep != nil {
+		var b strings.Builder
+		rep.PrintTable(&b)
+		t.Log("\n" + b.String())
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rep
 }

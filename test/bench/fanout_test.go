@@ -255,17 +255,7 @@ func TestSmokeFanout(t *testing.T) {
 	lab.SkipUnlessCluster(t)
 	out := t.TempDir()
 	opts := &Options{Profile: TinyProfile(), Groups: []string{GroupFanout}, OutDir: out, Progress: lab.TestLog(t)}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	rep, err := Run(ctx, opts)
-	if rep != nil {
-		var b strings.Builder
-		rep.PrintTable(&b)
-		t.Log("\n" + b.String())
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	rep := runLogged(t, opts)
 	f := rep.Fanout
 	want := 0
 	for _, cs := range opts.Profile.Fanout.Clients {
