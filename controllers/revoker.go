@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
-	"github.com/prometheus/client_golang/prometheus"
-	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	"github.com/nftpolicy/nftpolicy/pkg/compiler"
 	"github.com/nftpolicy/nftpolicy/pkg/dataplane"
@@ -38,27 +36,6 @@ type insertNotifier interface {
 // readyWaiter is a FlowTable that needs time before its first answer.
 type readyWaiter interface {
 	WaitReady(ctx context.Context) error
-}
-
-var (
-	revocationDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
-		Name: "nftpolicy_revocation_duration_seconds",
-		Help: "Time from the kernel commit of a ruleset change to the marks of the established flows it denies written (the revocation pass runs after the sync, never in its way).",
-		// From 100 µs: a change that concerns no flow costs next to nothing.
-		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
-	})
-	revocationJudged = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "nftpolicy_revocation_flows_judged_total",
-		Help: "Conntrack entries judged by revocation: by the passes after changes (judged=\"change\": those whose first packet's addresses a change concerned, all of them after a full replace) and, within half a second after a pass, those the table learnt of since in its scope (judged=\"late\").",
-	}, []string{"judged"})
-	revocationPasses = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "nftpolicy_revocation_passes_total",
-		Help: "Revocation passes by scope: addresses (the flows of the addresses a change concerned) or all (every flow: a first or full ruleset, drift repaired, the conntrack view rebuilt).",
-	}, []string{"scope"})
-)
-
-func init() {
-	metrics.Registry.MustRegister(revocationDuration, revocationJudged, revocationPasses)
 }
 
 // Revoker marks the established flows a new ruleset denies, and clears the mark of
